@@ -1,0 +1,3 @@
+from merger_gui.cli import main
+
+raise SystemExit(main())

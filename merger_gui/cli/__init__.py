@@ -1,0 +1,41 @@
+"""The headless face of core and engine: ``merger-gui COMMAND …``; no command starts the GUI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from merger_gui.core.errors import UserError
+
+# Subcommand name -> module in this package exposing ``add_parser(subparsers)``.
+COMMANDS = ("validate", "plan", "estimate", "merge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="merger-gui",
+        description="Design and run mergekit-compatible LLM merges. Without a command, opens the designer.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"merger_gui.cli.{name}_command").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help"):
+        from merger_gui.qt.app import main as gui_main  # Qt only when the GUI is asked for
+
+        return gui_main(args_list)
+    args = build_parser().parse_args(args_list)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130

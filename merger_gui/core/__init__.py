@@ -1,0 +1,1 @@
+"""Pure-Python core: recipe model, YAML, donors, plan, validation, estimator. No Qt, no torch."""

@@ -1,0 +1,143 @@
+"""What we know about a donor model without reading its weights."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+LAYER_PATTERN = re.compile(r"^(?P<prefix>.*?\.(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<suffix>.+)$")
+
+# Non-parameter buffers some checkpoints carry; never merged, never counted.
+BUFFER_SUFFIXES = ("rotary_emb.inv_freq",)
+
+# Bytes per element of safetensors dtype codes.
+DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+}
+# safetensors dtype code <-> torch-style dtype name used in recipes and config.json.
+DTYPE_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+DTYPE_CODES = {name: code for code, name in DTYPE_NAMES.items()} | {
+    "fp32": "F32", "float": "F32", "fp16": "F16", "half": "F16", "bf16": "BF16",
+}
+
+
+def dtype_code(name: str) -> str:
+    """safetensors code (``BF16``) of a dtype name (``bfloat16``, ``bf16``, ``BF16``)."""
+    if name in DTYPE_SIZES:
+        return name
+    try:
+        return DTYPE_CODES[name.lower().removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}") from None
+
+
+def layer_index(tensor_name: str) -> int | None:
+    """The layer number in a tensor name (``model.layers.7.mlp…`` → 7), else None."""
+    match = LAYER_PATTERN.match(tensor_name)
+    return int(match["index"]) if match else None
+
+
+def with_layer_index(tensor_name: str, index: int) -> str:
+    """The same tensor name with its layer number replaced by ``index``."""
+    match = LAYER_PATTERN.match(tensor_name)
+    if match is None:
+        raise ValueError(f"{tensor_name!r} is not a layer tensor")
+    return f"{match['prefix']}.{index}.{match['suffix']}"
+
+
+def is_buffer(tensor_name: str) -> bool:
+    return tensor_name.endswith(BUFFER_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's name, shape and storage dtype (a safetensors code such as ``BF16``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_SIZES[self.dtype]
+
+
+@dataclass(frozen=True)
+class DonorInfo:
+    """Architecture facts and the tensor list of one donor (folder, Hub repo, profile or stage)."""
+
+    ref: str
+    kind: str  # "folder" | "hub" | "profile" | "stage"
+    architecture: str
+    family: str  # llama, qwen2, gemma, gemma2, phi3, mixtral, … or "unknown"
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    dtype: str  # torch-style name of the stored dtype, e.g. "bfloat16"
+    tensors: tuple[TensorInfo, ...]
+    path: str | None = None
+    weight_format: str | None = None  # "safetensors" | "bin" | None (profile)
+    sliding_window: int | None = None
+    sliding_window_layers: tuple[bool, ...] | None = None  # per layer; None = no pattern known
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    warnings: tuple[str, ...] = ()
+    download_bytes: int = 0  # weight bytes still to fetch for a Hub donor not in the cache
+
+    @cached_property
+    def tensor_map(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> TensorInfo | None:
+        return self.tensor_map.get(name)
+
+    @cached_property
+    def _by_layer(self) -> dict[int | None, tuple[TensorInfo, ...]]:
+        groups: dict[int | None, list[TensorInfo]] = {}
+        for info in self.tensors:
+            if not is_buffer(info.name):
+                groups.setdefault(layer_index(info.name), []).append(info)
+        return {k: tuple(v) for k, v in groups.items()}
+
+    def layer_tensors(self, index: int) -> tuple[TensorInfo, ...]:
+        """Parameter tensors of layer ``index`` (buffers such as ``inv_freq`` excluded)."""
+        return self._by_layer.get(index, ())
+
+    def non_layer_tensors(self) -> tuple[TensorInfo, ...]:
+        """Embeddings, final norm, lm_head…: parameters outside the layer stack."""
+        return self._by_layer.get(None, ())
+
+    @property
+    def param_count(self) -> int:
+        return sum(t.numel for t in self.tensors if not is_buffer(t.name))
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if not is_buffer(t.name))
+
+    @property
+    def has_lm_head(self) -> bool:
+        return any(t.name.endswith("lm_head.weight") for t in self.tensors)
+
+    @property
+    def display_name(self) -> str:
+        return self.ref.removeprefix("profile:").rstrip("/").split("/")[-1]

@@ -1,0 +1,396 @@
+"""The layer plan: which donor layers and tensors make up every output layer and tensor.
+
+:func:`plan_recipe` turns a recipe plus donor metadata into a :class:`Plan`. The
+engine merges exactly the plan's tensors, the estimator counts them, and the GUI
+draws its layers, so all three agree by construction. Planning never reads weights
+and tolerates broken recipes (out-of-range layers are dropped); :mod:`validation`
+says what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from .donor import DonorInfo, TensorInfo, dtype_code, with_layer_index
+from .errors import DonorError, RecipeError
+from .methods import MethodSpec, method_spec
+from .parameters import evaluate_parameter, slice_position
+from .recipe import EMPTY_PARAMETERS, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage
+
+VOCAB_TENSOR_MARKERS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
+
+
+def is_vocab_tensor(name: str) -> bool:
+    """Rows of this tensor are indexed by token id (embeddings, lm_head)."""
+    return any(marker in name for marker in VOCAB_TENSOR_MARKERS)
+
+
+def is_pre_weight(name: str) -> bool:
+    """Non-layer tensors read before the layer stack (embeddings) rather than after it."""
+    return "embed" in name and "lm_head" not in name and "embed_out" not in name
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    model: str
+    layer: int
+
+
+@dataclass(frozen=True)
+class OutputLayer:
+    """One layer of the merged model."""
+
+    index: int
+    slice_index: int
+    position: int  # index inside its slice
+    slice_length: int
+    sources: tuple[LayerSource, ...]
+
+    @property
+    def x(self) -> float:
+        """Gradient position of this layer inside its slice."""
+        return slice_position(self.position, self.slice_length)
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One input of an output tensor: ``tensor`` of ``model`` with its per-model parameters."""
+
+    model: str
+    tensor: str
+    parameters: Parameters = EMPTY_PARAMETERS
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor, its inputs and the parameter values that apply to it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors code of the stored output
+    sources: tuple[TensorSource, ...]
+    layer: int | None  # output layer; None for embeddings, final norm, lm_head
+    slice_index: int
+    x: float
+    parameters: Parameters = EMPTY_PARAMETERS  # shared parameters (t, normalize, …)
+    note: str | None = None  # why a tensor was added that mergekit would not write
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def is_vocab(self) -> bool:
+        return is_vocab_tensor(self.name)
+
+
+@dataclass(frozen=True)
+class DonorUsage:
+    """How a stage uses each layer of one donor."""
+
+    model: str
+    num_layers: int
+    counts: tuple[int, ...]  # times each donor layer appears in the output
+
+    @property
+    def used_once(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.counts) if c == 1)
+
+    @property
+    def repeated(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.counts) if c > 1)
+
+    @property
+    def skipped(self) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.counts) if c == 0)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int  # position of the stage in the recipe file
+    name: str | None
+    merge_method: str
+    layers: tuple[OutputLayer, ...]
+    tensors: tuple[PlannedTensor, ...]
+    seams: tuple[int, ...]  # output layer indices where a new slice starts
+    donor_usage: tuple[DonorUsage, ...]
+    config_donor: str
+    vocab_size: int
+    output: DonorInfo  # what later stages and the estimator see of this stage's result
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @cached_property
+    def params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"stage {self.index + 1}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    stages: tuple[StagePlan, ...]  # dependency order
+
+    @property
+    def final(self) -> StagePlan:
+        return self.stages[-1]
+
+
+def stage_order(recipe: Recipe) -> tuple[int, ...]:
+    """Indices of the recipe's stages in dependency order (a stage after those it uses).
+
+    Raises:
+        RecipeError: on duplicate stage names or a dependency cycle.
+    """
+    names: dict[str, int] = {}
+    for i, stage in enumerate(recipe.stages):
+        if stage.name:
+            if stage.name in names:
+                raise RecipeError(f"two stages are named {stage.name!r}")
+            names[stage.name] = i
+    deps = {
+        i: {names[m] for m in stage.referenced_models if m in names and names[m] != i}
+        for i, stage in enumerate(recipe.stages)
+    }
+    for i, stage in enumerate(recipe.stages):
+        if stage.name and stage.name in stage.referenced_models:
+            raise RecipeError(f"stage {stage.name!r} uses its own output")
+    order: list[int] = []
+    state: dict[int, str] = {}
+
+    def visit(i: int, path: tuple[int, ...]) -> None:
+        if state.get(i) == "done":
+            return
+        if state.get(i) == "active":
+            cycle = " → ".join(recipe.stages[j].name or str(j) for j in path + (i,))
+            raise RecipeError(f"stages depend on each other in a cycle: {cycle}")
+        state[i] = "active"
+        for d in sorted(deps[i]):
+            visit(d, path + (i,))
+        state[i] = "done"
+        order.append(i)
+
+    for i in range(len(recipe.stages)):
+        visit(i, ())
+    return tuple(order)
+
+
+def stage_slices(stage: Stage, donors: Mapping[str, DonorInfo]) -> tuple[Slice, ...]:
+    """The stage's slices; the ``models:`` form becomes one slice over every layer."""
+    if stage.slices is not None:
+        return stage.slices
+    entries = list(stage.models or ())
+    if stage.base_model and all(e.model != stage.base_model for e in entries):
+        entries.append(ModelEntry(stage.base_model))
+    sources = []
+    for entry in entries:
+        donor = donors.get(entry.model)
+        layers = donor.num_layers if donor else 0
+        sources.append(SliceSource(entry.model, (0, layers), entry.parameters))
+    return (Slice(tuple(sources)),) if sources else ()
+
+
+def _scopes(stage: Stage, slice_: Slice, model: str | None) -> tuple[Parameters, ...]:
+    scopes = []
+    if model is not None:
+        scopes += [s.parameters for s in slice_.sources if s.model == model]
+    return tuple(scopes) + (slice_.parameters, stage.parameters)
+
+
+def _evaluate(spec: MethodSpec | None, stage: Stage, slice_: Slice, tensor: str,
+              x: float, sources: tuple[tuple[str, str], ...], base: str | None
+              ) -> tuple[Parameters, tuple[TensorSource, ...]]:
+    if spec is None:
+        return EMPTY_PARAMETERS, tuple(TensorSource(m, t) for m, t in sources)
+    shared = Parameters(tuple(
+        (p.name, v) for p in spec.shared_parameters
+        if (v := evaluate_parameter(p.name, tensor, x, _scopes(stage, slice_, None),
+                                    None if p.required else p.default)) is not None  # type: ignore[arg-type]
+    ))
+    planned = []
+    for model, name in sources:
+        values = tuple(
+            (p.name, v) for p in spec.model_parameters
+            if not (p.non_base and model == base)
+            and (v := evaluate_parameter(p.name, name, x, _scopes(stage, slice_, model),
+                                         None if p.required else p.default)) is not None  # type: ignore[arg-type]
+        )
+        planned.append(TensorSource(model, name, Parameters(values)))
+    return shared, tuple(planned)
+
+
+def _output_dtype(stage: Stage, info: TensorInfo) -> str:
+    for name in (stage.out_dtype, stage.dtype):
+        if name:
+            try:
+                return dtype_code(name)
+            except ValueError:
+                pass  # validation reports the unknown dtype
+    return info.dtype
+
+
+def output_vocab_size(stage: Stage, donors: Mapping[str, DonorInfo], config_donor: DonorInfo) -> int:
+    """Rows of the output's vocabulary-indexed tensors."""
+    source = stage.effective_tokenizer_source
+    if source is None:
+        return config_donor.vocab_size
+    if source == "base":
+        base = donors.get(stage.base_model or "") or config_donor
+        size = base.vocab_size
+    elif source == "union":
+        size = max((d.vocab_size for m in stage.referenced_models if (d := donors.get(m))), default=0)
+    else:
+        size = donors[source].vocab_size if source in donors else config_donor.vocab_size
+    pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer else None
+    if pad:
+        size = -(-size // pad) * pad
+    return size
+
+
+def config_donor_name(stage: Stage) -> str | None:
+    """The model whose config.json (and tokenizer) the output takes: base, else the first slice's."""
+    if stage.base_model:
+        return stage.base_model
+    if stage.slices and stage.slices[0].sources:
+        return stage.slices[0].sources[0].model
+    if stage.models:
+        return stage.models[0].model
+    return None
+
+
+def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) -> StagePlan:
+    """Plan one stage; every model it references must be in ``donors``.
+
+    Raises:
+        DonorError: when a referenced model is not in ``donors``.
+    """
+    missing = [m for m in stage.referenced_models if m not in donors]
+    if missing:
+        raise DonorError(f"no donor information for {', '.join(missing)}")
+    spec = method_spec(stage.merge_method)
+    slices = [s for s in stage_slices(stage, donors) if s.sources]
+    config_name = config_donor_name(stage) or ""
+    config_donor = donors[config_name] if config_name in donors else None
+    if config_donor is None:
+        raise RecipeError("the recipe has no models")
+    vocab = output_vocab_size(stage, donors, config_donor)
+
+    layers: list[OutputLayer] = []
+    tensors: list[PlannedTensor] = []
+    seams: list[int] = []
+    counts = {m: [0] * donors[m].num_layers for m in stage.referenced_models}
+
+    def add_tensor(info: TensorInfo, out_name: str, sources: tuple[tuple[str, str], ...],
+                   slice_i: int, slice_: Slice, x: float, layer: int | None, note: str | None = None) -> None:
+        base = slice_.base_model or stage.base_model
+        shared, planned = _evaluate(spec, stage, slice_, out_name, x, sources, base)
+        shape = info.shape
+        if is_vocab_tensor(out_name) and len(shape) >= 1 and stage.effective_tokenizer_source:
+            shape = (vocab,) + shape[1:]
+        tensors.append(PlannedTensor(out_name, shape, _output_dtype(stage, info), planned,
+                                     layer, slice_i, x, shared, note))
+
+    # Pre-weights (embeddings) come from the first slice, at x = 0.
+    if slices:
+        first = slices[0]
+        lead = donors[first.sources[0].model]
+        for info in lead.non_layer_tensors():
+            if is_pre_weight(info.name):
+                srcs = tuple((s.model, info.name) for s in first.sources if donors[s.model].tensor(info.name))
+                add_tensor(info, info.name, srcs, 0, first, 0.0, None)
+
+    for slice_i, slice_ in enumerate(slices):
+        length = max(0, min(s.num_layers for s in slice_.sources))
+        if layers:
+            seams.append(len(layers))
+        lead_source = slice_.sources[0]
+        lead = donors[lead_source.model]
+        for k in range(length):
+            src_layers = tuple(LayerSource(s.model, s.start + k) for s in slice_.sources)
+            if any(not 0 <= ls.layer < donors[ls.model].num_layers for ls in src_layers):
+                continue  # out of range: validation reports it
+            out_index = len(layers)
+            layer = OutputLayer(out_index, slice_i, k, length, src_layers)
+            layers.append(layer)
+            for ls in src_layers:
+                counts[ls.model][ls.layer] += 1
+            for info in lead.layer_tensors(lead_source.start + k):
+                srcs = []
+                for s, ls in zip(slice_.sources, src_layers):
+                    name = with_layer_index(info.name, ls.layer)
+                    if donors[s.model].tensor(name):
+                        srcs.append((s.model, name))
+                add_tensor(info, with_layer_index(info.name, out_index), tuple(srcs),
+                           slice_i, slice_, layer.x, out_index)
+
+    # Post-weights (final norm, lm_head) come from the last slice, at x = 0.
+    if slices:
+        last = slices[-1]
+        tail = donors[last.sources[0].model]
+        post = [i for i in tail.non_layer_tensors() if not is_pre_weight(i.name)]
+        for info in post:
+            srcs = tuple((s.model, info.name) for s in last.sources if donors[s.model].tensor(info.name))
+            add_tensor(info, info.name, srcs, len(slices) - 1, last, 0.0, None)
+        if not tail.has_lm_head and not config_donor.tie_word_embeddings:
+            # The last donor ties lm_head to its embeddings but the output config does not:
+            # write its embeddings as lm_head so the model loads with the right head.
+            embed = next((i for i in tail.non_layer_tensors() if is_pre_weight(i.name)), None)
+            if embed is not None:
+                srcs = tuple((s.model, embed.name) for s in last.sources if donors[s.model].tensor(embed.name))
+                add_tensor(embed, "lm_head.weight", srcs, len(slices) - 1, last, 0.0, None,
+                           note=f"{tail.display_name} ties lm_head to its embeddings; copied as lm_head")
+
+    usage = tuple(DonorUsage(m, len(c), tuple(c)) for m, c in counts.items() if donors[m].num_layers)
+    output = _output_donor(stage, index, config_donor, layers, tensors, vocab)
+    return StagePlan(index, stage.name, stage.merge_method, tuple(layers), tuple(tensors), tuple(seams),
+                     usage, config_name, vocab, output)
+
+
+def _output_donor(stage: Stage, index: int, config_donor: DonorInfo, layers: list[OutputLayer],
+                  tensors: list[PlannedTensor], vocab: int) -> DonorInfo:
+    infos = tuple(TensorInfo(t.name, t.shape, t.dtype) for t in tensors)
+    dtype = stage.out_dtype or stage.dtype or config_donor.dtype
+    config = dict(config_donor.config)
+    config.update(num_hidden_layers=len(layers), vocab_size=vocab)
+    sliding = None
+    if config_donor.sliding_window_layers is not None:
+        sliding = tuple(config_donor.sliding_window_layers[ls.layer]
+                        if ls.layer < len(config_donor.sliding_window_layers) else False
+                        for ls in (layer.sources[0] for layer in layers))
+    return replace(
+        config_donor,
+        ref=stage.name or f"stage {index + 1}",
+        kind="stage",
+        num_layers=len(layers),
+        vocab_size=vocab,
+        dtype=dtype,
+        tensors=infos,
+        path=None,
+        weight_format=None,
+        sliding_window_layers=sliding,
+        config=config,
+        warnings=(),
+        download_bytes=0,
+    )
+
+
+def plan_recipe(recipe: Recipe, donors: Mapping[str, DonorInfo]) -> Plan:
+    """Plan every stage in dependency order; a stage's output is a donor of later stages."""
+    known = dict(donors)
+    stages = []
+    for i in stage_order(recipe):
+        stage_plan = plan_stage(recipe.stages[i], known, i)
+        stages.append(stage_plan)
+        if recipe.stages[i].name:
+            known[recipe.stages[i].name] = stage_plan.output
+    return Plan(tuple(stages))
+

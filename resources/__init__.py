@@ -1,0 +1,1 @@
+"""Data shipped with the app (installed as the ``merger_gui.resources`` package)."""
