@@ -1,0 +1,50 @@
+"""Donor metadata known to the window, keyed by the model name a recipe uses."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from merger_gui.core.donor import DonorInfo
+
+
+class DonorRegistry(QObject):
+    """Maps recipe model names to inspected :class:`DonorInfo` and to the reference used.
+
+    ``refs`` holds what the user chose for a name (a folder, a repo id or ``profile:…``);
+    ``donors`` holds the inspection result once a worker delivered it; ``errors`` holds a
+    one-line message for names whose inspection failed.
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.refs: dict[str, str] = {}
+        self.donors: dict[str, DonorInfo] = {}
+        self.errors: dict[str, str] = {}
+
+    def donor(self, name: str) -> DonorInfo | None:
+        return self.donors.get(name)
+
+    def set_donor(self, name: str, ref: str, info: DonorInfo) -> None:
+        self.refs[name] = ref
+        self.donors[name] = info
+        self.errors.pop(name, None)
+        self.changed.emit()
+
+    def set_error(self, name: str, ref: str, message: str) -> None:
+        self.refs[name] = ref
+        self.donors.pop(name, None)
+        self.errors[name] = message
+        self.changed.emit()
+
+    def remove(self, name: str) -> None:
+        for table in (self.refs, self.donors, self.errors):
+            table.pop(name, None)
+        self.changed.emit()
+
+    def clear(self) -> None:
+        self.refs.clear()
+        self.donors.clear()
+        self.errors.clear()
+        self.changed.emit()
