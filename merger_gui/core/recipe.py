@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Union
 
 Scalar = Union[float, int, bool, str]
 Gradient = tuple[float, ...]
@@ -121,18 +121,29 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class TokenEmbedding:
-    """Per-token override of the ``tokenizer.tokens`` section, kept as written."""
+    """One ``tokenizer.tokens`` entry: where the embedding of a token comes from.
 
-    token: str
-    source: Any
+    ``kind`` is None when ``source`` is written as a plain model reference (or is absent),
+    ``"model_token"`` for the row of ``token`` / ``token_id`` in model ``source``, and
+    ``"zero"`` for a zero row.
+    """
+
+    source: str | None = None
+    kind: str | None = None
+    token: str | None = None
+    token_id: int | None = None
+    force: bool = False
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """The ``tokenizer:`` form; ``source`` is ``base``, ``union`` or a model reference."""
+    """The ``tokenizer:`` form; ``source`` is ``base``, ``union`` or a model reference.
+
+    ``source=None`` means the key was not written; mergekit then uses ``union``.
+    """
 
     source: str | None = None
-    tokens: tuple[tuple[str, Any], ...] = ()
+    tokens: tuple[tuple[str, TokenEmbedding], ...] = ()
     pad_to_multiple_of: int | None = None
 
 
@@ -152,7 +163,8 @@ class Stage:
     chat_template: str | None = None
     name: str | None = None
     extra: Parameters = EMPTY_PARAMETERS
-    """Unknown top-level keys, kept so a round-trip does not lose them."""
+    """Unknown top-level keys, kept so a round-trip does not lose them (nested mappings as
+    :class:`Parameters`, lists as tuples)."""
 
     @property
     def referenced_models(self) -> tuple[str, ...]:
@@ -172,7 +184,7 @@ class Stage:
     @property
     def effective_tokenizer_source(self) -> str | None:
         if self.tokenizer is not None:
-            return self.tokenizer.source or "base"
+            return self.tokenizer.source or "union"
         return self.tokenizer_source
 
 

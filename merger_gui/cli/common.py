@@ -1,0 +1,75 @@
+"""Helpers shared by the recipe commands: ``--donor`` options, loading a recipe, its donors, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from merger_gui.core.donor import DonorInfo
+from merger_gui.core.errors import RecipeError, UserError
+from merger_gui.core.recipe import Recipe
+from merger_gui.core.resolve import parse_donor_overrides, resolve_recipe_donors
+
+
+def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional ``RECIPE`` (a mergekit YAML file)."""
+    parser.add_argument("recipe", metavar="RECIPE", help="mergekit recipe (.yaml); multi-document files are stages")
+
+
+def add_donor_argument(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--donor NAME=REF`` option (into ``args.donor``)."""
+    parser.add_argument("--donor", action="append", default=[], metavar="NAME=REF",
+                        help="use REF (folder, repo id or profile:NAME) for the recipe's model NAME; repeatable")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    """Read a recipe file.
+
+    Raises:
+        UserError: the file does not exist; RecipeError (a UserError) when it cannot be parsed.
+    """
+    from merger_gui.core.recipe_yaml import load_recipe
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"recipe {path} does not exist" if not file.exists() else f"recipe {path} is not a file")
+    try:
+        return load_recipe(file)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+
+
+def donors_for(recipe: Recipe, recipe_path: str | Path, donor_items: Sequence[str]
+               ) -> tuple[dict[str, DonorInfo], dict[str, str]]:
+    """Resolve the recipe's donors with ``--donor`` overrides; relative folders are looked up next
+    to the recipe first.
+
+    Returns:
+        (donors by model name, one-line error messages by model name).
+    """
+    overrides = parse_donor_overrides(donor_items)
+    return resolve_recipe_donors(recipe, overrides, base_dir=Path(recipe_path).resolve().parent)
+
+
+def require_donors(errors: Mapping[str, str]) -> None:
+    """Raise one UserError line for the first unresolvable donor (and count the others)."""
+    if not errors:
+        return
+    name, message = next(iter(errors.items()))
+    if "--donor" not in message:
+        message += f"; map it with --donor {name}=FOLDER or --donor {name}=profile:NAME (e.g. profile:llama-2-13b)"
+    others = [n for n in errors if n != name]
+    more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
+    raise UserError(f"{message}{more}" if name in message else f"donor {name}: {message}{more}")
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as indented JSON, non-ASCII text kept readable."""
+    print(json.dumps(data, indent=2, ensure_ascii=False))

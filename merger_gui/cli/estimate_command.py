@@ -1,0 +1,201 @@
+"""``merger-gui estimate``: size, GPU memory and merge-time needs of a recipe or a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from merger_gui.cli.common import (
+    add_donor_argument, add_json_argument, donors_for, load_recipe_file, print_json, require_donors,
+)
+from merger_gui.core.errors import UserError
+from merger_gui.core.estimator import (
+    GIB_NOTE, Estimate, EstimateOptions, RecipeEstimate, estimate_model, estimate_plan, format_gib,
+    gib_to_bytes,
+)
+from merger_gui.core.plan import plan_recipe
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.core.runtime_presets import PRESETS
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "estimate",
+        help="parameters, file size, GPU memory and KV cache of a recipe's output or a model",
+        description=f"Estimate a recipe's output (every stage, compared with its donors) or a single model. {GIB_NOTE}.",
+    )
+    parser.add_argument("target", metavar="RECIPE_OR_MODEL",
+                        help="recipe (.yaml/.yml or an existing file), model folder, repo id or profile:NAME")
+    add_donor_argument(parser)
+    parser.add_argument("--context", type=int, default=4096, metavar="N", help="tokens per sequence (default 4096)")
+    parser.add_argument("--batch", type=int, default=1, metavar="B", help="sequences held at once (default 1)")
+    parser.add_argument("--weights", default="stored", metavar="DTYPE_OR_QUANT",
+                        help="stored (default), fp32, fp16, bf16, fp8, a GGUF type such as Q4_K_M, or exl2:BITS")
+    parser.add_argument("--kv-dtype", default="f16", metavar="T",
+                        help="KV cache type: f16 (default), bf16, f32, fp8, q8_0, q4_0")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB", help="solve the largest context that fits")
+    parser.add_argument("--runtime", default="llama.cpp", choices=sorted(PRESETS), type=str.lower,
+                        help="runtime preset for compute buffer and overhead (default llama.cpp)")
+    parser.add_argument("--compute-buffer", type=float, metavar="GIB", help="replace the preset's compute buffer")
+    parser.add_argument("--overhead", type=float, metavar="GIB", help="replace the preset's runtime overhead")
+    parser.add_argument("--full-kv", action="store_true",
+                        help="count every position in sliding-window layers (engines that do not exploit the window)")
+    add_json_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = EstimateOptions(
+        context=args.context, batch=args.batch, weights=args.weights, kv_dtype=args.kv_dtype,
+        runtime=args.runtime, gpu_memory_bytes=_gib_option(args.gpu_memory, "--gpu-memory"),
+        compute_buffer_bytes=_gib_option(args.compute_buffer, "--compute-buffer"),
+        overhead_bytes=_gib_option(args.overhead, "--overhead"), sliding_window=not args.full_kv,
+    )
+    title = None
+    if _is_recipe(args.target):
+        result: Estimate | RecipeEstimate = _estimate_recipe(Path(args.target), args.donor, options)
+        title = Path(args.target).stem
+    else:
+        if args.donor:
+            raise UserError("--donor applies to recipes only")
+        result = estimate_model(resolve_donor(args.target), options)
+    if args.json:
+        print_json(_recipe_json(result) if isinstance(result, RecipeEstimate) else _estimate_json(result))
+    else:
+        print(render(result, title))
+    return 0
+
+
+def _gib_option(value: float | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    if value < 0:
+        raise UserError(f"{flag} cannot be negative")
+    return gib_to_bytes(value)
+
+
+def _is_recipe(target: str) -> bool:
+    return target.lower().endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+def _estimate_recipe(path: Path, donor_items: list[str], options: EstimateOptions) -> RecipeEstimate:
+    recipe = load_recipe_file(path)
+    donors, errors = donors_for(recipe, path, donor_items)
+    require_donors(errors)
+    return estimate_plan(plan_recipe(recipe, donors), donors, options)
+
+
+def _estimate_json(estimate: Estimate) -> dict[str, Any]:
+    options = estimate.options
+    data: dict[str, Any] = {
+        "units": f"bytes; {GIB_NOTE}",
+        "name": estimate.name,
+        "num_layers": estimate.num_layers,
+        "params": estimate.params,
+        "weights": estimate.weights_label,
+        "weights_bytes": estimate.weights_bytes,
+        "host_weights_bytes": estimate.host_weights_bytes,
+        "kv_dtype": options.kv_dtype,
+        "kv_bytes_per_token": estimate.kv.bytes_per_token,
+        "kv_cache_bytes": estimate.kv_cache_bytes,
+        "kv_cache_full_bytes": estimate.kv.full_bytes,
+        "kv_cache_windowed_bytes": estimate.kv.windowed_bytes,
+        "sliding_window_layers": estimate.kv.windowed_layer_count,
+        "kv_counts_window": estimate.kv_counts_window,
+        "compute_buffer_bytes": estimate.compute_buffer_bytes,
+        "overhead_bytes": estimate.overhead_bytes,
+        "total_bytes": estimate.total_bytes,
+        "context": options.context,
+        "batch": options.batch,
+        "runtime": options.preset.name,
+        "stored_bytes": estimate.stored_bytes,
+        "file_sizes": dict(estimate.file_sizes),
+    }
+    if options.gpu_memory_bytes is not None:
+        data["gpu_memory_bytes"] = options.gpu_memory_bytes
+        data["max_context"] = estimate.max_context
+    return data
+
+
+def _recipe_json(result: RecipeEstimate) -> dict[str, Any]:
+    data = _estimate_json(result.final)
+    data["stages"] = [dict(_estimate_json(e), stage=label) for e, label in zip(result.stages, result.stage_labels)]
+    data["donors"] = [
+        {"name": c.name, "params": c.estimate.params, "num_layers": c.estimate.num_layers,
+         "total_bytes": c.estimate.total_bytes, "delta_bytes": c.delta_bytes, "summary": c.describe()}
+        for c in result.donors
+    ]
+    merge = result.merge
+    data["merge"] = {
+        "download_bytes": merge.download_bytes, "output_disk_bytes": merge.output_disk_bytes,
+        "intermediate_disk_bytes": merge.intermediate_disk_bytes, "disk_bytes": merge.disk_bytes,
+        "peak_ram_bytes": merge.peak_ram_bytes,
+    }
+    return data
+
+
+def render(result: Estimate | RecipeEstimate, title: str | None = None) -> str:
+    """The human-readable table of an estimate; ``title`` names a recipe's output."""
+    if isinstance(result, Estimate):
+        return "\n".join(_estimate_lines(result, title or result.name))
+    final = result.stage_labels[-1]
+    heading = f"{title}: {final}" if title and len(result.stages) > 1 else title or final
+    lines = _estimate_lines(result.final, heading)
+    if len(result.stages) > 1:
+        lines += ["", "Stages:"]
+        for estimate, label in zip(result.stages, result.stage_labels):
+            lines.append(f"  {label:<32} {estimate.num_layers:>4} layers  {estimate.params:>16,} params  "
+                         f"{format_gib(estimate.total_bytes):>11}")
+    if result.donors:
+        lines += ["", "Compared with donors (same options):"]
+        lines += [f"  {c.describe()}  ({c.estimate.num_layers} layers, {format_gib(c.estimate.total_bytes)})"
+                  for c in result.donors]
+    merge = result.merge
+    lines += [
+        "", "Merge needs:",
+        _row("download (donors not in the Hub cache)", merge.download_bytes),
+        _row("disk for the output", merge.output_disk_bytes),
+    ]
+    if merge.intermediate_disk_bytes:
+        lines.append(_row("disk for intermediate stages", merge.intermediate_disk_bytes))
+    lines.append(_row("peak RAM of the merge engine", merge.peak_ram_bytes))
+    return "\n".join(lines)
+
+
+def _row(label: str, nbytes: int, signed: bool = False) -> str:
+    return f"  {label:<52} {format_gib(nbytes, signed):>12}"
+
+
+def _estimate_lines(e: Estimate, title: str) -> list[str]:
+    o = e.options
+    kv = e.kv
+    lines = [
+        f"{title}: {e.num_layers} layers, {e.params:,} parameters   ({GIB_NOTE})",
+        f"context {o.context:,} x batch {o.batch}, weights {e.weights_label}, KV {o.kv_dtype}, runtime {o.preset.name}",
+        "",
+        _row(f"weights ({e.weights_label})", e.weights_bytes),
+    ]
+    if e.host_weights_bytes:
+        lines.append(_row("  token embeddings kept in system RAM", -e.host_weights_bytes, signed=True))
+    kib = kv.bytes_per_token / 1024
+    per_token = f"{kib:,.0f}" if kib.is_integer() else f"{kib:,.2f}"
+    lines.append(_row(f"KV cache ({o.kv_dtype}, {per_token} KiB/token)", e.kv_cache_bytes))
+    if kv.windowed_layer_count:
+        counted, other, value = (("windowed", "every position", kv.full_bytes) if e.kv_counts_window
+                                 else ("full", "the window only", kv.windowed_bytes))
+        lines.append(f"    {kv.windowed_layer_count} sliding-window layers, counted {counted}; "
+                     f"{other}: {format_gib(value)}")
+    lines += [
+        _row(e.compute_label, e.compute_buffer_bytes),
+        _row(e.overhead_label, e.overhead_bytes),
+        _row("total GPU memory", e.total_bytes),
+    ]
+    if o.gpu_memory_bytes is not None:
+        fits = "no limit below 128M tokens" if e.max_context is None else (
+            "does not fit" if e.max_context == 0 else f"{e.max_context:,} tokens")
+        lines.append(f"  {'largest context in ' + format_gib(o.gpu_memory_bytes):<52} {fits:>12}")
+    sizes = [f"{name} {size / 2**30:.2f}" for name, size in (("stored", e.stored_bytes), *e.file_sizes)]
+    lines += ["", "File sizes (GiB): " + "  ".join(sizes[:4]), "  GGUF: " + "  ".join(sizes[4:])]
+    return lines
+

@@ -1,0 +1,143 @@
+"""``merger-gui merge``: run a recipe into a model folder with a progress bar on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from typing import TextIO
+
+from merger_gui.core.errors import UserError
+
+from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
+
+SIZE_UNITS = {
+    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+    "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``5GB``, ``500MB``, ``1.5GiB`` or ``2e9`` (decimal units, ``iB`` binary ones)."""
+    match = SIZE_PATTERN.match(text)
+    unit = match[2].lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 5GB, 500MB, 2GiB or 2e9")
+    size = int(float(match[1]) * SIZE_UNITS[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return size
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge a recipe into a model folder (streaming, bounded memory)",
+        description="Merge a recipe into OUT_DIR. The output appears only when complete; "
+                    "Ctrl-C cancels and leaves nothing behind. Exit status: 0 on success, 1 on an "
+                    "error, 130 when cancelled.",
+    )
+    add_recipe_argument(parser)
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to create for the merged model")
+    add_donor_argument(parser)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the math")
+    parser.add_argument("--shard-size", type=parse_size, default="5GB", metavar="SIZE",
+                        help="largest weight file, e.g. 5GB (default), 500MB, 2e9")
+    parser.add_argument("--intermediate-dir", metavar="DIR",
+                        help="where multi-stage recipes keep earlier stages (default OUT_DIR.intermediate)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR once the new model is complete")
+    parser.add_argument("--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
+                        help="do not copy the tokenizer files of the config donor")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random methods (dare); default 0")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from merger_gui.engine.run import MergeOptions, run_merge  # torch only when merging
+
+    recipe = load_recipe_file(args.recipe)
+    donors, errors = donors_for(recipe, args.recipe, args.donor)
+    require_donors(errors)
+    options = MergeOptions(device=args.device, shard_size=args.shard_size, intermediate_dir=args.intermediate_dir,
+                           overwrite=args.overwrite, copy_tokenizer=args.copy_tokenizer, seed=args.seed)
+    display = ProgressDisplay(sys.stderr)
+    events = run_merge(recipe, donors, args.out_dir, options)
+    try:
+        for event in events:
+            display.show(event)
+    except KeyboardInterrupt:
+        events.close()  # the engine removes its partial output
+        display.clear()
+        print("cancelled: nothing was written", file=sys.stderr)
+        return 130
+    except UserError:
+        display.clear()
+        raise
+    return 0
+
+
+class ProgressDisplay:
+    """Renders merge events: a one-line bar on a terminal, else a line per stage."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.stage = ""
+        self.shown = False
+
+    def show(self, event: object) -> None:
+        from merger_gui.engine.run import (
+            DownloadProgress, MergeDone, MergeWarning, StageFinished, StageStarted, TensorProgress,
+        )
+
+        if isinstance(event, MergeWarning):
+            self.line(f"warning: {event.message}")
+        elif isinstance(event, StageStarted):
+            self.stage = f"stage {event.index + 1}/{event.count} {event.name}"
+            if not self.live and not event.reused:
+                self.line(f"{self.stage}: merging {event.tensors} tensors")
+        elif isinstance(event, TensorProgress):
+            if self.live:
+                self.bar(event.bytes_written, event.total_bytes,
+                         f"{event.overall_index}/{event.overall_count} tensors", event.eta)
+        elif isinstance(event, DownloadProgress):
+            if self.live:
+                self.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file}", None)
+        elif isinstance(event, StageFinished):
+            what = "reused from an earlier run" if event.reused else f"done in {event.seconds:.1f} s"
+            self.line(f"{self.stage}: {what} → {event.path}")
+        elif isinstance(event, MergeDone):
+            self.clear()
+            print(f"merged {event.tensors} tensors ({event.bytes_written / 1e9:.2f} GB) into {event.path} "
+                  f"in {event.seconds:.1f} s")
+
+    def bar(self, done: int, total: int, detail: str, eta: float | None) -> None:
+        width = shutil.get_terminal_size((100, 20)).columns
+        fraction = done / total if total else 1.0
+        left = f" {_duration(eta)} left" if eta is not None else ""
+        text = f" {fraction:4.0%} {detail}{left} · {self.stage}"
+        cells = max(10, min(40, width - len(text) - 3))
+        filled = int(cells * fraction)
+        line = f"[{'#' * filled}{'.' * (cells - filled)}]{text}"
+        self.stream.write("\r" + line[: width - 1].ljust(width - 1))
+        self.stream.flush()
+        self.shown = True
+
+    def line(self, text: str) -> None:
+        self.clear()
+        print(text, file=self.stream)
+
+    def clear(self) -> None:
+        if self.shown:
+            width = shutil.get_terminal_size((100, 20)).columns
+            self.stream.write("\r" + " " * (width - 1) + "\r")
+            self.stream.flush()
+            self.shown = False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"

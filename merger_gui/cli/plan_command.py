@@ -1,0 +1,223 @@
+"""``merger-gui plan``: the output layers of every stage, where they come from and with what values."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from merger_gui.core.donor import DonorInfo
+from merger_gui.core.errors import UserError
+from merger_gui.core.plan import OutputLayer, PlannedTensor, StagePlan, plan_recipe, stage_slices
+from merger_gui.core.recipe import FilterRule, Parameters, Scalar, Slice, Stage
+from merger_gui.core.validation import validate_recipe
+
+from .common import (
+    add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
+    require_donors,
+)
+
+ParameterGroups = dict[str, dict[str, Scalar]]  # parameter → filter group → value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="show the output layers, their sources and parameter values, seams and donor usage",
+        description="Plan every stage of a recipe (in dependency order) without reading any weights.",
+    )
+    add_recipe_argument(parser)
+    add_donor_argument(parser)
+    add_json_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe_file(args.recipe)
+    donors, errors = donors_for(recipe, args.recipe, args.donor)
+    findings = validate_recipe(recipe, donors, errors)
+    typo = next((f for f in findings if f.code == "unknown-stage"), None)
+    if typo is not None:  # clearer than "no such donor" for a misspelt stage name
+        raise UserError(f"{typo.location}: {typo.message}")
+    require_donors(errors)
+    plan = plan_recipe(recipe, donors)
+    known = dict(donors) | {s.name: s.output for s in plan.stages if s.name}
+    views = [StageView(recipe.stages[s.index], s, known) for s in plan.stages]
+    if args.json:
+        print_json({"stages": [view.to_json() for view in views]})
+    else:
+        print("\n\n".join(view.render() for view in views))
+    problems = sum(f.is_error for f in findings)
+    if problems:
+        print(f"note: the recipe has {problems} error(s); run `merger-gui validate {args.recipe}`", file=sys.stderr)
+    return 0
+
+
+def format_ranges(indices: Sequence[int]) -> str:
+    """Compact runs of sorted integers: ``0–7, 24–31``; ``none`` when empty."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(_span(a, b) for a, b in runs) or "none"
+
+
+def rule_group(scopes: Sequence[Parameters], name: str, tensor: str) -> str:
+    """Label of the value ``tensor`` gets for ``name``: the filter of the rule that gave it, else
+    ``other`` (a fallback rule, a plain value or the method's default)."""
+    for scope in scopes:
+        spec = scope.get(name, ())
+        if _rules(spec):
+            rule = next((r for r in _rules(spec) if r.matches(tensor)), None)
+            if rule is None:
+                continue  # no rule matches: the next scope decides
+            return rule.filter if rule.filter not in (None, "*") else "other"  # type: ignore[return-value]
+        if spec != ():
+            return "other"
+    return "other"
+
+
+class StageView:
+    """One planned stage, summarised per output layer for printing."""
+
+    def __init__(self, stage: Stage, plan: StagePlan, donors: Mapping[str, DonorInfo]) -> None:
+        self.stage = stage
+        self.plan = plan
+        self.slices: tuple[Slice, ...] = tuple(s for s in stage_slices(stage, donors) if s.sources)
+        by_layer: dict[int, list[PlannedTensor]] = {}
+        for tensor in plan.tensors:
+            if tensor.layer is not None:
+                by_layer.setdefault(tensor.layer, []).append(tensor)
+        self.layer_parameters = {
+            layer.index: self.groups(layer, by_layer.get(layer.index, [])) for layer in plan.layers
+        }
+
+    def groups(self, layer: OutputLayer, tensors: list[PlannedTensor]) -> ParameterGroups:
+        slice_ = self.slices[layer.slice_index]
+        scopes = (slice_.parameters, self.stage.parameters)
+        groups: ParameterGroups = {}
+        for tensor in tensors:
+            for name, value in tensor.parameters.items():
+                groups.setdefault(name, {})[rule_group(scopes, name, tensor.name)] = value  # type: ignore[assignment]
+            for source in tensor.sources:
+                source_scopes = tuple(s.parameters for s in slice_.sources if s.model == source.model) + scopes
+                for name, value in source.parameters.items():
+                    group = rule_group(source_scopes, name, source.tensor)
+                    label = source.model if group == "other" else f"{source.model} {group}"
+                    groups.setdefault(name, {})[label] = value  # type: ignore[assignment]
+        return {name: _in_rule_order(by_group, scopes, name) for name, by_group in groups.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "index": plan.index,
+            "name": plan.name,
+            "merge_method": plan.merge_method,
+            "num_layers": plan.num_layers,
+            "params": plan.params,
+            "config_donor": plan.config_donor,
+            "vocab_size": plan.vocab_size,
+            "layers": [
+                {"index": layer.index, "slice": layer.slice_index,
+                 "sources": [{"model": s.model, "layer": s.layer} for s in layer.sources],
+                 "parameters": self.layer_parameters[layer.index]}
+                for layer in plan.layers
+            ],
+            "seams": [
+                {"layer": seam,
+                 "before": [{"model": s.model, "layer": s.layer} for s in plan.layers[seam - 1].sources],
+                 "after": [{"model": s.model, "layer": s.layer} for s in plan.layers[seam].sources]}
+                for seam in plan.seams
+            ],
+            "donor_usage": [
+                {"model": u.model, "num_layers": u.num_layers, "used_once": list(u.used_once),
+                 "repeated": list(u.repeated), "skipped": list(u.skipped)}
+                for u in plan.donor_usage
+            ],
+            "notes": [{"tensor": t.name, "note": t.note} for t in plan.tensors if t.note],
+        }
+
+    def render(self) -> str:
+        plan = self.plan
+        lines = [
+            f"Stage {_stage_title(plan)}: {plan.merge_method}, {plan.num_layers} layers, {plan.params:,} parameters",
+            f"  config.json and tokenizer from {plan.config_donor}; vocabulary {plan.vocab_size:,}",
+            "  layers:",
+        ]
+        lines += [f"    {line}" for line in self.layer_lines()]
+        seams = ", ".join(
+            f"{seam} ({_sources(plan.layers[seam - 1])} → {_sources(plan.layers[seam])})" for seam in plan.seams)
+        lines.append(f"  seams: {seams or 'none'}")
+        lines.append("  donor usage:")
+        for u in plan.donor_usage:
+            lines.append(f"    {u.model} ({u.num_layers} layers): used once {format_ranges(u.used_once)}; "
+                         f"repeated {format_ranges(u.repeated)}; skipped {format_ranges(u.skipped)}")
+        lines += [f"  note: {t.name}: {t.note}" for t in plan.tensors if t.note]
+        return "\n".join(lines)
+
+    def layer_lines(self) -> list[str]:
+        """One line per run of layers that continue the same sources with the same values."""
+        runs: list[list[OutputLayer]] = []
+        for layer in self.plan.layers:
+            prev = runs[-1][-1] if runs else None
+            if prev is not None and _continues(prev, layer) \
+                    and _values(self.layer_parameters[prev.index]) == _values(self.layer_parameters[layer.index]):
+                runs[-1].append(layer)
+            else:
+                runs.append([layer])
+        width = len(str(self.plan.num_layers - 1)) * 2 + 1
+        lines = []
+        for run in runs:
+            first, last = run[0], run[-1]
+            sources = " + ".join(f"{a.model} {_span(a.layer, b.layer)}" for a, b in zip(first.sources, last.sources))
+            values = _values(self.layer_parameters[first.index])
+            lines.append(f"{_span(first.index, last.index):>{width}}  {sources}" + (f"   {values}" if values else ""))
+        return lines
+
+
+def _in_rule_order(by_group: dict[str, Scalar], scopes: Sequence[Parameters], name: str) -> dict[str, Scalar]:
+    """Groups in the order their rules are written, ``other`` last."""
+    filters = [r.filter for scope in scopes for r in _rules(scope.get(name, ()))]
+    rank = {f: i for i, f in reversed(list(enumerate(filters)))}
+    return dict(sorted(by_group.items(), key=lambda item: rank.get(item[0], len(filters) + (item[0] == "other"))))
+
+
+def _rules(spec: object) -> tuple[FilterRule, ...]:
+    is_rules = isinstance(spec, tuple) and spec and isinstance(spec[0], FilterRule)
+    return spec if is_rules else ()  # type: ignore[return-value]
+
+
+def _stage_title(plan: StagePlan) -> str:
+    return repr(plan.name) if plan.name else str(plan.index + 1)
+
+
+def _continues(prev: OutputLayer, layer: OutputLayer) -> bool:
+    """``layer`` takes the next layer of the same models as ``prev``, in the same slice."""
+    return prev.slice_index == layer.slice_index and all(
+        a.model == b.model and a.layer + 1 == b.layer for a, b in zip(prev.sources, layer.sources))
+
+
+def _span(first: int, last: int) -> str:
+    return f"{first}–{last}" if last > first else str(first)
+
+
+def _sources(layer: OutputLayer) -> str:
+    return " + ".join(f"{s.model} {s.layer}" for s in layer.sources)
+
+
+def _values(groups: ParameterGroups) -> str:
+    """``t: self_attn 0.75, mlp 0.25, other 0.5``; a single group shows its value alone."""
+    parts = []
+    for name, by_group in groups.items():
+        if len(set(by_group.values())) == 1 and len(by_group) == 1:
+            parts.append(f"{name}: {_number(next(iter(by_group.values())))}")
+        else:
+            parts.append(f"{name}: " + ", ".join(f"{g} {_number(v)}" for g, v in by_group.items()))
+    return "; ".join(parts)
+
+
+def _number(value: Scalar) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,262 @@
+"""Pure edits of curve parameters (``t``, ``weight``, ``density``…): points, rules, presets.
+
+Every function takes a :class:`Stage` and returns a new one. A parameter is addressed by a
+:class:`ParamLocation` (top level, a slice, a slice's source or a ``models:`` entry) and its
+name; its value is edited as a list of :class:`FilterRule` s. A bare scalar or gradient is
+one fallback rule, and is written back bare while it stays a single fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .parameters import interpolate_gradient
+from .recipe import FilterRule, Gradient, Parameters, ParamValue, Scalar, Stage
+
+DEFAULT_BOUNDS = (0.0, 1.0)
+# Weights may exceed 1 or subtract a model; t and densities are fractions.
+PARAMETER_BOUNDS = {"weight": (-1.0, 2.0), "lambda": (0.0, 2.0), "scale": (0.0, 2.0)}
+PRESETS = ("constant", "linear", "v", "smoothstep")
+DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class ParamLocation:
+    """Where a parameter lives: top level (all None), slice ``slice_index``, its source
+    ``source_index``, or ``models:`` entry ``model_index``."""
+
+    slice_index: int | None = None
+    source_index: int | None = None
+    model_index: int | None = None
+
+    @property
+    def is_top_level(self) -> bool:
+        return self.slice_index is None and self.model_index is None
+
+
+TOP_LEVEL = ParamLocation()
+
+
+def value_bounds(name: str) -> tuple[float, float]:
+    """The range a curve point of parameter ``name`` is clamped to."""
+    return PARAMETER_BOUNDS.get(name, DEFAULT_BOUNDS)
+
+
+def clamp(value: float, name: str = "t") -> float:
+    """``value`` clamped to the bounds of ``name`` and rounded to a readable precision."""
+    low, high = value_bounds(name)
+    return round(min(high, max(low, float(value))), DECIMALS)
+
+
+def _parameters(stage: Stage, loc: ParamLocation) -> Parameters:
+    if loc.model_index is not None:
+        return (stage.models or ())[loc.model_index].parameters
+    if loc.slice_index is None:
+        return stage.parameters
+    slice_ = (stage.slices or ())[loc.slice_index]
+    if loc.source_index is None:
+        return slice_.parameters
+    return slice_.sources[loc.source_index].parameters
+
+
+def _with_parameters(stage: Stage, loc: ParamLocation, params: Parameters) -> Stage:
+    if loc.model_index is not None:
+        models = list(stage.models or ())
+        models[loc.model_index] = replace(models[loc.model_index], parameters=params)
+        return replace(stage, models=tuple(models))
+    if loc.slice_index is None:
+        return replace(stage, parameters=params)
+    slices = list(stage.slices or ())
+    slice_ = slices[loc.slice_index]
+    if loc.source_index is None:
+        slices[loc.slice_index] = replace(slice_, parameters=params)
+    else:
+        sources = list(slice_.sources)
+        sources[loc.source_index] = replace(sources[loc.source_index], parameters=params)
+        slices[loc.slice_index] = replace(slice_, sources=tuple(sources))
+    return replace(stage, slices=tuple(slices))
+
+
+def get_parameter(stage: Stage, loc: ParamLocation, name: str) -> ParamValue | None:
+    """The raw value of ``name`` at ``loc`` (None when not set there)."""
+    return _parameters(stage, loc).get(name)
+
+
+def set_parameter(stage: Stage, loc: ParamLocation, name: str, value: ParamValue | None) -> Stage:
+    """Set (or with None, remove) parameter ``name`` at ``loc``."""
+    return _with_parameters(stage, loc, _parameters(stage, loc).with_value(name, value))
+
+
+def is_rule_list(value: ParamValue | None) -> bool:
+    return isinstance(value, tuple) and bool(value) and isinstance(value[0], FilterRule)
+
+
+def as_rules(value: ParamValue | None) -> tuple[FilterRule, ...]:
+    """A parameter value as rules; a bare scalar or gradient is one fallback rule."""
+    if value is None or value == ():
+        return ()
+    if is_rule_list(value):
+        return value  # type: ignore[return-value]
+    return (FilterRule(value),)  # type: ignore[arg-type]
+
+
+def get_rules(stage: Stage, loc: ParamLocation, name: str) -> tuple[FilterRule, ...]:
+    """The rules of ``name`` at ``loc``."""
+    return as_rules(get_parameter(stage, loc, name))
+
+
+def _set_rules(stage: Stage, loc: ParamLocation, name: str, rules: tuple[FilterRule, ...]) -> Stage:
+    before = get_parameter(stage, loc, name)
+    if not rules:
+        return set_parameter(stage, loc, name, None)
+    if not is_rule_list(before) and len(rules) == 1 and rules[0].filter is None:
+        return set_parameter(stage, loc, name, rules[0].value)  # keep the bare form
+    return set_parameter(stage, loc, name, rules)
+
+
+def _replace_rule(stage: Stage, loc: ParamLocation, name: str, index: int, rule: FilterRule) -> Stage:
+    rules = list(get_rules(stage, loc, name))
+    rules[index] = rule
+    return _set_rules(stage, loc, name, tuple(rules))
+
+
+def points(value: Scalar | Gradient) -> tuple[float, ...]:
+    """The control points of a rule value: a gradient's entries, or a scalar as one point."""
+    if isinstance(value, tuple):
+        return tuple(float(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ()
+    return (float(value),)
+
+
+def set_curve_point(stage: Stage, loc: ParamLocation, name: str, rule_index: int,
+                    point_index: int, value: float) -> Stage:
+    """Set point ``point_index`` of rule ``rule_index`` (a scalar is point 0), clamped."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    new = clamp(value, name)
+    if isinstance(rule.value, tuple):
+        values = list(rule.value)
+        values[point_index] = new
+        return _replace_rule(stage, loc, name, rule_index, replace(rule, value=tuple(values)))
+    if point_index != 0:
+        raise IndexError(f"a scalar has one point, not {point_index + 1}")
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=new))
+
+
+def resample(values: tuple[float, ...], count: int) -> Gradient:
+    """``count`` evenly spaced samples of the curve of ``values`` (its ends kept)."""
+    if count == 1:
+        return (round(float(interpolate_gradient(values, 0.0)), DECIMALS),)
+    return tuple(round(float(interpolate_gradient(values, i / (count - 1))), DECIMALS) for i in range(count))
+
+
+def add_point(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Give rule ``rule_index`` one more point, resampling its curve so the shape is kept.
+
+    Gradient points are evenly spaced, so a new point cannot sit at an arbitrary ``x``;
+    a scalar becomes a flat two-point gradient.
+    """
+    rule = get_rules(stage, loc, name)[rule_index]
+    values = points(rule.value)
+    new = (values[0], values[0]) if not isinstance(rule.value, tuple) else resample(values, len(values) + 1)
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=new))
+
+
+def remove_point(stage: Stage, loc: ParamLocation, name: str, rule_index: int, point_index: int) -> Stage:
+    """Remove one gradient point; the last point of a rule cannot be removed."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    if not isinstance(rule.value, tuple) or len(rule.value) <= 1:
+        raise ValueError("a rule needs at least one point")
+    values = rule.value[:point_index] + rule.value[point_index + 1:]
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=values))
+
+
+def fallback_index(rules: tuple[FilterRule, ...]) -> int | None:
+    """Index of the first rule matching every tensor, if any."""
+    return next((i for i, r in enumerate(rules) if r.filter in (None, "*")), None)
+
+
+def add_rule(stage: Stage, loc: ParamLocation, name: str, filter_: str | None,
+             value: Scalar | Gradient | None = None, index: int | None = None) -> Stage:
+    """Add a ``{filter, value}`` rule, by default just before the fallback (or last).
+
+    Without ``value`` the rule copies the fallback's value (0.5 when there is none).
+    """
+    rules = list(get_rules(stage, loc, name))
+    fallback = fallback_index(tuple(rules))
+    if value is None:
+        value = rules[fallback].value if fallback is not None else 0.5
+    if index is None:
+        index = fallback if fallback is not None and filter_ not in (None, "*") else len(rules)
+    rules.insert(index, FilterRule(value, filter_))
+    # More than one rule must be a list, even where the value was bare.
+    if len(rules) > 1:
+        return set_parameter(stage, loc, name, tuple(rules))
+    return _set_rules(stage, loc, name, tuple(rules))
+
+
+def remove_rule(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Remove a rule; removing the only rule removes the parameter at ``loc``."""
+    rules = list(get_rules(stage, loc, name))
+    del rules[rule_index]
+    return _set_rules(stage, loc, name, tuple(rules))
+
+
+def move_rule(stage: Stage, loc: ParamLocation, name: str, from_index: int, to_index: int) -> Stage:
+    """Move a rule to ``to_index`` (order matters: the first matching rule wins)."""
+    rules = list(get_rules(stage, loc, name))
+    rule = rules.pop(from_index)
+    rules.insert(max(0, min(len(rules), to_index)), rule)
+    return _set_rules(stage, loc, name, tuple(rules))
+
+
+def rename_rule(stage: Stage, loc: ParamLocation, name: str, rule_index: int, filter_: str | None) -> Stage:
+    """Change a rule's filter; an empty filter makes it a fallback."""
+    rules = get_rules(stage, loc, name)
+    rule = replace(rules[rule_index], filter=filter_ or None)
+    if len(rules) == 1 and rule.filter is not None:
+        return set_parameter(stage, loc, name, (rule,))  # a filter needs the list form
+    return _replace_rule(stage, loc, name, rule_index, rule)
+
+
+def preset_values(preset: str, start: float, end: float, count: int = 5) -> Gradient:
+    """A gradient for ``preset``: ``constant`` [start], ``linear`` [start, end],
+    ``v`` [start, end, start], ``smoothstep`` ``count`` points easing from start to end."""
+    if preset == "constant":
+        return (round(start, DECIMALS),)
+    if preset == "linear":
+        return (round(start, DECIMALS), round(end, DECIMALS))
+    if preset == "v":
+        return (round(start, DECIMALS), round(end, DECIMALS), round(start, DECIMALS))
+    if preset == "smoothstep":
+        steps = [i / (count - 1) for i in range(count)]
+        return tuple(round(start + (end - start) * (3 * s * s - 2 * s * s * s), DECIMALS) for s in steps)
+    raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+
+
+def apply_preset(stage: Stage, loc: ParamLocation, name: str, rule_index: int, preset: str,
+                 start: float = 0.0, end: float = 1.0, count: int = 5) -> Stage:
+    """Replace rule ``rule_index``'s value by a preset gradient (values clamped)."""
+    values = tuple(clamp(v, name) for v in preset_values(preset, start, end, count))
+    rule = get_rules(stage, loc, name)[rule_index]
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=values))
+
+
+def to_gradient(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Turn a scalar rule into a flat two-point gradient (a gradient is left as is)."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    if isinstance(rule.value, tuple):
+        return stage
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=(rule.value, rule.value)))
+
+
+def to_scalar(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Turn a gradient rule into a scalar: the mean of its curve (a scalar is left as is)."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    if not isinstance(rule.value, tuple):
+        return stage
+    values = points(rule.value)
+    samples = [float(interpolate_gradient(values, i / 64)) for i in range(65)]
+    mean = math.fsum(samples) / len(samples)
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=round(mean, DECIMALS)))

@@ -1,0 +1,89 @@
+"""Turn donor references (``profile:NAME``, a folder, a Hub repo id) into :class:`DonorInfo`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .donor import DonorInfo
+from .errors import DonorError, UserError
+from .inspect import inspect_folder
+from .profiles import PROFILE_PREFIX, load_profile
+from .recipe import Recipe
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[\w./-]+)?$")
+PROFILE_HINT = "use --donor {name}=profile:... to plan with a built-in shape"
+
+
+def parse_donor_overrides(items: Sequence[str]) -> dict[str, str]:
+    """Parse ``NAME=REF`` items (``--donor`` options) into ``{NAME: REF}``; later items win.
+
+    Raises:
+        UserError: an item is not of the form ``NAME=REF``.
+    """
+    overrides: dict[str, str] = {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name.strip() or not ref.strip():
+            raise UserError(f"bad donor override {item!r}: expected NAME=REF (a folder, repo id or profile:NAME)")
+        overrides[name.strip()] = ref.strip()
+    return overrides
+
+
+def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:
+    """Inspect a donor reference: ``profile:NAME``, an existing folder, or ``org/name[@revision]``.
+
+    ``name`` is the recipe's model name, used in the hint of error messages.
+
+    Raises:
+        DonorError: unknown profile, missing folder or unknown / unreachable repo.
+    """
+    if ref.startswith(PROFILE_PREFIX):
+        return load_profile(ref.removeprefix(PROFILE_PREFIX))
+    hint = PROFILE_HINT.format(name=name or "NAME")
+    path = Path(ref).expanduser()
+    if path.exists():
+        return inspect_folder(path if ref.startswith("~") else ref)
+    if _looks_like_path(ref) or not REPO_ID.match(ref):
+        raise DonorError(f"donor {ref}: no such folder, and not a Hub repo id; {hint}")
+    from .hub import inspect_repo  # imports huggingface_hub, only needed for Hub donors
+
+    repo_id, _, revision = ref.partition("@")
+    try:
+        return inspect_repo(repo_id, revision or None)
+    except DonorError as exc:
+        raise DonorError(f"{exc}; {hint}") from None
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", ref)) \
+        or ref.count("/") > 1 and "@" not in ref
+
+
+def resolve_recipe_donors(
+    recipe: Recipe, overrides: Mapping[str, str], *, base_dir: Path | None = None
+) -> tuple[dict[str, DonorInfo], dict[str, str]]:
+    """Resolve every model a recipe references that is not one of its own stages.
+
+    A name without an override is its own reference; relative folder names are looked up
+    against ``base_dir`` (the recipe's folder) first.
+
+    Returns:
+        (donors by model name, one-line error messages by model name).
+    """
+    stage_names = set(recipe.stage_names())
+    names = dict.fromkeys(m for stage in recipe.stages for m in stage.referenced_models if m not in stage_names)
+    donors: dict[str, DonorInfo] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        ref = overrides.get(name, name)
+        if name not in overrides and base_dir is not None and not ref.startswith(PROFILE_PREFIX):
+            local = Path(base_dir) / Path(ref).expanduser()
+            if not Path(ref).expanduser().is_absolute() and local.is_dir():
+                ref = str(local)
+        try:
+            donors[name] = resolve_donor(ref, name=name)
+        except DonorError as exc:
+            errors[name] = str(exc)
+    return donors, errors

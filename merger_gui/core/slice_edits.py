@@ -1,0 +1,140 @@
+"""Pure edits of a stage's slices: each returns a new :class:`Stage`, clamped to valid ranges.
+
+Ranges are mergekit's half-open ``[start, end)``; ``num_layers`` (the donor's layer count,
+when known) bounds them. An edit never yields an empty or reversed range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .recipe import Recipe, Slice, SliceSource, Stage
+
+
+def layer_range_label(start: int, end: int) -> str:
+    """How people say a half-open range: ``[0, 16]`` → ``"layers 0–15"``, ``[4, 5]`` → ``"layer 4"``."""
+    if end - start == 1:
+        return f"layer {start}"
+    return f"layers {start}–{end - 1}"
+
+
+def clamp_range(start: int, end: int, num_layers: int | None = None) -> tuple[int, int]:
+    """Order, bound and widen ``[start, end)`` so it selects at least one layer of the donor."""
+    start, end = (start, end) if start <= end else (end, start)
+    start = max(0, start)
+    if num_layers is not None and num_layers > 0:
+        start = min(start, num_layers - 1)
+        end = min(end, num_layers)
+    return start, max(end, start + 1)
+
+
+def _slices(stage: Stage) -> list[Slice]:
+    return list(stage.slices or ())
+
+
+def _with_slices(stage: Stage, slices: list[Slice]) -> Stage:
+    return replace(stage, slices=tuple(slices))
+
+
+def _with_source(slice_: Slice, index: int, source: SliceSource) -> Slice:
+    sources = list(slice_.sources)
+    sources[index] = source
+    return replace(slice_, sources=tuple(sources))
+
+
+def add_slice(stage: Stage, model: str, start: int, end: int, *,
+              index: int | None = None, num_layers: int | None = None) -> Stage:
+    """Insert a one-source slice of ``model`` (at ``index``, default last)."""
+    slices = _slices(stage)
+    new = Slice((SliceSource(model, clamp_range(start, end, num_layers)),))
+    slices.insert(len(slices) if index is None else max(0, min(index, len(slices))), new)
+    return _with_slices(stage, slices)
+
+
+def move_slice(stage: Stage, slice_index: int, new_start: int, *,
+               source: int = 0, num_layers: int | None = None) -> Stage:
+    """Move one source's range to start at ``new_start``, keeping its length, inside the donor."""
+    slices = _slices(stage)
+    current = slices[slice_index].sources[source]
+    length = current.num_layers
+    upper = None if num_layers is None else max(0, num_layers - length)
+    start = max(0, new_start if upper is None else min(new_start, upper))
+    slices[slice_index] = _with_source(slices[slice_index], source, replace(current, layer_range=(start, start + length)))
+    return _with_slices(stage, slices)
+
+
+def resize_slice(stage: Stage, slice_index: int, start: int | None = None, end: int | None = None, *,
+                 source: int = 0, num_layers: int | None = None) -> Stage:
+    """Set one source's start and/or end (keeping at least one layer).
+
+    The other sources of the slice (slerp and friends pair layers one to one) get the same
+    change of start and end, so every source keeps the same length.
+    """
+    slices = _slices(stage)
+    slice_ = slices[slice_index]
+    current = slice_.sources[source]
+    new_start = current.start if start is None else start
+    new_end = current.end if end is None else end
+    if start is not None:
+        new_start = min(new_start, new_end - 1)
+    else:
+        new_end = max(new_end, new_start + 1)
+    new_start, new_end = clamp_range(new_start, new_end, num_layers)
+    d_start, d_end = new_start - current.start, new_end - current.end
+    sources = []
+    for i, s in enumerate(slice_.sources):
+        if i == source:
+            sources.append(replace(s, layer_range=(new_start, new_end)))
+        else:
+            sources.append(replace(s, layer_range=(max(0, s.start + d_start), max(0, s.end + d_end))))
+    slices[slice_index] = replace(slice_, sources=tuple(sources))
+    return _with_slices(stage, slices)
+
+
+def reorder_slice(stage: Stage, slice_index: int, new_index: int) -> Stage:
+    """Move a slice to position ``new_index`` of the output (clamped)."""
+    slices = _slices(stage)
+    moved = slices.pop(slice_index)
+    slices.insert(max(0, min(new_index, len(slices))), moved)
+    return _with_slices(stage, slices)
+
+
+def duplicate_slice(stage: Stage, slice_index: int) -> Stage:
+    """Insert a copy of a slice right after it."""
+    slices = _slices(stage)
+    slices.insert(slice_index + 1, slices[slice_index])
+    return _with_slices(stage, slices)
+
+
+def delete_slice(stage: Stage, slice_index: int) -> Stage:
+    """Remove a slice."""
+    slices = _slices(stage)
+    del slices[slice_index]
+    return _with_slices(stage, slices)
+
+
+def set_slice_model(stage: Stage, slice_index: int, model: str, *, source: int = 0,
+                    num_layers: int | None = None) -> Stage:
+    """Take one source's layers from another model (range clamped to that model)."""
+    slices = _slices(stage)
+    current = slices[slice_index].sources[source]
+    new = replace(current, model=model, layer_range=clamp_range(current.start, current.end, num_layers))
+    slices[slice_index] = _with_source(slices[slice_index], source, new)
+    return _with_slices(stage, slices)
+
+
+def rename_model(recipe: Recipe, old: str, new: str) -> Recipe:
+    """Replace every reference to model ``old`` by ``new`` in every stage."""
+
+    def swap(name: str | None) -> str | None:
+        return new if name == old else name
+
+    stages = []
+    for stage in recipe.stages:
+        slices = None if stage.slices is None else tuple(
+            replace(s, base_model=swap(s.base_model),
+                    sources=tuple(replace(src, model=swap(src.model)) for src in s.sources))
+            for s in stage.slices)
+        models = None if stage.models is None else tuple(replace(m, model=swap(m.model)) for m in stage.models)
+        stages.append(replace(stage, slices=slices, models=models, base_model=swap(stage.base_model)))
+    return replace(recipe, stages=tuple(stages))

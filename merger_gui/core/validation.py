@@ -1,0 +1,574 @@
+"""Check a recipe before merging: everything mergekit gets silently wrong, and plain mistakes.
+
+:func:`validate_recipe` is a pure function of the recipe and what is known of its donors. It
+never raises on a bad recipe: every problem becomes a :class:`Finding` with a stable ``code``
+(kebab-case), a one-line message that says how to fix it, and where it is. Checks that need
+donor facts (layer counts, shapes, tensor names) are skipped for models without a DonorInfo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from .donor import DonorInfo, dtype_code
+from .errors import RecipeError
+from .methods import METHODS, MethodSpec, method_spec
+from .parameters import matching_value
+from .plan import PlannedTensor, StagePlan, config_donor_name, plan_stage, stage_order, stage_slices
+from .recipe import FilterRule, Gradient, Parameters, ParamValue, Recipe, Scalar, Slice
+
+Severity = Literal["error", "warning"]
+
+KNOWN_KEYS = (
+    "merge_method", "slices", "models", "base_model", "parameters", "dtype", "out_dtype",
+    "tokenizer_source", "tokenizer", "chat_template", "name",
+)
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+# Parameters whose values must lie in a closed range.
+RANGED_PARAMETERS = {"t": (0.0, 1.0), "density": (0.0, 1.0)}
+# DonorInfo field → words for messages; donors of one stage must agree on all of them.
+ARCHITECTURE_FIELDS = (
+    ("hidden_size", "hidden size"),
+    ("num_heads", "attention head count"),
+    ("num_kv_heads", "KV head count"),
+    ("intermediate_size", "intermediate size"),
+    ("head_dim", "head_dim"),
+)
+_NO_DONOR_ERRORS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of a recipe; indices are 0-based (``location`` shows them 1-based)."""
+
+    severity: Severity
+    code: str
+    message: str
+    stage: int | None = None
+    slice: int | None = None
+    source: int | None = None
+    key: str | None = None  # the field at fault: "layer_range", "parameters.t[2].value", …
+    stage_name: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    @property
+    def location(self) -> str:
+        """Where the problem is, e.g. ``stage 'Nyxene-11B' › slice 2 › source 1``."""
+        parts = []
+        if self.stage is not None:
+            parts.append(f"stage {self.stage_name!r}" if self.stage_name else f"stage {self.stage + 1}")
+        if self.slice is not None:
+            parts.append(f"slice {self.slice + 1}")
+        if self.source is not None:
+            parts.append(f"source {self.source + 1}")
+        return " › ".join(parts) or "recipe"
+
+
+def validate_recipe(
+    recipe: Recipe,
+    donors: Mapping[str, DonorInfo],
+    donor_errors: Mapping[str, str] = _NO_DONOR_ERRORS,
+) -> list[Finding]:
+    """Every problem of ``recipe``, ordered by stage and slice.
+
+    Args:
+        recipe: The recipe to check.
+        donors: Donor facts by model name; stages' outputs are planned and added here.
+        donor_errors: Why a model could not be resolved, by model name.
+    """
+    findings: list[Finding] = []
+    if not recipe.stages:
+        findings.append(Finding("error", "empty-recipe", "the recipe has no merge stage"))
+    graph_findings, order = _stage_graph(recipe)
+    findings += graph_findings
+    known = dict(donors)
+    reported: set[str] = set()
+    for index in order:
+        check = _StageCheck(recipe, index, known, donor_errors, reported)
+        findings += check.run()
+        stage = recipe.stages[index]
+        if stage.name and check.plan is not None:
+            known[stage.name] = check.plan.output
+    findings.sort(key=lambda f: tuple(-1 if v is None else v for v in (f.stage, f.slice, f.source)))
+    return findings
+
+
+def _stage_graph(recipe: Recipe) -> tuple[list[Finding], tuple[int, ...]]:
+    """Duplicate-name and cycle findings, and the order to check stages in."""
+    findings = []
+    first: dict[str, int] = {}
+    for i, stage in enumerate(recipe.stages):
+        if not stage.name:
+            continue
+        if stage.name in first:
+            findings.append(Finding(
+                "error", "duplicate-stage-name",
+                f"stages {first[stage.name] + 1} and {i + 1} are both named {stage.name!r}; "
+                "stage names must be unique", i, key="name", stage_name=stage.name))
+        else:
+            first[stage.name] = i
+    if findings:
+        return findings, tuple(range(len(recipe.stages)))
+    try:
+        return findings, stage_order(recipe)
+    except RecipeError as error:
+        findings.append(Finding("error", "stage-cycle", f"{error.bare_message}; a stage can only use "
+                                "stages that do not use it", key="name"))
+        return findings, tuple(range(len(recipe.stages)))
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """One ``parameters`` mapping of a stage and where it sits."""
+
+    parameters: Parameters
+    slice: int | None
+    source: int | None
+    chain: tuple[Parameters, ...]  # this scope, then the less specific ones
+
+
+class _StageCheck:
+    """All checks of one stage; ``plan`` is set when the stage could be planned."""
+
+    def __init__(self, recipe: Recipe, index: int, donors: Mapping[str, DonorInfo],
+                 donor_errors: Mapping[str, str], reported: set[str]) -> None:
+        self.recipe = recipe
+        self.index = index
+        self.stage = recipe.stages[index]
+        self.donors = donors
+        self.donor_errors = donor_errors
+        self.reported = reported  # models whose donor problem an earlier stage reported
+        self.spec: MethodSpec | None = method_spec(self.stage.merge_method)
+        self.findings: list[Finding] = []
+        self.plan: StagePlan | None = None
+
+    def add(self, severity: Severity, code: str, message: str, slice_: int | None = None,
+            source: int | None = None, key: str | None = None) -> None:
+        self.findings.append(Finding(severity, code, message, self.index, slice_, source, key, self.stage.name))
+
+    def run(self) -> list[Finding]:
+        self.check_keys()
+        self.check_models()
+        self.check_slices()
+        self.check_base()
+        self.check_tokenizer()
+        for scope in self.scopes():
+            self.check_parameter_values(scope)
+        self.check_required_parameters()
+        self.check_architecture()
+        self.check_vocab()
+        self.check_tied_head()
+        self.plan_and_check()
+        return self.findings
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def donor(self, model: str | None) -> DonorInfo | None:
+        return self.donors.get(model) if model else None
+
+    def slices(self) -> tuple[Slice, ...]:
+        """Non-empty slices, the ``models:`` form included (needs its donors' layer counts)."""
+        return tuple(s for s in stage_slices(self.stage, self.donors) if s.sources)
+
+    def scopes(self) -> Iterator[_Scope]:
+        stage = self.stage
+        yield _Scope(stage.parameters, None, None, (stage.parameters,))
+        for si, slice_ in enumerate(stage.slices or ()):
+            yield _Scope(slice_.parameters, si, None, (slice_.parameters, stage.parameters))
+            for ki, source in enumerate(slice_.sources):
+                chain = (source.parameters, slice_.parameters, stage.parameters)
+                yield _Scope(source.parameters, si, ki, chain)
+        for ki, entry in enumerate(stage.models or ()):
+            yield _Scope(entry.parameters, None, ki, (entry.parameters, stage.parameters))
+
+    def location_of(self, model: str) -> tuple[int | None, int | None]:
+        for si, slice_ in enumerate(self.stage.slices or ()):
+            for ki, source in enumerate(slice_.sources):
+                if source.model == model:
+                    return si, ki
+        for ki, entry in enumerate(self.stage.models or ()):
+            if entry.model == model:
+                return None, ki
+        return None, None
+
+    # --- checks without donors ----------------------------------------------------------
+
+    def check_keys(self) -> None:
+        stage = self.stage
+        if self.spec is None:
+            hint = _did_you_mean(stage.merge_method.lower(), METHODS) or f" known: {', '.join(METHODS)}"
+            self.add("error", "unknown-method", f"unknown merge_method {stage.merge_method!r};{hint}",
+                     key="merge_method")
+        for key in stage.extra:
+            hint = _did_you_mean(key, KNOWN_KEYS)
+            self.add("warning", "unknown-key", f"unknown key {key!r} is ignored by mergekit;{hint or ' remove it'}",
+                     key=key)
+        for key, value in (("dtype", stage.dtype), ("out_dtype", stage.out_dtype)):
+            if value is not None and _dtype_code(value) not in FLOAT_DTYPES:
+                self.add("error", "unknown-dtype",
+                         f"{key} {value!r} is not a float dtype; use bfloat16, float16 or float32", key=key)
+        if stage.slices is not None and stage.models is not None:
+            self.add("error", "slices-and-models", "the stage has both slices and models; keep one of them")
+        if not stage.slices and not stage.models:
+            self.add("error", "no-models", "the stage merges no model: add slices or models", key="slices")
+
+    def check_models(self) -> None:
+        stage_names = set(self.recipe.stage_names()) - {self.stage.name}
+        for model in self.stage.referenced_models:
+            if model in stage_names or model in self.donors or model in self.reported:
+                continue
+            si, ki = self.location_of(model)
+            close = difflib.get_close_matches(model, sorted(stage_names), n=1, cutoff=0.6)
+            if close and "/" not in model and not model.startswith("profile:"):
+                self.reported.add(model)
+                self.add("error", "unknown-stage",
+                         f"{model!r} is neither a donor nor a stage of this recipe; did you mean the stage "
+                         f"{close[0]!r}? (mergekit would try to download {model!r})", si, ki, "model")
+            elif model in self.donor_errors:
+                self.reported.add(model)
+                self.add("error", "donor-unavailable", self.donor_errors[model], si, ki, "model")
+
+    def check_slices(self) -> None:
+        spec = self.spec
+        for si, slice_ in enumerate(self.stage.slices or ()):
+            if not slice_.sources:
+                self.add("error", "no-sources", "the slice has no sources", si, key="sources")
+                continue
+            for ki, source in enumerate(slice_.sources):
+                self.check_range(si, ki, source.model, source.start, source.end)
+            lengths = sorted({s.num_layers for s in slice_.sources if s.num_layers >= 0})
+            if len(lengths) > 1:
+                detail = ", ".join(f"{s.model} {s.num_layers}" for s in slice_.sources)
+                self.add("error", "unequal-source-lengths",
+                         f"the slice's sources cover different numbers of layers ({detail}); "
+                         "they pair layer by layer, so give every source the same length", si, key="layer_range")
+            if spec is None:
+                continue
+            count = len(slice_.sources)
+            if spec.name == "passthrough" and count > 1:
+                self.add("error", "passthrough-sources",
+                         f"a passthrough slice takes exactly one source, this one has {count}; "
+                         "split it into one slice per source", si, key="sources")
+            elif spec.name == "slerp" and count != 2:
+                self.add("error", "slerp-sources",
+                         f"a slerp slice takes exactly two sources (the base and one other), this one has {count}",
+                         si, key="sources")
+            elif count < spec.min_models:
+                self.add("error", "too-few-models",
+                         f"{spec.name} needs at least {spec.min_models} models in a slice, this one has {count}",
+                         si, key="sources")
+            base = slice_.base_model or self.stage.base_model
+            if spec.needs_base and base and all(s.model != base for s in slice_.sources):
+                self.add("error", "base-not-in-slice",
+                         f"base_model {base!r} is not a source of this slice; {spec.name} merges each source "
+                         f"against the base, so add {base!r} with the same layer_range length", si, key="base_model")
+
+    def check_range(self, si: int, ki: int, model: str, start: int, end: int) -> None:
+        if start > end:
+            self.add("error", "reversed-range",
+                     f"layer_range [{start}, {end}] of {model} is reversed (mergekit would write "
+                     f"num_hidden_layers: {end - start}); write it as [{end}, {start}]", si, ki, "layer_range")
+            return
+        if start < 0:
+            self.add("error", "negative-layer", f"layer_range [{start}, {end}] of {model} starts below layer 0",
+                     si, ki, "layer_range")
+        if start == end:
+            self.add("warning", "empty-slice",
+                     f"layer_range [{start}, {end}] of {model} selects no layer (the end is exclusive; "
+                     f"[{start}, {start + 1}] is layer {start} alone)", si, ki, "layer_range")
+        donor = self.donor(model)
+        if donor is not None and end > donor.num_layers:
+            self.add("error", "range-past-end",
+                     f"layer_range [{start}, {end}] ends past the {donor.num_layers} layers of {model} "
+                     f"(layers 0–{donor.num_layers - 1}; the end is exclusive, at most {donor.num_layers})",
+                     si, ki, "layer_range")
+
+    def check_base(self) -> None:
+        stage, spec = self.stage, self.spec
+        config = config_donor_name(stage)
+        if spec is not None and spec.needs_base and not stage.base_model:
+            if stage.models is not None or any(not s.base_model for s in stage.slices or ()):
+                self.add("error", "missing-base-model",
+                         f"{spec.name} needs a base_model; add `base_model: {config or 'MODEL'}` "
+                         "(one of the merged models)", key="base_model")
+            return
+        if not stage.base_model and len(stage.referenced_models) > 1 and config:
+            self.add("warning", "no-base-model",
+                     f"no base_model: config.json and the tokenizer come from {config} (the first slice's model; "
+                     f"mergekit picks one at random); add `base_model: {config}` to make it explicit",
+                     key="base_model")
+
+    def check_tokenizer(self) -> None:
+        stage = self.stage
+        key = "tokenizer.source" if stage.tokenizer is not None else "tokenizer_source"
+        named = [(key, stage.effective_tokenizer_source)]
+        if stage.tokenizer is not None:
+            named += [(f"tokenizer.tokens.{token}.source", e.source) for token, e in stage.tokenizer.tokens]
+        models = ", ".join(stage.referenced_models)
+        for field, source in named:
+            if source is not None and source not in ("base", "union") and source not in stage.referenced_models:
+                self.add("error", "tokenizer-source-not-in-stage",
+                         f"{field} {source!r} is not a model of this stage; use base, union or one of: {models}",
+                         key=field)
+
+    def check_parameter_values(self, scope: _Scope) -> None:
+        for name, spec in scope.parameters.items():
+            key = f"parameters.{name}"
+            if _is_rules(spec):
+                rules: tuple[FilterRule, ...] = spec  # type: ignore[assignment]
+                for r, rule in enumerate(rules):
+                    self.check_range_value(scope, name, rule.value, f"{key}[{r}].value")
+                self.check_shadowing(scope, name, rules, key)
+            else:
+                self.check_range_value(scope, name, spec, key)  # type: ignore[arg-type]
+
+    def check_range_value(self, scope: _Scope, name: str, value: Scalar | Gradient, key: str) -> None:
+        if name not in RANGED_PARAMETERS:
+            return
+        low, high = RANGED_PARAMETERS[name]
+        points = [(f"{key}[{j}]", v) for j, v in enumerate(value)] if isinstance(value, tuple) else [(key, value)]
+        for point_key, v in points:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.add("error", "not-a-number", f"{name} must be a number, {point_key} is {v!r}",
+                         scope.slice, scope.source, point_key)
+            elif not low <= v <= high:
+                self.add("error", "value-out-of-range",
+                         f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
+                         scope.source, point_key)
+
+    def check_shadowing(self, scope: _Scope, name: str, rules: tuple[FilterRule, ...], key: str) -> None:
+        for j, rule in enumerate(rules):
+            for i, earlier in enumerate(rules[:j]):
+                if _is_fallback(earlier):
+                    fix = "move the fallback rule to the end of the list"
+                    what = "the fallback (no filter)"
+                elif not _is_fallback(rule) and earlier.filter in rule.filter:  # type: ignore[operator]
+                    fix = f"put {rule.filter!r} before {earlier.filter!r}"
+                    what = f"filter {earlier.filter!r}"
+                else:
+                    continue
+                label = "the fallback rule" if _is_fallback(rule) else f"filter {rule.filter!r}"
+                self.add("warning", "shadowed-rule",
+                         f"rule {j + 1} of {name} ({label}) never applies: rule {i + 1}, {what}, matches its "
+                         f"tensors first; {fix}", scope.slice, scope.source, f"{key}[{j}]")
+                break
+
+    def check_required_parameters(self) -> None:
+        """Required parameters with no value in any scope (per-tensor gaps are found after planning)."""
+        spec, stage = self.spec, self.stage
+        if spec is None:
+            return
+        for param in spec.parameters:
+            if not param.required:
+                continue
+            if param.shared:
+                present = _has(stage.parameters, param.name) or any(
+                    _has(s.parameters, param.name) or any(_has(x.parameters, param.name) for x in s.sources)
+                    for s in stage.slices or ())
+                if not present:
+                    self.add("error", "missing-parameter",
+                             f"{spec.name} needs `{param.name}` and the recipe gives none; add it under parameters",
+                             key=f"parameters.{param.name}")
+                continue
+            for scope in self.scopes():
+                if scope.source is None:
+                    continue
+                model = self.scope_model(scope)
+                base = self.scope_base(scope)
+                if param.non_base and model == base:
+                    continue
+                if not any(_has(p, param.name) for p in scope.chain):
+                    self.add("error", "missing-parameter",
+                             f"{spec.name} needs `{param.name}` for every model; {model} has none",
+                             scope.slice, scope.source, f"parameters.{param.name}")
+
+    def scope_model(self, scope: _Scope) -> str:
+        if scope.slice is not None:
+            return self.stage.slices[scope.slice].sources[scope.source].model  # type: ignore[index]
+        return self.stage.models[scope.source].model  # type: ignore[index]
+
+    def scope_base(self, scope: _Scope) -> str | None:
+        if scope.slice is not None:
+            return self.stage.slices[scope.slice].base_model or self.stage.base_model  # type: ignore[index]
+        return self.stage.base_model
+
+    # --- checks with donors -------------------------------------------------------------
+
+    def known_models(self) -> list[tuple[str, DonorInfo]]:
+        return [(m, d) for m in self.stage.referenced_models if (d := self.donor(m)) is not None]
+
+    def check_architecture(self) -> None:
+        known = self.known_models()
+        config = config_donor_name(self.stage)
+        known.sort(key=lambda item: item[0] != config)  # compare everyone to the config donor
+        if len(known) < 2:
+            return
+        ref_model, ref = known[0]
+        if self.stage.models is not None and len({d.num_layers for _, d in known}) > 1:
+            detail = ", ".join(f"{m} {d.num_layers}" for m, d in known)
+            self.add("error", "layer-count-mismatch",
+                     f"the models have different layer counts ({detail}); the models form merges every layer "
+                     "of each, so use slices with equal layer ranges instead", key="models")
+        for model, donor in known[1:]:
+            for field, words in ARCHITECTURE_FIELDS:
+                a, b = getattr(ref, field), getattr(donor, field)
+                if a != b:
+                    self.add("error", "architecture-mismatch",
+                             f"{words} differs: {ref_model} has {a}, {model} has {b}; these donors cannot "
+                             "be combined into one model", key=field)
+
+    def check_vocab(self) -> None:
+        stage, spec = self.stage, self.spec
+        if spec is None or stage.effective_tokenizer_source is not None:
+            return
+        slices = self.slices()
+        if not spec.uses_vocab_merge:
+            if not slices:
+                return
+            roles = (("embed_tokens", slices[0].sources[0].model), ("lm_head", slices[-1].sources[0].model),
+                     ("config.json", config_donor_name(stage)))
+            sizes = [(what, m, d.vocab_size) for what, m in roles if (d := self.donor(m)) is not None]
+            if len({size for _, _, size in sizes}) > 1:
+                detail = ", ".join(f"{what} from {m} ({size} rows)" for what, m, size in sizes)
+                self.add("error", "passthrough-vocab-mismatch",
+                         f"donors have different vocabulary sizes: {detail}; the output would not load — "
+                         "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source")
+            return
+        sizes = [(m, d.vocab_size) for m, d in self.known_models()]
+        if len({size for _, size in sizes}) > 1:
+            detail = ", ".join(f"{m}: {size}" for m, size in sizes)
+            self.add("error", "vocab-size-mismatch",
+                     f"donors have different vocabulary sizes ({detail}) and there is no tokenizer section; "
+                     "add `tokenizer_source: base`", key="tokenizer_source")
+
+    def check_tied_head(self) -> None:
+        slices = self.slices()
+        if not slices:
+            return
+        tail_model = slices[-1].sources[0].model
+        config_model = config_donor_name(self.stage)
+        tail, config = self.donor(tail_model), self.donor(config_model)
+        if tail is None or config is None or tail.has_lm_head or config.tie_word_embeddings:
+            return
+        self.add("warning", "tied-embeddings-last",
+                 f"{tail_model} (last slice) has no lm_head, it ties it to its embeddings, but the output "
+                 f"config from {config_model} has tie_word_embeddings: false; mergekit would leave lm_head "
+                 f"random at load — we copy {tail_model}'s embeddings as lm_head", len(slices) - 1, 0, "model")
+
+    def check_filters(self, tensor_names: set[str]) -> None:
+        if not tensor_names:
+            return
+        candidates = _name_fragments(tensor_names)
+        models = ", ".join(m for m, _ in self.known_models())
+        for scope in self.scopes():
+            for name, spec in scope.parameters.items():
+                if not _is_rules(spec):
+                    continue
+                for r, rule in enumerate(spec):  # type: ignore[arg-type]
+                    if _is_fallback(rule) or any(rule.filter in t for t in tensor_names):
+                        continue
+                    self.add("warning", "filter-no-match",
+                             f"filter {rule.filter!r} of {name} matches no tensor of {models}, so the rule never "
+                             f"applies{self.fallback_note(scope, name, rule.filter, candidates, tensor_names)}",
+                             scope.slice, scope.source, f"parameters.{name}[{r}].filter")
+
+    def fallback_note(self, scope: _Scope, name: str, filter_: str, candidates: list[str],
+                      tensor_names: set[str]) -> str:
+        close = difflib.get_close_matches(filter_, candidates, n=1, cutoff=0.6)
+        if not close:
+            return ""
+        target = min(t for t in tensor_names if close[0] in t)
+        value = next((v for p in scope.chain if (v := matching_value(p.get(name, ()), target)) is not None), None)
+        if value is not None:
+            gets = _show(value)
+        else:
+            param = self.spec.parameter(name) if self.spec else None
+            default = None if param is None or param.required else param.default
+            gets = "no value" if default is None else f"the default {_show(default)}"  # type: ignore[arg-type]
+        return f": {target} gets {gets} instead; did you mean {close[0]!r}?"
+
+    def plan_and_check(self) -> None:
+        known = self.known_models()
+        self.check_filters({t.name for _, d in known for t in d.tensors})
+        if len(known) < len(self.stage.referenced_models) or not known:
+            return
+        try:
+            self.plan = plan_stage(self.stage, self.donors, self.index)
+        except Exception as error:  # noqa: BLE001 — validation reports, it never raises
+            self.add("error", "plan-failed", f"the stage cannot be planned: {error}")
+            return
+        self.check_planned_parameters(self.plan)
+
+    def check_planned_parameters(self, plan: StagePlan) -> None:
+        """Required parameters that some tensors get no value for (every rule's filter missed them)."""
+        spec = self.spec
+        if spec is None or any(f.code == "missing-parameter" for f in self.findings):
+            return
+        for param in spec.parameters:
+            if not param.required:
+                continue
+            if param.shared:
+                gaps = [t.name for t in plan.tensors if param.name not in t.parameters]
+            else:
+                gaps = [t.name for t in plan.tensors for s in t.sources
+                        if param.name not in s.parameters and not (param.non_base and s.model == self.base_of(t))]
+            if gaps:
+                self.add("error", "missing-parameter",
+                         f"`{param.name}` has no value for {len(gaps)} tensor(s), e.g. {gaps[0]}: no rule matches "
+                         f"them; add a fallback rule without filter at the end", key=f"parameters.{param.name}")
+
+    def base_of(self, tensor: PlannedTensor) -> str | None:
+        slices = self.slices()
+        slice_ = slices[tensor.slice_index] if tensor.slice_index < len(slices) else None
+        return (slice_.base_model if slice_ else None) or self.stage.base_model
+
+
+def _dtype_code(name: str) -> str | None:
+    try:
+        return dtype_code(name)
+    except ValueError:
+        return None
+
+
+def _is_rules(spec: ParamValue) -> bool:
+    return isinstance(spec, tuple) and bool(spec) and isinstance(spec[0], FilterRule)
+
+
+def _is_fallback(rule: FilterRule) -> bool:
+    return rule.filter is None or rule.filter == "*"
+
+
+def _has(parameters: Parameters, name: str) -> bool:
+    return parameters.get(name, ()) != ()
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" did you mean {close[0]!r}?" if close else ""
+
+
+def _name_fragments(tensor_names: set[str]) -> list[str]:
+    """Dotted runs of up to three name parts without layer numbers: ``model.norm``, ``self_attn``…"""
+    fragments: set[str] = set()
+    for name in {re.sub(r"\.\d+\.", ".N.", n) for n in tensor_names}:
+        parts = name.split(".")
+        for i in range(len(parts)):
+            for j in range(i + 1, min(len(parts), i + 3) + 1):
+                run = parts[i:j]
+                if "N" not in run and run[-1] not in ("weight", "bias"):
+                    fragments.add(".".join(run))
+    return sorted(fragments)
+
+
+def _show(value: Scalar | Gradient) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)

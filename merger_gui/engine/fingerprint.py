@@ -1,0 +1,57 @@
+"""Fingerprints that decide whether an intermediate stage output can be reused.
+
+A stage's fingerprint hashes its canonical recipe text, the merge seed and the
+fingerprints of its inputs: for a donor folder the names, sizes and modification times
+of its files; for an earlier stage that stage's own fingerprint. The fingerprint is
+stored in the intermediate folder as its last file, so a folder without a matching one
+(incomplete, stale, or edited since) is merged again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from merger_gui.core.recipe import Recipe, Stage
+
+FINGERPRINT_FILE = ".merger_gui-fingerprint.json"
+FORMAT = "merger_gui-stage-1"
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """Hash of the names, sizes and modification times of the files directly in ``path``."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.name != FINGERPRINT_FILE and file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def stage_fingerprint(stage: Stage, inputs: Mapping[str, str], seed: int | None) -> str:
+    """Hash of ``stage``'s recipe text, ``seed`` and its inputs' fingerprints (by model name)."""
+    from merger_gui.core.recipe_yaml import dump_recipe
+
+    digest = hashlib.sha256(f"{FORMAT}\0{seed}\0".encode())
+    digest.update(dump_recipe(Recipe((stage,))).encode())
+    for model in sorted(inputs):
+        digest.update(f"\0{model}\0{inputs[model]}".encode())
+    return digest.hexdigest()
+
+
+def stored_fingerprint(folder: str | Path) -> str | None:
+    """The fingerprint an intermediate folder was completed with, else None."""
+    try:
+        data = json.loads((Path(folder) / FINGERPRINT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get("fingerprint") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def store_fingerprint(folder: str | Path, fingerprint: str) -> None:
+    """Mark ``folder`` as the complete output of the stage with ``fingerprint``."""
+    (Path(folder) / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")

@@ -1,0 +1,449 @@
+"""The tensor math of every merge method, with mergekit 0.1.5's arithmetic.
+
+:func:`merge_tensors` merges the inputs of one output tensor. It follows mergekit's
+order of operations and working precision so results match it bit for bit where
+the arithmetic allows: SLERP and linear compute in float32 (float64 for float64
+inputs) and round back to the input dtype; the task-arithmetic family, model stock
+and NuSLERP compute in the input dtype itself, as mergekit does.
+
+DARE draws its keep-masks with ``torch.bernoulli`` from ``generator`` (the global
+generator when None). mergekit seeds the global generator once per run
+(``--random-seed``) and merges tensors in the order of :func:`random_draw_order`;
+merging in that order from a generator seeded with the same number gives the same
+masks, hence the same tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from merger_gui.core.errors import UserError
+
+SLERP_DOT_THRESHOLD = 0.9995
+SLERP_NORM_EPS = 1e-8
+# mergekit walks flattened tensors in chunks of this many elements; norms and dot
+# products are summed per chunk, so the chunking is part of the rounding.
+SLERP_CHUNK_ELEMENTS = 1024 * 1024
+RANDOMIZED_METHODS = frozenset({"dare_ties", "dare_linear"})
+
+
+def merge_tensors(
+    method: str,
+    tensors: Sequence[torch.Tensor],
+    models: Sequence[str],
+    base_model: str | None,
+    shared: Mapping[str, Any],
+    per_model: Sequence[Mapping[str, Any]],
+    *,
+    tensor_name: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Merge the inputs of one output tensor.
+
+    Args:
+        method: Merge method name (``passthrough``, ``slerp``, ``linear``, ``task_arithmetic``,
+            ``ties``, ``dare_ties``, ``dare_linear``, ``model_stock``, ``nuslerp``).
+        tensors: The inputs, already cast to the working dtype, one per model.
+        models: The model reference of each input.
+        base_model: The slice's base model, or None.
+        shared: Evaluated shared parameters (``t``, ``normalize``, ``lambda``…).
+        per_model: Evaluated per-model parameters of each input (``weight``, ``density``…).
+        tensor_name: Output tensor name, for error messages.
+        generator: Random source of DARE's masks (the global generator when None).
+
+    Returns:
+        The merged tensor in the working dtype (the promoted dtype of the inputs).
+
+    Raises:
+        UserError: on inputs a recipe can cause: wrong input count, missing base or
+            parameter, differing shapes, weights summing to zero.
+    """
+    if len(tensors) != len(models) or len(per_model) != len(models):
+        raise ValueError("tensors, models and per_model must have the same length")
+    if not tensors:
+        raise UserError(f"{tensor_name}: no donor has this tensor")
+    merge = _METHODS.get(method.lower())
+    if merge is None:
+        raise UserError(f"{tensor_name}: unknown merge method {method!r}")
+    inputs = _Inputs(method.lower(), tensor_name, _promoted(tensors), tuple(models), base_model,
+                     shared, tuple(per_model), generator)
+    if method.lower() != "passthrough":
+        buffer = inputs.non_floating_buffer()
+        if buffer is not None:
+            return buffer
+        if len(tensors) == 1 and inputs.singleton_copies():
+            return inputs.tensors[0]
+    inputs.check_shapes()
+    return merge(inputs)
+
+
+def random_draw_order(names: Sequence[str], sources: Sequence[Sequence[str]],
+                      vocab_aligned: Sequence[bool]) -> list[int]:
+    """Indices of a stage's output tensors in the order mergekit 0.1.5 merges them.
+
+    mergekit schedules each tensor by the greatest of its input tensor names (an empty
+    label for vocabulary tensors rebuilt by a tokenizer section), in string order. A
+    randomized method must merge in this order to draw the masks mergekit draws; ties
+    keep plan order (mergekit breaks them by graph insertion order).
+
+    Args:
+        names: Output tensor names in plan order.
+        sources: Input tensor names of each output tensor.
+        vocab_aligned: Whether each tensor's rows are rebuilt to an output vocabulary.
+    """
+    def label(i: int) -> str:
+        return "" if vocab_aligned[i] else max(sources[i], default="")
+
+    return sorted(range(len(names)), key=lambda i: (label(i), i))
+
+
+class _Inputs:
+    """The inputs of one tensor merge and their parameters, with error reporting."""
+
+    def __init__(self, method: str, name: str, tensors: tuple[torch.Tensor, ...], models: tuple[str, ...],
+                 base_model: str | None, shared: Mapping[str, Any], per_model: tuple[Mapping[str, Any], ...],
+                 generator: torch.Generator | None) -> None:
+        self.method = method
+        self.name = name
+        self.tensors = tensors
+        self.models = models
+        self.base_model = base_model
+        self.shared = shared
+        self.per_model = per_model
+        self.generator = generator
+
+    def fail(self, message: str) -> UserError:
+        return UserError(f"{self.name}: {message}")
+
+    @property
+    def base_index(self) -> int | None:
+        if self.base_model is None or self.base_model not in self.models:
+            return None
+        return self.models.index(self.base_model)
+
+    def require_base(self) -> int:
+        index = self.base_index
+        if index is None:
+            what = "no base_model is set" if self.base_model is None else f"base model {self.base_model} lacks it"
+            raise self.fail(f"{self.method} needs the base model's tensor, but {what}")
+        return index
+
+    def non_base(self) -> list[int]:
+        return [i for i in range(len(self.models)) if i != self.base_index]
+
+    def shared_value(self, key: str) -> Any:
+        value = self.shared.get(key)
+        if value is None:
+            raise self.fail(f"{self.method} parameter {key!r} is not set")
+        return value
+
+    def model_value(self, index: int, key: str, default: Any = None) -> Any:
+        value = self.per_model[index].get(key, default)
+        if value is None:
+            raise self.fail(f"{self.method} parameter {key!r} is not set for {self.models[index]}")
+        return value
+
+    def singleton_copies(self) -> bool:
+        """mergekit copies a tensor only one input has for these methods."""
+        if self.method in ("slerp", "nuslerp"):
+            return True
+        return self.method == "model_stock" and self.base_index == 0
+
+    def non_floating_buffer(self) -> torch.Tensor | None:
+        if all(t.is_floating_point() for t in self.tensors):
+            return None
+        first = self.tensors[0]
+        if any(t.dtype != first.dtype or not torch.equal(t, first) for t in self.tensors[1:]):
+            raise self.fail("this non-floating-point buffer differs between donors")
+        return first.clone()
+
+    def check_shapes(self) -> None:
+        shapes = [tuple(t.shape) for t in self.tensors]
+        if any(s != shapes[0] for s in shapes[1:]):
+            listed = ", ".join(f"{m} {list(s)}" for m, s in zip(self.models, shapes))
+            raise self.fail(f"shapes differ between donors ({listed})")
+
+
+def _promoted(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# --- passthrough -------------------------------------------------------------------------
+
+def _passthrough(inputs: _Inputs) -> torch.Tensor:
+    if len(inputs.tensors) != 1:
+        raise inputs.fail(f"passthrough takes one source per slice, got {len(inputs.tensors)}")
+    scale = inputs.per_model[0].get("scale")
+    tensor = inputs.tensors[0]
+    if scale is None or not tensor.is_floating_point():
+        return tensor
+    return tensor * float(scale)
+
+
+# --- SLERP -------------------------------------------------------------------------------
+
+def _slerp_method(inputs: _Inputs) -> torch.Tensor:
+    if len(inputs.tensors) != 2:
+        raise inputs.fail(f"slerp takes exactly two sources, got {len(inputs.tensors)}")
+    base = inputs.require_base()
+    t = float(inputs.shared_value("t"))
+    return slerp(t, inputs.tensors[base], inputs.tensors[1 - base])
+
+
+def _chunks(x: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Column chunks of a ``(1, n)`` view, each converted to ``dtype``."""
+    for start in range(0, x.shape[1], SLERP_CHUNK_ELEMENTS):
+        columns = slice(start, start + SLERP_CHUNK_ELEMENTS)
+        yield columns, x[:, columns].to(dtype)
+
+
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from ``v0`` (t = 0) to ``v1`` (t = 1) over the flattened tensors.
+
+    Computes in float32 (float64 for float64 inputs) in bounded chunks; falls back to the
+    lerp when the normalised tensors are (anti)parallel (|cos| > 0.9995); a norm ≤ 1e-8
+    counts as 1. The result has ``v0``'s dtype.
+    """
+    dtype = _work_dtype(v0)
+    a = v0.reshape(1, -1)
+    b = v1.reshape(1, -1)
+    tt = torch.tensor([t], dtype=dtype).reshape(-1, 1)
+    if a.shape[1] == 0:
+        return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        # The norm of per-chunk norms, as mergekit sums them.
+        parts = [torch.linalg.vector_norm(c, dim=1, keepdim=True) for _, c in _chunks(x, dtype)]
+        total = torch.linalg.vector_norm(torch.stack(parts), dim=0)
+        return torch.where(total > SLERP_NORM_EPS, total, 1)
+
+    norm_a, norm_b = norm(a), norm(b)
+    dots = [
+        (ca / norm_a * (cb / norm_b)).sum(dim=1, keepdim=True)
+        for (_, ca), (_, cb) in zip(_chunks(a, dtype), _chunks(b, dtype))
+    ]
+    dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > SLERP_DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+
+    result = torch.empty_like(a)
+    for (columns, ca), (_, cb) in zip(_chunks(a, dtype), _chunks(b, dtype)):
+        result[:, columns] = coef_a * ca + coef_b * cb
+    return result.reshape(v0.shape)
+
+
+# --- linear ------------------------------------------------------------------------------
+
+def _linear(inputs: _Inputs) -> torch.Tensor:
+    first = inputs.tensors[0]
+    dtype = _work_dtype(first)
+    weights = [float(inputs.model_value(i, "weight")) for i in range(len(inputs.tensors))]
+    coefficient_shape = (1,) * first.ndim
+    weight = torch.tensor(weights, dtype=dtype)
+    result = torch.zeros_like(first, dtype=dtype)
+    for tensor, coefficient in zip(inputs.tensors, weight.unbind(0)):
+        result.addcmul_(tensor, coefficient.reshape(coefficient_shape))
+    if inputs.shared.get("normalize", True):
+        denominator = weight.reshape(1, -1).sum(dim=1)
+        if denominator == 0:
+            raise inputs.fail("linear weights sum to zero; set normalize: false or change a weight")
+        result.div_(denominator.reshape(coefficient_shape))
+    return result.to(first.dtype)
+
+
+# --- task arithmetic, TIES, DARE -----------------------------------------------------------
+
+def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    """``tensor * mask``, rescaled to the L1 norm of ``tensor`` when ``rescale``."""
+    masked = tensor * mask
+    if not rescale:
+        return masked
+    before = tensor.abs().sum()
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def _magnitude_prune(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """Keep the ``density`` fraction of entries largest in magnitude (at least one)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    keep = max(1, int(density * delta.numel()))
+    magnitudes = delta.abs().reshape(-1)
+    if magnitudes.device.type == "cpu":
+        magnitudes = magnitudes.float()
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[torch.argsort(magnitudes, descending=True)[:keep]] = 1
+    return _rescaled(delta, mask.reshape_as(delta), rescale)
+
+
+def _random_prune(delta: torch.Tensor, density: float, rescale: bool,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Keep each entry with probability ``density`` (DARE)."""
+    if density >= 1:
+        return delta
+    # CPU bernoulli has no float16 kernel: mergekit draws in float32 except for bfloat16.
+    cpu_upcast = delta.device.type == "cpu" and delta.dtype != torch.bfloat16
+    work = torch.float32 if cpu_upcast else delta.dtype
+    mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
+    return _rescaled(delta.to(work), mask, rescale).to(delta.dtype)
+
+
+def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
+    base_index = inputs.require_base()
+    base = inputs.tensors[base_index]
+    others = inputs.non_base()
+    if not others:
+        return base
+    sparsify = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random"}.get(inputs.method)
+    consensus = inputs.method in ("ties", "dare_ties")
+    rescale = bool(inputs.shared.get("rescale", False))
+
+    deltas = base.new_empty((len(others), *base.shape))
+    for row, i in enumerate(others):
+        delta = inputs.tensors[i] - base
+        density = float(inputs.model_value(i, "density", 1.0))
+        if sparsify == "magnitude":
+            delta = _magnitude_prune(delta, density, rescale)
+        elif sparsify == "random":
+            delta = _random_prune(delta, density, rescale, inputs.generator)
+        deltas[row] = delta
+        del delta
+
+    weights = torch.tensor([float(inputs.model_value(i, "weight")) for i in others], dtype=deltas.dtype)
+    weights = weights.reshape((len(others),) + (1,) * base.ndim)
+    deltas.mul_(weights)
+
+    if consensus:
+        mask_dtype = torch.int8 if inputs.shared.get("int8_mask", False) else base.dtype
+        mask = _sign_agreement(deltas, mask_dtype)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (weights * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = weights.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+
+    if inputs.shared.get("normalize", False):
+        mixed /= divisor
+    scale = float(inputs.shared.get("lambda", 1.0))
+    if scale != 1:
+        mixed *= scale
+    return (base + mixed).to(base.dtype)
+
+
+def _sign_agreement(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
+    """Where each delta's sign agrees with the sign of the summed deltas (TIES election)."""
+    sign = deltas.sign().to(mask_dtype)
+    elected = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
+    return sign == elected
+
+
+# --- model stock -------------------------------------------------------------------------
+
+def _model_stock(inputs: _Inputs) -> torch.Tensor:
+    base_index = inputs.require_base()
+    others = inputs.non_base()
+    if len(others) < 2:
+        raise inputs.fail(f"model_stock needs the base and at least two other models, got {len(others) + 1}")
+    w0 = inputs.tensors[base_index]
+    ws = [inputs.tensors[i] for i in others]
+    out_shape = w0.shape
+    if inputs.shared.get("filter_wise", False):
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
+
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for k, a in enumerate(offsets):
+        for b in offsets[k + 1:]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    denominator = 1 + (n - 1) * cos
+    # A vanishing denominator has no finite estimate: keep the base there.
+    singular = denominator.abs() < 1e-6
+    safe = torch.where(singular, torch.ones_like(denominator), denominator)
+    t = torch.where(singular, torch.zeros_like(cos), (n * cos) / safe)
+    average = ws[0]
+    for w in ws[1:]:
+        average = average + w
+    average = average / n
+    return (t * average + (1 - t) * w0).reshape(out_shape)
+
+
+# --- NuSLERP -----------------------------------------------------------------------------
+
+def _nuslerp_method(inputs: _Inputs) -> torch.Tensor:
+    others = inputs.non_base()
+    if len(others) != 2:
+        raise inputs.fail(f"nuslerp takes exactly two models besides the base, got {len(others)}")
+    w = [float(inputs.model_value(i, "weight")) for i in others]
+    total = w[0] + w[1]
+    t = 0.5 if abs(total) < 1e-6 else w[1] / total
+    row_wise = bool(inputs.shared.get("nuslerp_row_wise", False))
+    flatten = bool(inputs.shared.get("nuslerp_flatten", True))
+    a, b = (inputs.tensors[i] for i in others)
+    base_index = inputs.base_index
+    if base_index is None:
+        return nuslerp(t, a, b, row_wise=row_wise, flatten=flatten)
+    base = inputs.tensors[base_index]
+    return base + nuslerp(t, a - base, b - base, row_wise=row_wise, flatten=flatten)
+
+
+def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, row_wise: bool = False,
+            flatten: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """NuSLERP's interpolation in the inputs' dtype: over the flattened tensors, over
+    rows of the last dimension, or (``row_wise``) over columns of the first."""
+    out_shape = v0.shape
+    transposed = row_wise and not flatten
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif transposed:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / torch.norm(x, dim=-1, keepdim=True).clamp(min=1e-7)
+
+    cos = torch.sum(unit(v0) * unit(v1), dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sin_theta = torch.sin(theta)
+    result = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin_theta
+    result = torch.where(colinear, (1 - t) * v0 + t * v1, result)
+    if transposed:
+        result = result.transpose(0, -1)
+    return result.reshape(out_shape)
+
+
+_METHODS: dict[str, Callable[[_Inputs], torch.Tensor]] = {
+    "passthrough": _passthrough,
+    "slerp": _slerp_method,
+    "linear": _linear,
+    "task_arithmetic": _task_arithmetic_family,
+    "ties": _task_arithmetic_family,
+    "dare_ties": _task_arithmetic_family,
+    "dare_linear": _task_arithmetic_family,
+    "model_stock": _model_stock,
+    "nuslerp": _nuslerp_method,
+}

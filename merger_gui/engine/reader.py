@@ -1,0 +1,223 @@
+"""Lazy, bounded-memory reading of donor tensors from safetensors and PyTorch ``.bin`` files.
+
+A safetensors tensor is read straight from its byte range with one ``readinto`` into a
+freshly allocated tensor (no memory map whose touched pages would stay resident and count
+toward the process' memory), or handed to the writer as a byte range to copy file to file.
+``.bin`` checkpoints are loaded with ``torch.load(weights_only=True, mmap=True)``: no code
+runs and only the storages actually used are paged in. Every file is opened once and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from merger_gui.core.donor import DTYPE_NAMES, DonorInfo
+from merger_gui.core.errors import DonorError
+from merger_gui.core.inspect import read_weight_map
+from merger_gui.core.safetensors_header import check_header_length, parse_safetensors_header
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (``BF16`` → ``torch.bfloat16``)."""
+    return getattr(torch, DTYPE_NAMES[code])
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where one tensor's raw bytes lie inside an open safetensors file."""
+
+    handle: BinaryIO
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One donor tensor, located but not read: its file, dtype and shape."""
+
+    model: str
+    name: str
+    file: Path
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]
+    offset: int | None  # absolute byte offset in a safetensors file; None for .bin
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r} of donor {self.model}"
+
+
+class _SafetensorsFile:
+    """The parsed header and an unbuffered handle of one safetensors file."""
+
+    def __init__(self, path: Path, model: str) -> None:
+        try:
+            self.handle: BinaryIO = path.open("rb", buffering=0)
+            size = path.stat().st_size
+            prefix = self.handle.read(8)
+            if len(prefix) < 8:
+                raise DonorError(f"donor {model}: {path} is not a safetensors file (shorter than 8 bytes)")
+            (length,) = struct.unpack("<Q", prefix)
+            check_header_length(length, size - 8, f"donor {model}: {path}")
+            raw = self.handle.read(length)
+        except OSError as exc:
+            raise DonorError(f"donor {model}: cannot read {path}: {exc.strerror or exc}") from None
+        # Validates dtypes, shapes and that the offsets tile the data exactly (a truncated file fails).
+        self.infos = parse_safetensors_header(raw, size - 8 - length, f"donor {model}: {path}")
+        header = json.loads(raw)
+        base = 8 + length
+        self.offsets = {name: base + entry["data_offsets"][0]
+                        for name, entry in header.items() if name != "__metadata__"}
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class TensorReader:
+    """Reads the tensors of a set of donors on demand; one open handle per file, cached.
+
+    Args:
+        donors: Donor facts by the recipe's model name; each needs a local ``path``.
+    """
+
+    def __init__(self, donors: Mapping[str, DonorInfo]) -> None:
+        self._donors = dict(donors)
+        self._safetensors: dict[Path, _SafetensorsFile] = {}
+        self._checkpoints: dict[Path, Mapping[str, torch.Tensor]] = {}
+        self._weight_maps: dict[str, dict[str, str]] = {}
+
+    def add_donor(self, model: str, donor: DonorInfo) -> None:
+        """Make (or replace) ``model`` readable, e.g. an intermediate stage's output."""
+        self._donors[model] = donor
+        self._weight_maps.pop(model, None)
+
+    def locate(self, model: str, name: str) -> SourceTensor:
+        """Find tensor ``name`` of donor ``model`` and check its file's header.
+
+        Raises:
+            DonorError: unknown donor, missing or corrupt file, or the tensor is not there.
+        """
+        donor = self._donors.get(model)
+        if donor is None or donor.path is None:
+            raise DonorError(f"donor {model} has no local weights to read")
+        file = Path(donor.path) / self._file_of(model, donor, name)
+        if file.suffix == ".safetensors":
+            entry = self._open_safetensors(file, model)
+            info = entry.infos.get(name)
+            if info is None:
+                raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
+            return SourceTensor(model, name, file, info.dtype, info.shape, entry.offsets[name])
+        tensor = self._open_checkpoint(file, model).get(name)
+        if not isinstance(tensor, torch.Tensor):
+            raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
+        code = next((c for c, n in DTYPE_NAMES.items() if getattr(torch, n) == tensor.dtype), None)
+        if code is None:
+            raise DonorError(f"donor {model}: tensor {name!r} has unsupported dtype {tensor.dtype}")
+        return SourceTensor(model, name, file, code, tuple(tensor.shape), None)
+
+    def byte_range(self, source: SourceTensor) -> ByteRange | None:
+        """The raw bytes of a safetensors tensor, for a copy without conversion; None for ``.bin``."""
+        if source.offset is None:
+            return None
+        length = _nbytes(source)
+        return ByteRange(self._safetensors[source.file].handle, source.offset, length)
+
+    def read(self, source: SourceTensor) -> torch.Tensor:
+        """The tensor itself, in its stored dtype, in a fresh CPU buffer.
+
+        Raises:
+            DonorError: the file cannot be read (e.g. truncated since it was inspected).
+        """
+        if source.offset is None:
+            return self._checkpoints[source.file][source.name].clone()
+        tensor = torch.empty(source.shape, dtype=torch_dtype(source.dtype))
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        handle = self._safetensors[source.file].handle
+        try:
+            handle.seek(source.offset)
+            done = 0
+            while done < len(view):
+                n = handle.readinto(view[done:])
+                if not n:
+                    raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
+                done += n
+        except OSError as exc:
+            raise DonorError(f"{source.label}: cannot read {source.file}: {exc.strerror or exc}") from None
+        return tensor
+
+    def close(self) -> None:
+        """Close every open file."""
+        for entry in self._safetensors.values():
+            entry.close()
+        self._safetensors.clear()
+        self._checkpoints.clear()
+
+    def _file_of(self, model: str, donor: DonorInfo, name: str) -> str:
+        info = donor.tensor(name)
+        if info is not None and info.file:
+            return info.file
+        weight_map = self._weight_map(model, donor)
+        if name not in weight_map:
+            raise DonorError(f"donor {model}: tensor {name!r} is missing")
+        return weight_map[name]
+
+    def _weight_map(self, model: str, donor: DonorInfo) -> dict[str, str]:
+        if model not in self._weight_maps:
+            folder = Path(donor.path or "")
+            index = next((folder / n for n in INDEX_FILES if (folder / n).is_file()), None)
+            if index is not None:
+                self._weight_maps[model] = read_weight_map(index)
+            else:
+                self._weight_maps[model] = self._scan(model, folder)
+        return self._weight_maps[model]
+
+    def _scan(self, model: str, folder: Path) -> dict[str, str]:
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        if not files:
+            raise DonorError(f"donor {model}: {folder} has no .safetensors or .bin weights")
+        names: dict[str, str] = {}
+        for file in files:
+            keys: Iterable[str] = (self._open_safetensors(file, model).infos if file.suffix == ".safetensors"
+                                   else self._open_checkpoint(file, model))
+            names.update(dict.fromkeys(keys, file.name))
+        return names
+
+    def _open_safetensors(self, file: Path, model: str) -> _SafetensorsFile:
+        if file not in self._safetensors:
+            if not file.is_file():
+                raise DonorError(f"donor {model}: weight file {file} is missing")
+            self._safetensors[file] = _SafetensorsFile(file, model)
+        return self._safetensors[file]
+
+    def _open_checkpoint(self, file: Path, model: str) -> Mapping[str, Any]:
+        if file not in self._checkpoints:
+            if not file.is_file():
+                raise DonorError(f"donor {model}: weight file {file} is missing")
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
+                raise DonorError(f"donor {model}: cannot load {file.name}: {_one_line(exc)}") from None
+            if not isinstance(state, Mapping):
+                raise DonorError(f"donor {model}: {file.name} does not hold a state dict")
+            self._checkpoints[file] = state
+        return self._checkpoints[file]
+
+
+def _nbytes(source: SourceTensor) -> int:
+    n = torch_dtype(source.dtype).itemsize
+    for d in source.shape:
+        n *= d
+    return n
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -1,0 +1,401 @@
+"""The merge run loop: a plain generator from a recipe and its donors to a model folder.
+
+:func:`run_merge` validates, plans, checks donors and disk space before writing
+anything, then merges stage by stage and tensor by tensor, yielding progress events.
+Every output (the final one and each intermediate stage's) is written into a hidden
+temporary sibling folder and renamed into place only when complete. Cancelling (the
+``cancel`` event, checked between tensors) removes the partial folder and raises
+:class:`MergeCancelled`; so does any error, as a one-line :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from merger_gui.core.donor import DonorInfo, dtype_code
+from merger_gui.core.errors import DonorError, UserError
+from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.plan import PlannedTensor, StagePlan, plan_recipe, stage_slices
+from merger_gui.core.recipe import Recipe, Stage
+from merger_gui.core.validation import validate_recipe
+
+from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
+from .output import commit_folder, partial_folder, remove_folder, write_metadata
+from .reader import SourceTensor, TensorReader, torch_dtype
+from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
+
+GIB = 1024**3
+DISK_MARGIN = 16 * 1024 * 1024  # config, tokenizer and recipe files beside the weights
+
+
+class MergeCancelled(UserError):
+    """The merge was cancelled; the partial output was removed."""
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """How to run a merge.
+
+    Attributes:
+        device: ``cpu`` or ``cuda`` (where the tensor math runs).
+        shard_size: Maximum bytes of tensor data per weight file.
+        intermediate_dir: Where non-final stages are written (default ``<out_dir>.intermediate``).
+        overwrite: Replace an existing output folder (only once the new one is complete).
+        copy_tokenizer: Copy the config donor's tokenizer files to the output.
+        seed: Seed of random methods (dare); each tensor's generator is derived from it and its name.
+    """
+
+    device: str = "cpu"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    intermediate_dir: str | Path | None = None
+    overwrite: bool = False
+    copy_tokenizer: bool = True
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    index: int  # position in run order, 0-based
+    count: int
+    name: str
+    tensors: int
+    reused: bool
+
+
+@dataclass(frozen=True)
+class TensorProgress:
+    stage_index: int
+    stage_count: int
+    name: str
+    index: int  # 1-based position of this tensor within its stage
+    count: int  # tensors of the stage
+    overall_index: int  # 1-based, over every stage being merged
+    overall_count: int
+    bytes_written: int  # over every stage being merged
+    total_bytes: int
+    elapsed: float  # seconds since the merge started
+    eta: float | None  # estimated seconds left
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    model: str
+    file: str
+    downloaded: int  # bytes of this file so far
+    total: int
+
+
+@dataclass(frozen=True)
+class MergeWarning:
+    message: str
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    index: int
+    count: int
+    name: str
+    path: Path
+    reused: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MergeDone:
+    path: Path
+    stages: int
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+MergeEvent = Union[StageStarted, TensorProgress, DownloadProgress, MergeWarning, StageFinished, MergeDone]
+
+
+@dataclass
+class _Job:
+    """One stage to run: where it goes and whether an earlier run can be reused."""
+
+    plan: StagePlan
+    stage: Stage
+    target: Path
+    final: bool
+    fingerprint: str | None
+    reused: bool
+    layouts: tuple[TensorLayout, ...]
+
+
+@dataclass
+class _Progress:
+    started: float
+    total_tensors: int
+    total_bytes: int
+    tensors: int = 0
+    bytes: int = 0
+
+
+def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Path,
+              options: MergeOptions = MergeOptions(),
+              cancel: threading.Event | None = None) -> Iterator[MergeEvent]:
+    """Merge ``recipe`` into ``out_dir``, yielding progress events; the last one is :class:`MergeDone`.
+
+    Nothing is read or written before the recipe validates, every donor tensor is found
+    with the planned shape and the disk has room. Closing the generator early cleans up
+    like a cancel.
+
+    Args:
+        recipe: The recipe; multi-stage recipes run their stages in dependency order.
+        donors: Donor facts by the recipe's model name (stages' outputs excluded).
+        out_dir: The folder to create.
+        options: Device, shard size, intermediate folder, overwrite, tokenizer copy, seed.
+        cancel: Set it to stop between tensors.
+
+    Raises:
+        MergeCancelled: ``cancel`` was set; the partial output was removed.
+        UserError: invalid recipe, unusable donor, existing output, no disk space, disk full…
+    """
+    started = time.monotonic()
+    findings = validate_recipe(recipe, donors)
+    errors = [f for f in findings if f.is_error]
+    if errors:
+        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise UserError(f"the recipe is not valid: {errors[0].location}: {errors[0].message}{more}")
+    device = _device(options.device)
+    if options.shard_size <= 0:
+        raise UserError("the shard size must be positive")
+    target = Path(out_dir).absolute()
+    if (target.exists() or target.is_symlink()) and not options.overwrite:
+        raise UserError(f"{target} already exists; choose another folder or allow overwriting")
+    for finding in findings:
+        yield MergeWarning(f"{finding.location}: {finding.message}")
+
+    donors = dict(donors)
+    plan = plan_recipe(recipe, donors)
+    used = {m for sp in plan.stages for m in recipe.stages[sp.index].referenced_models if m in donors}
+    for model in sorted(used):
+        _check_local(model, donors[model])
+    for sp in plan.stages:
+        for tensor in sp.tensors:
+            if tensor.note:
+                yield MergeWarning(f"{sp.label}: {tensor.name}: {tensor.note}")
+
+    jobs = _jobs(recipe, plan, donors, target, options)
+    reader = TensorReader(donors)
+    try:
+        stage_names = {j.stage.name for j in jobs if j.stage.name}
+        located = {j.plan.index: _locate(reader, j, stage_names) for j in jobs if not j.reused}
+        _check_disk(jobs, options.shard_size)
+        progress = _Progress(started, sum(len(j.layouts) for j in jobs if not j.reused),
+                             sum(sum(t.nbytes for t in j.layouts) for j in jobs if not j.reused))
+        for k, job in enumerate(jobs):
+            stage_start = time.monotonic()
+            yield StageStarted(k, len(jobs), job.plan.label, len(job.layouts), job.reused)
+            if not job.reused:
+                sources = located[job.plan.index]
+                if sources is None:  # reads an intermediate stage built just now
+                    sources = _locate(reader, job, set())
+                yield from _run_stage(job, k, len(jobs), sources, reader, donors, device, options, cancel, progress)
+            if job.stage.name:  # later stages read this output
+                donors[job.stage.name] = inspect_folder(job.target)
+                reader.add_donor(job.stage.name, donors[job.stage.name])
+            yield StageFinished(k, len(jobs), job.plan.label, job.target, job.reused,
+                                time.monotonic() - stage_start)
+    finally:
+        reader.close()
+    yield MergeDone(target, len(jobs), progress.tensors, progress.bytes, time.monotonic() - started)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device cuda was asked for, but no CUDA GPU is available to torch; use --device cpu")
+        return torch.device("cuda")
+    raise UserError(f"unknown device {name!r}: use cpu or cuda")
+
+
+def _check_local(model: str, donor: DonorInfo) -> None:
+    if donor.kind == "profile":
+        raise UserError(f"donor {model} is a built-in profile ({donor.ref}) without weights; "
+                        f"map it to a model folder or repo with --donor {model}=REF to merge")
+    if donor.path is None or donor.download_bytes:
+        raise DonorError(f"donor {model} ({donor.ref}) has no local weights; download it first")
+
+
+def _jobs(recipe: Recipe, plan: Any, donors: Mapping[str, DonorInfo], target: Path,
+          options: MergeOptions) -> list[_Job]:
+    inter = Path(options.intermediate_dir).absolute() if options.intermediate_dir \
+        else target.parent / f"{target.name}.intermediate"
+    fingerprints: dict[str, str] = {}
+    jobs = []
+    for k, sp in enumerate(plan.stages):
+        stage = recipe.stages[sp.index]
+        final = k == len(plan.stages) - 1
+        layouts = tuple(TensorLayout(t.name, t.dtype, t.shape) for t in sp.tensors)
+        if final:
+            jobs.append(_Job(sp, stage, target, True, None, False, layouts))
+            continue
+        inputs = {m: fingerprints[m] if m in fingerprints else folder_fingerprint(donors[m].path or "")
+                  for m in stage.referenced_models}
+        fingerprint = stage_fingerprint(stage, inputs, options.seed)
+        if stage.name:
+            fingerprints[stage.name] = fingerprint
+        folder = inter / re.sub(r"[^\w.-]+", "_", sp.label)
+        reused = folder.is_dir() and stored_fingerprint(folder) == fingerprint
+        jobs.append(_Job(sp, stage, folder, False, fingerprint, reused, layouts))
+    return jobs
+
+
+def _locate(reader: TensorReader, job: _Job, pending: set[str]) -> list[tuple[SourceTensor, ...]] | None:
+    """Every source of every tensor, found and shape-checked; None when it reads a stage in ``pending``."""
+    if any(m in pending for m in job.stage.referenced_models):
+        return None
+    vocab_rows_may_differ = job.stage.effective_tokenizer_source is not None
+    located = []
+    for tensor in job.plan.tensors:
+        sources = tuple(reader.locate(s.model, s.tensor) for s in tensor.sources)
+        if not sources:
+            raise DonorError(f"no donor holds tensor {tensor.name!r}")
+        for source in sources:
+            expected = tensor.shape
+            if vocab_rows_may_differ and tensor.is_vocab:
+                expected = source.shape[:1] + tensor.shape[1:]
+            if source.shape != expected:
+                raise DonorError(f"shape mismatch: tensor {source.label} is {list(source.shape)}, "
+                                 f"the merge needs {list(expected)} for {tensor.name!r}")
+        located.append(sources)
+    return located
+
+
+def _check_disk(jobs: Sequence[_Job], shard_size: int) -> None:
+    """Refuse early when a filesystem lacks room for the stages written to it."""
+    needs: dict[int, list[Any]] = {}
+    for job in jobs:
+        if job.reused:
+            continue
+        folder = _existing_ancestor(job.target.parent)
+        entry = needs.setdefault(os.stat(folder).st_dev, [0, folder])
+        entry[0] += planned_bytes(job.layouts, shard_size) + DISK_MARGIN
+    for needed, folder in needs.values():
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise UserError(f"not enough disk space in {folder}: {needed / GIB:.1f} GiB needed, "
+                            f"{free / GIB:.1f} GiB free")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, ...]], reader: TensorReader,
+               donors: Mapping[str, DonorInfo], device: torch.device, options: MergeOptions,
+               cancel: threading.Event | None, progress: _Progress) -> Iterator[MergeEvent]:
+    stage = job.stage
+    stage_donors = {m: donors[m] for m in stage.referenced_models if m in donors}
+    vocabulary = None
+    if stage.effective_tokenizer_source is not None:
+        from .vocabulary import build_vocabulary
+
+        vocabulary = build_vocabulary(stage, stage_donors)
+    slices = [s for s in stage_slices(stage, stage_donors) if s.sources]
+    partial = partial_folder(job.target)
+    writer = ShardedWriter(partial, job.layouts, options.shard_size)
+    try:
+        for i, (tensor, sources) in enumerate(zip(job.plan.tensors, located)):
+            if cancel is not None and cancel.is_set():
+                raise MergeCancelled("cancelled: nothing was written")
+            base = (slices[tensor.slice_index].base_model if tensor.slice_index < len(slices) else None) \
+                or stage.base_model
+            before = writer.bytes_written
+            _produce(tensor, sources, stage, base, reader, writer, vocabulary, device, options.seed)
+            progress.tensors += 1
+            progress.bytes += writer.bytes_written - before
+            elapsed = time.monotonic() - progress.started
+            eta = elapsed / progress.bytes * (progress.total_bytes - progress.bytes) if progress.bytes else None
+            yield TensorProgress(k, count, tensor.name, i + 1, len(job.layouts), progress.tensors,
+                                 progress.total_tensors, progress.bytes, progress.total_bytes, elapsed, eta)
+        writer.close()
+        config_donor = donors[job.plan.config_donor]
+        write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)
+        if vocabulary is not None:
+            vocabulary.save(partial)
+        if job.fingerprint is not None:
+            store_fingerprint(partial, job.fingerprint)
+        commit_folder(partial, job.target, overwrite=options.overwrite or not job.final)
+    except OSError as exc:
+        writer.abort()
+        remove_folder(partial)
+        if exc.errno == errno.ENOSPC:
+            needed = planned_bytes(job.layouts, options.shard_size)
+            free = shutil.disk_usage(_existing_ancestor(job.target.parent)).free
+            raise UserError(f"disk full while writing {writer.current_file or job.target}: "
+                            f"{needed / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free") from None
+        raise UserError(f"cannot write {writer.current_file or job.target}: {exc.strerror or exc}") from None
+    except BaseException:
+        writer.abort()
+        remove_folder(partial)
+        raise
+
+
+def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, base: str | None,
+             reader: TensorReader, writer: ShardedWriter, vocabulary: Any, device: torch.device,
+             seed: int | None) -> None:
+    """Merge (or copy) one output tensor and append it to the output."""
+    working = _working_dtype(stage, sources)
+    passthrough = stage.merge_method == "passthrough" and len(sources) == 1 \
+        and "scale" not in tensor.sources[0].parameters and not (vocabulary is not None and tensor.is_vocab)
+    if passthrough and sources[0].dtype == tensor.dtype and torch_dtype(tensor.dtype) == working:
+        span = reader.byte_range(sources[0])
+        if span is not None:  # bit-identical, file to file, without touching memory
+            try:
+                writer.copy(tensor.name, span.handle, span.offset)
+            except EOFError:
+                raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
+            return
+    inputs = [reader.read(s) for s in sources]
+    if vocabulary is not None and tensor.is_vocab:
+        inputs = [vocabulary.align(s.model, t) for s, t in zip(sources, inputs)]
+    inputs = [t.to(device=device, dtype=working) for t in inputs]
+    if passthrough:
+        result = inputs[0]
+    else:
+        from .methods import merge_tensors  # the tensor math, only when something is merged
+
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed((seed + zlib.crc32(tensor.name.encode())) % 2**63)
+        result = merge_tensors(
+            stage.merge_method, inputs, [s.model for s in tensor.sources], base, tensor.parameters,
+            [s.parameters for s in tensor.sources], tensor_name=tensor.name, generator=generator,
+        )
+    out = result.to(dtype=torch_dtype(tensor.dtype)).cpu().contiguous()
+    if tuple(out.shape) != tensor.shape:
+        raise DonorError(f"tensor {tensor.name!r}: the merge gave shape {list(out.shape)}, "
+                         f"the plan expects {list(tensor.shape)}")
+    writer.write(tensor.name, memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+
+
+def _working_dtype(stage: Stage, sources: Sequence[SourceTensor]) -> torch.dtype:
+    """The recipe's ``dtype``, else the common dtype of the inputs."""
+    if stage.dtype:
+        return torch_dtype(dtype_code(stage.dtype))
+    working = torch_dtype(sources[0].dtype)
+    for source in sources[1:]:
+        working = torch.promote_types(working, torch_dtype(source.dtype))
+    return working

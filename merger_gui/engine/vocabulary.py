@@ -1,0 +1,328 @@
+"""Output vocabulary of a stage with a tokenizer section, and rows rebuilt to it.
+
+With ``tokenizer_source`` (or ``tokenizer:``), mergekit rebuilds every vocabulary-indexed
+tensor of every donor (embeddings, lm_head) to the output vocabulary before merging:
+row ``i`` is the donor's own row for token ``i``; a token the donor lacks gets, from the
+other inputs of the same tensor, the row of the only one that has it, else the base's
+row, else the mean of those that have it, else zeros; ``tokenizer.tokens`` overrides
+rows; padding rows get the mean row. Vocabularies are read from each donor's
+``tokenizer.json`` (``model.vocab`` plus ``added_tokens``) without tokenizer libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merger_gui.core.donor import DonorInfo
+from merger_gui.core.errors import DonorError, UserError
+from merger_gui.core.recipe import Stage, TokenEmbedding
+
+TOKENIZER_FILE = "tokenizer.json"
+# Copied beside the rewritten tokenizer.json; tokenizer.model only when no token changed.
+COMPANION_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class DonorVocabulary:
+    """One donor's tokenizer: token → id (model vocabulary and added tokens) and its files."""
+
+    folder: Path
+    tokens: dict[str, int]
+    added: dict[str, dict[str, Any]]  # added-token entries of tokenizer.json by content
+    rows: int  # embedding rows (config vocab_size); ids at or past it have no row
+
+    def row(self, token: str) -> int:
+        """The donor's embedding row of ``token``, or -1 when it has none."""
+        index = self.tokens.get(token, -1)
+        return index if index < self.rows else -1
+
+
+def read_tokenizer_vocabulary(folder: Path) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """Token → id of ``folder/tokenizer.json`` and its added-token entries by content.
+
+    Raises:
+        DonorError: when the file is missing or not a tokenizer.json.
+    """
+    file = folder / TOKENIZER_FILE
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+        # Unigram vocabularies are [piece, score] lists: the id is the position.
+        tokens = dict(vocab) if isinstance(vocab, dict) else {entry[0]: i for i, entry in enumerate(vocab)}
+        added = {entry["content"]: entry for entry in data.get("added_tokens") or ()}
+    except FileNotFoundError:
+        raise DonorError(f"{folder}: no {TOKENIZER_FILE}; a tokenizer section needs every donor's "
+                         f"{TOKENIZER_FILE}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DonorError(f"{file}: not a readable tokenizer ({exc})") from None
+    tokens.update({content: int(entry["id"]) for content, entry in added.items()})
+    return tokens, added
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A ``tokenizer.tokens`` entry resolved against the donors."""
+
+    kind: str  # "model" (the token's own row in model), "row" (a fixed row of model), "zero"
+    force: bool
+    model: str | None = None
+    row: int = -1
+
+
+class VocabularyPlan:
+    """The output vocabulary of one stage and how each donor's rows map onto it."""
+
+    def __init__(self, tokens: dict[str, int], donors: Mapping[str, DonorVocabulary], base: str,
+                 tokenizer_donor: str, overrides: Mapping[str, _Override], pad_to_multiple_of: int | None) -> None:
+        self.tokens = tokens
+        self.donors = dict(donors)
+        self.base = base
+        self.tokenizer_donor = tokenizer_donor
+        self.overrides = dict(overrides)
+        size = len(tokens)
+        if any(i >= size or i < 0 for i in tokens.values()):
+            raise DonorError(f"the tokenizer of {tokenizer_donor} has gaps in its token ids; "
+                             "it cannot define an output vocabulary")
+        self.num_tokens = size
+        self.vocab_size = -(-size // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else size
+        order = sorted(tokens, key=tokens.__getitem__)
+        self._order = order
+        self._rows = {
+            model: torch.tensor([d.row(t) for t in order], dtype=torch.long) for model, d in self.donors.items()
+        }
+
+    def rows_of(self, model: str) -> torch.Tensor:
+        """For every output token id, the donor's row for it (-1 when it lacks the token)."""
+        try:
+            return self._rows[model]
+        except KeyError:
+            raise UserError(f"{model} is not a model of this stage") from None
+
+    def align(self, model: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Rebuild a vocabulary tensor merged from this donor alone (e.g. passthrough)."""
+        return self.align_all([model], [tensor])[0]
+
+    def align_all(self, models: Sequence[str], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Rebuild the vocabulary rows of every input of one output tensor.
+
+        Missing rows are filled from the other inputs of the same tensor, so pass all of
+        them at once. Rows are axis 0; the results have the inputs' promoted dtype.
+        """
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        if any(t.shape[1:] != tensors[0].shape[1:] for t in tensors):
+            raise UserError("vocabulary tensors differ beyond their row count: "
+                            + ", ".join(f"{m} {list(t.shape)}" for m, t in zip(models, tensors)))
+        rows = [self.rows_of(m) for m in models]
+        for model, t, r in zip(models, tensors, rows):
+            if int(r.max()) >= t.shape[0]:
+                raise DonorError(f"{model}: its vocabulary tensor has {t.shape[0]} rows but its tokenizer "
+                                 f"uses ids up to {int(r.max())}")
+        fill = self._fill_rows(models, tensors, rows, dtype)
+        results = []
+        for t, r in zip(tensors, rows):
+            out = torch.zeros((self.vocab_size, *t.shape[1:]), dtype=dtype, device=t.device)
+            present = (r >= 0).nonzero().squeeze(1)
+            out[present] = t[r[present]].to(dtype)
+            for token_id, row in fill.items():
+                if r[token_id] < 0 or self._forced(token_id):
+                    out[token_id] = row
+            if self.vocab_size > self.num_tokens:
+                # Padding rows take the mean embedding.
+                out[self.num_tokens:] = torch.mean(out[: self.num_tokens], dim=0)
+            results.append(out)
+        return results
+
+    def _forced(self, token_id: int) -> bool:
+        override = self.overrides.get(self._order[token_id])
+        return override is not None and override.force
+
+    def _fill_rows(self, models: Sequence[str], tensors: Sequence[torch.Tensor], rows: Sequence[torch.Tensor],
+                   dtype: torch.dtype) -> dict[int, torch.Tensor]:
+        """Rows for tokens some input lacks (or whose override is forced), by output id."""
+        shape = tensors[0].shape[1:]
+        device = tensors[0].device
+        incomplete = (torch.stack(list(rows)) < 0).any(dim=0).nonzero().squeeze(1).tolist()
+        candidates = sorted(set(incomplete) | {self.tokens[t] for t, o in self.overrides.items() if o.force})
+        fill: dict[int, torch.Tensor] = {}
+        for token_id in candidates:
+            token = self._order[token_id]
+            override = self.overrides.get(token)
+            holders = [k for k, r in enumerate(rows) if r[token_id] >= 0]
+            if override is not None:
+                fill[token_id] = self._override_row(override, token, models, tensors, dtype)
+            elif len(holders) == 1:
+                k = holders[0]
+                fill[token_id] = tensors[k][rows[k][token_id]].to(dtype)
+            elif not holders:
+                fill[token_id] = torch.zeros(shape, dtype=dtype, device=device)
+            elif self.base in models and rows[list(models).index(self.base)][token_id] >= 0:
+                k = list(models).index(self.base)
+                fill[token_id] = tensors[k][rows[k][token_id]].to(dtype)
+            else:
+                total = torch.zeros(shape, dtype=dtype, device=device)
+                for k in holders:
+                    total = total + tensors[k][rows[k][token_id]]
+                total /= len(holders)
+                fill[token_id] = total
+        return fill
+
+    def _override_row(self, override: _Override, token: str, models: Sequence[str],
+                      tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if override.kind == "zero":
+            return tensors[0].new_zeros(tensors[0].shape[1:]).to(dtype)
+        if override.model not in models:
+            raise UserError(f"token {token!r} takes its row from {override.model}, "
+                            "which is not an input of this tensor")
+        k = list(models).index(override.model)
+        row = override.row if override.kind == "row" else self.rows_of(override.model)[self.tokens[token]].item()
+        if not 0 <= row < tensors[k].shape[0]:
+            raise UserError(f"token {token!r}: {override.model} has no row for it")
+        return tensors[k][row].to(dtype)
+
+    def save(self, out_dir: Path) -> None:
+        """Write the output tokenizer (tokenizer.json and its companion files) to ``out_dir``."""
+        source = self.donors[self.tokenizer_donor]
+        data = json.loads((source.folder / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        model_vocab = data["model"]["vocab"]
+        kept_added = [e for e in data.get("added_tokens") or () if self.tokens.get(e["content"]) == e["id"]]
+        changed = len(kept_added) != len(data.get("added_tokens") or ())
+        if isinstance(model_vocab, dict):
+            stripped = {t: i for t, i in model_vocab.items() if self.tokens.get(t) == i}
+            if len(stripped) != len(model_vocab):
+                changed = True
+                data["model"]["vocab"] = stripped
+                if isinstance(data["model"].get("merges"), list):
+                    data["model"]["merges"] = [m for m in data["model"]["merges"] if _merge_kept(m, stripped)]
+        known = set(data["model"]["vocab"]) if isinstance(model_vocab, dict) else {e[0] for e in model_vocab}
+        known |= {e["content"] for e in kept_added}
+        for token in sorted((t for t in self.tokens if t not in known), key=self.tokens.__getitem__):
+            changed = True
+            kept_added.append(self._added_entry(token))
+        data["added_tokens"] = kept_added
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+        for name in COMPANION_FILES + (() if changed else ("tokenizer.model",)):
+            if (source.folder / name).is_file():
+                shutil.copyfile(source.folder / name, out_dir / name)
+        self._update_tokenizer_config(out_dir / "tokenizer_config.json", kept_added)
+
+    def _added_entry(self, token: str) -> dict[str, Any]:
+        for donor in self.donors.values():
+            if token in donor.added:
+                return dict(donor.added[token], id=self.tokens[token])
+        return {"id": self.tokens[token], "content": token, "single_word": False, "lstrip": False,
+                "rstrip": False, "normalized": True, "special": False}
+
+    def _update_tokenizer_config(self, file: Path, added: list[dict[str, Any]]) -> None:
+        if not file.is_file():
+            return
+        config = json.loads(file.read_text(encoding="utf-8"))
+        if "added_tokens_decoder" not in config:
+            return
+        config["added_tokens_decoder"] = {
+            str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in added
+        }
+        file.write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _merge_kept(merge: Any, vocab: Mapping[str, int]) -> bool:
+    parts = merge.split(" ") if isinstance(merge, str) else list(merge)
+    return all(p in vocab for p in parts)
+
+
+def build_vocabulary(stage: Stage, donors: Mapping[str, DonorInfo],
+                     tokenizer_dirs: Mapping[str, Path] | None = None) -> VocabularyPlan | None:
+    """The output vocabulary of ``stage``, or None when it has no tokenizer section.
+
+    Args:
+        stage: The stage; ``tokenizer_source`` / ``tokenizer`` decide the vocabulary.
+        donors: Every model the stage references (and a tokenizer source model).
+        tokenizer_dirs: Folder holding each model's tokenizer.json (default: the donor's path).
+
+    Raises:
+        DonorError: when a donor's tokenizer cannot be read.
+        UserError: on a token override naming an unknown model or token.
+    """
+    source = stage.effective_tokenizer_source
+    if source is None:
+        return None
+    models = list(stage.referenced_models)
+    base = stage.base_model or (models[0] if models else None)
+    if base is None:
+        raise UserError("the recipe has no models")
+    if source not in ("base", "union") and source not in models:
+        models.append(source)
+    vocabularies = {m: _donor_vocabulary(m, donors, tokenizer_dirs) for m in models}
+    unstripped = vocabularies[base].tokens
+
+    # The base's tokenizer keeps only tokens that have embedding rows.
+    base_vocab = vocabularies[base]
+    base_tokens = {t: i for t, i in base_vocab.tokens.items() if i < base_vocab.rows}
+    vocabularies[base] = DonorVocabulary(base_vocab.folder, base_tokens, base_vocab.added, base_vocab.rows)
+
+    if source == "base":
+        tokens, tokenizer_donor = dict(base_tokens), base
+    elif source == "union":
+        tokens, tokenizer_donor = _union(base, models, vocabularies), base
+    else:
+        # A tokenizer named by reference is taken whole, even the base's.
+        tokens = dict(unstripped if source == base else vocabularies[source].tokens)
+        tokenizer_donor = source
+    overrides = dict(stage.tokenizer.tokens) if stage.tokenizer else {}
+    for token in overrides:
+        tokens.setdefault(token, len(tokens))  # mergekit adds override tokens the vocabulary lacks
+    resolved = {t: _resolve_override(t, e, vocabularies) for t, e in overrides.items()}
+    pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer else None
+    return VocabularyPlan(tokens, vocabularies, base, tokenizer_donor, resolved, pad)
+
+
+def _donor_vocabulary(model: str, donors: Mapping[str, DonorInfo],
+                      tokenizer_dirs: Mapping[str, Path] | None) -> DonorVocabulary:
+    donor = donors.get(model)
+    folder = (tokenizer_dirs or {}).get(model)
+    if folder is None and donor is not None and donor.path:
+        folder = Path(donor.path)
+    if donor is None or folder is None:
+        raise DonorError(f"{model}: no local folder to read its tokenizer from")
+    tokens, added = read_tokenizer_vocabulary(Path(folder))
+    return DonorVocabulary(Path(folder), tokens, added, donor.vocab_size)
+
+
+def _union(base: str, models: Sequence[str], vocabularies: Mapping[str, DonorVocabulary]) -> dict[str, int]:
+    """The base's tokens, then every other token with a row, deterministically: ordinary
+    tokens first, then added tokens, each by donor order and id."""
+    order = [base] + [m for m in models if m != base]
+    tokens = dict(vocabularies[base].tokens)
+    for added_pass in (False, True):
+        for model in order:
+            vocab = vocabularies[model]
+            for token, index in sorted(vocab.tokens.items(), key=lambda item: item[1]):
+                if index < vocab.rows and (token in vocab.added) == added_pass and token not in tokens:
+                    tokens[token] = len(tokens)
+    return tokens
+
+
+def _resolve_override(token: str, entry: TokenEmbedding, vocabularies: Mapping[str, DonorVocabulary]) -> _Override:
+    if entry.kind == "zero":
+        return _Override("zero", entry.force)
+    if entry.source is None:
+        raise UserError(f"tokenizer token {token!r} has no source")
+    if entry.source not in vocabularies:
+        raise UserError(f"tokenizer token {token!r} takes its row from {entry.source}, which the stage does not use")
+    if entry.kind is None:
+        return _Override("model", entry.force, entry.source)
+    row = entry.token_id
+    if row is None:
+        row = vocabularies[entry.source].tokens.get(entry.token or "")
+        if row is None:
+            raise UserError(f"tokenizer token {token!r}: {entry.source} has no token {entry.token!r}")
+    return _Override("row", entry.force, entry.source, row)

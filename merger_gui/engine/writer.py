@@ -1,0 +1,200 @@
+"""Incremental sharded safetensors writer with a layout planned before any data is read.
+
+Names, dtypes and shapes of every output tensor are known from the plan, so shard
+boundaries, headers and offsets are computed up front. Each shard file gets its header
+first, then tensors are appended in plan order as they are produced: nothing is held
+back in memory and no byte is written twice. A safetensors file is an 8-byte
+little-endian header length, the JSON header (padded with spaces to 8 bytes) and the
+tensor bytes back to back.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from merger_gui.core.donor import DTYPE_SIZES
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_SHARD_SIZE = 5_000_000_000
+COPY_CHUNK = 16 * 1024 * 1024
+# copy_file_range cannot serve these (other filesystem, old kernel…): copy through a buffer.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY, errno.EBADF}
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """One output tensor as the writer places it."""
+
+    name: str
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPE_SIZES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    tensors: tuple[TensorLayout, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def header(self) -> bytes:
+        """The 8-byte length prefix and the padded JSON header of this shard."""
+        entries: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for t in self.tensors:
+            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        raw = json.dumps(entries, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw
+
+
+def plan_shards(tensors: Sequence[TensorLayout], shard_size: int) -> tuple[Shard, ...]:
+    """Split ``tensors`` (in order) into shards of at most ``shard_size`` data bytes each.
+
+    A tensor larger than ``shard_size`` gets a shard of its own, as in mergekit.
+    """
+    groups: list[list[TensorLayout]] = []
+    size = 0
+    for t in tensors:
+        if not groups or (size + t.nbytes > shard_size and groups[-1]):
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    if len(groups) <= 1:
+        return (Shard(SINGLE_FILE, tuple(groups[0]) if groups else ()),)
+    n = len(groups)
+    return tuple(Shard(f"model-{k + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for k, g in enumerate(groups))
+
+
+def planned_bytes(tensors: Sequence[TensorLayout], shard_size: int) -> int:
+    """Bytes the weight files will take on disk, headers included."""
+    return sum(len(s.header()) + s.data_bytes for s in plan_shards(tensors, shard_size))
+
+
+def _write_all(handle: BinaryIO, data: memoryview) -> None:
+    """Write every byte of ``data`` (unbuffered writes may be partial)."""
+    done = 0
+    while done < len(data):
+        done += handle.write(data[done:]) or 0
+
+
+def _copy_range(source: BinaryIO, offset: int, length: int, target: BinaryIO) -> None:
+    """Append ``length`` bytes of ``source`` from ``offset`` to ``target``, in the kernel when it can."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < length:
+                n = os.copy_file_range(source.fileno(), target.fileno(), length - done, offset + done)
+                if n == 0:
+                    raise EOFError
+                done += n
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+    buffer = bytearray(min(COPY_CHUNK, max(length - done, 1)))
+    while done < length:
+        source.seek(offset + done)
+        n = source.readinto(memoryview(buffer)[: min(len(buffer), length - done)])
+        if not n:
+            raise EOFError
+        _write_all(target, memoryview(buffer)[:n])
+        done += n
+
+
+class ShardedWriter:
+    """Writes planned tensors, in order, into the shards of ``folder``.
+
+    Call :meth:`write` or :meth:`copy` once per tensor in layout order, then :meth:`close`.
+    """
+
+    def __init__(self, folder: str | Path, tensors: Sequence[TensorLayout],
+                 shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+        self.folder = Path(folder)
+        self.shards = plan_shards(tensors, shard_size)
+        self._queue = [(shard, t) for shard in self.shards for t in shard.tensors]
+        self._next = 0
+        self._shard: Shard | None = None
+        self._handle: BinaryIO | None = None
+        self.bytes_written = 0
+
+    @property
+    def current_file(self) -> Path | None:
+        return self.folder / self._shard.file if self._shard else None
+
+    def write(self, name: str, data: memoryview) -> None:
+        """Append the bytes of tensor ``name``; their length must match the layout."""
+        layout = self._start(name)
+        if data.nbytes != layout.nbytes:
+            raise ValueError(f"tensor {name!r}: {data.nbytes} bytes produced, {layout.nbytes} planned")
+        _write_all(self._handle, data.cast("B"))  # type: ignore[arg-type]
+        self.bytes_written += layout.nbytes
+
+    def copy(self, name: str, source: BinaryIO, offset: int) -> None:
+        """Append tensor ``name`` by copying its planned byte count from ``source`` at ``offset``.
+
+        Raises:
+            EOFError: ``source`` ends before the tensor does.
+        """
+        layout = self._start(name)
+        _copy_range(source, offset, layout.nbytes, self._handle)  # type: ignore[arg-type]
+        self.bytes_written += layout.nbytes
+
+    def close(self) -> None:
+        """Finish the last shard and write the index when there are several shards."""
+        if self._next != len(self._queue):
+            missing = self._queue[self._next][1].name
+            raise ValueError(f"tensor {missing!r} was never written")
+        if not self._queue:
+            self._open(self.shards[0])
+        self._close_handle()
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(s.data_bytes for s in self.shards)},
+                "weight_map": {t.name: s.file for s in self.shards for t in s.tensors},
+            }
+            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+    def abort(self) -> None:
+        """Close the open file without completing it (the caller removes the folder)."""
+        self._close_handle()
+
+    def _start(self, name: str) -> TensorLayout:
+        if self._next >= len(self._queue) or self._queue[self._next][1].name != name:
+            expected = self._queue[self._next][1].name if self._next < len(self._queue) else "nothing"
+            raise ValueError(f"tensor {name!r} written out of order; expected {expected!r}")
+        shard, layout = self._queue[self._next]
+        if shard is not self._shard:
+            self._open(shard)
+        self._next += 1
+        return layout
+
+    def _open(self, shard: Shard) -> None:
+        self._close_handle()
+        self._shard = shard
+        self._handle = (self.folder / shard.file).open("wb", buffering=0)
+        _write_all(self._handle, memoryview(shard.header()))
+
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -1,0 +1,234 @@
+"""The live estimate: size and GPU memory of the merged model, against context length."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout,
+    QWidget,
+)
+import pyqtgraph as pg  # noqa: E402  (after PySide6)
+
+from merger_gui.core.errors import UserError
+from merger_gui.core.estimator import (
+    GIB_NOTE, EstimateOptions, RecipeEstimate, estimate_plan, format_context, format_gib, gib_to_bytes, kv_cache,
+)
+from merger_gui.core.runtime_presets import GIB, PRESETS
+from merger_gui.core.plan import Plan
+
+from .document import RecipeDocument
+from .donor_registry import DonorRegistry
+
+WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
+KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
+DEBOUNCE_MS = 120
+CHART_POINTS = 48
+
+
+class EstimatePanel(QWidget):
+    """Figures of the estimator for the current recipe's final output, recomputed (debounced)
+    whenever the plan or an option changes, and a memory-versus-context chart.
+
+    Args:
+        document: The open recipe (only for its identity; figures follow ``live_plan``).
+        live_plan: Emits ``plan_changed(Plan | None)``.
+        registry: Donor metadata, for the comparison with each donor.
+    """
+
+    estimate_changed = Signal(object)  # RecipeEstimate | None
+
+    def __init__(self, document: RecipeDocument, live_plan, registry: DonorRegistry,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.live_plan = live_plan
+        self.registry = registry
+        self.estimate: RecipeEstimate | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.recompute)
+
+        self.weights_combo = QComboBox()
+        self.weights_combo.addItems(WEIGHT_FORMATS)
+        self.weights_combo.setCurrentText("fp16")
+        self.weights_combo.setToolTip("Weight format: a float dtype or a GGUF quantisation mixture")
+        self.kv_combo = QComboBox()
+        self.kv_combo.addItems(KV_TYPES)
+        self.runtime_combo = QComboBox()
+        self.runtime_combo.addItems(list(PRESETS))
+        self.context_spin = QSpinBox()
+        self.context_spin.setRange(1, 1 << 21)
+        self.context_spin.setSingleStep(1024)
+        self.context_spin.setValue(4096)
+        self.context_spin.setSuffix(" tokens")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 512)
+        self.gpu_spin = QDoubleSpinBox()
+        self.gpu_spin.setRange(0.5, 2048)
+        self.gpu_spin.setDecimals(1)
+        self.gpu_spin.setValue(24.0)
+        self.gpu_spin.setSuffix(" GiB")
+        for combo in (self.weights_combo, self.kv_combo, self.runtime_combo):
+            combo.currentIndexChanged.connect(lambda _: self.schedule())
+        for spin in (self.context_spin, self.batch_spin, self.gpu_spin):
+            spin.valueChanged.connect(lambda _: self.schedule())
+
+        options = QGroupBox("Run it with")
+        form = QFormLayout(options)
+        form.addRow("Weights", self.weights_combo)
+        form.addRow("KV cache", self.kv_combo)
+        form.addRow("Context", self.context_spin)
+        form.addRow("Batch", self.batch_spin)
+        form.addRow("GPU memory", self.gpu_spin)
+        form.addRow("Runtime", self.runtime_combo)
+
+        figures = QGroupBox("Merged model")
+        grid = QGridLayout(figures)
+        self.figure_labels: dict[str, QLabel] = {}
+        rows = (("params", "Parameters"), ("layers", "Layers"), ("weights", "Weights"), ("kv", "KV cache"),
+                ("compute", "Compute buffer"), ("overhead", "Overhead"), ("total", "Total"),
+                ("max_context", "Max context"), ("merge", "Merge needs"))
+        for row, (key, title) in enumerate(rows):
+            name = QLabel(title)
+            value = QLabel("—")
+            value.setObjectName(f"estimate_{key}")
+            value.setWordWrap(True)
+            if key == "total":
+                font = value.font()
+                font.setBold(True)
+                value.setFont(font)
+                name.setFont(font)
+            grid.addWidget(name, row, 0)
+            grid.addWidget(value, row, 1)
+            self.figure_labels[key] = value
+        grid.setColumnStretch(1, 1)
+        self.donor_label = QLabel()
+        self.donor_label.setWordWrap(True)
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        self.status_label.setStyleSheet("color: #b35900;")
+
+        self.chart = pg.PlotWidget(background="w")
+        self.chart.setMinimumHeight(170)
+        chart_item = self.chart.getPlotItem()
+        chart_item.setMenuEnabled(False)
+        chart_item.hideButtons()
+        chart_item.getViewBox().setMouseEnabled(x=False, y=False)
+        chart_item.showGrid(x=True, y=True, alpha=0.25)
+        chart_item.setLabel("bottom", "context (k tokens)")
+        chart_item.setLabel("left", "GiB")
+        self.memory_curve = chart_item.plot([], [], pen=pg.mkPen("#4a90e2", width=2), name="total")
+        self.budget_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#e8684a", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                           label="GPU {value:.1f} GiB", labelOpts={"position": 0.12, "color": "#e8684a"})
+        self.context_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888", width=1))
+        chart_item.addItem(self.budget_line)
+        chart_item.addItem(self.context_line)
+
+        top = QHBoxLayout()
+        top.addWidget(options)
+        top.addWidget(figures, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.donor_label)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.chart, 1)
+        note = QLabel(f"{GIB_NOTE}; compute buffer and overhead are the runtime's rules of thumb.")
+        note.setStyleSheet("color: palette(mid);")
+        layout.addWidget(note)
+
+        live_plan.plan_changed.connect(lambda _: self.schedule())
+        registry.changed.connect(self.schedule)
+        self.recompute()
+
+    def options(self) -> EstimateOptions:
+        """The options the controls describe."""
+        return EstimateOptions(
+            context=self.context_spin.value(), batch=self.batch_spin.value(),
+            weights=self.weights_combo.currentText(), kv_dtype=self.kv_combo.currentText(),
+            runtime=self.runtime_combo.currentText(), gpu_memory_bytes=gib_to_bytes(self.gpu_spin.value()),
+        )
+
+    def schedule(self) -> None:
+        """Recompute after a short pause, so a drag does not estimate on every mouse move."""
+        self._timer.start()
+
+    def recompute(self) -> None:
+        """Estimate the live plan now and show it."""
+        self._timer.stop()
+        plan: Plan | None = getattr(self.live_plan, "plan", None)
+        try:
+            self.estimate = estimate_plan(plan, self.registry.donors, self.options()) if plan else None
+            message = None if plan else (getattr(self.live_plan, "error", None)
+                                         or "No estimate yet: add the recipe's donors (or shape profiles).")
+        except UserError as exc:
+            self.estimate, message = None, str(exc)
+        self.status_label.setText(message or "")
+        self.status_label.setVisible(bool(message))
+        self._show()
+        self.estimate_changed.emit(self.estimate)
+
+    def _show(self) -> None:
+        labels = self.figure_labels
+        if self.estimate is None:
+            for label in labels.values():
+                label.setText("—")
+            self.donor_label.setText("")
+            self.memory_curve.setData([], [])
+            return
+        final = self.estimate.final
+        options = final.options
+        labels["params"].setText(f"{final.params:,} ({final.params / 1e9:.2f} B)")
+        stages = self.estimate.stage_labels
+        labels["layers"].setText(str(final.num_layers) + (f"  (final of {len(stages)} stages)" if len(stages) > 1 else ""))
+        host = f", {format_gib(final.host_weights_bytes)} of it in system RAM" if final.host_weights_bytes else ""
+        labels["weights"].setText(f"{format_gib(final.weights_bytes)} ({final.weights_label}{host})")
+        per_token = final.kv.bytes_per_token
+        windowed = (f"; {final.kv.windowed_layer_count} sliding-window layers, full cache "
+                    f"{format_gib(final.kv.full_bytes)}") if final.kv.windowed_layer_count else ""
+        labels["kv"].setText(f"{format_gib(final.kv_cache_bytes)} at {format_context(options.context)} × "
+                             f"{options.batch} ({per_token / 1024:,.0f} KiB/token{windowed})")
+        labels["compute"].setText(f"{format_gib(final.compute_buffer_bytes)} ({final.compute_label})")
+        labels["overhead"].setText(f"{format_gib(final.overhead_bytes)} ({final.overhead_label})")
+        labels["total"].setText(format_gib(final.total_bytes))
+        budget = format_gib(options.gpu_memory_bytes or 0, digits=1)
+        if final.max_context is None:
+            labels["max_context"].setText(f"more than 128M tokens fit in {budget}")
+        elif final.max_context == 0:
+            labels["max_context"].setText(f"does not fit in {budget}, even at 1 token")
+        else:
+            labels["max_context"].setText(f"{final.max_context:,} tokens in {budget}")
+        merge = self.estimate.merge
+        download = f"download {format_gib(merge.download_bytes)}, " if merge.download_bytes else ""
+        labels["merge"].setText(f"{download}disk {format_gib(merge.disk_bytes)}, peak RAM "
+                                f"{format_gib(merge.peak_ram_bytes)}")
+        self.donor_label.setText("<br>".join(f"<b>{c.describe()}</b> (donor total {format_gib(c.estimate.total_bytes)})"
+                                             for c in self.estimate.donors))
+        self._draw_chart()
+
+    def _draw_chart(self) -> None:
+        assert self.estimate is not None
+        final = self.estimate.final
+        options = final.options
+        plan: Plan | None = getattr(self.live_plan, "plan", None)
+        if plan is None:
+            return
+        model = plan.final.output
+        fixed = final.total_bytes - final.kv_cache_bytes - final.compute_buffer_bytes
+        top = max(2 * options.context, min(final.max_context or 0, 16 * options.context), 8192)
+        contexts = [max(1, round(top * i / (CHART_POINTS - 1))) for i in range(CHART_POINTS)]
+        totals = []
+        for context in contexts:
+            kv = kv_cache(model, context, options.batch, options.kv_dtype, options.preset.window_margin)
+            counted = kv.windowed_bytes if options.sliding_window else kv.full_bytes
+            compute = options.preset.compute_buffer_bytes(model, context, options.batch)
+            totals.append((fixed + counted + compute) / GIB)
+        self.memory_curve.setData([c / 1024 for c in contexts], totals)
+        self.budget_line.setValue((options.gpu_memory_bytes or 0) / GIB)
+        self.context_line.setValue(options.context / 1024)
+        self.chart.getPlotItem().setYRange(0, max(max(totals), self.gpu_spin.value()) * 1.08, padding=0)
+        self.chart.getPlotItem().setXRange(0, top / 1024, padding=0.02)
+
+    def figure(self, key: str) -> str:
+        """The text shown for figure ``key`` (``params``, ``layers``, ``total``…)."""
+        return self.figure_labels[key].text()

@@ -1,0 +1,275 @@
+"""One-click merge: output folder, Merge / Cancel, progress, time left and a log."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PySide6.QtCore import QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar,
+    QPushButton, QVBoxLayout, QWidget,
+)
+
+from merger_gui.core.donor import DonorInfo
+
+from .document import RecipeDocument
+from .donor_registry import DonorRegistry
+from .merge_runner import MergeRunner
+
+ERROR_STYLE = "color: #c0392b;"
+OK_STYLE = "color: #2e7d32;"
+
+
+def merge_blockers(document: RecipeDocument, live_plan, registry: DonorRegistry) -> list[str]:
+    """Why the recipe cannot be merged now (empty when it can)."""
+    recipe = document.recipe
+    stage_names = set(recipe.stage_names())
+    reasons: list[str] = []
+    for name in dict.fromkeys(m for s in recipe.stages for m in s.referenced_models if m not in stage_names):
+        donor = registry.donor(name)
+        if donor is None:
+            error = registry.errors.get(name)
+            reasons.append(f"{name}: {error}" if error else f"{name}: no donor chosen yet")
+        elif donor.kind == "profile":
+            reasons.append(f"{name} is a shape profile ({donor.ref}): it has no weights; choose its folder or repo")
+    findings = getattr(live_plan, "findings", None) or []
+    reasons += [f"{f.location}: {f.message}" if hasattr(f, "location") else f.message
+                for f in findings if getattr(f, "severity", "") == "error"]
+    if not reasons and getattr(live_plan, "plan", None) is None:
+        reasons.append(getattr(live_plan, "error", None) or "the recipe has no layer plan yet")
+    return reasons
+
+
+def default_output_name(document: RecipeDocument) -> str:
+    """A folder name for the output: the final stage's name, the file name, or ``merged-model``."""
+    stage = document.recipe.stages[-1] if document.recipe.stages else None
+    name = (stage.name if stage else None) or (document.path.stem if document.path else "merged-model")
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "merged-model"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class MergePanel(QWidget):
+    """Merges the open recipe into a folder, on a worker thread, with progress and cancel.
+
+    Args:
+        document: The open recipe.
+        live_plan: Its plan and validation findings (``findings_changed``, ``plan_changed``).
+        registry: Donors by recipe model name; profiles cannot be merged.
+    """
+
+    merge_finished = Signal(object)  # the output Path
+
+    def __init__(self, document: RecipeDocument, live_plan, registry: DonorRegistry,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.live_plan = live_plan
+        self.registry = registry
+        self.runner = MergeRunner(self)
+        self.output_path: Path | None = None
+
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("folder to create, e.g. ~/models/my-merge")
+        self.folder_edit.textChanged.connect(lambda _: self.update_state())
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["cpu", "cuda"])
+        self.device_combo.setToolTip("Where the tensor math runs (cuda needs a GPU build of torch)")
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Output folder", folder_row)
+        form.addRow("Device", self.device_combo)
+
+        self.merge_button = QPushButton("Merge")
+        self.merge_button.setDefault(True)
+        self.merge_button.clicked.connect(self.start_merge)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_merge)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.clicked.connect(self.open_output)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.merge_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.open_button)
+
+        self.blocker_label = QLabel()
+        self.blocker_label.setWordWrap(True)
+        self.blocker_label.setStyleSheet(ERROR_STYLE)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.stage_label = QLabel()
+        self.tensor_label = QLabel()
+        self.tensor_label.setStyleSheet("color: palette(mid);")
+        self.eta_label = QLabel()
+        self.result_label = QLabel()
+        self.result_label.setWordWrap(True)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        self.log.setPlaceholderText("Warnings and progress of the merge appear here.")
+
+        status = QHBoxLayout()
+        status.addWidget(self.stage_label, 1)
+        status.addWidget(self.eta_label)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.blocker_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addLayout(status)
+        layout.addWidget(self.tensor_label)
+        layout.addWidget(self.result_label)
+        layout.addWidget(self.log, 1)
+
+        self.runner.progress.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.cancelled.connect(self._on_cancelled)
+        self.runner.running_changed.connect(lambda _: self.update_state())
+        document.recipe_changed.connect(lambda _: self.update_state())
+        document.path_changed.connect(lambda _: self._suggest_folder())
+        registry.changed.connect(self.update_state)
+        live_plan.plan_changed.connect(lambda _: self.update_state())
+        live_plan.findings_changed.connect(lambda _: self.update_state())
+        self._suggest_folder()
+        self.open_button.hide()
+        self.update_state()
+
+    # --- state -------------------------------------------------------------------------------
+
+    def blockers(self) -> list[str]:
+        return merge_blockers(self.document, self.live_plan, self.registry)
+
+    def update_state(self) -> None:
+        running = self.runner.is_running
+        reasons = [] if running else self.blockers()
+        if not running and not self.folder_edit.text().strip():
+            reasons.append("choose an output folder")
+        shown = reasons[:4] + ([f"… and {len(reasons) - 4} more"] if len(reasons) > 4 else [])
+        self.blocker_label.setText("Cannot merge yet:\n• " + "\n• ".join(shown) if reasons else "")
+        self.blocker_label.setVisible(bool(reasons))
+        self.merge_button.setEnabled(not running and not reasons)
+        self.cancel_button.setEnabled(running)
+        self.folder_edit.setEnabled(not running)
+        self.device_combo.setEnabled(not running)
+
+    def _suggest_folder(self) -> None:
+        if self.folder_edit.text().strip():
+            return
+        parent = self.document.path.parent if self.document.path else Path.home()
+        self.folder_edit.setText(str(parent / default_output_name(self.document)))
+
+    def _browse(self) -> None:
+        start = str(Path(self.folder_edit.text()).expanduser().parent) if self.folder_edit.text() else str(Path.home())
+        parent = QFileDialog.getExistingDirectory(self, "Create the merged model in…", start)
+        if parent:
+            self.folder_edit.setText(str(Path(parent) / default_output_name(self.document)))
+
+    # --- running -----------------------------------------------------------------------------
+
+    def confirm_overwrite(self, path: Path) -> bool:
+        """Ask before replacing an existing folder (replaced only once the new one is complete)."""
+        answer = QMessageBox.question(
+            self, "Replace folder?",
+            f"{path} already exists.\nReplace it with the merged model once the merge completes?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def start_merge(self) -> bool:
+        """Start merging into the chosen folder; False when blocked or declined."""
+        if self.runner.is_running or self.blockers() or not self.folder_edit.text().strip():
+            return False
+        path = Path(self.folder_edit.text().strip()).expanduser()
+        overwrite = path.exists()
+        if overwrite and not self.confirm_overwrite(path):
+            return False
+        donors: dict[str, DonorInfo] = dict(self.registry.donors)
+        self.output_path = path
+        self.log.clear()
+        self.result_label.clear()
+        self.open_button.hide()
+        self.progress_bar.setValue(0)
+        self.stage_label.setText("Checking donors and disk space…")
+        self.tensor_label.clear()
+        self.eta_label.clear()
+        self.runner.start(self.document.recipe, donors, path, overwrite=overwrite,
+                          device=self.device_combo.currentText())
+        return True
+
+    def cancel_merge(self) -> None:
+        if self.runner.is_running:
+            self.stage_label.setText("Cancelling…")
+            self.runner.cancel()
+
+    def open_output(self) -> None:
+        if self.output_path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.output_path)))
+
+    def _on_progress(self, event) -> None:
+        kind = type(event).__name__
+        if kind == "StageStarted":
+            self.stage_label.setText(f"Stage {event.index + 1} of {event.count}: {event.name}"
+                                     + (" (reused)" if event.reused else ""))
+            self.log.appendPlainText(f"stage {event.index + 1}/{event.count} {event.name}: "
+                                     f"{event.tensors} tensors{' (reused from an earlier run)' if event.reused else ''}")
+        elif kind == "TensorProgress":
+            self.progress_bar.setValue(int(1000 * event.overall_index / max(1, event.overall_count)))
+            self.tensor_label.setText(f"{event.name}  ({event.index}/{event.count})")
+            if event.eta is not None:
+                self.eta_label.setText(f"{format_seconds(event.eta)} left")
+        elif kind == "DownloadProgress":
+            self.tensor_label.setText(f"downloading {event.model}: {event.file} "
+                                      f"{event.downloaded / 2**20:,.0f}/{event.total / 2**20:,.0f} MiB")
+        elif kind == "MergeWarning":
+            self.log.appendPlainText(f"warning: {event.message}")
+        elif kind == "StageFinished":
+            self.log.appendPlainText(f"stage {event.index + 1}/{event.count} {event.name} written to {event.path} "
+                                     f"in {format_seconds(event.seconds)}")
+
+    def _on_finished(self, done) -> None:
+        self.progress_bar.setValue(1000)
+        self.stage_label.setText("Done")
+        self.tensor_label.clear()
+        self.eta_label.clear()
+        if done is not None:
+            self.output_path = Path(done.path)
+            self.log.appendPlainText(f"merged {done.tensors} tensors ({done.bytes_written / 2**30:.2f} GiB) "
+                                     f"in {format_seconds(done.seconds)}")
+        self.result_label.setStyleSheet(OK_STYLE)
+        self.result_label.setText(f"The merged model is in {self.output_path}")
+        self.open_button.show()
+        self.merge_finished.emit(self.output_path)
+
+    def _on_failed(self, message: str) -> None:
+        self.stage_label.setText("Failed")
+        self.eta_label.clear()
+        self.result_label.setStyleSheet(ERROR_STYLE)
+        self.result_label.setText(f"The merge failed: {message}")
+        self.log.appendPlainText(f"error: {message}")
+
+    def _on_cancelled(self) -> None:
+        self.progress_bar.setValue(0)
+        self.stage_label.setText("Cancelled; the partial output was removed")
+        self.tensor_label.clear()
+        self.eta_label.clear()
+        self.log.appendPlainText("cancelled")
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        self.runner.shutdown()
+        super().closeEvent(event)

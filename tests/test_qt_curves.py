@@ -1,0 +1,196 @@
+"""The t-curve editor: curves as mergekit applies them, dragging points with real mouse events."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QMouseEvent  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+import pyqtgraph as pg  # noqa: E402
+
+from merger_gui.core.inspect import donor_from_config  # noqa: E402
+from merger_gui.core.donor import TensorInfo  # noqa: E402
+from merger_gui.core.recipe import FilterRule, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage  # noqa: E402
+from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_shapes  # noqa: E402
+from merger_gui.qt.curve_editor import TCurveEditor  # noqa: E402
+from merger_gui.qt.document import RecipeDocument  # noqa: E402
+from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
+try:
+    from merger_gui.qt.live_plan import LivePlan  # noqa: E402
+except ImportError:  # TEMPORARY until engineer F's LivePlan lands
+    from PySide6.QtCore import QObject, Signal
+
+    from merger_gui.core.plan import plan_recipe
+
+    class LivePlan(QObject):
+        plan_changed = Signal(object)
+        findings_changed = Signal(object)
+
+        def __init__(self, document, registry):
+            super().__init__()
+            self.document, self.registry, self.plan, self.findings, self.error = document, registry, None, [], None
+            document.recipe_changed.connect(self._update)
+            registry.changed.connect(self._update)
+
+        def _update(self, *_):
+            try:
+                self.plan = plan_recipe(self.document.recipe, self.registry.donors)
+            except Exception as exc:  # noqa: BLE001
+                self.plan, self.error = None, str(exc)
+            self.plan_changed.emit(self.plan)
+
+NYXENE_T = (
+    FilterRule((0.75,), "lm_head"),
+    FilterRule((0.75, 0.25), "self_attn"),
+    FilterRule((0.25, 0.75), "mlp"),
+    FilterRule((0.5, 0.5), "layernorm"),
+    FilterRule((0.75,), "modelnorm"),
+    FilterRule(0.5),
+)
+
+
+def donor(name: str, layers: int = 8):
+    shape = DonorShape(num_layers=layers)
+    tensors = tuple(TensorInfo(n, s, "F16") for n, s in donor_tensor_shapes(shape).items())
+    return donor_from_config(name, "folder", donor_config(shape), tensors)
+
+
+def slerp_recipe(t=NYXENE_T, ranges=((0, 8),)) -> Recipe:
+    slices = tuple(Slice((SliceSource("a", r), SliceSource("b", r))) for r in ranges)
+    return Recipe((Stage("slerp", slices=slices, base_model="a", parameters=Parameters({"t": t})),))
+
+
+@pytest.fixture
+def editor(qtbot):
+    pg.setConfigOptions(mouseRateLimit=0)  # synthetic moves must not be dropped
+    document = RecipeDocument(slerp_recipe())
+    registry = DonorRegistry()
+    live_plan = LivePlan(document, registry)
+    with qtbot.waitSignal(live_plan.plan_changed, timeout=5000):
+        registry.set_donor("a", "a", donor("a"))
+        registry.set_donor("b", "b", donor("b"))
+    widget = TCurveEditor(document, live_plan)
+    qtbot.addWidget(widget)
+    widget.resize(1000, 420)
+    widget.show()
+    qtbot.waitExposed(widget)
+    return widget
+
+
+def viewport_point(editor: TCurveEditor, x: float, y: float) -> QPoint:
+    scene = editor.plot.getViewBox().mapViewToScene(QPointF(x, y))
+    return editor.plot_widget.mapFromScene(scene)
+
+
+def send_move(widget, pos: QPoint, buttons) -> None:
+    global_pos = QPointF(widget.mapToGlobal(pos))
+    event = QMouseEvent(QEvent.Type.MouseMove, QPointF(pos), global_pos, Qt.MouseButton.NoButton, buttons,
+                        Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, event)
+
+
+def drag(editor: TCurveEditor, start: QPoint, end: QPoint, steps: int = 6) -> None:
+    viewport = editor.plot_widget.viewport()
+    send_move(viewport, start, Qt.MouseButton.NoButton)
+    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for k in range(1, steps + 1):
+        send_move(viewport, start + (end - start) * k / steps, Qt.MouseButton.LeftButton)
+    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+
+
+def test_curves_follow_mergekit_evaluation(editor):
+    # Over 8 layers [0.75, 0.25] falls linearly; [0.5, 0.5] is flat; the fallback rule is 0.5.
+    attn = editor.curve_values(1)
+    assert attn[0] == pytest.approx(0.75) and attn[-1] == pytest.approx(0.25)
+    assert attn[3] == pytest.approx(0.75 - 0.5 * 3 / 7)
+    assert editor.curve_values(2)[0] == pytest.approx(0.25)
+    # lm_head and modelnorm rules take no layer tensor: their layer curves are empty.
+    assert all(math.isnan(v) for v in editor.curve_values(0))
+    assert "matches no tensor" in editor.rule_warnings[4]
+    assert 0 not in editor.rule_warnings and 1 not in editor.rule_warnings
+    item = editor.rule_list.item(4)
+    assert not item.icon().isNull() and "modelnorm" in item.toolTip()
+
+
+def test_curve_restarts_in_every_slice(editor):
+    editor.document.apply(slerp_recipe(ranges=((0, 4), (4, 8))), "two slices")
+    attn = editor.curve_values(1)
+    assert attn[:4] == pytest.approx([0.75, 0.75 - 0.5 / 3, 0.25 + 0.5 / 3, 0.25])
+    assert attn[4:] == pytest.approx(attn[:4])
+    assert [p.x() for p in editor.handle_positions(1, 1)] == [3.0, 7.0]
+
+
+def test_drag_point_previews_then_commits_one_undo_step(editor, qtbot):
+    document = editor.document
+    start = editor.handle_positions(1, 1)[0]
+    assert (start.x(), start.y()) == (7.0, 0.25)
+    previews = []
+    editor.handles.sigPointMoved.connect(lambda r, p, v: previews.append((v, document.recipe)))
+    with qtbot.waitSignal(document.recipe_changed, timeout=3000):
+        drag(editor, viewport_point(editor, 7, 0.25), viewport_point(editor, 7, 0.9))
+    assert len(previews) > 2 and all(r == slerp_recipe() for _, r in previews)  # no edit while dragging
+    assert previews[0][0] < previews[-1][0]
+    value = document.stage.parameters["t"][1].value
+    assert value[0] == 0.75 and value[1] == pytest.approx(0.9, abs=0.01)
+    assert document.undo_stack.count() == 1
+    assert editor.curve_values(1)[-1] == pytest.approx(value[1])
+    document.undo_stack.undo()
+    assert document.stage.parameters["t"][1].value == (0.75, 0.25)
+
+
+def test_drag_is_clamped_to_unit_range(editor, qtbot):
+    with qtbot.waitSignal(editor.document.recipe_changed, timeout=3000):
+        drag(editor, viewport_point(editor, 7, 0.75), viewport_point(editor, 7, 1.6))
+    assert editor.document.stage.parameters["t"][2].value == (0.25, 1.0)
+
+
+def test_rule_list_edits(editor):
+    document = editor.document
+    editor.add_rule("o_proj")
+    assert [r.filter for r in document.stage.parameters["t"]][-2:] == ["o_proj", None]
+    editor.move_rule(5, -1)
+    assert document.stage.parameters["t"][4].filter == "o_proj"
+    editor.rule_list.item(4).setText("q_proj")  # rename in place
+    assert document.stage.parameters["t"][4].filter == "q_proj"
+    editor.apply_preset(1, "v")
+    assert document.stage.parameters["t"][1].value == (0.75, 0.25, 0.75)
+    editor.add_point(2)
+    assert document.stage.parameters["t"][2].value == (0.25, 0.5, 0.75)
+    editor.remove_point(2, 1)
+    assert document.stage.parameters["t"][2].value == (0.25, 0.75)
+    editor.remove_rule(5)
+    assert "modelnorm" not in [r.filter for r in document.stage.parameters["t"]]
+    assert document.undo_stack.count() == 7
+
+
+def test_fallback_first_shadows_later_rules(editor):
+    for k in range(5):
+        editor.move_rule(5 - k, -1)
+    assert editor.document.stage.parameters["t"][0].filter is None
+    assert all("shadowed" in editor.rule_warnings[r] for r in range(1, 6))
+
+
+def test_per_model_weights_of_other_methods(qtbot):
+    recipe = Recipe((Stage("linear", models=(ModelEntry("a", Parameters({"weight": (1.0, 0.0)})),
+                                             ModelEntry("b", Parameters({"weight": 0.5})))),))
+    document = RecipeDocument(recipe)
+    registry = DonorRegistry()
+    live_plan = LivePlan(document, registry)
+    with qtbot.waitSignal(live_plan.plan_changed, timeout=5000):
+        registry.set_donor("a", "a", donor("a", 5))
+        registry.set_donor("b", "b", donor("b", 5))
+    widget = TCurveEditor(document, live_plan)
+    qtbot.addWidget(widget)
+    labels = [widget.target_combo.itemText(i) for i in range(widget.target_combo.count())]
+    assert labels == ["weight · a", "weight · b"]
+    assert widget.curve_values(0) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    widget.select_target("weight · b")
+    assert widget.curve_values(0) == pytest.approx([0.5] * 5)
+    widget.apply_preset(0, "linear")
+    assert document.stage.models[1].parameters["weight"] == (0.0, 1.0)

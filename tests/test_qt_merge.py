@@ -1,0 +1,99 @@
+"""The merge panel and runner: a real merge on a worker thread, cancelling, blockers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from merger_gui.core.inspect import inspect_folder  # noqa: E402
+from merger_gui.core.profiles import load_profile  # noqa: E402
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
+from merger_gui.core.synthetic import DonorShape  # noqa: E402
+from merger_gui.qt.document import RecipeDocument  # noqa: E402
+from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
+from merger_gui.qt.merge_panel import MergePanel  # noqa: E402
+from test_qt_curves import LivePlan  # noqa: E402  (F's LivePlan, or its stand-in)
+
+SHAPE = DonorShape(num_layers=6)
+
+
+def passthrough() -> Recipe:
+    return Recipe((Stage("passthrough", slices=(Slice((SliceSource("a", (0, 4)),)),
+                                                 Slice((SliceSource("b", (2, 6)),))), dtype="float16"),))
+
+
+@pytest.fixture
+def panel(qtbot, make_donor, tmp_path):
+    document = RecipeDocument(passthrough())
+    registry = DonorRegistry()
+    live_plan = LivePlan(document, registry)
+    widget = MergePanel(document, live_plan, registry)
+    qtbot.addWidget(widget)
+    for name, seed in (("a", 1), ("b", 2)):
+        folder = make_donor(name, SHAPE, seed=seed)
+        registry.set_donor(name, str(folder), inspect_folder(folder))
+    widget.folder_edit.setText(str(tmp_path / "out"))
+    yield widget
+    assert not widget.runner.is_running
+    assert widget.runner.last_thread is None or widget.runner.last_thread.isFinished()
+
+
+def test_merge_runs_to_completion(panel, qtbot, tmp_path):
+    assert panel.merge_button.isEnabled() and panel.blocker_label.isHidden()
+    progress = []
+    panel.runner.progress.connect(progress.append)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000) as done:
+        assert panel.start_merge()
+        assert not panel.merge_button.isEnabled() and panel.cancel_button.isEnabled()
+    assert panel.runner.last_thread.isFinished()
+    out = tmp_path / "out"
+    assert done.args[0].path == out
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 8
+    assert any(type(e).__name__ == "TensorProgress" for e in progress)
+    assert panel.progress_bar.value() == 1000
+    assert not panel.open_button.isHidden() and str(out) in panel.result_label.text()
+    assert panel.merge_button.isEnabled()
+
+
+def test_cancel_after_first_progress_leaves_no_output(panel, qtbot, tmp_path):
+    panel.runner.progress.connect(lambda e: panel.cancel_merge() if type(e).__name__ == "TensorProgress" else None)
+    with qtbot.waitSignal(panel.runner.cancelled, timeout=60000):
+        panel.start_merge()
+    assert panel.runner.last_thread.isFinished()
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert "Cancelled" in panel.stage_label.text()
+
+
+def test_existing_folder_asks_before_overwriting(panel, qtbot, tmp_path):
+    (tmp_path / "out").mkdir()
+    panel.confirm_overwrite = lambda path: False
+    assert not panel.start_merge()
+    assert not panel.runner.is_running
+    panel.confirm_overwrite = lambda path: True
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        assert panel.start_merge()
+    assert (tmp_path / "out" / "config.json").exists()
+
+
+def test_profiles_and_missing_donors_block_merging(panel):
+    panel.registry.set_donor("b", "profile:llama-2-7b", load_profile("llama-2-7b"))
+    assert not panel.merge_button.isEnabled()
+    assert "shape profile" in panel.blocker_label.text()
+    panel.registry.remove("a")
+    assert "a: no donor chosen yet" in panel.blocker_label.text()
+    assert not panel.start_merge()
+
+
+def test_engine_errors_are_shown_inline(panel, qtbot, tmp_path):
+    # A donor folder that vanished after inspection: the engine reports it as a user error.
+    import shutil
+
+    shutil.rmtree(panel.registry.donors["b"].path)
+    with qtbot.waitSignal(panel.runner.failed, timeout=60000) as failed:
+        panel.start_merge()
+    assert failed.args[0] and failed.args[0] in panel.result_label.text()
+    assert not (tmp_path / "out").exists()
