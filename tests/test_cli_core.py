@@ -54,7 +54,19 @@ def test_plan_without_donors_names_the_missing_donor_and_the_fix(capsys, seed_re
     code, out, err = run_cli(capsys, "plan", seed_recipe_path("rose-20b.yaml"))
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1
-    assert "Thorns-13B" in err and "--donor Thorns-13B=profile:" in err and "1 more: Noromaid-13B" in err
+    assert err.startswith("error: donor 'Thorns-13B' not found (not a folder, not an org/name Hub repo id) "
+                          "(and 1 more: Noromaid-13B); map it with --donor Thorns-13B=profile:llama-2-13b or a "
+                          "folder/repo id (profiles: llama-2-7b, llama-2-13b, ")
+
+
+def test_validate_hints_a_profile_per_missing_donor(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("merge_method: passthrough\nslices:\n  - sources:\n    - {model: Starling-LM-7B, "
+                      "layer_range: [0, 4]}\n  - sources:\n    - {model: mystery, layer_range: [0, 4]}\n")
+    code, out, _ = run_cli(capsys, "validate", recipe)
+    assert code == 1
+    assert "--donor Starling-LM-7B=profile:mistral-7b or a folder/repo id" in out
+    assert "--donor mystery=profile:NAME or a folder/repo id" in out
 
 
 def test_validate_nyxene_reports_the_filter_and_the_misnamed_stage(capsys, seed_recipe_path):
@@ -133,10 +145,48 @@ def test_missing_recipe_and_bad_donor_option(capsys, tmp_path, seed_recipe_path)
     assert code == 1 and "NAME=REF" in err
 
 
-def test_usage_errors_exit_2(capsys):
+def test_usage_errors_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: the following arguments are required: RECIPE "
+                                       "(see `merger-gui validate --help`)\n")
+
+
+@pytest.fixture
+def broken_inputs(tmp_path, make_donor):
+    """Recipe files and donor folders that must each give one clear error line."""
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "list.yaml").write_text("- merge_method\n- slices\n")
+    corrupt = make_donor("corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\xff" * 16)
+    (make_donor("noconfig") / "config.json").unlink()
+    for name in ("corrupt", "noconfig"):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"merge_method: passthrough\nslices:\n  - sources:\n    - {{model: {name}, layer_range: [0, 2]}}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "estimate"])
+@pytest.mark.parametrize("recipe, message", [
+    ("absent.yaml", "absent.yaml does not exist"),
+    ("folder.yaml", "folder.yaml is not a file"),
+    ("list.yaml", "list.yaml: line 1: a recipe document must be a mapping"),
+    ("corrupt.yaml", "donor 'corrupt': "),
+    ("noconfig.yaml", "donor 'noconfig': "),
+])
+def test_bad_inputs_give_one_line(capsys, broken_inputs, command, recipe, message):
+    code, out, err = run_cli(capsys, command, broken_inputs / recipe)
+    assert code == 1
+    if command == "validate" and recipe.startswith(("corrupt", "noconfig")):
+        (line,) = [line for line in out.splitlines() if line.startswith("error")]
+        assert "donor-unavailable" in line and message in line
+    else:
+        assert out == "" and err.startswith("error: ") and message in err and err.count("\n") == 1
+    if recipe == "corrupt.yaml":
+        assert "safetensors header length" in out + err
+    if recipe == "noconfig.yaml":
+        assert "has no config.json" in out + err
 
 
 def test_format_ranges():

@@ -322,10 +322,16 @@ def test_resolve_donor_kinds(make_donor):
     assert resolve_donor("profile:mistral-7b").kind == "profile"
     with pytest.raises(DonorError, match="unknown profile 'nope'"):
         resolve_donor("profile:nope")
-    with pytest.raises(DonorError, match=r"\./missing.*--donor NAME=profile:"):
+    with pytest.raises(DonorError, match=r"^donor './missing' not found \(no such folder\)$"):
         resolve_donor("./missing")
-    with pytest.raises(DonorError, match=r"org/absent.*--donor m=profile:"):
+    with pytest.raises(DonorError, match=r"^donor 'Thorns-13B' not found \(not a folder, not an org/name Hub"):
+        resolve_donor("Thorns-13B", name="Thorns-13B")
+    with pytest.raises(DonorError, match=r"^donor 'm': Hub repo org/absent@main is not in the local Hugging Face cache"):
         resolve_donor("org/absent@main", name="m")  # HF_HUB_OFFLINE=1 and an empty cache
+    folder_without_config = make_donor("broken")
+    (folder_without_config / "config.json").unlink()
+    with pytest.raises(DonorError, match=r"^donor 'b': .*broken has no config\.json$"):
+        resolve_donor(str(folder_without_config), name="b")
 
 
 def test_resolve_recipe_donors(make_donor, tmp_path, monkeypatch):
@@ -341,6 +347,6 @@ def test_resolve_recipe_donors(make_donor, tmp_path, monkeypatch):
     assert set(donors) == {"alpha", "beta"} and set(errors) == {"ghost"}
     assert donors["alpha"].kind == "folder" and donors["alpha"].display_name == "alpha"
     assert donors["beta"].ref == "profile:llama-2-7b"
-    assert "ghost" in errors["ghost"] and "--donor ghost=profile:" in errors["ghost"]
+    assert errors["ghost"].startswith("donor 'ghost' not found")
     assert "\n" not in errors["ghost"]
 

@@ -82,17 +82,81 @@ def test_passthrough_interleave_is_bit_identical(pair, tmp_path):
     assert progress[-1].bytes_written == progress[-1].total_bytes == sum(t.nbytes for t in merged.values())
 
 
-def test_matches_mergekit(pair, tmp_path):
+def run_mergekit(text: str, out: Path, seed: int | None = None) -> dict[str, torch.Tensor]:
     pytest.importorskip("mergekit")
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(INTERLEAVE.replace("model: a", f"model: {pair['a']}").replace("model: b", f"model: {pair['b']}")
-                           .replace("base_model: a", f"base_model: {pair['a']}"))
-    subprocess.run([sys.executable, "-m", "mergekit.scripts.run_yaml", str(recipe_file), str(tmp_path / "mk"),
-                    "--no-lazy-unpickle", "--quiet"], check=True, capture_output=True)
-    merge(INTERLEAVE, pair, tmp_path / "ours")
-    ours, theirs = load_folder(tmp_path / "ours"), load_folder(tmp_path / "mk")
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge as mergekit_run
+    from mergekit.options import MergeOptions as MergekitOptions
+
+    mergekit_run(MergeConfiguration.model_validate(yaml.safe_load(text)), str(out),
+                 MergekitOptions(random_seed=seed, quiet=True, write_model_card=False))
+    return load_folder(out)
+
+
+def with_paths(text: str, donors: dict[str, Path]) -> tuple[str, dict[str, Path]]:
+    """The recipe with model names replaced by the donors' folders (mergekit needs real references)."""
+    for name, path in donors.items():
+        text = text.replace(f"model: {name}", f"model: {path}").replace(f"base_model: {name}", f"base_model: {path}")
+    return text, {str(path): path for path in donors.values()}
+
+
+SLERP = """
+merge_method: slerp
+base_model: a
+dtype: float32
+out_dtype: float16
+parameters:
+  t:
+  - filter: self_attn
+    value: [0, 0.5, 0.3, 0.7, 1]
+  - filter: mlp
+    value: [1, 0.5, 0.7, 0.3, 0]
+  - value: 0.5
+slices:
+- sources: [{model: a, layer_range: [0, 4]}, {model: b, layer_range: [0, 4]}]
+"""
+DARE = """
+merge_method: dare_ties
+base_model: a
+dtype: bfloat16
+models:
+- model: a
+- model: b
+  parameters: {weight: 0.6, density: 0.5}
+- model: c
+  parameters: {weight: 0.4, density: [0.3, 0.8]}
+"""
+UNION = """
+merge_method: linear
+base_model: a
+tokenizer_source: union
+models:
+- model: a
+  parameters: {weight: 0.7}
+- model: b
+  parameters: {weight: 0.3}
+"""
+
+
+@pytest.mark.parametrize("recipe", [INTERLEAVE, SLERP, DARE, UNION], ids=["passthrough", "slerp", "dare_ties", "union"])
+def test_matches_mergekit(make_donor, tmp_path, recipe):
+    donors = {"a": make_donor("a", seed=1), "b": make_donor("b", seed=2, shards=2),
+              "c": make_donor("c", seed=3)}
+    if recipe is UNION:
+        donors["b"] = make_donor("b2", DonorShape(vocab_size=100), seed=2, added_tokens=4)
+    text, named = with_paths(recipe, donors)
+    theirs = run_mergekit(text, tmp_path / "mk", seed=7)
+    merge(text, named, tmp_path / "ours", seed=7)
+    ours = load_folder(tmp_path / "ours")
     assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[n], theirs[n]) for n in ours)
+    assert [n for n in ours if not torch.equal(ours[n], theirs[n])] == []
+    config, reference = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("ours", "mk"))
+    assert (config["num_hidden_layers"], config["vocab_size"]) == (reference["num_hidden_layers"],
+                                                                   reference["vocab_size"])
+    vocab, reference_vocab = (json.loads((tmp_path / d / "tokenizer.json").read_text())["model"]["vocab"]
+                              for d in ("ours", "mk"))
+    assert vocab.keys() == reference_vocab.keys()
 
 
 def test_small_shard_size_writes_an_index(pair, tmp_path):

@@ -219,13 +219,20 @@ def test_cli_recipe_json_and_table(seed_recipe_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--context", "-1"], "context"), (["--batch", "0"], "batch"), (["--weights", "Q9_X"], "weight format"),
-    (["--kv-dtype", "int3"], "KV cache type"), (["--gpu-memory", "-2"], "--gpu-memory"),
+    (["--context", "-5"], "context must be at least 1 token, not -5"), (["--batch", "0"], "batch"),
+    (["--weights", "Q9_K"], "unknown weight format 'Q9_K'"), (["--kv-dtype", "int3"], "KV cache type"),
+    (["--gpu-memory", "-2"], "--gpu-memory"), (["--gpu-memory", "abc"], "--gpu-memory: expected a number of GiB"),
+    (["--gpu-memory", "inf"], "--gpu-memory"), (["--overhead", "nan"], "--overhead"),
+    (["--runtime", "ollama"], "invalid choice: 'ollama'"), (["--donor", "a=b"], "--donor applies to recipes only"),
 ])
 def test_cli_rejects_nonsense_with_one_line(argv, message, capsys):
-    assert main(["estimate", "profile:llama-2-13b", *argv]) != 0
+    try:
+        code = main(["estimate", "profile:llama-2-13b", *argv])
+    except SystemExit as exit_info:  # argparse's usage errors exit 2
+        code = exit_info.code
+    assert code != 0
     err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    assert err.startswith("error: ") and message in err and "\n" not in err
 
 
 def test_exl2_head_bits():

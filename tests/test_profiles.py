@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from merger_gui.core.errors import DonorError
-from merger_gui.core.profiles import load_profile, profile_config, profile_entry, profile_names
+from merger_gui.core.profiles import guess_profile, load_profile, profile_config, profile_entry, profile_names
 from merger_gui.core.resolve import resolve_donor
 
 PUBLISHED = {
@@ -107,3 +107,26 @@ def test_profile_config_loads_in_transformers():
 
 def test_resolve_profile_reference():
     assert resolve_donor("profile:llama-2-13b") is load_profile("llama-2-13b")
+
+
+@pytest.mark.parametrize("model_name, profile", [
+    ("Thorns-13B", "llama-2-13b"),
+    ("Gryphe/MythoMax-L2-13b", "llama-2-13b"),
+    ("NousResearch/Nous-Hermes-llama-2-7b", "llama-2-7b"),
+    ("berkeley-nest/Starling-LM-7B-alpha", "mistral-7b"),
+    ("chargoddard/loyal-piano-m7-cdpo", "mistral-7b"),
+    ("Starling-NeuralHermes-11B", "solar-10.7b"),
+    ("Sao10K/L3-70B-Euryale", "llama-3-70b"),
+    ("mistralai/Mixtral-8x7B-v0.1", "mixtral-8x7b"),
+    ("Qwen/Qwen2.5-14B", "qwen2.5-14b"),
+    ("google/gemma-2-2b", "gemma-2-2b"),
+    ("microsoft/Phi-3-mini-4k-instruct", "phi-3-mini-4k"),
+    ("mistralai/Mixtral-8x22B", None),  # a size no profile has
+    ("Qwen/Qwen2.5-32B", None),
+    ("random-7b", None),  # Llama-2 or Mistral: no guess
+    ("model3-8b", None),  # "l3" must start a word
+    ("nowhere-model", None),
+])
+def test_guess_profile(model_name, profile):
+    assert guess_profile(model_name) == profile
+    assert profile is None or profile in profile_names()

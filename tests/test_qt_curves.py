@@ -21,29 +21,7 @@ from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_sha
 from merger_gui.qt.curve_editor import TCurveEditor  # noqa: E402
 from merger_gui.qt.document import RecipeDocument  # noqa: E402
 from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
-try:
-    from merger_gui.qt.live_plan import LivePlan  # noqa: E402
-except ImportError:  # TEMPORARY until engineer F's LivePlan lands
-    from PySide6.QtCore import QObject, Signal
-
-    from merger_gui.core.plan import plan_recipe
-
-    class LivePlan(QObject):
-        plan_changed = Signal(object)
-        findings_changed = Signal(object)
-
-        def __init__(self, document, registry):
-            super().__init__()
-            self.document, self.registry, self.plan, self.findings, self.error = document, registry, None, [], None
-            document.recipe_changed.connect(self._update)
-            registry.changed.connect(self._update)
-
-        def _update(self, *_):
-            try:
-                self.plan = plan_recipe(self.document.recipe, self.registry.donors)
-            except Exception as exc:  # noqa: BLE001
-                self.plan, self.error = None, str(exc)
-            self.plan_changed.emit(self.plan)
+from merger_gui.qt.live_plan import LivePlan  # noqa: E402
 
 NYXENE_T = (
     FilterRule((0.75,), "lm_head"),
@@ -118,8 +96,9 @@ def test_curves_follow_mergekit_evaluation(editor):
     assert not item.icon().isNull() and "modelnorm" in item.toolTip()
 
 
-def test_curve_restarts_in_every_slice(editor):
-    editor.document.apply(slerp_recipe(ranges=((0, 4), (4, 8))), "two slices")
+def test_curve_restarts_in_every_slice(editor, qtbot):
+    with qtbot.waitSignal(editor.live_plan.plan_changed, timeout=3000):
+        editor.document.apply(slerp_recipe(ranges=((0, 4), (4, 8))), "two slices")
     attn = editor.curve_values(1)
     assert attn[:4] == pytest.approx([0.75, 0.75 - 0.5 / 3, 0.25 + 0.5 / 3, 0.25])
     assert attn[4:] == pytest.approx(attn[:4])

@@ -13,7 +13,7 @@ from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.qt.document import RecipeDocument  # noqa: E402
 from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
 from merger_gui.qt.estimate_panel import EstimatePanel  # noqa: E402
-from test_qt_curves import LivePlan  # noqa: E402  (F's LivePlan, or its stand-in)
+from merger_gui.qt.live_plan import LivePlan  # noqa: E402
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from merger_gui.core.synthetic import DonorShape  # noqa: E402
 from merger_gui.qt.document import RecipeDocument  # noqa: E402
 from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
 from merger_gui.qt.merge_panel import MergePanel  # noqa: E402
-from test_qt_curves import LivePlan  # noqa: E402  (F's LivePlan, or its stand-in)
+from merger_gui.qt.live_plan import LivePlan  # noqa: E402
 
 SHAPE = DonorShape(num_layers=6)
 
@@ -32,9 +32,10 @@ def panel(qtbot, make_donor, tmp_path):
     live_plan = LivePlan(document, registry)
     widget = MergePanel(document, live_plan, registry)
     qtbot.addWidget(widget)
-    for name, seed in (("a", 1), ("b", 2)):
-        folder = make_donor(name, SHAPE, seed=seed)
-        registry.set_donor(name, str(folder), inspect_folder(folder))
+    with qtbot.waitSignal(live_plan.plan_changed, timeout=3000):
+        for name, seed in (("a", 1), ("b", 2)):
+            folder = make_donor(name, SHAPE, seed=seed)
+            registry.set_donor(name, str(folder), inspect_folder(folder))
     widget.folder_edit.setText(str(tmp_path / "out"))
     yield widget
     assert not widget.runner.is_running
@@ -58,7 +59,20 @@ def test_merge_runs_to_completion(panel, qtbot, tmp_path):
     assert panel.merge_button.isEnabled()
 
 
-def test_cancel_after_first_progress_leaves_no_output(panel, qtbot, tmp_path):
+def test_cancel_after_first_progress_leaves_no_output(panel, qtbot, tmp_path, monkeypatch):
+    from merger_gui.engine import run
+
+    real_run_merge = run.run_merge
+
+    def paused_run_merge(recipe, donors, out_dir, options, cancel):
+        # Hold the engine after each tensor until the GUI's cancel lands, so tiny donors
+        # cannot finish before the test cancels.
+        for event in real_run_merge(recipe, donors, out_dir, options, cancel):
+            yield event
+            if type(event).__name__ == "TensorProgress":
+                cancel.wait(10)
+
+    monkeypatch.setattr(run, "run_merge", paused_run_merge)
     panel.runner.progress.connect(lambda e: panel.cancel_merge() if type(e).__name__ == "TensorProgress" else None)
     with qtbot.waitSignal(panel.runner.cancelled, timeout=60000):
         panel.start_merge()
@@ -81,9 +95,11 @@ def test_existing_folder_asks_before_overwriting(panel, qtbot, tmp_path):
 
 def test_profiles_and_missing_donors_block_merging(panel):
     panel.registry.set_donor("b", "profile:llama-2-7b", load_profile("llama-2-7b"))
+    panel.live_plan.refresh_now()
     assert not panel.merge_button.isEnabled()
     assert "shape profile" in panel.blocker_label.text()
     panel.registry.remove("a")
+    panel.live_plan.refresh_now()
     assert "a: no donor chosen yet" in panel.blocker_label.text()
     assert not panel.start_merge()
 

@@ -86,7 +86,8 @@ RECIPES = {
               parameters=_params(t=(0.2, 0.8)), name="second"),
     )),
     "unknown_keys": Recipe((Stage("passthrough", slices=(Slice((_src("a", 0, 2),)),),
-                                  extra=Parameters({"comment": "kept", "meta": Parameters({"n": 1, "l": (1, "x")})})),)),
+                                  extra=Parameters({"comment": "kept", "empty": None,
+                                                    "meta": Parameters({"n": 1, "l": (1, "x"), "z": None})})),)),
 }  # fmt: skip
 
 
@@ -183,7 +184,8 @@ def test_multi_document_with_empty_trailing_document():
          "layer_range must be two integers like [0, 16]"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n        layer_range: ['0', 2]\n", 5, "layer_range"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n        layer_range: 4\n", 5, "layer_range"),
-        ("merge_method: x\nslices:\n  - sources:\n      - model: a\n        layer_range: [true, 2]\n", 5, "layer_range"),
+        ("merge_method: x\nslices:\n  - sources:\n      - model: a\n        layer_range: [true, 2]\n", 5,
+         "layer_range"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n", 4, "needs a layer_range"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n        layer_range: [0, 1]\n"
          "      - layer_range: [0, 1]\n", 6, "a source needs a model"),
@@ -476,7 +478,8 @@ def test_editing_an_aliased_node_leaves_its_other_uses_alone():
 def test_removing_an_unknown_top_level_key_and_a_parameter():
     recipe = load_recipe_text(USER_FILE)
     stage = recipe.stages[0]
-    edited = recipe.replace_stage(0, replace(stage, parameters=Parameters(), extra=Parameters({"common": stage.extra["common"]})))
+    kept_extra = Parameters({"common": stage.extra["common"]})
+    edited = recipe.replace_stage(0, replace(stage, parameters=Parameters(), extra=kept_extra))
     text = dump_recipe(edited, USER_FILE)
     assert "unknown_top" not in text and "parameters" not in text and "halfway" not in text
     assert load_recipe_text(text) == edited
@@ -490,30 +493,37 @@ def test_unreadable_original_text_is_ignored():
 # ----------------------------------------------------------------------------- property
 
 
-def test_round_trip_property():
-    hypothesis = pytest.importorskip("hypothesis")
+def _recipe_strategy():
+    """A hypothesis strategy for recipes covering the schema (any text as names and keys)."""
     st = pytest.importorskip("hypothesis.strategies")
 
     names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
+    maybe = lambda strategy: st.one_of(st.none(), strategy)  # noqa: E731
     numbers = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=False, allow_infinity=False))
     scalars = st.one_of(numbers, st.booleans(), names)
     gradients = st.lists(numbers, min_size=1, max_size=5).map(tuple)
-    rule_values = st.one_of(scalars, gradients)
-    rules = st.lists(st.builds(FilterRule, rule_values, st.one_of(st.none(), names)), min_size=1, max_size=3).map(tuple)
-    params = st.lists(st.tuples(names, st.one_of(scalars, gradients, rules)), max_size=3, unique_by=lambda p: p[0]).map(
-        lambda pairs: Parameters(tuple(pairs))
-    )
-    maybe = lambda strategy: st.one_of(st.none(), strategy)  # noqa: E731
-    ranges = st.tuples(st.integers(0, 80), st.integers(0, 80))
-    sources = st.builds(SliceSource, names, ranges, params)
+    rules = st.lists(st.builds(FilterRule, st.one_of(scalars, gradients), maybe(names)), min_size=1, max_size=3)
+
+    def mapping(keys, values):
+        return st.lists(st.tuples(keys, values), max_size=3, unique_by=lambda p: p[0]).map(
+            lambda pairs: Parameters(tuple(pairs))
+        )
+
+    params = mapping(names, st.one_of(scalars, gradients, rules.map(tuple)))
+    sources = st.builds(SliceSource, names, st.tuples(st.integers(0, 80), st.integers(0, 80)), params)
     slices = st.builds(Slice, st.lists(sources, min_size=1, max_size=2).map(tuple), params, maybe(names))
     models = st.builds(ModelEntry, names, params)
-    tokenizers = st.builds(TokenizerSpec, maybe(names), st.just(()), maybe(st.integers(1, 128)))
-    extra_keys = names.filter(lambda k: k not in {"name", "slices", "models", "merge_method", "base_model", "parameters",
-                                                 "dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template"})
-    extras = st.lists(st.tuples(extra_keys, scalars), max_size=2, unique_by=lambda p: p[0]).map(
-        lambda pairs: Parameters(tuple(pairs))
+    embeddings = st.one_of(
+        st.builds(TokenEmbedding, maybe(names), st.none(), force=st.booleans()),
+        st.builds(TokenEmbedding, names, st.just("model_token"), token=names, force=st.booleans()),
+        st.builds(TokenEmbedding, names, st.just("model_token"), token_id=st.integers(0, 9)),
+        st.builds(TokenEmbedding, kind=st.just("zero")),
     )
+    tokens = st.lists(st.tuples(names, embeddings), max_size=2, unique_by=lambda p: p[0]).map(tuple)
+    tokenizers = st.builds(TokenizerSpec, maybe(names), tokens, maybe(st.integers(1, 128)))
+    known = {"name", "slices", "models", "merge_method", "base_model", "parameters", "dtype", "out_dtype",
+             "tokenizer_source", "tokenizer", "chat_template"}  # fmt: skip
+    extras = mapping(names.filter(lambda key: key not in known), maybe(scalars))
 
     @st.composite
     def stages(draw):
@@ -533,12 +543,35 @@ def test_round_trip_property():
             extra=draw(extras),
         )
 
-    @hypothesis.settings(max_examples=150, deadline=None)
-    @hypothesis.given(st.lists(stages(), min_size=1, max_size=3).map(lambda s: Recipe(tuple(s))))
+    return st.lists(stages(), min_size=1, max_size=3).map(lambda s: Recipe(tuple(s)))
+
+
+def test_round_trip_property():
+    hypothesis = pytest.importorskip("hypothesis")
+
+    @hypothesis.settings(max_examples=60, deadline=None)
+    @hypothesis.given(_recipe_strategy())
     def check(recipe):
         text = dump_recipe(recipe)
         assert load_recipe_text(text) == recipe
-        plain = list(yaml.safe_load_all(text))
-        assert plain == [_as_plain(doc) for doc in _ruamel_docs(text)]
+        assert list(yaml.safe_load_all(text)) == [_as_plain(doc) for doc in _ruamel_docs(text)]
+
+    check()
+
+
+def test_edit_round_trip_property():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @hypothesis.settings(max_examples=40, deadline=None)
+    @hypothesis.given(_recipe_strategy(), _recipe_strategy(), st.randoms())
+    def check(before, after, random):
+        # Edit one recipe into another that reuses some of its stages, slices reordered.
+        stages = [random.choice((stage, *before.stages)) for stage in after.stages]
+        after = Recipe(tuple(
+            replace(stage, slices=tuple(random.sample(stage.slices, len(stage.slices)))) if stage.slices else stage
+            for stage in stages
+        ))  # fmt: skip
+        assert load_recipe_text(dump_recipe(after, dump_recipe(before))) == after
 
     check()

@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from merger_gui.cli.common import CommandLineParser
 from merger_gui.core.errors import UserError
 
 # Subcommand name -> module in this package exposing ``add_parser(subparsers)``.
@@ -14,7 +15,7 @@ COMMANDS = ("validate", "plan", "estimate", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="merger-gui",
         description="Design and run mergekit-compatible LLM merges. Without a command, opens the designer.",
     )

@@ -6,12 +6,20 @@ import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import RecipeError, UserError
+from merger_gui.core.profiles import guess_profile, profile_names
 from merger_gui.core.recipe import Recipe
 from merger_gui.core.resolve import parse_donor_overrides, resolve_recipe_donors
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: ``error: … (see `merger-gui plan --help`)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +30,12 @@ def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
 def add_donor_argument(parser: argparse.ArgumentParser) -> None:
     """The repeatable ``--donor NAME=REF`` option (into ``args.donor``)."""
     parser.add_argument("--donor", action="append", default=[], metavar="NAME=REF",
-                        help="use REF (folder, repo id or profile:NAME) for the recipe's model NAME; repeatable")
+                        help="use REF (folder, repo id or profile:NAME) for the recipe's model NAME; repeatable. "
+                             f"Built-in profiles: {', '.join(profile_names())}")
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--json`` switch."""
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -58,16 +68,29 @@ def donors_for(recipe: Recipe, recipe_path: str | Path, donor_items: Sequence[st
     return resolve_recipe_donors(recipe, overrides, base_dir=Path(recipe_path).resolve().parent)
 
 
+def donor_hint(name: str) -> str:
+    """How to map model ``name`` to a usable donor, with a profile guessed from the name when possible.
+
+    ``map it with --donor Thorns-13B=profile:llama-2-13b or a folder/repo id (profiles: …)``
+    """
+    shown = ", ".join(profile_names()[:4])
+    return (f"map it with --donor {name}=profile:{guess_profile(name) or 'NAME'} or a folder/repo id "
+            f"(profiles: {shown}, …; all in `merger-gui estimate --help`)")
+
+
+def with_donor_hints(errors: Mapping[str, str]) -> dict[str, str]:
+    """Each donor error message followed by its :func:`donor_hint`."""
+    return {name: f"{message}; {donor_hint(name)}" for name, message in errors.items()}
+
+
 def require_donors(errors: Mapping[str, str]) -> None:
-    """Raise one UserError line for the first unresolvable donor (and count the others)."""
+    """Raise one UserError line for the first unresolvable donor, naming the others, with a hint."""
     if not errors:
         return
     name, message = next(iter(errors.items()))
-    if "--donor" not in message:
-        message += f"; map it with --donor {name}=FOLDER or --donor {name}=profile:NAME (e.g. profile:llama-2-13b)"
     others = [n for n in errors if n != name]
     more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
-    raise UserError(f"{message}{more}" if name in message else f"donor {name}: {message}{more}")
+    raise UserError(f"{message}{more}; {donor_hint(name)}")
 
 
 def print_json(data: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from merger_gui.core.estimator import (
     gib_to_bytes,
 )
 from merger_gui.core.plan import plan_recipe
+from merger_gui.core.quantization import parse_weight_format
 from merger_gui.core.resolve import resolve_donor
-from merger_gui.core.runtime_presets import PRESETS
+from merger_gui.core.runtime_presets import GIB, PRESETS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="stored (default), fp32, fp16, bf16, fp8, a GGUF type such as Q4_K_M, or exl2:BITS")
     parser.add_argument("--kv-dtype", default="f16", metavar="T",
                         help="KV cache type: f16 (default), bf16, f32, fp8, q8_0, q4_0")
-    parser.add_argument("--gpu-memory", type=float, metavar="GIB", help="solve the largest context that fits")
+    parser.add_argument("--gpu-memory", type=gib_size, metavar="GIB", help="solve the largest context that fits")
     parser.add_argument("--runtime", default="llama.cpp", choices=sorted(PRESETS), type=str.lower,
                         help="runtime preset for compute buffer and overhead (default llama.cpp)")
-    parser.add_argument("--compute-buffer", type=float, metavar="GIB", help="replace the preset's compute buffer")
-    parser.add_argument("--overhead", type=float, metavar="GIB", help="replace the preset's runtime overhead")
+    parser.add_argument("--compute-buffer", type=gib_size, metavar="GIB", help="replace the preset's compute buffer")
+    parser.add_argument("--overhead", type=gib_size, metavar="GIB", help="replace the preset's runtime overhead")
     parser.add_argument("--full-kv", action="store_true",
                         help="count every position in sliding-window layers (engines that do not exploit the window)")
     add_json_argument(parser)
@@ -48,9 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = EstimateOptions(
         context=args.context, batch=args.batch, weights=args.weights, kv_dtype=args.kv_dtype,
-        runtime=args.runtime, gpu_memory_bytes=_gib_option(args.gpu_memory, "--gpu-memory"),
-        compute_buffer_bytes=_gib_option(args.compute_buffer, "--compute-buffer"),
-        overhead_bytes=_gib_option(args.overhead, "--overhead"), sliding_window=not args.full_kv,
+        runtime=args.runtime, gpu_memory_bytes=args.gpu_memory, compute_buffer_bytes=args.compute_buffer,
+        overhead_bytes=args.overhead, sliding_window=not args.full_kv,
     )
     title = None
     if _is_recipe(args.target):
@@ -67,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gib_option(value: float | None, flag: str) -> int | None:
-    if value is None:
-        return None
-    if value < 0:
-        raise UserError(f"{flag} cannot be negative")
-    return gib_to_bytes(value)
+def gib_size(text: str) -> int:
+    """Bytes of a ``GIB`` option value: a finite, non-negative number of GiB."""
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = math.nan
+    if not math.isfinite(gib) or gib < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB (0 or more), not {text!r}")
+    return gib_to_bytes(gib)
 
 
 def _is_recipe(target: str) -> bool:
@@ -195,7 +199,13 @@ def _estimate_lines(e: Estimate, title: str) -> list[str]:
         fits = "no limit below 128M tokens" if e.max_context is None else (
             "does not fit" if e.max_context == 0 else f"{e.max_context:,} tokens")
         lines.append(f"  {'largest context in ' + format_gib(o.gpu_memory_bytes):<52} {fits:>12}")
-    sizes = [f"{name} {size / 2**30:.2f}" for name, size in (("stored", e.stored_bytes), *e.file_sizes)]
-    lines += ["", "File sizes (GiB): " + "  ".join(sizes[:4]), "  GGUF: " + "  ".join(sizes[4:])]
-    return lines
+    return lines + ["", *_file_size_lines(e)]
+
+
+def _file_size_lines(e: Estimate) -> list[str]:
+    """``File sizes (GiB): stored … fp32 … fp16 … fp8 …`` and a ``GGUF:`` line."""
+    sizes = [("stored", e.stored_bytes), *e.file_sizes]
+    floats = [f"{name} {size / GIB:.2f}" for name, size in sizes if parse_weight_format(name).kind != "gguf"]
+    gguf = [f"{name} {size / GIB:.2f}" for name, size in sizes if parse_weight_format(name).kind == "gguf"]
+    return ["File sizes (GiB): " + "  ".join(floats), "  GGUF: " + "  ".join(gguf)]
 

@@ -92,10 +92,11 @@ class StageView:
             if tensor.layer is not None:
                 by_layer.setdefault(tensor.layer, []).append(tensor)
         self.layer_parameters = {
-            layer.index: self.groups(layer, by_layer.get(layer.index, [])) for layer in plan.layers
+            layer.index: self._parameter_groups(layer, by_layer.get(layer.index, [])) for layer in plan.layers
         }
 
-    def groups(self, layer: OutputLayer, tensors: list[PlannedTensor]) -> ParameterGroups:
+    def _parameter_groups(self, layer: OutputLayer, tensors: list[PlannedTensor]) -> ParameterGroups:
+        """Values of ``layer``'s tensors by parameter and by the filter (or source model) that gave them."""
         slice_ = self.slices[layer.slice_index]
         scopes = (slice_.parameters, self.stage.parameters)
         groups: ParameterGroups = {}
@@ -111,6 +112,7 @@ class StageView:
         return {name: _in_rule_order(by_group, scopes, name) for name, by_group in groups.items()}
 
     def to_json(self) -> dict[str, Any]:
+        """``--json`` output of the stage: layers with sources and values, seams, donor usage, notes."""
         plan = self.plan
         return {
             "index": plan.index,
@@ -141,6 +143,7 @@ class StageView:
         }
 
     def render(self) -> str:
+        """The stage as text: heading, runs of layers, seams, donor usage and notes."""
         plan = self.plan
         lines = [
             f"Stage {_stage_title(plan)}: {plan.merge_method}, {plan.num_layers} layers, {plan.params:,} parameters",

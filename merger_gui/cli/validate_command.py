@@ -11,6 +11,7 @@ from merger_gui.core.validation import Finding, validate_recipe
 
 from .common import (
     add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
+    with_donor_hints,
 )
 
 
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe_file(args.recipe)
     donors, errors = donors_for(recipe, args.recipe, args.donor)
-    findings = validate_recipe(recipe, donors, errors)
+    findings = validate_recipe(recipe, donors, with_donor_hints(errors))
     if args.json:
         print_json(findings_json(findings))
     else:
@@ -46,14 +47,15 @@ def format_finding(finding: Finding) -> str:
 
 
 def summary(findings: Sequence[Finding]) -> str:
-    errors = sum(f.is_error for f in findings)
-    warnings = len(findings) - errors
+    """The last line: ``2 errors, 1 warning`` or ``no problems found``."""
     if not findings:
         return "no problems found"
-    return f"{_count(errors, 'error')}, {_count(warnings, 'warning')}"
+    errors = sum(f.is_error for f in findings)
+    return f"{_count(errors, 'error')}, {_count(len(findings) - errors, 'warning')}"
 
 
 def findings_json(findings: Sequence[Finding]) -> dict[str, Any]:
+    """``--json`` output: validity, counts and every finding with its location."""
     errors = sum(f.is_error for f in findings)
     return {
         "valid": errors == 0,

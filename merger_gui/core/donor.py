@@ -40,6 +40,14 @@ def dtype_code(name: str) -> str:
         raise ValueError(f"unknown dtype {name!r}") from None
 
 
+def known_dtype_code(name: str) -> str | None:
+    """Like :func:`dtype_code`, but None for a name that is no known dtype."""
+    try:
+        return dtype_code(name)
+    except ValueError:
+        return None
+
+
 def layer_index(tensor_name: str) -> int | None:
     """The layer number in a tensor name (``model.layers.7.mlp…`` → 7), else None."""
     match = LAYER_PATTERN.match(tensor_name)

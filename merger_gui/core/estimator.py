@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from .donor import DTYPE_SIZES, DonorInfo, dtype_code
+from .donor import DTYPE_SIZES, DonorInfo, known_dtype_code
 from .errors import UserError
 from .plan import Plan, StagePlan
 from .quantization import (
@@ -97,10 +97,12 @@ class EstimateOptions:
 
     @property
     def weight_format(self) -> WeightFormat:
+        """The parsed :attr:`weights`."""
         return parse_weight_format(self.weights)
 
     @property
     def preset(self) -> RuntimePreset:
+        """The :attr:`runtime`'s preset."""
         return runtime_preset(self.runtime)
 
 
@@ -173,10 +175,6 @@ class Estimate:
     file_sizes: tuple[tuple[str, int], ...]  # (format, bytes) for SIZE_TABLE_FORMATS
     stored_bytes: int  # file size in the planned / stored dtypes
     options: EstimateOptions = field(compare=False)
-
-    @property
-    def gpu_weights_bytes(self) -> int:
-        return self.weights_bytes - self.host_weights_bytes
 
 
 def _kv(model: DonorInfo, options: EstimateOptions, context: int) -> KVCache:
@@ -305,7 +303,8 @@ def stage_peak_ram_bytes(stage: StagePlan) -> int:
     float32 copies of them and of the result for the math, and the output tensor in its
     dtype (size ``o``), plus a fixed overhead for Python and torch.
     """
-    working = _dtype_size(stage.output.dtype)
+    working_code = known_dtype_code(stage.output.dtype)
+    working = DTYPE_SIZES[working_code] if working_code else None
     peak = 0
     for tensor in stage.tensors:
         k = len(tensor.sources)
@@ -315,13 +314,6 @@ def stage_peak_ram_bytes(stage: StagePlan) -> int:
             held += tensor.numel * 4 * (k + 1)
         peak = max(peak, held)
     return peak + ENGINE_OVERHEAD_BYTES
-
-
-def _dtype_size(name: str | None) -> int | None:
-    try:
-        return DTYPE_SIZES[dtype_code(name)] if name else None
-    except ValueError:
-        return None
 
 
 def estimate_plan(plan: Plan, donors: Mapping[str, DonorInfo],

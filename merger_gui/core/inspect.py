@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .donor import DTYPE_NAMES, DonorInfo, TensorInfo, dtype_code, is_buffer, layer_index
+from .donor import DTYPE_NAMES, DonorInfo, TensorInfo, is_buffer, known_dtype_code, layer_index
 from .errors import DonorError
 from .safetensors_header import read_safetensors_header
 from .torch_pickle import read_torch_checkpoint
@@ -192,10 +192,8 @@ def _dtype(facts: Mapping[str, Any], tensors: tuple[TensorInfo, ...], ref: str, 
             weights[info.dtype] += info.numel
     stored = DTYPE_NAMES[weights.most_common(1)[0][0]] if weights else None
     declared = facts.get("torch_dtype") or facts.get("dtype")
-    try:
-        name = DTYPE_NAMES[dtype_code(str(declared))] if declared else None
-    except ValueError:
-        name = None
+    code = known_dtype_code(str(declared)) if declared else None
+    name = DTYPE_NAMES[code] if code else None
     if name and stored and name != stored:
         warnings.append(f"{ref}: config.json declares {name} but the weights are stored as {stored}")
     if name or stored:

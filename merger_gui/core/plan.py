@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from .donor import DonorInfo, TensorInfo, dtype_code, with_layer_index
-from .errors import DonorError, RecipeError
+from .errors import DonorError, RecipeError, UserError
 from .methods import MethodSpec, method_spec
 from .parameters import evaluate_parameter, slice_position
 from .recipe import EMPTY_PARAMETERS, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage
+from .tokenizer_vocab import stage_output_tokens
 
 VOCAB_TENSOR_MARKERS = ("embed_tokens", "lm_head", "wte", "embed_in", "embed_out")
 
@@ -239,17 +240,24 @@ def _output_dtype(stage: Stage, info: TensorInfo) -> str:
 
 
 def output_vocab_size(stage: Stage, donors: Mapping[str, DonorInfo], config_donor: DonorInfo) -> int:
-    """Rows of the output's vocabulary-indexed tensors."""
+    """Rows of the output's vocabulary-indexed tensors.
+
+    With a tokenizer section this is the size of the output tokenizer, read from the donors'
+    tokenizer.json like the engine does; donors without one (profiles, Hub donors not yet
+    downloaded) fall back to their config's ``vocab_size``.
+    """
     source = stage.effective_tokenizer_source
     if source is None:
         return config_donor.vocab_size
-    if source == "base":
-        base = donors.get(stage.base_model or "") or config_donor
-        size = base.vocab_size
-    elif source == "union":
-        size = max((d.vocab_size for m in stage.referenced_models if (d := donors.get(m))), default=0)
-    else:
-        size = donors[source].vocab_size if source in donors else config_donor.vocab_size
+    try:
+        size = len(stage_output_tokens(stage, donors).tokens)
+    except (DonorError, UserError):
+        if source == "base":
+            size = (donors.get(stage.base_model or "") or config_donor).vocab_size
+        elif source == "union":
+            size = max((d.vocab_size for m in stage.referenced_models if (d := donors.get(m))), default=0)
+        else:
+            size = donors[source].vocab_size if source in donors else config_donor.vocab_size
     pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer else None
     if pad:
         size = -(-size // pad) * pad

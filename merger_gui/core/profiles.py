@@ -8,6 +8,7 @@ with its exact shape.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
@@ -59,6 +60,49 @@ def profile_config(name: str) -> dict[str, Any]:
     extras = entry.get("extras") or {}
     config.update({k: extras[k] for k in CONFIG_EXTRAS if k in extras})
     return config
+
+
+# (words in a model name, size in billions, profile), checked in order. A name that states a
+# size must state this one; words of three letters or fewer must start a word ("L3-70B").
+_GUESSES: tuple[tuple[tuple[str, ...], float | None, str], ...] = (
+    (("mixtral",), 7, "mixtral-8x7b"),
+    (("qwen",), 7, "qwen2.5-7b"),
+    (("qwen",), 14, "qwen2.5-14b"),
+    (("gemma-2", "gemma2"), 9, "gemma-2-9b"),
+    (("gemma-2", "gemma2"), 2, "gemma-2-2b"),
+    (("gemma",), 7, "gemma-7b"),
+    (("phi-3", "phi3"), None, "phi-3-mini-4k"),
+    (("llama-3", "llama3", "l3"), 8, "llama-3-8b"),
+    (("llama-3", "llama3", "l3"), 70, "llama-3-70b"),
+    (("llama-2", "llama2", "l2"), 7, "llama-2-7b"),
+    (("llama-2", "llama2", "l2"), 13, "llama-2-13b"),
+    (("llama-2", "llama2", "l2"), 70, "llama-2-70b"),
+    (("solar",), 10.7, "solar-10.7b"),
+    (("mistral", "m7", "zephyr", "starling", "hermes", "openchat", "neural", "cybertron"), 7, "mistral-7b"),
+    ((), 10.7, "solar-10.7b"),
+    ((), 11, "solar-10.7b"),  # 11B merges are mostly SOLAR-shaped Mistral frankenmerges
+    ((), 13, "llama-2-13b"),  # 13B merges are Llama-2 fine-tunes
+    ((), 70, "llama-2-70b"),
+)
+_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)b(?![a-z])")
+
+
+def guess_profile(model_name: str) -> str | None:
+    """A built-in profile likely to share ``model_name``'s shape, from family words and the size
+    in the name (``Thorns-13B`` → ``llama-2-13b``, ``Starling-LM-7B`` → ``mistral-7b``); None
+    when nothing fits."""
+    name = model_name.lower().replace("_", "-")
+    sizes = {float(size) for size in _SIZE.findall(name)}
+    for words, size, profile in _GUESSES:
+        if words and not any(_has_word(name, word) for word in words):
+            continue
+        if size in sizes or (words and not sizes):
+            return profile
+    return None
+
+
+def _has_word(name: str, word: str) -> bool:
+    return re.search(("(?<![a-z0-9])" if len(word) <= 3 else "") + re.escape(word), name) is not None
 
 
 @lru_cache(maxsize=None)

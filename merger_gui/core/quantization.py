@@ -24,10 +24,6 @@ class GGMLType:
     block_size: int
     type_size: int
 
-    @property
-    def bits_per_weight(self) -> float:
-        return self.type_size * 8 / self.block_size
-
     def row_bytes(self, elements: int) -> int:
         """Bytes of a row of ``elements`` values (llama.cpp's ``ggml_row_size``)."""
         return -(-elements // self.block_size) * self.type_size
@@ -102,6 +98,7 @@ class WeightFormat:
 
     @property
     def label(self) -> str:
+        """How tables show the format: ``as stored``, ``fp16``, ``Q4_K_M``, ``EXL2 4.65 bpw``."""
         return {"stored": "as stored", "exl2": f"EXL2 {self.bits:g} bpw"}.get(self.kind, self.name)
 
 
@@ -145,6 +142,7 @@ class GGUFContext:
 
     @classmethod
     def of(cls, model: DonorInfo) -> GGUFContext:
+        """The facts of ``model``."""
         n_gqa = model.num_heads // model.num_kv_heads if model.num_kv_heads else 1
         experts = int(model.config.get("num_local_experts") or 1)
         return cls(model.num_layers, n_gqa, experts,
@@ -174,39 +172,11 @@ def _mixture_type(role: str, i: int, ft: str, t: str, ctx: GGUFContext) -> str:
     if role == "token_embd":
         return t
     if role == "attn_v":
-        if ft == "Q2_K":
-            t = "Q4_K" if ctx.n_gqa >= 4 else "Q3_K"
-        elif ft == "Q3_K_M":
-            t = "Q5_K" if i < 2 else "Q4_K"
-        elif ft == "Q3_K_L":
-            t = "Q5_K"
-        elif ft in ("IQ4_NL", "IQ4_XS") and ctx.n_gqa >= 4:
-            t = "Q5_K"
-        elif ft in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, n):
-            t = "Q6_K"
-        elif ft == "Q4_K_S" and i < 4:
-            t = "Q5_K"
-        if ctx.is_70b and t in ("Q3_K", "Q4_K"):
-            t = "Q5_K"
-        return "Q8_0" if moe8 else t
+        return "Q8_0" if moe8 else _attn_v_type(i, ft, t, ctx)
     if role == "attn_k":
         return "Q8_0" if moe8 else t
     if role in ("ffn_down", "ffn_down_exps"):
-        if ft == "Q2_K":
-            return "Q3_K"
-        if ft == "Q3_K_M":
-            return "Q5_K" if i < n // 16 else "Q4_K"
-        if ft == "Q3_K_L":
-            return "Q5_K"
-        if ft == "Q4_K_M":
-            return "Q6_K" if _use_more_bits(i, n) else t
-        if ft in ("IQ4_NL", "IQ4_XS") and i < n // 8:
-            return "Q5_K"
-        if ft == "Q5_K_M" and _use_more_bits(i, n):
-            return "Q6_K"
-        if ft == "Q4_K_S" and i < n // 8:
-            return "Q5_K"
-        return t
+        return _ffn_down_type(i, n, ft, t)
     if role == "attn_output":
         if moe8:
             moe_types = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS")
@@ -214,6 +184,36 @@ def _mixture_type(role: str, i: int, ft: str, t: str, ctx: GGUFContext) -> str:
         return {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ft, t)
     if role == "attn_qkv":
         return {"Q3_K_M": "Q4_K", "Q3_K_L": "Q4_K", "Q4_K_M": "Q5_K", "Q5_K_M": "Q6_K"}.get(ft, t)
+    return t
+
+
+def _attn_v_type(i: int, ft: str, t: str, ctx: GGUFContext) -> str:
+    if ft == "Q2_K":
+        t = "Q4_K" if ctx.n_gqa >= 4 else "Q3_K"
+    elif ft == "Q3_K_M":
+        t = "Q5_K" if i < 2 else "Q4_K"
+    elif ft == "Q3_K_L":
+        t = "Q5_K"
+    elif ft in ("IQ4_NL", "IQ4_XS") and ctx.n_gqa >= 4:
+        t = "Q5_K"
+    elif ft in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, ctx.num_layers):
+        t = "Q6_K"
+    elif ft == "Q4_K_S" and i < 4:
+        t = "Q5_K"
+    return "Q5_K" if ctx.is_70b and t in ("Q3_K", "Q4_K") else t
+
+
+def _ffn_down_type(i: int, n: int, ft: str, t: str) -> str:
+    if ft == "Q2_K":
+        return "Q3_K"
+    if ft == "Q3_K_M":
+        return "Q5_K" if i < n // 16 else "Q4_K"
+    if ft == "Q3_K_L":
+        return "Q5_K"
+    if ft in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, n):
+        return "Q6_K"
+    if ft in ("IQ4_NL", "IQ4_XS", "Q4_K_S") and i < n // 8:
+        return "Q5_K"
     return t
 
 

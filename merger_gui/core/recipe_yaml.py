@@ -24,6 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.resolver import VersionedResolver
+from ruamel.yaml.scalarfloat import ScalarFloat
 
 from .errors import RecipeError
 from .recipe import (
@@ -390,9 +391,19 @@ class _Representer(RoundTripRepresenter):
             return self.represent_scalar("tag:yaml.org,2002:float", f"{mantissa}.0e{exponent}")
         return super().represent_float(data)
 
+    def represent_scalar_float(self, data: ScalarFloat) -> ScalarNode:
+        """A loaded float in its original notation, unless that notation loses precision."""
+        node = super().represent_scalar_float(data)
+        try:
+            exact = float(node.value.replace("_", "")) == float(data)
+        except ValueError:  # .inf, .nan
+            exact = True
+        return node if exact else self.represent_float(float(data))
+
 
 _Representer.add_representer(str, _Representer.represent_str)
 _Representer.add_representer(float, _Representer.represent_float)
+_Representer.add_representer(ScalarFloat, _Representer.represent_scalar_float)
 
 
 def dump_recipe(recipe: Recipe, original_text: str | None = None) -> str:
@@ -451,12 +462,13 @@ def _stage_fields(stage: Stage) -> dict[str, Any]:
     fields["parameters"] = stage.parameters or None
     fields.update(dtype=stage.dtype, out_dtype=stage.out_dtype, tokenizer_source=stage.tokenizer_source)
     fields.update(tokenizer=stage.tokenizer, chat_template=stage.chat_template)
-    fields.update((key, value) for key, value in stage.extra.items() if key not in fields)
-    return _present(fields)
+    extra = {key: value for key, value in stage.extra.items() if key not in fields}
+    return {**_present(fields), **extra}  # an unknown key may well be null
 
 
 def _slice_fields(slice_: Slice) -> dict[str, Any]:
-    return _present({"sources": slice_.sources, "base_model": slice_.base_model, "parameters": slice_.parameters or None})
+    parameters = slice_.parameters or None
+    return _present({"sources": slice_.sources, "base_model": slice_.base_model, "parameters": parameters})
 
 
 def _source_fields(source: SliceSource) -> dict[str, Any]:
@@ -551,8 +563,9 @@ def _splice_lines(original: str, before: str, after: str) -> str:
     for tag, i1, i2, j1, j2 in SequenceMatcher(None, before_lines, after_lines, autojunk=False).get_opcodes():
         if tag == "equal":
             out.extend(original_lines[i1:i2])
-        else:
-            out.extend(indenter.reindent(line, min(i1 + k, max(i1, i2 - 1))) for k, line in enumerate(after_lines[j1:j2]))
+        else:  # a changed line takes the indentation of the user's line it replaces, or of its neighbours
+            near = [min(i1 + k, max(i1, i2 - 1)) for k in range(j2 - j1)]
+            out.extend(indenter.reindent(line, i) for line, i in zip(after_lines[j1:j2], near))
     return "".join(out)
 
 

@@ -13,7 +13,6 @@ from .profiles import PROFILE_PREFIX, load_profile
 from .recipe import Recipe
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[\w./-]+)?$")
-PROFILE_HINT = "use --donor {name}=profile:... to plan with a built-in shape"
 
 
 def parse_donor_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -34,26 +33,32 @@ def parse_donor_overrides(items: Sequence[str]) -> dict[str, str]:
 def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:
     """Inspect a donor reference: ``profile:NAME``, an existing folder, or ``org/name[@revision]``.
 
-    ``name`` is the recipe's model name, used in the hint of error messages.
+    ``name`` is the recipe's model name; error messages name it when it differs from ``ref``.
 
     Raises:
-        DonorError: unknown profile, missing folder or unknown / unreachable repo.
+        DonorError: unknown profile, missing or unreadable folder, unknown / unreachable repo.
     """
-    if ref.startswith(PROFILE_PREFIX):
-        return load_profile(ref.removeprefix(PROFILE_PREFIX))
-    hint = PROFILE_HINT.format(name=name or "NAME")
+    renamed = name is not None and name != ref
+    who = f"donor {name!r} ({ref})" if renamed else f"donor {ref!r}"
     path = Path(ref).expanduser()
-    if path.exists():
-        return inspect_folder(path if ref.startswith("~") else ref)
-    if _looks_like_path(ref) or not REPO_ID.match(ref):
-        raise DonorError(f"donor {ref}: no such folder, and not a Hub repo id; {hint}")
-    from .hub import inspect_repo  # imports huggingface_hub, only needed for Hub donors
-
-    repo_id, _, revision = ref.partition("@")
+    if not ref.startswith(PROFILE_PREFIX) and not path.exists():
+        if _looks_like_path(ref):
+            raise DonorError(f"{who} not found (no such folder)")
+        if not REPO_ID.match(ref):
+            raise DonorError(f"{who} not found (not a folder, not an org/name Hub repo id)")
     try:
+        if ref.startswith(PROFILE_PREFIX):
+            return load_profile(ref.removeprefix(PROFILE_PREFIX))
+        if path.exists():
+            return inspect_folder(path if ref.startswith("~") else ref)
+        from .hub import inspect_repo  # imports huggingface_hub, only needed for Hub donors
+
+        repo_id, _, revision = ref.partition("@")
         return inspect_repo(repo_id, revision or None)
     except DonorError as exc:
-        raise DonorError(f"{exc}; {hint}") from None
+        if renamed:  # the message names the folder, repo or profile, not the recipe's model
+            raise DonorError(f"donor {name!r}: {exc}") from None
+        raise
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .donor import DTYPE_SIZES, TensorInfo
+from .donor import DTYPE_NAMES, DTYPE_SIZES, TensorInfo
 from .errors import DonorError
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
@@ -27,12 +27,8 @@ STORAGE_CODES = {
     "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
     "ByteStorage": "U8", "BoolStorage": "BOOL",
 }
-# torch dtype globals used by the v3 layout (untyped storage + explicit dtype).
-DTYPE_GLOBALS = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32",
-    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-}
+# torch dtype globals used by the v3 layout (untyped storage + explicit dtype): torch.<name>.
+DTYPE_GLOBALS = {name: code for code, name in DTYPE_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)

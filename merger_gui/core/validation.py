@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from .donor import DonorInfo, dtype_code
+from .donor import DonorInfo, known_dtype_code
 from .errors import RecipeError
 from .methods import METHODS, MethodSpec, method_spec
 from .parameters import matching_value
@@ -212,7 +212,7 @@ class _StageCheck:
             self.add("warning", "unknown-key", f"unknown key {key!r} is ignored by mergekit;{hint or ' remove it'}",
                      key=key)
         for key, value in (("dtype", stage.dtype), ("out_dtype", stage.out_dtype)):
-            if value is not None and _dtype_code(value) not in FLOAT_DTYPES:
+            if value is not None and known_dtype_code(value) not in FLOAT_DTYPES:
                 self.add("error", "unknown-dtype",
                          f"{key} {value!r} is not a float dtype; use bfloat16, float16 or float32", key=key)
         if stage.slices is not None and stage.models is not None:
@@ -529,13 +529,6 @@ class _StageCheck:
         slices = self.slices()
         slice_ = slices[tensor.slice_index] if tensor.slice_index < len(slices) else None
         return (slice_.base_model if slice_ else None) or self.stage.base_model
-
-
-def _dtype_code(name: str) -> str | None:
-    try:
-        return dtype_code(name)
-    except ValueError:
-        return None
 
 
 def _is_rules(spec: ParamValue) -> bool:

@@ -200,11 +200,9 @@ def _slerp_method(inputs: _Inputs) -> torch.Tensor:
     return slerp(t, inputs.tensors[base], inputs.tensors[1 - base])
 
 
-def _chunks(x: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Column chunks of a ``(1, n)`` view, each converted to ``dtype``."""
-    for start in range(0, x.shape[1], SLERP_CHUNK_ELEMENTS):
-        columns = slice(start, start + SLERP_CHUNK_ELEMENTS)
-        yield columns, x[:, columns].to(dtype)
+def _column_chunks(width: int) -> Iterator[slice]:
+    for start in range(0, width, SLERP_CHUNK_ELEMENTS):
+        yield slice(start, min(start + SLERP_CHUNK_ELEMENTS, width))
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
@@ -220,18 +218,29 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     tt = torch.tensor([t], dtype=dtype).reshape(-1, 1)
     if a.shape[1] == 0:
         return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+    # Two reused scratch chunks: a fresh multi-MB tensor per operation costs page faults
+    # that dominate the arithmetic. In-place steps round exactly like mergekit's.
+    width = min(a.shape[1], SLERP_CHUNK_ELEMENTS)
+    scratch_a = torch.empty((1, width), dtype=dtype, device=a.device)
+    scratch_b = torch.empty((1, width), dtype=dtype, device=a.device)
 
-    def norm(x: torch.Tensor) -> torch.Tensor:
+    def load(scratch: torch.Tensor, x: torch.Tensor, columns: slice) -> torch.Tensor:
+        chunk = scratch[:, : columns.stop - columns.start]
+        return chunk.copy_(x[:, columns])
+
+    def norm(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
         # The norm of per-chunk norms, as mergekit sums them.
-        parts = [torch.linalg.vector_norm(c, dim=1, keepdim=True) for _, c in _chunks(x, dtype)]
+        parts = [torch.linalg.vector_norm(load(scratch, x, c), dim=1, keepdim=True)
+                 for c in _column_chunks(x.shape[1])]
         total = torch.linalg.vector_norm(torch.stack(parts), dim=0)
         return torch.where(total > SLERP_NORM_EPS, total, 1)
 
-    norm_a, norm_b = norm(a), norm(b)
-    dots = [
-        (ca / norm_a * (cb / norm_b)).sum(dim=1, keepdim=True)
-        for (_, ca), (_, cb) in zip(_chunks(a, dtype), _chunks(b, dtype))
-    ]
+    norm_a, norm_b = norm(a, scratch_a), norm(b, scratch_b)
+    dots = []
+    for columns in _column_chunks(a.shape[1]):
+        x = load(scratch_a, a, columns).div_(norm_a)
+        y = load(scratch_b, b, columns).div_(norm_b)
+        dots.append(x.mul_(y).sum(dim=1, keepdim=True))
     dot = torch.stack(dots).sum(dim=0).clamp(-1, 1)
     linear = dot.abs() > SLERP_DOT_THRESHOLD
     theta = torch.acos(torch.where(linear, 0, dot))
@@ -240,8 +249,10 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
 
     result = torch.empty_like(a)
-    for (columns, ca), (_, cb) in zip(_chunks(a, dtype), _chunks(b, dtype)):
-        result[:, columns] = coef_a * ca + coef_b * cb
+    for columns in _column_chunks(a.shape[1]):
+        x = load(scratch_a, a, columns).mul_(coef_a)
+        x.add_(load(scratch_b, b, columns).mul_(coef_b))
+        result[:, columns] = x
     return result.reshape(v0.shape)
 
 

@@ -16,32 +16,39 @@ import re
 import shutil
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from merger_gui.core.donor import DonorInfo, dtype_code
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
-from merger_gui.core.plan import PlannedTensor, StagePlan, plan_recipe, stage_slices
+from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, stage_slices
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.validation import validate_recipe
 
+from .events import (
+    DownloadProgress, MergeCancelled, MergeDone, MergeEvent, MergeWarning, StageFinished, StageStarted,
+    TensorProgress,
+)
+from .fetch import fetch_donor, needs_fetch
 from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
-from .output import commit_folder, partial_folder, remove_folder, write_metadata
+from .methods import RANDOMIZED_METHODS, merge_tensors, random_draw_order
+from .output import commit_folder, copy_files, partial_folder, remove_folder, write_metadata
 from .reader import SourceTensor, TensorReader, torch_dtype
+from .vocabulary import VocabularyPlan, build_vocabulary
 from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
+
+__all__ = [
+    "DownloadProgress", "MergeCancelled", "MergeDone", "MergeEvent", "MergeOptions", "MergeWarning",
+    "StageFinished", "StageStarted", "TensorProgress", "run_merge",
+]
 
 GIB = 1024**3
 DISK_MARGIN = 16 * 1024 * 1024  # config, tokenizer and recipe files beside the weights
-
-
-class MergeCancelled(UserError):
-    """The merge was cancelled; the partial output was removed."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,8 @@ class MergeOptions:
         intermediate_dir: Where non-final stages are written (default ``<out_dir>.intermediate``).
         overwrite: Replace an existing output folder (only once the new one is complete).
         copy_tokenizer: Copy the config donor's tokenizer files to the output.
-        seed: Seed of random methods (dare); each tensor's generator is derived from it and its name.
+        seed: Seed of random methods (dare): one generator per stage, drawn in mergekit's order, so
+            mergekit run with ``--random-seed`` and the same seed gives the same tensors.
     """
 
     device: str = "cpu"
@@ -63,65 +71,6 @@ class MergeOptions:
     overwrite: bool = False
     copy_tokenizer: bool = True
     seed: int | None = 0
-
-
-@dataclass(frozen=True)
-class StageStarted:
-    index: int  # position in run order, 0-based
-    count: int
-    name: str
-    tensors: int
-    reused: bool
-
-
-@dataclass(frozen=True)
-class TensorProgress:
-    stage_index: int
-    stage_count: int
-    name: str
-    index: int  # 1-based position of this tensor within its stage
-    count: int  # tensors of the stage
-    overall_index: int  # 1-based, over every stage being merged
-    overall_count: int
-    bytes_written: int  # over every stage being merged
-    total_bytes: int
-    elapsed: float  # seconds since the merge started
-    eta: float | None  # estimated seconds left
-
-
-@dataclass(frozen=True)
-class DownloadProgress:
-    model: str
-    file: str
-    downloaded: int  # bytes of this file so far
-    total: int
-
-
-@dataclass(frozen=True)
-class MergeWarning:
-    message: str
-
-
-@dataclass(frozen=True)
-class StageFinished:
-    index: int
-    count: int
-    name: str
-    path: Path
-    reused: bool
-    seconds: float
-
-
-@dataclass(frozen=True)
-class MergeDone:
-    path: Path
-    stages: int
-    tensors: int
-    bytes_written: int
-    seconds: float
-
-
-MergeEvent = Union[StageStarted, TensorProgress, DownloadProgress, MergeWarning, StageFinished, MergeDone]
 
 
 @dataclass
@@ -134,7 +83,12 @@ class _Job:
     final: bool
     fingerprint: str | None
     reused: bool
-    layouts: tuple[TensorLayout, ...]
+    order: tuple[int, ...]  # plan indices of the tensors in merge (and write) order
+
+    @property
+    def layouts(self) -> tuple[TensorLayout, ...]:
+        tensors = self.plan.tensors
+        return tuple(TensorLayout(tensors[i].name, tensors[i].dtype, tensors[i].shape) for i in self.order)
 
 
 @dataclass
@@ -186,6 +140,14 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     used = {m for sp in plan.stages for m in recipe.stages[sp.index].referenced_models if m in donors}
     for model in sorted(used):
         _check_local(model, donors[model])
+    fetches = sorted(m for m in used if needs_fetch(donors[m]))
+    if fetches:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+        _check_space([(cache, sum(donors[m].download_bytes for m in fetches))], "to download donors into")
+        for model in fetches:
+            donors[model] = yield from fetch_donor(model, donors[model], cancel)
     for sp in plan.stages:
         for tensor in sp.tensors:
             if tensor.note:
@@ -196,7 +158,8 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     try:
         stage_names = {j.stage.name for j in jobs if j.stage.name}
         located = {j.plan.index: _locate(reader, j, stage_names) for j in jobs if not j.reused}
-        _check_disk(jobs, options.shard_size)
+        _check_space([(j.target.parent, planned_bytes(j.layouts, options.shard_size) + DISK_MARGIN)
+                      for j in jobs if not j.reused])
         progress = _Progress(started, sum(len(j.layouts) for j in jobs if not j.reused),
                              sum(sum(t.nbytes for t in j.layouts) for j in jobs if not j.reused))
         for k, job in enumerate(jobs):
@@ -231,11 +194,11 @@ def _check_local(model: str, donor: DonorInfo) -> None:
     if donor.kind == "profile":
         raise UserError(f"donor {model} is a built-in profile ({donor.ref}) without weights; "
                         f"map it to a model folder or repo with --donor {model}=REF to merge")
-    if donor.path is None or donor.download_bytes:
-        raise DonorError(f"donor {model} ({donor.ref}) has no local weights; download it first")
+    if donor.kind != "hub" and donor.path is None:
+        raise DonorError(f"donor {model} ({donor.ref}) has no local weights")
 
 
-def _jobs(recipe: Recipe, plan: Any, donors: Mapping[str, DonorInfo], target: Path,
+def _jobs(recipe: Recipe, plan: Plan, donors: Mapping[str, DonorInfo], target: Path,
           options: MergeOptions) -> list[_Job]:
     inter = Path(options.intermediate_dir).absolute() if options.intermediate_dir \
         else target.parent / f"{target.name}.intermediate"
@@ -244,9 +207,9 @@ def _jobs(recipe: Recipe, plan: Any, donors: Mapping[str, DonorInfo], target: Pa
     for k, sp in enumerate(plan.stages):
         stage = recipe.stages[sp.index]
         final = k == len(plan.stages) - 1
-        layouts = tuple(TensorLayout(t.name, t.dtype, t.shape) for t in sp.tensors)
+        order = _merge_order(stage, sp)
         if final:
-            jobs.append(_Job(sp, stage, target, True, None, False, layouts))
+            jobs.append(_Job(sp, stage, target, True, None, False, order))
             continue
         inputs = {m: fingerprints[m] if m in fingerprints else folder_fingerprint(donors[m].path or "")
                   for m in stage.referenced_models}
@@ -255,8 +218,17 @@ def _jobs(recipe: Recipe, plan: Any, donors: Mapping[str, DonorInfo], target: Pa
             fingerprints[stage.name] = fingerprint
         folder = inter / re.sub(r"[^\w.-]+", "_", sp.label)
         reused = folder.is_dir() and stored_fingerprint(folder) == fingerprint
-        jobs.append(_Job(sp, stage, folder, False, fingerprint, reused, layouts))
+        jobs.append(_Job(sp, stage, folder, False, fingerprint, reused, order))
     return jobs
+
+
+def _merge_order(stage: Stage, plan: StagePlan) -> tuple[int, ...]:
+    """Plan order, except for randomized methods: mergekit's order, so the same seed draws the same masks."""
+    if stage.merge_method not in RANDOMIZED_METHODS:
+        return tuple(range(len(plan.tensors)))
+    aligned = [stage.effective_tokenizer_source is not None and t.is_vocab for t in plan.tensors]
+    return tuple(random_draw_order([t.name for t in plan.tensors],
+                                   [[s.tensor for s in t.sources] for t in plan.tensors], aligned))
 
 
 def _locate(reader: TensorReader, job: _Job, pending: set[str]) -> list[tuple[SourceTensor, ...]] | None:
@@ -280,19 +252,17 @@ def _locate(reader: TensorReader, job: _Job, pending: set[str]) -> list[tuple[So
     return located
 
 
-def _check_disk(jobs: Sequence[_Job], shard_size: int) -> None:
-    """Refuse early when a filesystem lacks room for the stages written to it."""
-    needs: dict[int, list[Any]] = {}
-    for job in jobs:
-        if job.reused:
-            continue
-        folder = _existing_ancestor(job.target.parent)
-        entry = needs.setdefault(os.stat(folder).st_dev, [0, folder])
-        entry[0] += planned_bytes(job.layouts, shard_size) + DISK_MARGIN
-    for needed, folder in needs.values():
+def _check_space(needs: Sequence[tuple[Path, int]], purpose: str = "for the output in") -> None:
+    """Refuse early when a filesystem lacks room for the bytes headed to it."""
+    by_device: dict[int, list[Any]] = {}
+    for folder, nbytes in needs:
+        existing = _existing_ancestor(folder)
+        entry = by_device.setdefault(os.stat(existing).st_dev, [0, existing])
+        entry[0] += nbytes
+    for needed, folder in by_device.values():
         free = shutil.disk_usage(folder).free
         if needed > free:
-            raise UserError(f"not enough disk space in {folder}: {needed / GIB:.1f} GiB needed, "
+            raise UserError(f"not enough disk space {purpose} {folder}: {needed / GIB:.1f} GiB needed, "
                             f"{free / GIB:.1f} GiB free")
 
 
@@ -307,22 +277,26 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
                cancel: threading.Event | None, progress: _Progress) -> Iterator[MergeEvent]:
     stage = job.stage
     stage_donors = {m: donors[m] for m in stage.referenced_models if m in donors}
-    vocabulary = None
+    vocabulary: VocabularyPlan | None = None
     if stage.effective_tokenizer_source is not None:
-        from .vocabulary import build_vocabulary
-
         vocabulary = build_vocabulary(stage, stage_donors)
     slices = [s for s in stage_slices(stage, stage_donors) if s.sources]
+    generator = None
+    if stage.merge_method in RANDOMIZED_METHODS and options.seed is not None:
+        # One generator per stage, as mergekit seeds once per run and draws in merge order.
+        generator = torch.Generator(device=device)
+        generator.manual_seed(options.seed)
     partial = partial_folder(job.target)
     writer = ShardedWriter(partial, job.layouts, options.shard_size)
     try:
-        for i, (tensor, sources) in enumerate(zip(job.plan.tensors, located)):
+        for i, index in enumerate(job.order):
             if cancel is not None and cancel.is_set():
                 raise MergeCancelled("cancelled: nothing was written")
+            tensor, sources = job.plan.tensors[index], located[index]
             base = (slices[tensor.slice_index].base_model if tensor.slice_index < len(slices) else None) \
                 or stage.base_model
             before = writer.bytes_written
-            _produce(tensor, sources, stage, base, reader, writer, vocabulary, device, options.seed)
+            _produce(tensor, sources, stage, base, reader, writer, vocabulary, device, generator)
             progress.tensors += 1
             progress.bytes += writer.bytes_written - before
             elapsed = time.monotonic() - progress.started
@@ -334,6 +308,8 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
         write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)
         if vocabulary is not None:
             vocabulary.save(partial)
+            if options.copy_tokenizer and config_donor.path:
+                copy_files(Path(config_donor.path), partial, ("generation_config.json",))
         if job.fingerprint is not None:
             store_fingerprint(partial, job.fingerprint)
         commit_folder(partial, job.target, overwrite=options.overwrite or not job.final)
@@ -353,12 +329,13 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
 
 
 def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, base: str | None,
-             reader: TensorReader, writer: ShardedWriter, vocabulary: Any, device: torch.device,
-             seed: int | None) -> None:
+             reader: TensorReader, writer: ShardedWriter, vocabulary: VocabularyPlan | None,
+             device: torch.device, generator: torch.Generator | None) -> None:
     """Merge (or copy) one output tensor and append it to the output."""
     working = _working_dtype(stage, sources)
+    aligned = vocabulary is not None and tensor.is_vocab
     passthrough = stage.merge_method == "passthrough" and len(sources) == 1 \
-        and "scale" not in tensor.sources[0].parameters and not (vocabulary is not None and tensor.is_vocab)
+        and "scale" not in tensor.sources[0].parameters and not aligned
     if passthrough and sources[0].dtype == tensor.dtype and torch_dtype(tensor.dtype) == working:
         span = reader.byte_range(sources[0])
         if span is not None:  # bit-identical, file to file, without touching memory
@@ -367,19 +344,13 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stag
             except EOFError:
                 raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
             return
-    inputs = [reader.read(s) for s in sources]
-    if vocabulary is not None and tensor.is_vocab:
-        inputs = [vocabulary.align(s.model, t) for s, t in zip(sources, inputs)]
-    inputs = [t.to(device=device, dtype=working) for t in inputs]
+    inputs = [reader.read(s).to(dtype=working) for s in sources]
+    if aligned:
+        inputs = vocabulary.align_all([s.model for s in sources], inputs)  # type: ignore[union-attr]
+    inputs = [t.to(device=device) for t in inputs]
     if passthrough:
         result = inputs[0]
     else:
-        from .methods import merge_tensors  # the tensor math, only when something is merged
-
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed((seed + zlib.crc32(tensor.name.encode())) % 2**63)
         result = merge_tensors(
             stage.merge_method, inputs, [s.model for s in tensor.sources], base, tensor.parameters,
             [s.parameters for s in tensor.sources], tensor_name=tensor.name, generator=generator,

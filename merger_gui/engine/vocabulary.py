@@ -5,8 +5,8 @@ tensor of every donor (embeddings, lm_head) to the output vocabulary before merg
 row ``i`` is the donor's own row for token ``i``; a token the donor lacks gets, from the
 other inputs of the same tensor, the row of the only one that has it, else the base's
 row, else the mean of those that have it, else zeros; ``tokenizer.tokens`` overrides
-rows; padding rows get the mean row. Vocabularies are read from each donor's
-``tokenizer.json`` (``model.vocab`` plus ``added_tokens``) without tokenizer libraries.
+rows; padding rows get the mean row. The output token set comes from
+:mod:`merger_gui.core.tokenizer_vocab`, which the plan uses too.
 """
 
 from __future__ import annotations
@@ -23,47 +23,14 @@ import torch
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.recipe import Stage, TokenEmbedding
+from merger_gui.core.tokenizer_vocab import (
+    TOKENIZER_FILE, DonorVocabulary, read_tokenizer_vocabulary, stage_output_tokens,
+)
 
-TOKENIZER_FILE = "tokenizer.json"
 # Copied beside the rewritten tokenizer.json; tokenizer.model only when no token changed.
 COMPANION_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
-
-@dataclass(frozen=True)
-class DonorVocabulary:
-    """One donor's tokenizer: token → id (model vocabulary and added tokens) and its files."""
-
-    folder: Path
-    tokens: dict[str, int]
-    added: dict[str, dict[str, Any]]  # added-token entries of tokenizer.json by content
-    rows: int  # embedding rows (config vocab_size); ids at or past it have no row
-
-    def row(self, token: str) -> int:
-        """The donor's embedding row of ``token``, or -1 when it has none."""
-        index = self.tokens.get(token, -1)
-        return index if index < self.rows else -1
-
-
-def read_tokenizer_vocabulary(folder: Path) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
-    """Token → id of ``folder/tokenizer.json`` and its added-token entries by content.
-
-    Raises:
-        DonorError: when the file is missing or not a tokenizer.json.
-    """
-    file = folder / TOKENIZER_FILE
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        vocab = data["model"]["vocab"]
-        # Unigram vocabularies are [piece, score] lists: the id is the position.
-        tokens = dict(vocab) if isinstance(vocab, dict) else {entry[0]: i for i, entry in enumerate(vocab)}
-        added = {entry["content"]: entry for entry in data.get("added_tokens") or ()}
-    except FileNotFoundError:
-        raise DonorError(f"{folder}: no {TOKENIZER_FILE}; a tokenizer section needs every donor's "
-                         f"{TOKENIZER_FILE}") from None
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise DonorError(f"{file}: not a readable tokenizer ({exc})") from None
-    tokens.update({content: int(entry["id"]) for content, entry in added.items()})
-    return tokens, added
+__all__ = ["VocabularyPlan", "build_vocabulary", "read_tokenizer_vocabulary"]
 
 
 @dataclass(frozen=True)
@@ -252,63 +219,13 @@ def build_vocabulary(stage: Stage, donors: Mapping[str, DonorInfo],
         DonorError: when a donor's tokenizer cannot be read.
         UserError: on a token override naming an unknown model or token.
     """
-    source = stage.effective_tokenizer_source
-    if source is None:
+    if stage.effective_tokenizer_source is None:
         return None
-    models = list(stage.referenced_models)
-    base = stage.base_model or (models[0] if models else None)
-    if base is None:
-        raise UserError("the recipe has no models")
-    if source not in ("base", "union") and source not in models:
-        models.append(source)
-    vocabularies = {m: _donor_vocabulary(m, donors, tokenizer_dirs) for m in models}
-    unstripped = vocabularies[base].tokens
-
-    # The base's tokenizer keeps only tokens that have embedding rows.
-    base_vocab = vocabularies[base]
-    base_tokens = {t: i for t, i in base_vocab.tokens.items() if i < base_vocab.rows}
-    vocabularies[base] = DonorVocabulary(base_vocab.folder, base_tokens, base_vocab.added, base_vocab.rows)
-
-    if source == "base":
-        tokens, tokenizer_donor = dict(base_tokens), base
-    elif source == "union":
-        tokens, tokenizer_donor = _union(base, models, vocabularies), base
-    else:
-        # A tokenizer named by reference is taken whole, even the base's.
-        tokens = dict(unstripped if source == base else vocabularies[source].tokens)
-        tokenizer_donor = source
+    out = stage_output_tokens(stage, donors, tokenizer_dirs)
     overrides = dict(stage.tokenizer.tokens) if stage.tokenizer else {}
-    for token in overrides:
-        tokens.setdefault(token, len(tokens))  # mergekit adds override tokens the vocabulary lacks
-    resolved = {t: _resolve_override(t, e, vocabularies) for t, e in overrides.items()}
+    resolved = {t: _resolve_override(t, e, out.vocabularies) for t, e in overrides.items()}
     pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer else None
-    return VocabularyPlan(tokens, vocabularies, base, tokenizer_donor, resolved, pad)
-
-
-def _donor_vocabulary(model: str, donors: Mapping[str, DonorInfo],
-                      tokenizer_dirs: Mapping[str, Path] | None) -> DonorVocabulary:
-    donor = donors.get(model)
-    folder = (tokenizer_dirs or {}).get(model)
-    if folder is None and donor is not None and donor.path:
-        folder = Path(donor.path)
-    if donor is None or folder is None:
-        raise DonorError(f"{model}: no local folder to read its tokenizer from")
-    tokens, added = read_tokenizer_vocabulary(Path(folder))
-    return DonorVocabulary(Path(folder), tokens, added, donor.vocab_size)
-
-
-def _union(base: str, models: Sequence[str], vocabularies: Mapping[str, DonorVocabulary]) -> dict[str, int]:
-    """The base's tokens, then every other token with a row, deterministically: ordinary
-    tokens first, then added tokens, each by donor order and id."""
-    order = [base] + [m for m in models if m != base]
-    tokens = dict(vocabularies[base].tokens)
-    for added_pass in (False, True):
-        for model in order:
-            vocab = vocabularies[model]
-            for token, index in sorted(vocab.tokens.items(), key=lambda item: item[1]):
-                if index < vocab.rows and (token in vocab.added) == added_pass and token not in tokens:
-                    tokens[token] = len(tokens)
-    return tokens
+    return VocabularyPlan(out.tokens, out.vocabularies, out.base, out.tokenizer_donor, resolved, pad)
 
 
 def _resolve_override(token: str, entry: TokenEmbedding, vocabularies: Mapping[str, DonorVocabulary]) -> _Override:

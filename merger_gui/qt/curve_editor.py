@@ -234,9 +234,10 @@ class TCurveEditor(QWidget):
         layout.addLayout(left, 3)
         layout.addLayout(side, 1)
 
-        document.recipe_changed.connect(lambda _: self.refresh())
-        document.current_stage_changed.connect(lambda _: self.refresh())
-        live_plan.plan_changed.connect(lambda _: self.refresh())
+        # Bound methods, not lambdas: Qt drops the connections when this widget is deleted.
+        document.recipe_changed.connect(self.refresh)
+        document.current_stage_changed.connect(self.refresh)
+        live_plan.plan_changed.connect(self.refresh)
         self.refresh()
 
     # --- state -------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ class TCurveEditor(QWidget):
             return None
         return next((s for s in plan.stages if s.index == self.document.current_stage), None)
 
-    def refresh(self) -> None:
+    def refresh(self, *_: object) -> None:
         """Re-read the document's stage and redraw (keeps the chosen target when it still exists)."""
         self._stage = self.document.stage
         previous = self.target

@@ -137,7 +137,7 @@ class EstimatePanel(QWidget):
         note.setStyleSheet("color: palette(mid);")
         layout.addWidget(note)
 
-        live_plan.plan_changed.connect(lambda _: self.schedule())
+        live_plan.plan_changed.connect(self.schedule)  # bound: dropped when the panel is deleted
         registry.changed.connect(self.schedule)
         self.recompute()
 
@@ -149,7 +149,7 @@ class EstimatePanel(QWidget):
             runtime=self.runtime_combo.currentText(), gpu_memory_bytes=gib_to_bytes(self.gpu_spin.value()),
         )
 
-    def schedule(self) -> None:
+    def schedule(self, *_: object) -> None:
         """Recompute after a short pause, so a drag does not estimate on every mouse move."""
         self._timer.start()
 

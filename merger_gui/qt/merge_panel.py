@@ -82,7 +82,7 @@ class MergePanel(QWidget):
 
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("folder to create, e.g. ~/models/my-merge")
-        self.folder_edit.textChanged.connect(lambda _: self.update_state())
+        self.folder_edit.textChanged.connect(self.update_state)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         self.device_combo = QComboBox()
@@ -141,12 +141,13 @@ class MergePanel(QWidget):
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
         self.runner.cancelled.connect(self._on_cancelled)
-        self.runner.running_changed.connect(lambda _: self.update_state())
-        document.recipe_changed.connect(lambda _: self.update_state())
-        document.path_changed.connect(lambda _: self._suggest_folder())
+        # Bound methods, not lambdas: Qt drops the connections when this widget is deleted.
+        self.runner.running_changed.connect(self.update_state)
+        document.recipe_changed.connect(self.update_state)
+        document.path_changed.connect(self._suggest_folder)
         registry.changed.connect(self.update_state)
-        live_plan.plan_changed.connect(lambda _: self.update_state())
-        live_plan.findings_changed.connect(lambda _: self.update_state())
+        live_plan.plan_changed.connect(self.update_state)
+        live_plan.findings_changed.connect(self.update_state)
         self._suggest_folder()
         self.open_button.hide()
         self.update_state()
@@ -156,7 +157,7 @@ class MergePanel(QWidget):
     def blockers(self) -> list[str]:
         return merge_blockers(self.document, self.live_plan, self.registry)
 
-    def update_state(self) -> None:
+    def update_state(self, *_: object) -> None:
         running = self.runner.is_running
         reasons = [] if running else self.blockers()
         if not running and not self.folder_edit.text().strip():
@@ -169,7 +170,7 @@ class MergePanel(QWidget):
         self.folder_edit.setEnabled(not running)
         self.device_combo.setEnabled(not running)
 
-    def _suggest_folder(self) -> None:
+    def _suggest_folder(self, *_: object) -> None:
         if self.folder_edit.text().strip():
             return
         parent = self.document.path.parent if self.document.path else Path.home()

@@ -104,8 +104,8 @@ class WelcomePage(QWidget):
             button.clicked.connect(lambda _=False, s=seed: self.open_seed(s))
             self.seed_buttons[seed.file] = button
             profiles = ", ".join(sorted(set(seed.donors.values())))
-            cards.addWidget(self._card(seed.title, f"{seed.summary}<br><small>Planned with built-in shapes "
-                                       f"({profiles}): nothing to download.</small>", button))
+            cards.addWidget(self._card(seed.title, f"<p>{seed.summary}</p><p style=\"color:#666\">Planned with built-in shapes "
+                                       f"({profiles}): nothing to download.</p>", button))
         self.demo_button = QPushButton("Create demo models")
         self.demo_button.clicked.connect(self.start_demo)
         cards.addWidget(self._card(

@@ -1,0 +1,116 @@
+"""Start the designer: ``merger-gui [RECIPE] [--donor NAME=REF]…`` or render a screenshot.
+
+``merger-gui --screenshot PNG [RECIPE] [--donor NAME=REF]… [--size 1280x800] [--theme light|dark]``
+renders the main window offscreen, once donor inspection has finished, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+ORGANIZATION = "merger-gui"
+APPLICATION = "Merger GUI"
+SCREENSHOT_TIMEOUT_S = 60.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="merger-gui", description="Design mergekit-compatible merge recipes.")
+    parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML file to open")
+    parser.add_argument("--donor", action="append", default=[], metavar="NAME=REF",
+                        help="use REF (a folder, repo id or profile:NAME) for the recipe's model NAME")
+    parser.add_argument("--theme", choices=("light", "dark", "system"), help="colour theme (default: as last time)")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
+    parser.add_argument("--size", default="1280x800", help="window size for --screenshot, WIDTHxHEIGHT")
+    return parser
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 200 or int(height) < 200:
+        raise SystemExit(f"merger-gui: error: bad --size {text!r}: expected WIDTHxHEIGHT, e.g. 1280x800")
+    return int(width), int(height)
+
+
+def app_icon():  # noqa: ANN201 - QIcon (Qt imported lazily)
+    from PySide6.QtGui import QIcon
+
+    icon = QIcon()
+    folder = files("merger_gui.resources").joinpath("icons")
+    for size in (16, 32, 48, 64, 128, 256, 512):
+        png = folder.joinpath(f"merger-gui-{size}.png")
+        if png.is_file():
+            icon.addFile(str(png))
+    return icon
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the designer (or render a screenshot); returns the exit code."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    size = _parse_size(args.size)
+    if args.screenshot:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before QApplication exists
+
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from merger_gui.core.errors import UserError
+    from merger_gui.core.resolve import parse_donor_overrides
+
+    from .settings import Settings
+    from .theme import apply_theme
+
+    try:
+        overrides = parse_donor_overrides(args.donor)
+    except UserError as exc:
+        print(f"merger-gui: error: {exc}", file=sys.stderr)
+        return 2
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "merger-gui"])
+    if not app.organizationName():
+        app.setOrganizationName(ORGANIZATION)
+    if not app.applicationName() or app.applicationName() == Path(sys.argv[0] if sys.argv else "").name:
+        app.setApplicationName(APPLICATION)
+    app.setWindowIcon(app_icon())
+    if args.screenshot:
+        # A screenshot never reads or writes the user's settings.
+        ini = Path(tempfile.mkdtemp(prefix="merger-gui-shot-")) / "settings.ini"
+        settings = Settings(QSettings(str(ini), QSettings.Format.IniFormat))
+    else:
+        settings = Settings()
+    apply_theme(app, args.theme or settings.theme)
+
+    from .main_window import MainWindow
+
+    window = MainWindow(settings)
+    if args.recipe is not None:
+        if not window.files.open_path(args.recipe, overrides, ask=False):
+            if args.screenshot:
+                return 1
+    if args.screenshot:
+        return _screenshot(app, window, args.screenshot, size)
+    window.show()
+    return app.exec()
+
+
+def _screenshot(app, window, path: Path, size: tuple[int, int]) -> int:  # noqa: ANN001 - Qt objects
+    window.resize(*size)
+    window.show()
+    deadline = time.monotonic() + SCREENSHOT_TIMEOUT_S
+    while window.inspector.is_busy and time.monotonic() < deadline:
+        window.inspector.wait(50)
+        app.processEvents()
+    window.live_plan.refresh_now()
+    for _ in range(5):
+        app.processEvents()
+    image = window.grab()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok = image.save(str(path))
+    window.document.undo_stack.setClean()  # nothing to save: close without asking
+    window.close()
+    return 0 if ok else 1

@@ -1,0 +1,228 @@
+"""The donors of the open recipe: what each is, whether it fits the others, and how to add or map one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMenu, QStyle, QToolButton, QTreeWidget,
+    QTreeWidgetItem, QVBoxLayout, QWidget,
+)
+
+from merger_gui.core.donor import DonorInfo
+from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
+
+from .document import RecipeDocument
+from .donor_registry import DonorRegistry
+from .inspection import DonorInspector
+from .live_plan import LivePlan
+from .settings import Settings
+
+NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+# DonorInfo field → words; donors that disagree on one cannot be merged together.
+SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
+
+
+def format_bytes(count: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def incompatibilities(donors: dict[str, DonorInfo]) -> dict[str, list[str]]:
+    """For each donor that differs from most others: what differs (``"hidden size 5120, others 4096"``)."""
+    problems: dict[str, list[str]] = {}
+    if len(donors) < 2:
+        return problems
+    for field, words in SHAPE_FIELDS:
+        common, _ = Counter(getattr(d, field) for d in donors.values()).most_common(1)[0]
+        for name, info in donors.items():
+            value = getattr(info, field)
+            if value != common:
+                problems.setdefault(name, []).append(f"{words} {value}, the others {common}")
+    return problems
+
+
+def _dot(color: QColor) -> QIcon:
+    pixmap = QPixmap(12, 12)
+    pixmap.fill(color)
+    return QIcon(pixmap)
+
+
+class DonorPanel(QWidget):
+    """A table of donors (name, architecture, layers, size, dtype) with add and map actions."""
+
+    COLUMNS = ("Donor", "Arch.", "Layers", "Size", "dtype")
+
+    def __init__(self, document: RecipeDocument, registry: DonorRegistry, inspector: DonorInspector,
+                 live_plan: LivePlan, settings: Settings | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document, self.registry, self.inspector, self.live_plan = document, registry, inspector, live_plan
+        self.settings = settings or Settings()
+        style = self.style()
+        self._warning = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
+        self._error = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical)
+        self._busy = style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload)
+
+        self.add_button = QToolButton(self)
+        self.add_button.setText("Add donor")
+        self.add_button.setToolTip("Add a donor model: a local folder, a Hugging Face repo or a built-in shape profile")
+        self.add_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.add_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.add_button.setMenu(self._source_menu(None, self))
+        self.status = QLabel(self)
+        self.status.setObjectName("sectionTitle")
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.status, 1)
+        top.addWidget(self.add_button)
+
+        self.tree = QTreeWidget(self)
+        self.tree.setColumnCount(len(self.COLUMNS))
+        self.tree.setHeaderLabels(list(self.COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in range(1, len(self.COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(self.tree)
+
+        registry.changed.connect(self.refresh)
+        document.recipe_changed.connect(self.refresh)
+        inspector.pending_changed.connect(self.refresh)
+        live_plan.plan_changed.connect(self.refresh)
+        self.refresh()
+
+    # ---- contents -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Models of the recipe that are not its own stages, then donors added by hand."""
+        recipe = self.document.recipe
+        stage_names = set(recipe.stage_names())
+        names = [m for s in recipe.stages for m in s.referenced_models if m not in stage_names]
+        names += list(self.registry.refs)
+        return list(dict.fromkeys(names))
+
+    def missing(self) -> list[str]:
+        """Names with no donor information and no inspection under way."""
+        pending = self.inspector.pending
+        return [n for n in self.names() if self.registry.donor(n) is None and n not in pending]
+
+    def refresh(self, *_: object) -> None:
+        names = self.names()
+        pending = self.inspector.pending
+        problems = incompatibilities({n: d for n in names if (d := self.registry.donor(n))})
+        self.tree.clear()
+        for name in names:
+            info = self.registry.donor(name)
+            item = QTreeWidgetItem([name.rstrip("/").split("/")[-1], "", "", "", ""])
+            item.setData(0, NAME_ROLE, name)
+            ref = self.registry.refs.get(name)
+            tip = [name] + ([f"from {ref}"] if ref and ref != name else [])
+            if info is not None:
+                item.setText(1, info.architecture.removesuffix("ForCausalLM") or info.architecture)
+                item.setText(2, str(info.num_layers))
+                item.setText(3, format_bytes(info.weight_bytes))
+                item.setText(4, info.dtype)
+                item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                item.setTextAlignment(3, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                tip.append(f"{info.architecture} · {info.num_layers} layers · hidden {info.hidden_size} · "
+                           f"{info.num_heads} heads · vocab {info.vocab_size}")
+                tip += list(info.warnings)
+                if name in problems:
+                    item.setIcon(0, self._warning)
+                    tip.append("Does not fit the other donors: " + "; ".join(problems[name]))
+                else:
+                    item.setIcon(0, _dot(self.live_plan.donor_color(name)))
+            elif name in pending:
+                item.setIcon(0, self._busy)
+                item.setText(1, "inspecting…")
+                tip.append(f"reading {pending[name]}")
+            else:
+                item.setIcon(0, self._error)
+                error = self.registry.errors.get(name)
+                item.setText(1, "not found" if error else "not mapped")
+                item.setForeground(1, QColor("#dc2626"))
+                tip.append(error or "no donor chosen yet")
+                tip.append("Right-click › Map to… to choose a folder, repo or profile")
+            tooltip = "\n".join(tip)
+            for column in range(len(self.COLUMNS)):
+                item.setToolTip(column, tooltip)
+            self.tree.addTopLevelItem(item)
+            if info is None and name not in pending:
+                self._add_map_button(item, name)
+        missing = len(self.missing())
+        known = sum(self.registry.donor(n) is not None for n in names)
+        text = f"{known} of {len(names)} donors ready" if names else "No donors yet"
+        if pending:
+            text += f" · inspecting {len(pending)}"
+        elif missing:
+            text += f" · {missing} to map"
+        self.status.setText(text)
+
+    def _add_map_button(self, item: QTreeWidgetItem, name: str) -> None:
+        button = QToolButton(self.tree)
+        button.setText("Map to…")
+        button.setAutoRaise(True)
+        button.setToolTip(f"Choose the donor that {name!r} stands for")
+        button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        button.setMenu(self._source_menu(name, button))
+        self.tree.setItemWidget(item, 2, button)
+
+    # ---- actions --------------------------------------------------------------------------
+
+    def _source_menu(self, name: str | None, parent: QWidget) -> QMenu:
+        """Folder… / Hugging Face repo… / Shape profile ›, adding a donor or mapping ``name``."""
+        menu = QMenu(parent)
+        menu.addAction("Local folder…", lambda: self.add_folder_dialog(name))
+        menu.addAction("Hugging Face repo…", lambda: self.add_repo_dialog(name))
+        profiles = menu.addMenu("Shape profile")
+        for profile in profile_names():
+            profiles.addAction(profile, lambda p=profile: self.add_donor(PROFILE_PREFIX + p, name or p))
+        return menu
+
+    def add_donor(self, ref: str, name: str | None = None) -> str:
+        """Inspect ``ref`` as donor ``name`` (default: the reference itself); returns the name."""
+        name = name or ref.removeprefix(PROFILE_PREFIX)
+        self.inspector.inspect(name, ref)
+        return name
+
+    def add_folder(self, folder: Path, name: str | None = None) -> str:
+        self.settings.set_last_folder("donor", Path(folder).parent)
+        return self.add_donor(str(folder), name)
+
+    def add_folder_dialog(self, name: str | None = None) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Donor model folder", self.settings.last_folder("donor"))
+        if folder:
+            self.add_folder(Path(folder), name)
+
+    def add_repo_dialog(self, name: str | None = None) -> None:
+        repo, ok = QInputDialog.getText(self, "Hugging Face repo", "Repo id (org/name, optionally @revision):",
+                                        text=name if name and "/" in name else "")
+        if ok and repo.strip():
+            self.add_donor(repo.strip(), name)
+
+    def _context_menu(self, pos) -> None:  # noqa: ANN001 - QPoint
+        item = self.tree.itemAt(pos)
+        if item is None:
+            return
+        name = item.data(0, NAME_ROLE)
+        menu = QMenu(self)
+        mapping = self._source_menu(name, menu)
+        mapping.setTitle("Map to")
+        menu.addMenu(mapping)
+        remove = QAction("Remove donor", menu)
+        remove.triggered.connect(lambda: self.registry.remove(name))
+        menu.addAction(remove)
+        menu.exec(self.tree.viewport().mapToGlobal(pos))

@@ -1,0 +1,252 @@
+"""The main window: composes the designer's widgets, menus, toolbar and docks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget, QToolBar,
+    QVBoxLayout, QWidget,
+)
+
+from .curve_editor import TCurveEditor
+from .document import RecipeDocument
+from .donor_panel import DonorPanel
+from .donor_registry import DonorRegistry
+from .estimate_panel import EstimatePanel
+from .findings_view import FindingsView
+from .inspection import DonorInspector
+from .live_plan import LivePlan
+from .merge_panel import MergePanel
+from .output_stack import plan_summary
+from .recipe_files import RecipeFiles
+from .settings import Settings
+from .stack_view import StackView, StageBar
+from .theme import apply_theme
+from .welcome import WelcomePage
+from .yaml_editor import YamlEditor
+
+APP_TITLE = "Merger GUI"
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def _scrolling(widget: QWidget) -> QScrollArea:
+    """Let a panel with a large minimum size shrink with the window (it scrolls instead)."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
+
+
+class MainWindow(QMainWindow):
+    """Donors on the left, the stack designer in the middle, recipe tools on the right."""
+
+    def __init__(self, settings: Settings | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings or Settings()
+        self.document = RecipeDocument(parent=self)
+        self.registry = DonorRegistry(self)
+        self.inspector = DonorInspector(self.registry, self)
+        self.live_plan = LivePlan(self.document, self.registry, self)
+
+        self.stage_bar = StageBar(self.document)
+        self.stack_view = StackView(self.document, self.live_plan, self.registry)
+        self.yaml_editor = YamlEditor(self.document)
+        self.findings_view = FindingsView(self.document, self.live_plan)
+        self.donor_panel = DonorPanel(self.document, self.registry, self.inspector, self.live_plan, self.settings)
+        self.curve_editor = TCurveEditor(self.document, self.live_plan)
+        self.estimate_panel = EstimatePanel(self.document, self.live_plan, self.registry)
+        self.merge_panel = MergePanel(self.document, self.live_plan, self.registry)
+        self.welcome = WelcomePage()
+        self.files = RecipeFiles(self, self.document, self.registry, self.inspector, self.yaml_editor, self.settings)
+
+        designer = QWidget()
+        designer_layout = QVBoxLayout(designer)
+        designer_layout.setContentsMargins(0, 0, 0, 0)
+        designer_layout.setSpacing(0)
+        designer_layout.addWidget(self.stage_bar)
+        designer_layout.addWidget(self.stack_view, 1)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(_scrolling(self.welcome))
+        self.pages.addWidget(designer)
+        self.setCentralWidget(self.pages)
+
+        self.tools = QTabWidget()
+        self.tools.setDocumentMode(True)
+        self.tools.addTab(self.yaml_editor, "YAML")
+        self.tools.addTab(_scrolling(self.curve_editor), "t-curves")
+        self.tools.addTab(_scrolling(self.estimate_panel), "Estimate")
+        self.tools.addTab(_scrolling(self.merge_panel), "Merge")
+        self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([self.donor_dock, self.tools_dock], [320, 390], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.findings_dock], [110], Qt.Orientation.Vertical)
+
+        self.summary_label = QLabel()
+        self.summary_label.setToolTip("Output of the current stage: layer and parameter count")
+        self.findings_label = QLabel()
+        self.drag_label = QLabel()
+        self.statusBar().addWidget(self.drag_label, 1)
+        self.statusBar().addPermanentWidget(self.findings_label)
+        self.statusBar().addPermanentWidget(self.summary_label)
+
+        self._build_menus()
+        self._connect()
+        self.setAcceptDrops(True)
+        self.setWindowIcon(QApplication.windowIcon())
+        self.resize(1280, 800)
+        if self.settings.window_geometry is not None:
+            self.restoreGeometry(self.settings.window_geometry)
+        if self.settings.window_state is not None:
+            self.restoreState(self.settings.window_state)
+        self._update_title()
+        self._update_summary()
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"{title.lower()}Dock")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetClosable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_menus(self) -> None:
+        files, stack = self.files, self.stack_view.actions_
+        undo = self.document.undo_stack.createUndoAction(self, "&Undo")
+        undo.setShortcut(QKeySequence.StandardKey.Undo)
+        redo = self.document.undo_stack.createRedoAction(self, "&Redo")
+        redo.setShortcut(QKeySequence.StandardKey.Redo)
+        self.undo_action, self.redo_action = undo, redo
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
+
+        menu = self.menuBar().addMenu("&File")
+        menu.addActions([files.new, files.open])
+        menu.addMenu(files.recent_menu)
+        menu.addSeparator()
+        menu.addActions([files.save, files.save_as])
+        menu.addSeparator()
+        menu.addAction(quit_action)
+
+        menu = self.menuBar().addMenu("&Edit")
+        menu.addActions([undo, redo])
+        menu.addSeparator()
+        menu.addAction(files.paste)
+        menu.addSeparator()
+        menu.addActions(list(stack.actions))
+
+        menu = self.menuBar().addMenu("&View")
+        for dock in (self.donor_dock, self.tools_dock, self.findings_dock):
+            menu.addAction(dock.toggleViewAction())
+        menu.addSeparator()
+        theme_menu = menu.addMenu("&Theme")
+        group = QActionGroup(self)
+        for name in ("system", "light", "dark"):
+            action = theme_menu.addAction(name.capitalize(), lambda n=name: self.set_theme(n))
+            action.setCheckable(True)
+            action.setChecked(name == self.settings.theme)
+            group.addAction(action)
+
+        menu = self.menuBar().addMenu("&Help")
+        menu.addAction("&About", self._about)
+
+        toolbar = QToolBar("Main", self)
+        toolbar.setObjectName("mainToolbar")
+        toolbar.setMovable(False)
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        toolbar.addActions([files.new, files.open, files.save])
+        toolbar.addSeparator()
+        toolbar.addActions([undo, redo])
+        toolbar.addSeparator()
+        toolbar.addActions([stack.move_up, stack.move_down, stack.duplicate, stack.delete])
+        self.addToolBar(toolbar)
+
+    def _connect(self) -> None:
+        self.document.undo_stack.cleanChanged.connect(lambda clean: self.setWindowModified(not clean))
+        self.document.path_changed.connect(self._update_title)
+        self.live_plan.plan_changed.connect(self._update_summary)
+        self.document.current_stage_changed.connect(self._update_summary)
+        self.findings_view.counts_changed.connect(self._update_findings)
+        self.stack_view.sigStatus.connect(self.drag_label.setText)
+        self.inspector.busy_changed.connect(self._update_summary)
+        self.files.opened.connect(lambda _: self.pages.setCurrentIndex(1))
+        self.welcome.open_recipe.connect(self.files.open_recipe)
+
+    # ---- reactions ------------------------------------------------------------------------
+
+    def show_designer(self) -> None:
+        self.pages.setCurrentIndex(1)
+
+    def set_theme(self, name: str) -> None:
+        self.settings.theme = name
+        apply_theme(QApplication.instance(), name)  # type: ignore[arg-type]
+        self.stack_view.rebuild()
+
+    def _update_title(self, *_: object) -> None:
+        path = self.document.path
+        self.setWindowTitle(f"{path.name if path else 'Untitled'}[*] — {APP_TITLE}")
+        self.setWindowModified(self.document.is_modified)
+
+    def _update_summary(self, *_: object) -> None:
+        stage_plan = self.live_plan.stage_plan(self.document.current_stage)
+        text = plan_summary(stage_plan)
+        if self.document.recipe.is_multi_stage:
+            text = f"{self.document.stage.name or 'stage'}: {text}"
+        if self.inspector.is_busy:
+            text = f"inspecting donors… · {text}"
+        self.summary_label.setText(text)
+
+    def _update_findings(self, errors: int, warnings: int) -> None:
+        parts = [f"{errors} error{'s' * (errors != 1)}"] if errors else []
+        parts += [f"{warnings} warning{'s' * (warnings != 1)}"] if warnings else []
+        self.findings_label.setText(" · ".join(parts) or "no problems")
+        self.findings_dock.setWindowTitle(f"Problems ({errors + warnings})" if errors + warnings else "Problems")
+
+    def _about(self) -> None:
+        QMessageBox.about(self, f"About {APP_TITLE}",
+                          f"<b>{APP_TITLE}</b><p>Design mergekit-compatible merge recipes, estimate them and "
+                          "merge locally.</p>")
+
+    # ---- Qt overrides ---------------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(self._dropped_kind(url.toLocalFile()) for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        for url in event.mimeData().urls():
+            path = Path(url.toLocalFile())
+            kind = self._dropped_kind(str(path))
+            if kind == "recipe":
+                self.files.open_path(path)
+                break
+            if kind == "donor":
+                self.donor_panel.add_folder(path)
+                self.show_designer()
+        event.acceptProposedAction()
+
+    @staticmethod
+    def _dropped_kind(local_file: str) -> str | None:
+        if not local_file:
+            return None
+        path = Path(local_file)
+        if path.is_dir():
+            return "donor"
+        return "recipe" if path.suffix.lower() in RECIPE_SUFFIXES else None
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.files.maybe_save():
+            event.ignore()
+            return
+        self.settings.window_geometry = self.saveGeometry()
+        self.settings.window_state = self.saveState()
+        self.settings.sync()
+        self.inspector.shutdown()
+        self.merge_panel.close()  # stops a running merge and waits for its thread
+        event.accept()

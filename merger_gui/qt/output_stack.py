@@ -1,0 +1,149 @@
+"""The merged model's layer stack: one cell per output layer, coloured by the donor it comes from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPainter, QPen
+from PySide6.QtWidgets import (
+    QGraphicsItem, QGraphicsObject, QGraphicsSceneHoverEvent, QGraphicsSceneMouseEvent,
+    QStyleOptionGraphicsItem, QWidget,
+)
+
+from merger_gui.core.plan import StagePlan
+
+from .slice_items import HEADER_H, StackGeometry, header_fonts, label_font, label_step, text_on
+from .theme import CanvasColors
+
+OUTPUT_W = 132.0
+INDEX_GUTTER = 30.0  # output layer numbers, left of the column
+
+
+def format_params(count: int) -> str:
+    """``19_990_000_000`` → ``"19.99 B"``; millions below a billion."""
+    if count >= 1e9:
+        return f"{count / 1e9:.2f} B"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f} M"
+    return f"{count:,}"
+
+
+def plan_summary(stage_plan: StagePlan | None) -> str:
+    """``"62 layers · 19.99 B params"`` (or a dash when there is no plan)."""
+    if stage_plan is None:
+        return "no layer plan"
+    return f"{stage_plan.num_layers} layers · {format_params(stage_plan.params)} params"
+
+
+class OutputColumnItem(QGraphicsObject):
+    """Cells of the output stack; seams are drawn as bold lines between slices.
+
+    Hovering a cell emits :attr:`sigHovered` (output layer or -1) so the view can light
+    up its source cell; clicking one emits :attr:`sigClicked` with its slice index.
+    """
+
+    sigHovered = Signal(int)
+    sigClicked = Signal(int)
+
+    def __init__(self, stage_plan: StagePlan, colors_by_model: Mapping[str, QColor],
+                 geometry: StackGeometry, colors: CanvasColors, title: str = "Output") -> None:
+        super().__init__()
+        self.stage_plan = stage_plan
+        self.colors_by_model = colors_by_model
+        self.geometry, self.colors, self.title = geometry, colors, title
+        self.repeated = {(u.model, i): u.counts[i] for u in stage_plan.donor_usage for i in u.repeated}
+        self.setAcceptHoverEvents(True)
+        self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self._hovered = -1
+
+    @property
+    def num_layers(self) -> int:
+        return self.stage_plan.num_layers
+
+    def boundingRect(self) -> QRectF:
+        g = self.geometry
+        return QRectF(-INDEX_GUTTER, g.top - HEADER_H, OUTPUT_W + INDEX_GUTTER + 40,
+                      HEADER_H + max(1, self.num_layers) * g.cell_h + 2)
+
+    def cell_rect(self, index: int) -> QRectF:
+        g = self.geometry
+        return QRectF(0, g.y(index), OUTPUT_W, g.cell_h)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        g, c = self.geometry, self.colors
+        title_font, sub_font = header_fonts()
+        header = QRectF(-INDEX_GUTTER, g.top - HEADER_H, OUTPUT_W + INDEX_GUTTER + 40, HEADER_H - 6)
+        center = QRectF(0, header.top(), OUTPUT_W, header.height())
+        painter.setFont(title_font)
+        painter.setPen(c.text)
+        painter.drawText(center.adjusted(-40, 0, 40, -16), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
+                         self.title)
+        painter.setFont(sub_font)
+        painter.setPen(c.muted_text)
+        painter.drawText(center.adjusted(-40, 0, 40, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
+                         plan_summary(self.stage_plan))
+        font = label_font(g.cell_h)
+        painter.setFont(font)
+        step = label_step(g.cell_h)
+        for layer in self.stage_plan.layers:
+            cell = self.cell_rect(layer.index)
+            part_w = OUTPUT_W / len(layer.sources)
+            for k, source in enumerate(layer.sources):
+                part = QRectF(cell.left() + k * part_w, cell.top(), part_w, cell.height())
+                fill = QColor(self.colors_by_model.get(source.model, c.skipped))
+                fill.setAlpha(200)
+                painter.fillRect(part, fill)
+                painter.setPen(text_on(fill))
+                if step == 1 or layer.position == 0:  # small cells: label each slice's first layer
+                    painter.drawText(part.adjusted(0, -6, 0, 6), Qt.AlignmentFlag.AlignCenter, str(source.layer))
+                count = self.repeated.get((source.model, source.layer))
+                if count and g.cell_h >= 9:
+                    painter.drawText(part.adjusted(0, 0, -4, 0), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                                     f"×{count}")
+            if layer.index % step == 0:
+                painter.setPen(c.muted_text)
+                painter.drawText(QRectF(-INDEX_GUTTER, cell.top() - 6, INDEX_GUTTER - 4, cell.height() + 12),
+                                 Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, str(layer.index))
+        if g.cell_h >= 5:
+            painter.setPen(QPen(c.background, 0))
+            for i in range(1, self.num_layers):
+                painter.drawLine(QPointF(0, g.y(i)), QPointF(OUTPUT_W, g.y(i)))
+        painter.setPen(QPen(c.seam, 2.5))
+        for seam in self.stage_plan.seams:
+            y = g.y(seam)
+            painter.drawLine(QPointF(-6, y), QPointF(OUTPUT_W + 6, y))
+        painter.setPen(QPen(c.cell_border, 1))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(QRectF(0, g.top, OUTPUT_W, self.num_layers * g.cell_h))
+
+    def layer_at(self, pos: QPointF) -> int:
+        if not 0 <= pos.x() <= OUTPUT_W:
+            return -1
+        index = int(self.geometry.layer_at(pos.y()))
+        return index if 0 <= index < self.num_layers and pos.y() >= self.geometry.top else -1
+
+    def hoverMoveEvent(self, event: QGraphicsSceneHoverEvent) -> None:
+        index = self.layer_at(event.pos())
+        if index != self._hovered:
+            self._hovered = index
+            if index >= 0:
+                layer = self.stage_plan.layers[index]
+                sources = ", ".join(f"{s.model} layer {s.layer}" for s in layer.sources)
+                self.setToolTip(f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}")
+            else:
+                self.setToolTip("")
+            self.sigHovered.emit(index)
+
+    def hoverLeaveEvent(self, event: QGraphicsSceneHoverEvent) -> None:
+        self._hovered = -1
+        self.sigHovered.emit(-1)
+
+    def mousePressEvent(self, event: QGraphicsSceneMouseEvent) -> None:
+        index = self.layer_at(event.pos())
+        if event.button() == Qt.MouseButton.LeftButton and index >= 0:
+            self.sigClicked.emit(self.stage_plan.layers[index].slice_index)
+            event.accept()
+        else:
+            event.ignore()

@@ -1,0 +1,164 @@
+"""New / Open / Save / Save As / recent files / paste: the recipe's life on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
+
+from merger_gui.core.errors import UserError
+from merger_gui.core.recipe import Recipe, Stage
+from merger_gui.core.recipe_yaml import load_recipe_text, save_recipe
+
+from .document import RecipeDocument
+from .donor_registry import DonorRegistry
+from .inspection import DonorInspector
+from .settings import Settings
+from .yaml_editor import YamlEditor
+
+YAML_FILTER = "Merge recipes (*.yaml *.yml);;All files (*)"
+
+
+class RecipeFiles(QObject):
+    """File actions for one window; prompts before unsaved changes are lost."""
+
+    opened = Signal(object)  # Path | None
+
+    def __init__(self, window: QWidget, document: RecipeDocument, registry: DonorRegistry,
+                 inspector: DonorInspector, yaml_editor: YamlEditor, settings: Settings) -> None:
+        super().__init__(window)
+        self.window, self.document, self.registry = window, document, registry
+        self.inspector, self.yaml_editor, self.settings = inspector, yaml_editor, settings
+        self.new = self._action("&New", QKeySequence.StandardKey.New, self.new_recipe, "Start an empty recipe")
+        self.open = self._action("&Open…", QKeySequence.StandardKey.Open, self.open_dialog, "Open a recipe file")
+        self.save = self._action("&Save", QKeySequence.StandardKey.Save, self.save_recipe,
+                                 "Save the recipe (comments of an imported file are kept)")
+        self.save_as = self._action("Save &As…", QKeySequence.StandardKey.SaveAs, self.save_recipe_as,
+                                    "Save the recipe under a new name")
+        self.paste = self._action("&Paste recipe", QKeySequence("Ctrl+Shift+V"), self.paste_recipe,
+                                  "Import recipe YAML from the clipboard")
+        self.recent_menu = QMenu("Open &Recent", window)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+
+    def _action(self, text: str, shortcut, slot, tip: str) -> QAction:  # noqa: ANN001
+        action = QAction(text, self)
+        action.setShortcut(shortcut)
+        action.setStatusTip(tip)
+        action.setToolTip(tip)
+        action.triggered.connect(slot)
+        return action
+
+    # ---- opening --------------------------------------------------------------------------
+
+    def maybe_save(self) -> bool:
+        """Ask about unsaved changes; False means the user cancelled."""
+        if not self.document.is_modified:
+            return True
+        name = self.document.path.name if self.document.path else "the new recipe"
+        answer = QMessageBox.question(
+            self.window, "Unsaved changes", f"Save the changes to {name}?",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save)
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save_recipe()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def new_recipe(self) -> bool:
+        if not self.maybe_save():
+            return False
+        self.registry.clear()
+        self.document.load(Recipe((Stage("passthrough", slices=()),)))
+        self.opened.emit(None)
+        return True
+
+    def open_dialog(self) -> bool:
+        if not self.maybe_save():
+            return False
+        path, _ = QFileDialog.getOpenFileName(self.window, "Open recipe", self.settings.last_folder("recipe"),
+                                              YAML_FILTER)
+        return bool(path) and self.open_path(Path(path), ask=False)
+
+    def open_path(self, path: Path, overrides: dict[str, str] | None = None, *, ask: bool = True) -> bool:
+        """Open a recipe file and inspect its donors (``overrides``: model name → reference)."""
+        if ask and not self.maybe_save():
+            return False
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            recipe = load_recipe_text(text)
+        except (OSError, UnicodeDecodeError, UserError) as exc:
+            QMessageBox.warning(self.window, "Cannot open recipe", f"{path.name}: {exc}")
+            return False
+        self.settings.add_recent_file(path)
+        self.settings.set_last_folder("recipe", path.parent)
+        self.load(recipe, path, text, overrides or {}, path.parent)
+        return True
+
+    def open_recipe(self, payload: tuple[Recipe, str | None, dict[str, str]]) -> bool:
+        """Open a recipe given as ``(recipe, source text, donor refs)`` (the start page's signal)."""
+        if not self.maybe_save():
+            return False
+        recipe, text, refs = payload
+        self.load(recipe, None, text, dict(refs), None)
+        return True
+
+    def paste_recipe(self) -> bool:
+        text = QGuiApplication.clipboard().text()
+        try:
+            recipe = load_recipe_text(text)
+        except UserError as exc:
+            QMessageBox.warning(self.window, "Cannot paste recipe", f"The clipboard holds no recipe: {exc}")
+            return False
+        if not self.maybe_save():
+            return False
+        self.load(recipe, None, text, {}, None)
+        return True
+
+    def load(self, recipe: Recipe, path: Path | None, text: str | None, overrides: dict[str, str],
+             base_dir: Path | None) -> None:
+        self.registry.clear()
+        self.document.load(recipe, path, text)
+        self.inspector.inspect_recipe(recipe, overrides, base_dir)
+        self.opened.emit(path)
+
+    # ---- saving ---------------------------------------------------------------------------
+
+    def save_recipe(self) -> bool:
+        if self.document.path is None:
+            return self.save_recipe_as()
+        return self.write(self.document.path)
+
+    def save_recipe_as(self) -> bool:
+        start = str(self.document.path or Path(self.settings.last_folder("recipe")) / "recipe.yaml")
+        path, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", start, YAML_FILTER)
+        if not path:
+            return False
+        path = Path(path) if Path(path).suffix else Path(path).with_suffix(".yaml")
+        return self.write(path)
+
+    def write(self, path: Path) -> bool:
+        """Write the recipe, editing the current text in place so comments survive."""
+        self.yaml_editor.commit_text()
+        try:
+            text = save_recipe(self.document.recipe, path, original_text=self.yaml_editor.base_text())
+        except OSError as exc:
+            QMessageBox.warning(self.window, "Cannot save recipe", f"{path}: {exc}")
+            return False
+        self.document.mark_saved(path, text)
+        self.settings.add_recent_file(path)
+        self.settings.set_last_folder("recipe", path.parent)
+        return True
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        files = [p for p in self.settings.recent_files if p.exists()]
+        for path in files:
+            action = self.recent_menu.addAction(path.name, lambda p=path: self.open_path(p))
+            action.setToolTip(str(path))
+        if not files:
+            self.recent_menu.addAction("No recent recipes").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear list", self.settings.clear_recent_files)

@@ -1,0 +1,79 @@
+"""One typed wrapper over ``QSettings``: every key the app stores, with its type and default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings
+
+MAX_RECENT = 10
+
+
+class Settings:
+    """Recent files, last folders, window geometry/state and theme.
+
+    Uses the application's organisation/application names (tests set temporary ones, so
+    the real settings file is never touched).
+    """
+
+    def __init__(self, settings: QSettings | None = None) -> None:
+        self._qs = settings or QSettings()
+
+    def _str(self, key: str, default: str = "") -> str:
+        value = self._qs.value(key, default)
+        return value if isinstance(value, str) else default
+
+    def _bytes(self, key: str) -> QByteArray | None:
+        value = self._qs.value(key)
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    @property
+    def recent_files(self) -> list[Path]:
+        value = self._qs.value("recent/files", [])
+        items = [value] if isinstance(value, str) else list(value or [])
+        return [Path(p) for p in items if isinstance(p, str) and p]
+
+    def add_recent_file(self, path: Path) -> None:
+        items = [str(Path(path).resolve())] + [str(p) for p in self.recent_files]
+        unique = list(dict.fromkeys(items))[:MAX_RECENT]
+        self._qs.setValue("recent/files", unique)
+
+    def clear_recent_files(self) -> None:
+        self._qs.setValue("recent/files", [])
+
+    def last_folder(self, kind: str) -> str:
+        """Last folder used for ``kind`` (``"recipe"``, ``"donor"``); home when unknown."""
+        folder = self._str(f"folders/{kind}")
+        return folder if folder and Path(folder).is_dir() else str(Path.home())
+
+    def set_last_folder(self, kind: str, folder: Path | str) -> None:
+        self._qs.setValue(f"folders/{kind}", str(folder))
+
+    @property
+    def window_geometry(self) -> QByteArray | None:
+        return self._bytes("window/geometry")
+
+    @window_geometry.setter
+    def window_geometry(self, value: QByteArray) -> None:
+        self._qs.setValue("window/geometry", value)
+
+    @property
+    def window_state(self) -> QByteArray | None:
+        return self._bytes("window/state")
+
+    @window_state.setter
+    def window_state(self, value: QByteArray) -> None:
+        self._qs.setValue("window/state", value)
+
+    @property
+    def theme(self) -> str:
+        """``"light"``, ``"dark"`` or ``"system"``."""
+        value = self._str("appearance/theme", "system")
+        return value if value in ("light", "dark", "system") else "system"
+
+    @theme.setter
+    def theme(self, value: str) -> None:
+        self._qs.setValue("appearance/theme", value)
+
+    def sync(self) -> None:
+        self._qs.sync()

@@ -1,0 +1,431 @@
+"""The stack designer: donors' layer stacks with their slices, and the output stack beside them."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
+from PySide6.QtGui import QAction, QBrush, QKeySequence, QPainter, QPen, QResizeEvent
+from PySide6.QtWidgets import (
+    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsView, QMenu, QTabBar, QWidget,
+)
+
+from merger_gui.core import slice_edits
+from merger_gui.core.recipe import Stage
+from merger_gui.core.slice_edits import layer_range_label
+
+from .document import RecipeDocument
+from .donor_registry import DonorRegistry
+from .live_plan import LivePlan
+from .output_stack import INDEX_GUTTER, OutputColumnItem
+from .slice_items import HEADER_H, LANE_W, DonorColumnItem, SliceBarItem, StackGeometry
+from .theme import current_theme
+
+COLUMN_GAP = 22.0
+OUTPUT_GAP = 40.0
+MARGIN = 12.0
+MIN_CELL_H, MAX_CELL_H = 3.0, 22.0
+
+
+def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
+    """Greedy interval colouring: overlapping ranges of one donor get different lanes."""
+    lane_ends: list[int] = []
+    lanes = [0] * len(ranges)
+    for i in sorted(range(len(ranges)), key=lambda k: ranges[k]):
+        start, end = ranges[i]
+        for lane, lane_end in enumerate(lane_ends):
+            if lane_end <= start:
+                lanes[i], lane_ends[lane] = lane, end
+                break
+        else:
+            lanes[i] = len(lane_ends)
+            lane_ends.append(end)
+    return lanes
+
+
+class SliceActions(QObject):
+    """Delete / duplicate / move up / move down of the selected slice, as shared ``QAction`` s."""
+
+    def __init__(self, document: RecipeDocument, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.delete = self._action("Delete slice", QKeySequence.StandardKey.Delete, self.delete_selected)
+        self.duplicate = self._action("Duplicate slice", QKeySequence("Ctrl+D"), self.duplicate_selected)
+        self.move_up = self._action("Move slice up", QKeySequence("Alt+Up"), lambda: self.move_selected(-1))
+        self.move_down = self._action("Move slice down", QKeySequence("Alt+Down"), lambda: self.move_selected(1))
+        self.actions = (self.move_up, self.move_down, self.duplicate, self.delete)
+        self.delete.setToolTip("Remove the selected slice from the output (Delete)")
+        document.selection_changed.connect(self.update_enabled)
+        document.recipe_changed.connect(self.update_enabled)
+        self.update_enabled()
+
+    def _action(self, text: str, shortcut: QKeySequence | QKeySequence.StandardKey, slot) -> QAction:  # noqa: ANN001
+        action = QAction(text, self)
+        action.setShortcut(shortcut)
+        action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        action.triggered.connect(slot)
+        return action
+
+    def _selected(self) -> int | None:
+        selection = self.document.selection
+        slices = self.document.stage.slices or ()
+        if selection is None or selection[0] != self.document.current_stage or selection[1] >= len(slices):
+            return None
+        return selection[1]
+
+    def update_enabled(self, *_: object) -> None:
+        index = self._selected()
+        count = len(self.document.stage.slices or ())
+        self.delete.setEnabled(index is not None)
+        self.duplicate.setEnabled(index is not None)
+        self.move_up.setEnabled(index is not None and index > 0)
+        self.move_down.setEnabled(index is not None and index < count - 1)
+
+    def delete_selected(self) -> None:
+        index = self._selected()
+        if index is not None:
+            self.document.apply_to_stage(lambda s: slice_edits.delete_slice(s, index), f"Delete slice {index + 1}")
+            self.document.select_slice(None)
+
+    def duplicate_selected(self) -> None:
+        index = self._selected()
+        if index is not None:
+            self.document.apply_to_stage(lambda s: slice_edits.duplicate_slice(s, index), f"Duplicate slice {index + 1}")
+            self.document.select_slice(index + 1)
+
+    def move_selected(self, delta: int) -> None:
+        index = self._selected()
+        count = len(self.document.stage.slices or ())
+        if index is not None and 0 <= index + delta < count:
+            self.document.apply_to_stage(lambda s: slice_edits.reorder_slice(s, index, index + delta),
+                                         f"Move slice {index + 1} {'up' if delta < 0 else 'down'}")
+            self.document.select_slice(index + delta)
+
+
+class StageBar(QTabBar):
+    """One tab per stage of a multi-stage recipe (hidden for a single stage)."""
+
+    def __init__(self, document: RecipeDocument, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.setDocumentMode(True)
+        self.setExpanding(False)
+        self.setDrawBase(False)
+        self.currentChanged.connect(self._on_tab)
+        document.recipe_changed.connect(self.refresh)
+        document.current_stage_changed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: object) -> None:
+        stages = self.document.recipe.stages
+        self.blockSignals(True)
+        while self.count() > len(stages):
+            self.removeTab(self.count() - 1)
+        for i, stage in enumerate(stages):
+            text = f"{i + 1}. {stage.name or 'stage'} · {stage.merge_method}"
+            if i >= self.count():
+                self.addTab(text)
+            else:
+                self.setTabText(i, text)
+            self.setTabToolTip(i, f"Stage {i + 1}: {stage.name or '(unnamed)'}, merge_method {stage.merge_method}")
+        self.setCurrentIndex(self.document.current_stage)
+        self.blockSignals(False)
+        self.setVisible(len(stages) > 1)
+
+    def _on_tab(self, index: int) -> None:
+        self.document.set_current_stage(index)
+
+
+class StackView(QGraphicsView):
+    """Donor columns with draggable slice bars, and the output column.
+
+    Drag over a donor's cells to add a slice, drag a bar to move it, drag its top or bottom
+    end to resize it; each finished drag is one undo step. Hover an output layer to see
+    where it comes from; click it to select its slice.
+    """
+
+    sigStatus = Signal(str)  # what a drag would do, for the status bar
+
+    def __init__(self, document: RecipeDocument, live_plan: LivePlan, registry: DonorRegistry,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document, self.live_plan, self.registry = document, live_plan, registry
+        self.actions_ = SliceActions(document, self)
+        for action in self.actions_.actions:
+            self.addAction(action)
+        self.setScene(QGraphicsScene(self))
+        self.setRenderHint(QPainter.RenderHint.Antialiasing)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.SmartViewportUpdate)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
+        self.setMouseTracking(True)
+        self.columns: dict[str, DonorColumnItem] = {}
+        self.bars: list[SliceBarItem] = []
+        self.output: OutputColumnItem | None = None
+        self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, 10.0)
+        self._ghost: SliceBarItem | None = None
+        self._creating = False
+        self._rebuild_pending = False
+        self._highlights: list[QGraphicsRectItem] = []
+        self._selection_box: QGraphicsRectItem | None = None
+        document.recipe_changed.connect(self.rebuild)
+        document.current_stage_changed.connect(self.rebuild)
+        document.selection_changed.connect(self.update_selection)
+        live_plan.plan_changed.connect(self.rebuild)
+        registry.changed.connect(self.rebuild)
+        self.rebuild()
+
+    # ---- building -------------------------------------------------------------------------
+
+    @property
+    def is_dragging(self) -> bool:
+        return self._creating or any(bar.is_dragging for bar in self.bars)
+
+    def column_names(self, stage: Stage) -> list[str]:
+        """Donors shown for the stage: its models, then earlier stages and unused donors."""
+        recipe = self.document.recipe
+        index = self.document.current_stage
+        names = list(stage.referenced_models)
+        used = {m for s in recipe.stages for m in s.referenced_models}
+        for i, other in enumerate(recipe.stages[:index]):
+            if other.name and other.name not in names and i in self.live_plan.stage_plans:
+                names.append(other.name)
+        names += [n for n in self.registry.refs if n not in names and n not in used]
+        return names
+
+    def _layers_of(self, name: str, stage: Stage) -> tuple[int, bool]:
+        info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+        if info is not None:
+            return info.num_layers, True
+        ends = [src.end for s in stage.slices or () for src in s.sources if src.model == name]
+        return max([1, *ends]), False
+
+    def _subtitle(self, name: str, layers: int, known: bool) -> str:
+        info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+        if info is not None:
+            return f"{layers} layers · {info.family}" if info.kind != "stage" else f"{layers} layers · stage output"
+        if name in self.registry.errors:
+            return "not found — map it"
+        return "inspecting…" if name in self.registry.refs or not known else "no donor"
+
+    def rebuild(self, *_: object) -> None:
+        """Recreate every item from the document and the live plan (never during a drag)."""
+        if self.is_dragging:
+            self._rebuild_pending = True
+            return
+        self._rebuild_pending = False
+        theme = current_theme().canvas
+        scene = self.scene()
+        scene.clear()
+        self.columns, self.bars, self.output, self._ghost = {}, [], None, None
+        self._highlights, self._selection_box = [], None
+        self.setBackgroundBrush(QBrush(theme.background))
+        stage = self.document.stage
+        stage_plan = self.live_plan.stage_plan(self.document.current_stage)
+        names = self.column_names(stage)
+        if not names:
+            hint = QGraphicsSimpleTextItem("Add a donor on the left, or open a recipe —\n"
+                                           "then drag over a donor's layers to create a slice.")
+            hint.setBrush(theme.muted_text)
+            scene.addItem(hint)
+            scene.setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
+            return
+        layers = {n: self._layers_of(n, stage) for n in names}
+        usage = {u.model: u.counts for u in stage_plan.donor_usage} if stage_plan else {}
+        sources = [(si, ki, src) for si, s in enumerate(stage.slices or ()) for ki, src in enumerate(s.sources)]
+        out_layers = stage_plan.num_layers if stage_plan else 0
+        tallest = max([out_layers, *(n for n, _ in layers.values())], default=1)
+        available = max(100.0, self.viewport().height() - HEADER_H - 2 * MARGIN - 4)
+        cell_h = max(MIN_CELL_H, min(MAX_CELL_H, available / max(1, tallest)))
+        self.geometry_ = g = StackGeometry(HEADER_H + MARGIN, cell_h)
+        x = MARGIN
+        for name in names:
+            own = [(si, ki, src) for si, ki, src in sources if src.model == name]
+            lanes = _assign_lanes([src.layer_range for _, _, src in own])
+            count, known = layers[name]
+            info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+            column = DonorColumnItem(
+                name, name.rstrip("/").split("/")[-1], self._subtitle(name, count, known), count, known,
+                usage.get(name), self.live_plan.donor_color(name), max([1, *(lane + 1 for lane in lanes)]), g, theme,
+                self._column_tooltip(name, info))
+            column.setPos(x, 0)
+            scene.addItem(column)
+            self.columns[name] = column
+            column.sigCreateChanged.connect(lambda s, e, c=column: self._preview_create(c, s, e))
+            column.sigCreateFinished.connect(lambda s, e, c=column: self._finish_create(c, s, e))
+            column.sigCreateCancelled.connect(self._cancel_create)
+            for (si, ki, src), lane in zip(own, lanes):
+                bar = SliceBarItem(si, ki, name, src.layer_range, count if known else None,
+                                   self.live_plan.donor_color(name), g, theme, x + column.lane_x(lane))
+                scene.addItem(bar)
+                self.bars.append(bar)
+                bar.sigPressed.connect(lambda b=bar: self.document.select_slice(b.slice_index))
+                bar.sigChanged.connect(lambda s, e, b=bar: self._preview_bar(b, s, e))
+                bar.sigChangeFinished.connect(lambda old, new, b=bar: self._finish_bar(b, old, new))
+                bar.sigContextMenu.connect(lambda pos, b=bar: self._bar_menu(b, pos))
+            x += column.width + COLUMN_GAP
+        if stage_plan is not None:
+            self.output = OutputColumnItem(stage_plan, {n: self.live_plan.donor_color(n) for n in names}, g, theme,
+                                           "Output" if not stage.name else stage.name.split("/")[-1])
+            self.output.setPos(x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER, 0)
+            scene.addItem(self.output)
+            self.output.sigHovered.connect(self._hover_output)
+            self.output.sigClicked.connect(self.document.select_slice)
+        elif self.live_plan.error and stage.slices:
+            note = QGraphicsSimpleTextItem(f"No output plan yet:\n{self.live_plan.error}")
+            note.setBrush(theme.muted_text)
+            note.setPos(x - COLUMN_GAP + OUTPUT_GAP, g.top)
+            scene.addItem(note)
+        bounds = scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN)
+        scene.setSceneRect(bounds)
+        # Too wide for the view: shrink to fit rather than hide the output behind a scroll bar.
+        scale = min(1.0, self.viewport().width() / max(1.0, bounds.width()))
+        self.resetTransform()
+        self.scale(scale, scale)
+        self.update_selection()
+
+    def _column_tooltip(self, name: str, info) -> str:  # noqa: ANN001 - DonorInfo | None
+        if info is None:
+            error = self.registry.errors.get(name)
+            return f"{name}\n{error}" if error else f"{name}\n(no donor information yet)"
+        return (f"{name}\n{info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}\n"
+                "Drag over its layers to add a slice")
+
+    # ---- selection and hover --------------------------------------------------------------
+
+    def update_selection(self, *_: object) -> None:
+        selection = self.document.selection
+        selected = selection[1] if selection and selection[0] == self.document.current_stage else None
+        for bar in self.bars:
+            bar.set_selected(bar.slice_index == selected)
+        if self._selection_box is not None:
+            self.scene().removeItem(self._selection_box)
+            self._selection_box = None
+        if self.output is not None and selected is not None:
+            rows = [layer.index for layer in self.output.stage_plan.layers if layer.slice_index == selected]
+            if rows:
+                rect = self.output.cell_rect(rows[0]).united(self.output.cell_rect(rows[-1]))
+                box = QGraphicsRectItem(self.output.mapRectToScene(rect).adjusted(-3, -1, 3, 1))
+                box.setPen(QPen(current_theme().canvas.selection, 2.5))
+                box.setZValue(25)
+                self.scene().addItem(box)
+                self._selection_box = box
+
+    def _hover_output(self, index: int) -> None:
+        for item in self._highlights:
+            self.scene().removeItem(item)
+        self._highlights = []
+        if index < 0 or self.output is None:
+            return
+        g = self.geometry_
+        pen = QPen(current_theme().canvas.highlight, 2.5)
+        rects = [self.output.mapRectToScene(self.output.cell_rect(index))]
+        for source in self.output.stage_plan.layers[index].sources:
+            column = self.columns.get(source.model)
+            if column is not None:
+                rects.append(QRectF(column.x(), g.y(source.layer), column.width, g.cell_h))
+        for rect in rects:
+            item = QGraphicsRectItem(rect.adjusted(-1, -1, 1, 1))
+            item.setPen(pen)
+            item.setZValue(30)
+            self.scene().addItem(item)
+            self._highlights.append(item)
+
+    def source_cell_highlighted(self, model: str, layer: int) -> bool:
+        """Whether the hover highlight marks ``model``'s ``layer`` (for tests and tooltips)."""
+        column = self.columns.get(model)
+        if column is None:
+            return False
+        target = QRectF(column.x(), self.geometry_.y(layer), column.width, self.geometry_.cell_h)
+        return any(item.rect().adjusted(1, 1, -1, -1) == target for item in self._highlights)
+
+    # ---- drags ----------------------------------------------------------------------------
+
+    def _num_layers(self, name: str) -> int | None:
+        info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+        return info.num_layers if info else None
+
+    def _preview_create(self, column: DonorColumnItem, start: int, end: int) -> None:
+        self._creating = True
+        if self._ghost is None:
+            self._ghost = SliceBarItem(-1, 0, column.name, (start, end), None, column.color, self.geometry_,
+                                       current_theme().canvas, column.x() + column.lane_x(0),
+                                       width=column.lanes * LANE_W - 4, ghost=True)
+            self.scene().addItem(self._ghost)
+        self._ghost.set_range((start, end))
+        self.sigStatus.emit(f"New slice: {column.title}, {layer_range_label(start, end)} — release to add, "
+                            "right-click to cancel")
+
+    def _cancel_create(self) -> None:
+        self._creating = False
+        if self._ghost is not None:
+            self.scene().removeItem(self._ghost)
+            self._ghost = None
+        self.sigStatus.emit("")
+        if self._rebuild_pending:
+            self.rebuild()
+
+    def _finish_create(self, column: DonorColumnItem, start: int, end: int) -> None:
+        self._cancel_create()
+        name, limit = column.name, self._num_layers(column.name)
+        count = len(self.document.stage.slices or ())
+        self.document.apply_to_stage(lambda s: slice_edits.add_slice(s, name, start, end, num_layers=limit),
+                                     f"Add slice ({column.title} {layer_range_label(start, end)})")
+        self.document.select_slice(count)
+
+    def _preview_bar(self, bar: SliceBarItem, start: int, end: int) -> None:
+        self.sigStatus.emit(f"Slice {bar.slice_index + 1}: {bar.model}, {layer_range_label(start, end)} "
+                            f"[{start}, {end}]")
+
+    def _finish_bar(self, bar: SliceBarItem, old: tuple[int, int], new: tuple[int, int]) -> None:
+        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(bar.model)
+        self.sigStatus.emit("")
+        if new[1] - new[0] == old[1] - old[0]:
+            self.document.apply_to_stage(
+                lambda s: slice_edits.move_slice(s, i, new[0], source=k, num_layers=limit),
+                f"Move slice {i + 1} to {layer_range_label(*new)}")
+        else:
+            start = new[0] if new[0] != old[0] else None
+            end = new[1] if new[1] != old[1] else None
+            self.document.apply_to_stage(
+                lambda s: slice_edits.resize_slice(s, i, start, end, source=k, num_layers=limit),
+                f"Resize slice {i + 1} to {layer_range_label(*new)}")
+        if self._rebuild_pending:
+            self.rebuild()
+
+    def _bar_menu(self, bar: SliceBarItem, screen_pos: QPoint) -> None:
+        self.document.select_slice(bar.slice_index)
+        menu = QMenu(self)
+        for action in self.actions_.actions:
+            menu.addAction(action)
+        models = [n for n in self.columns if n != bar.model]
+        if models:
+            sub = menu.addMenu("Take layers from")
+            for name in models:
+                sub.addAction(name, lambda n=name, b=bar: self._set_model(b, n))
+        menu.exec(screen_pos)
+
+    def _set_model(self, bar: SliceBarItem, model: str) -> None:
+        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(model)
+        self.document.apply_to_stage(lambda s: slice_edits.set_slice_model(s, i, model, source=k, num_layers=limit),
+                                     f"Take slice {i + 1} from {model}")
+
+    # ---- Qt overrides ---------------------------------------------------------------------
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if event.oldSize() != event.size():
+            self.rebuild()
+
+    def mousePressEvent(self, event) -> None:  # noqa: ANN001 - QMouseEvent
+        item = self.itemAt(event.position().toPoint())
+        if event.button() == Qt.MouseButton.LeftButton and not isinstance(item, (SliceBarItem, OutputColumnItem)):
+            self.document.select_slice(None)  # a click beside the slices clears the selection
+        super().mousePressEvent(event)
+
+    def slice_bar(self, slice_index: int, source_index: int = 0) -> SliceBarItem | None:
+        return next((b for b in self.bars if b.slice_index == slice_index and b.source_index == source_index), None)
+
+    def scene_to_viewport(self, x: float, y: float) -> QPoint:
+        return self.mapFromScene(x, y)
+
+    def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
+        painter.fillRect(rect, current_theme().canvas.background)

@@ -1,0 +1,329 @@
+"""Our engine's output equals mergekit 0.1.5's, tensor for tensor, on small random donors.
+
+All mergekit merges run in one subprocess (one import of torch/transformers/mergekit);
+our engine runs in-process through :func:`merger_gui.engine.run.run_merge`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mergekit")
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+from merger_gui.core.inspect import inspect_folder  # noqa: E402
+from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
+from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+from merger_gui.engine.methods import random_draw_order  # noqa: E402
+from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
+
+pytestmark = pytest.mark.mergekit
+
+SHAPE = DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=96)
+SEED = 1234
+
+# name → (recipe template, donors used); {X} becomes the donor folder of X.
+RECIPES: dict[str, str] = {
+    "passthrough_interleave": """
+        slices:
+          - sources: [{model: "{A}", layer_range: [0, 3]}]
+          - sources: [{model: "{B}", layer_range: [1, 4]}]
+          - sources: [{model: "{A}", layer_range: [2, 5]}]
+          - sources: [{model: "{B}", layer_range: [3, 6]}]
+        merge_method: passthrough
+        dtype: float16
+    """,
+    "passthrough_scale": """
+        slices:
+          - sources:
+              - model: "{A}"
+                layer_range: [0, 4]
+                parameters: {scale: [{filter: o_proj, value: 0.5}, {value: 1.0}]}
+          - sources: [{model: "{B}", layer_range: [2, 6]}]
+        merge_method: passthrough
+    """,
+    "slerp_filters": """
+        slices:
+          - sources:
+              - {model: "{A}", layer_range: [0, 6]}
+              - {model: "{B}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{A}"
+        parameters:
+          t:
+            - {filter: lm_head, value: [0.75]}
+            - {filter: embed_tokens, value: [0.75]}
+            - {filter: self_attn, value: [0.75, 0.25]}
+            - {filter: mlp, value: [0.25, 0.75]}
+            - {filter: layernorm, value: [0.5, 0.5]}
+            - {value: 0.5}
+        dtype: float16
+    """,
+    "linear": """
+        models:
+          - {model: "{A}", parameters: {weight: 0.5}}
+          - {model: "{B}", parameters: {weight: [0.2, 0.8]}}
+          - {model: "{C}", parameters: {weight: 0.3}}
+        merge_method: linear
+        dtype: float16
+    """,
+    "task_arithmetic": """
+        models:
+          - {model: "{B}", parameters: {weight: 0.6}}
+          - {model: "{C}", parameters: {weight: 0.4}}
+        merge_method: task_arithmetic
+        base_model: "{A}"
+        parameters: {lambda: 0.9}
+        dtype: float16
+    """,
+    "ties": """
+        models:
+          - {model: "{B}", parameters: {weight: 0.6, density: 0.5}}
+          - {model: "{C}", parameters: {weight: 0.4, density: 0.7}}
+        merge_method: ties
+        base_model: "{A}"
+        dtype: float16
+    """,
+    "model_stock": """
+        models:
+          - {model: "{B}"}
+          - {model: "{C}"}
+        merge_method: model_stock
+        base_model: "{A}"
+        dtype: float16
+    """,
+    "nuslerp": """
+        models:
+          - {model: "{B}", parameters: {weight: 0.3}}
+          - {model: "{C}", parameters: {weight: 0.7}}
+        merge_method: nuslerp
+        base_model: "{A}"
+        dtype: float16
+    """,
+    "bf16_to_fp16": """
+        slices:
+          - sources:
+              - {model: "{E}", layer_range: [0, 6]}
+              - {model: "{F}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{E}"
+        parameters: {t: [0, 0.3, 1]}
+        dtype: bfloat16
+        out_dtype: float16
+    """,
+    "tokenizer_base": """
+        slices:
+          - sources:
+              - {model: "{A}", layer_range: [0, 6]}
+              - {model: "{T}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{A}"
+        parameters: {t: 0.4}
+        tokenizer_source: base
+        dtype: float16
+    """,
+    "tokenizer_union": """
+        slices:
+          - sources:
+              - {model: "{A}", layer_range: [0, 6]}
+              - {model: "{T}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{A}"
+        parameters: {t: 0.4}
+        tokenizer: {source: union, pad_to_multiple_of: 64}
+        dtype: float16
+    """,
+    "multi_stage": """
+        name: stage-one
+        slices:
+          - sources: [{model: "{A}", layer_range: [0, 4]}]
+          - sources: [{model: "{B}", layer_range: [2, 6]}]
+        merge_method: passthrough
+        dtype: float16
+        ---
+        name: stage-two
+        slices:
+          - sources: [{model: "{C}", layer_range: [0, 4]}]
+          - sources: [{model: "{A}", layer_range: [2, 6]}]
+        merge_method: passthrough
+        dtype: float16
+        ---
+        slices:
+          - sources:
+              - {model: stage-one, layer_range: [0, 8]}
+              - {model: stage-two, layer_range: [0, 8]}
+        merge_method: slerp
+        base_model: stage-one
+        parameters:
+          t:
+            - {filter: self_attn, value: [0.75, 0.25]}
+            - {filter: mlp, value: [0.25, 0.75]}
+            - {value: 0.5}
+        dtype: float16
+    """,
+}
+DARE_RECIPES: dict[str, str] = {
+    name: f"""
+        models:
+          - {{model: "{{B}}", parameters: {{weight: 0.6, density: 0.5}}}}
+          - {{model: "{{C}}", parameters: {{weight: 0.4, density: 0.7}}}}
+        merge_method: {name}
+        base_model: "{{A}}"
+        dtype: float16
+    """
+    for name in ("dare_ties", "dare_linear")
+}
+
+# Runs every job in one interpreter: multi-document files stage by stage, as
+# mergekit-multi does (a later stage's reference to a stage name is that stage's output).
+MERGEKIT_DRIVER = """
+import json, os, sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+
+for job in json.loads(sys.argv[1]):
+    docs = [d for d in yaml.safe_load_all(open(job["recipe"])) if d]
+    outputs = {}
+    for k, doc in enumerate(docs):
+        name = doc.pop("name", None)
+        text = yaml.safe_dump(doc)
+        for stage, path in outputs.items():
+            text = text.replace(stage, path)
+        target = job["out"] if k == len(docs) - 1 else os.path.join(job["out"] + ".stages", name)
+        options = MergeOptions(allow_crimes=True, lazy_unpickle=True, random_seed=job["seed"],
+                               quiet=True, write_model_card=False, copy_tokenizer=True)
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), target, options=options)
+        if name:
+            outputs[name] = target
+"""
+
+
+def _donor_paths(root: Path) -> dict[str, Path]:
+    return {
+        "A": write_donor(root / "A", SHAPE, seed=1),
+        "B": write_donor(root / "B", SHAPE, seed=2),
+        "C": write_donor(root / "C", SHAPE, seed=3),
+        "E": write_donor(root / "E", SHAPE, seed=4, dtype="bfloat16"),
+        "F": write_donor(root / "F", SHAPE, seed=5, dtype="bfloat16"),
+        # Like a finetune adding <|im_start|>/<|im_end|> to a 96-token base.
+        "T": write_donor(root / "T", DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=98),
+                         seed=6, added_tokens=2),
+    }
+
+
+def _recipe_text(template: str, donors: dict[str, Path]) -> str:
+    text = textwrap.dedent(template)
+    for key, path in donors.items():
+        text = text.replace("{" + key + "}", str(path))
+    return text
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Donors, recipes and mergekit's outputs of every recipe, built once."""
+    root = tmp_path_factory.mktemp("parity")
+    donors = _donor_paths(root / "donors")
+    jobs = []
+    for name, template in {**RECIPES, **DARE_RECIPES}.items():
+        recipe = root / f"{name}.yml"
+        recipe.write_text(_recipe_text(template, donors))
+        jobs.append({"recipe": str(recipe), "out": str(root / "mergekit" / name), "seed": SEED})
+    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
+                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, donors
+
+
+def _donor_infos(text: str, donors: dict[str, Path]):
+    used = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
+    return used
+
+
+def _run_ours(root: Path, name: str, donors: dict[str, Path]) -> Path:
+    text = (root / f"{name}.yml").read_text()
+    out = root / "ours" / name
+    events = list(run_merge(load_recipe_text(text), _donor_infos(text, donors), out,
+                            MergeOptions(seed=SEED, intermediate_dir=root / "ours" / f"{name}.stages")))
+    assert events, "run_merge yielded nothing"
+    return out
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def _config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+def _assert_same_model(ours: Path, theirs: Path, exact: bool) -> None:
+    """Same tensor set, dtypes and shapes; values equal (``exact``) or within 1e-6."""
+    a, b = _weights(ours), _weights(theirs)
+    assert sorted(a) == sorted(b)
+    for name in b:
+        assert a[name].dtype == b[name].dtype, name
+        assert a[name].shape == b[name].shape, name
+        if exact:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-6, atol=1e-6), name
+    for key in ("num_hidden_layers", "vocab_size"):
+        assert _config(ours)[key] == _config(theirs)[key], key
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_engine_output_equals_mergekit(workspace, name):
+    root, donors = workspace
+    ours = _run_ours(root, name, donors)
+    # Same operations in the same order: even the float math agrees bit for bit.
+    _assert_same_model(ours, root / "mergekit" / name, exact=True)
+
+
+def test_tokenizer_base_output_vocabulary(workspace):
+    root, donors = workspace
+    ours = _run_ours(root, "tokenizer_base", donors) if not (root / "ours" / "tokenizer_base").exists() \
+        else root / "ours" / "tokenizer_base"
+    vocab = json.loads((ours / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == 96 and _config(ours)["vocab_size"] == 96
+    assert _weights(ours)["model.embed_tokens.weight"].shape[0] == 96
+
+
+@pytest.mark.parametrize("name", sorted(DARE_RECIPES))
+def test_seeded_dare_equals_mergekit(workspace, name):
+    """The same seed draws the same DARE masks as mergekit's --random-seed."""
+    root, donors = workspace
+    _assert_same_model(_run_ours(root, name, donors), root / "mergekit" / name, exact=True)
+
+
+def test_random_draw_order_follows_input_names():
+    names = ["embed", "model.layers.10.x", "model.layers.2.x", "lm_head.weight"]
+    sources = [["model.embed_tokens.weight"], ["model.layers.10.x"], ["model.layers.2.x"], ["lm_head.weight"]]
+    assert random_draw_order(names, sources, [False] * 4) == [3, 0, 1, 2]
+    assert random_draw_order(names, sources, [False, False, False, True]) == [3, 0, 1, 2]
+    assert random_draw_order(names, sources, [True, False, False, True]) == [0, 3, 1, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_slerp_of_tensors_larger_than_a_chunk_equals_mergekit(dtype):
+    """Tensors over mergekit's 1M-element chunk take its chunked norms and dot product."""
+    from mergekit.merge_methods.slerp import slerp as mergekit_slerp
+
+    from merger_gui.engine.methods import slerp
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(1100, 1000, generator=generator).to(dtype)
+    b = torch.randn(1100, 1000, generator=generator).to(dtype)
+    theirs = mergekit_slerp(torch.tensor([0.3]), a.unsqueeze(0), b.unsqueeze(0))[0]
+    assert torch.equal(slerp(0.3, a, b), theirs)
