@@ -10,8 +10,12 @@ is one process tree's own.
 
 Run from the repository root (mergekit is a test-only dependency)::
 
-    .venv/bin/python benchmarks/bench_merge.py              # default donors (~700 MB each)
-    .venv/bin/python benchmarks/bench_merge.py --layers 8   # quicker, smaller donors
+    .venv/bin/python benchmarks/bench_merge.py                # small donors (~700 MB each)
+    .venv/bin/python benchmarks/bench_merge.py --size large   # ~2.4 GB each (TinyLlama-sized)
+    .venv/bin/python benchmarks/bench_merge.py --layers 8     # quicker, smaller donors
+
+Every command runs ``--repeat`` times (default 2); the best wall time and the lowest peak
+RSS are reported, as a markdown table.
 
 Targets (from the issue): passthrough ≥ 3× faster than mergekit and within 1.5× of
 the copy; SLERP ≥ 1.5× faster; peak RSS ≤ half of mergekit's for both.
@@ -31,7 +35,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+import numpy as np  # noqa: E402
+
+from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_shapes, tokenizer_files  # noqa: E402
+from merger_gui.engine.writer import ShardedWriter, TensorLayout  # noqa: E402
+
+SIZES = {  # name → (layers, hidden, intermediate, vocab)
+    "small": (24, 1024, 2816, 32000),
+    "large": (24, 2048, 5632, 32000),
+}
 
 # Runs argv, waits, prints {"wall": s, "rss": bytes} of the finished child tree.
 RUNNER = textwrap.dedent("""
@@ -62,10 +74,26 @@ def build_donors(root: Path, shape: DonorShape) -> tuple[Path, Path]:
         if not (marker.is_file() and marker.read_text() == stamp):
             shutil.rmtree(folder, ignore_errors=True)
             print(f"writing {folder} …", flush=True)
-            write_donor(folder, shape, dtype="float16", seed=seed)
+            write_streamed_donor(folder, shape, seed)
             marker.write_text(stamp)
         donors.append(folder)
     return donors[0], donors[1]
+
+
+def write_streamed_donor(folder: Path, shape: DonorShape, seed: int) -> None:
+    """A random fp16 donor written tensor by tensor (multi-GB donors never sit in memory)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(donor_config(shape), indent=2))
+    for name, content in tokenizer_files(shape.vocab_size).items():
+        (folder / name).write_text(json.dumps(content))
+    rng = np.random.default_rng(seed)
+    layouts = [TensorLayout(n, "F16", s) for n, s in donor_tensor_shapes(shape).items()]
+    writer = ShardedWriter(folder, layouts)
+    for layout in layouts:
+        values = rng.standard_normal(layout.shape, dtype=np.float32)
+        values = 1.0 + 0.1 * values if layout.name.endswith("norm.weight") else 0.05 * values
+        writer.write(layout.name, memoryview(values.astype(np.float16).reshape(-1).view(np.uint8)))
+    writer.close()
 
 
 def recipes(a: Path, b: Path, layers: int) -> dict[str, str]:
@@ -97,58 +125,70 @@ def recipes(a: Path, b: Path, layers: int) -> dict[str, str]:
     return {"passthrough": textwrap.dedent(passthrough), "slerp": textwrap.dedent(slerp)}
 
 
-def measure(label: str, argv: list[str], out: Path) -> Measurement:
+def measure(label: str, argv: list[str], out: Path, repeat: int) -> Measurement:
+    """Best wall time and lowest peak RSS of ``repeat`` runs of ``argv``."""
+    runs = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        result = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, check=True)
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        if report["code"] != 0:
+            raise SystemExit(f"{label} failed ({report['code']}): {' '.join(argv)}")
+        size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.is_dir() else 0
+        runs.append(Measurement(label, report["wall"], report["rss"], size))
     shutil.rmtree(out, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, check=True)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    if report["code"] != 0:
-        raise SystemExit(f"{label} failed ({report['code']}): {' '.join(argv)}")
-    size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.is_dir() else 0
-    shutil.rmtree(out, ignore_errors=True)
-    return Measurement(label, report["wall"], report["rss"], size)
+    return Measurement(label, min(r.wall for r in runs), min(r.rss for r in runs), runs[0].out_bytes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=REPO / "benchmarks" / "out", help="donor and output folder")
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="donor size preset")
+    parser.add_argument("--layers", type=int, help="override the preset's layer count")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per command; the best is reported")
     parser.add_argument("--no-mergekit", action="store_true", help="skip mergekit (not installed)")
+    parser.add_argument("--clean", action="store_true", help="delete the donors afterwards")
     args = parser.parse_args()
 
-    shape = DonorShape(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                       num_heads=16, num_kv_heads=8, vocab_size=args.vocab)
+    layers, hidden, intermediate, vocab = SIZES[args.size]
+    layers = args.layers or layers
+    shape = DonorShape(num_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+                       num_heads=16, num_kv_heads=8, vocab_size=vocab)
     args.root.mkdir(parents=True, exist_ok=True)
     a, b = build_donors(args.root, shape)
     bin_dir = Path(sys.executable).parent
     out = args.root / "out"
     results: dict[str, dict[str, Measurement]] = {}
-    for name, text in recipes(a, b, args.layers).items():
+    for name, text in recipes(a, b, layers).items():
         recipe = args.root / f"{name}.yml"
         recipe.write_text(text)
-        row = {"ours": measure(f"ours {name}", [str(bin_dir / "merger-gui"), "merge", str(recipe), str(out)], out)}
+        row = {"ours": measure(f"ours {name}", [str(bin_dir / "merger-gui"), "merge", str(recipe), str(out)],
+                               out, args.repeat)}
         if not args.no_mergekit:
             row["mergekit"] = measure(f"mergekit {name}", [str(bin_dir / "mergekit-yaml"), str(recipe), str(out),
-                                                           "--lazy-unpickle", "--allow-crimes", "--quiet"], out)
+                                                           "--lazy-unpickle", "--allow-crimes", "--quiet"],
+                                      out, args.repeat)
         results[name] = row
-    copy = measure("cp -r", ["cp", "-r", str(a), str(out)], out)
+    copy = measure("cp -r", ["cp", "-r", str(a), str(out)], out, args.repeat)
+    donor_bytes = sum(f.stat().st_size for f in a.glob("*.safetensors"))
+    if args.clean:
+        for folder in (a, b):
+            shutil.rmtree(folder)
 
-    print(f"\ndonors: {sum(f.stat().st_size for f in a.glob('*.safetensors')) / 1e6:.0f} MB each, "
-          f"{args.layers} layers, hidden {args.hidden}")
-    print(f"{'run':<22}{'wall s':>9}{'peak RSS MB':>13}{'MB/s':>9}   ratios")
-    print(f"{'cp -r (one donor)':<22}{copy.wall:>9.2f}{copy.rss / 1e6:>13.0f}{copy.out_bytes / 1e6 / copy.wall:>9.0f}")
+    print(f"\n{args.size} donors: {donor_bytes / 1e9:.2f} GB each, {layers} layers, hidden {hidden}, "
+          f"best of {args.repeat}\n")
+    print("| run | wall s | peak RSS MB | MB/s | vs mergekit (time, RSS) | vs cp |")
+    print("|---|---:|---:|---:|---|---:|")
+    print(f"| cp -r (one donor) | {copy.wall:.2f} | {copy.rss / 1e6:.0f} | {copy.out_bytes / 1e6 / copy.wall:.0f} "
+          "| | 1.00 |")
     for name, row in results.items():
         for who, m in row.items():
-            ratios = ""
+            versus = ""
             if who == "ours" and "mergekit" in row:
                 mk = row["mergekit"]
-                ratios = f"{mk.wall / m.wall:.2f}x faster than mergekit, RSS {m.rss / mk.rss:.2f} of mergekit's"
-                if name == "passthrough":
-                    ratios += f", {m.wall / copy.wall:.2f}x the copy"
-            figures = f"{m.wall:>9.2f}{m.rss / 1e6:>13.0f}{m.out_bytes / 1e6 / m.wall:>9.0f}"
-            print(f"{who + ' ' + name:<22}{figures}   {ratios}")
+                versus = f"{mk.wall / m.wall:.2f}x faster, {m.rss / mk.rss:.2f} of the RSS"
+            print(f"| {who} {name} | {m.wall:.2f} | {m.rss / 1e6:.0f} | {m.out_bytes / 1e6 / m.wall:.0f} | {versus} "
+                  f"| {m.wall / copy.wall:.2f} |")
 
 
 if __name__ == "__main__":

@@ -402,3 +402,40 @@ def test_shard_size_parsing(text, size):
     from merger_gui.cli.merge_command import parse_size
 
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("where", ["donor", "inside", "parent"])
+def test_output_overlapping_a_donor_is_refused_before_reading(pair, tmp_path, monkeypatch, where):
+    def no_reading(*_args):
+        raise AssertionError("a tensor was read")
+
+    monkeypatch.setattr(run_module.TensorReader, "locate", no_reading)
+    out = {"donor": pair["a"], "inside": pair["a"] / "merged", "parent": pair["a"].parent}[where]
+    before = sorted(p.name for p in pair["a"].iterdir())
+    with pytest.raises(UserError, match=r"^the output folder .* donor a\b") as caught:
+        merge(INTERLEAVE, pair, out, overwrite=True)
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in pair["a"].iterdir()) == before
+
+
+def test_intermediate_folder_equal_to_the_output_is_refused(pair, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module.TensorReader, "locate", lambda *_: pytest.fail("a tensor was read"))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="intermediate folder .* overlaps the output folder"):
+        merge(MULTI, pair, out, intermediate_dir=out)
+    assert no_leftovers(out)
+
+
+def test_plain_passthrough_never_imports_torch(pair, tmp_path):
+    """Byte copies need no tensor math: importing torch would cost a second and ~300 MB."""
+    script = f"""
+import sys
+from merger_gui.cli import main
+code = main(["merge", {str(tmp_path / 'recipe.yml')!r}, {str(tmp_path / 'out')!r},
+             "--donor", "a={pair['a']}", "--donor", "b={pair['b']}"])
+print(code, "torch" in sys.modules, "huggingface_hub" in sys.modules)
+"""
+    (tmp_path / "recipe.yml").write_text(INTERLEAVE)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -21,7 +21,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from merger_gui.core.inspect import inspect_folder  # noqa: E402
 from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+from merger_gui.core.plan import plan_recipe  # noqa: E402
+from merger_gui.core.synthetic import DonorShape, tokenizer_files, write_donor  # noqa: E402
 from merger_gui.engine.methods import random_draw_order  # noqa: E402
 from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
 
@@ -141,6 +142,29 @@ RECIPES: dict[str, str] = {
         tokenizer: {source: union, pad_to_multiple_of: 64}
         dtype: float16
     """,
+    # P's config says 128 rows (padded embeddings) but its tokenizer has 98 tokens.
+    "tokenizer_base_padded": """
+        slices:
+          - sources:
+              - {model: "{P}", layer_range: [0, 6]}
+              - {model: "{A}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{P}"
+        parameters: {t: 0.3}
+        tokenizer_source: base
+        dtype: float16
+    """,
+    "tokenizer_union_padded": """
+        slices:
+          - sources:
+              - {model: "{A}", layer_range: [0, 6]}
+              - {model: "{P}", layer_range: [0, 6]}
+        merge_method: slerp
+        base_model: "{A}"
+        parameters: {t: 0.6}
+        tokenizer_source: union
+        dtype: float16
+    """,
     "multi_stage": """
         name: stage-one
         slices:
@@ -182,6 +206,34 @@ DARE_RECIPES: dict[str, str] = {
     for name in ("dare_ties", "dare_linear")
 }
 
+# chat_template values; each merges A alone (or the Q donors for auto).
+CHAT_TEMPLATES = {
+    **{name: name for name in ("chatml", "llama3", "alpaca", "mistral", "exaone")},
+    "literal": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}",
+    "auto": "auto",
+}
+CHAT_RECIPES: dict[str, str] = {
+    f"chat_{key}": f"""
+        slices:
+          - sources:
+              - {{model: "{{{'Q1' if key == 'auto' else 'A'}}}", layer_range: [0, 2]}}
+          - sources:
+              - {{model: "{{{'Q2' if key == 'auto' else 'A'}}}", layer_range: [2, 4]}}
+          - sources:
+              - {{model: "{{{'Q3' if key == 'auto' else 'A'}}}", layer_range: [4, 6]}}
+        merge_method: passthrough
+        chat_template: {json.dumps(value)}
+        dtype: float16
+    """
+    for key, value in CHAT_TEMPLATES.items()
+}
+CONVERSATION = [
+    {"role": "system", "content": "Be brief. "},
+    {"role": "user", "content": " Hi there"},
+    {"role": "assistant", "content": "Hello!\n"},
+    {"role": "user", "content": "How are you?"},
+]
+
 # Runs every job in one interpreter: multi-document files stage by stage, as
 # mergekit-multi does (a later stage's reference to a stage name is that stage's output).
 MERGEKIT_DRIVER = """
@@ -217,7 +269,31 @@ def _donor_paths(root: Path) -> dict[str, Path]:
         # Like a finetune adding <|im_start|>/<|im_end|> to a 96-token base.
         "T": write_donor(root / "T", DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=98),
                          seed=6, added_tokens=2),
+        "P": _padded_donor(root / "P"),
+        # auto: Q2 and Q3 share a template (in tokenizer_config.json and chat_template.jinja), Q1 has its own.
+        "Q1": _templated_donor(root / "Q1", "{{ 'one' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 8),
+        "Q2": _templated_donor(root / "Q2", "{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 9),
+        "Q3": _templated_donor(root / "Q3", "{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 10,
+                               jinja=True),
     }
+
+
+def _templated_donor(folder: Path, template: str, seed: int, jinja: bool = False) -> Path:
+    write_donor(folder, SHAPE, seed=seed)
+    if jinja:
+        (folder / "chat_template.jinja").write_text(template)
+    else:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=template)))
+    return folder
+
+
+def _padded_donor(folder: Path) -> Path:
+    """A donor whose config and embeddings have 128 rows but whose tokenizer has 98 tokens."""
+    write_donor(folder, DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=128), seed=7)
+    for name, content in tokenizer_files(98, added_tokens=2).items():
+        (folder / name).write_text(json.dumps(content))
+    return folder
 
 
 def _recipe_text(template: str, donors: dict[str, Path]) -> str:
@@ -233,7 +309,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     donors = _donor_paths(root / "donors")
     jobs = []
-    for name, template in {**RECIPES, **DARE_RECIPES}.items():
+    for name, template in {**RECIPES, **DARE_RECIPES, **CHAT_RECIPES}.items():
         recipe = root / f"{name}.yml"
         recipe.write_text(_recipe_text(template, donors))
         jobs.append({"recipe": str(recipe), "out": str(root / "mergekit" / name), "seed": SEED})
@@ -298,6 +374,41 @@ def test_tokenizer_base_output_vocabulary(workspace):
     vocab = json.loads((ours / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == 96 and _config(ours)["vocab_size"] == 96
     assert _weights(ours)["model.embed_tokens.weight"].shape[0] == 96
+
+
+@pytest.mark.parametrize("name", ["tokenizer_base_padded", "tokenizer_union_padded", "tokenizer_union"])
+def test_planned_vocabulary_is_the_output_tokenizers(workspace, name):
+    """The plan sizes embeddings by the output tokenizer (not config vocab_size), as mergekit does."""
+    root, donors = workspace
+    text = (root / f"{name}.yml").read_text()
+    planned = plan_recipe(load_recipe_text(text), _donor_infos(text, donors)).stages[-1].vocab_size
+    ours = root / "ours" / name
+    if not ours.exists():
+        ours = _run_ours(root, name, donors)
+    rows = _weights(ours)["model.embed_tokens.weight"].shape[0]
+    theirs = _weights(root / "mergekit" / name)["model.embed_tokens.weight"].shape[0]
+    assert planned == rows == theirs == _config(root / "mergekit" / name)["vocab_size"]
+    assert planned == {"tokenizer_base_padded": 98, "tokenizer_union_padded": 98, "tokenizer_union": 128}[name]
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_RECIPES))
+def test_chat_template_renders_like_mergekits(workspace, name):
+    """Named, literal and auto chat templates: transformers renders our output's like mergekit's."""
+    from transformers import AutoTokenizer
+
+    root, donors = workspace
+    ours = _run_ours(root, name, donors)
+    rendered = []
+    for folder in (ours, root / "mergekit" / name):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        messages = CONVERSATION[1:] if name == "chat_mistral" else CONVERSATION
+        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    if name in ("chat_exaone", "chat_llama3"):
+        # mergekit's files render stray whitespace between turns (a newline after each llama3
+        # turn, indentation in exaone); ours render the models' own formats without it.
+        rendered = ["".join(r.split()) for r in rendered]
+    assert rendered[0] == rendered[1]
+    assert rendered[0]
 
 
 @pytest.mark.parametrize("name", sorted(DARE_RECIPES))

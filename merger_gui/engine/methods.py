@@ -22,12 +22,15 @@ import torch
 
 from merger_gui.core.errors import UserError
 
+from .draw_order import RANDOMIZED_METHODS, random_draw_order
+
+__all__ = ["RANDOMIZED_METHODS", "merge_tensors", "nuslerp", "random_draw_order", "slerp"]
+
 SLERP_DOT_THRESHOLD = 0.9995
 SLERP_NORM_EPS = 1e-8
 # mergekit walks flattened tensors in chunks of this many elements; norms and dot
 # products are summed per chunk, so the chunking is part of the rounding.
 SLERP_CHUNK_ELEMENTS = 1024 * 1024
-RANDOMIZED_METHODS = frozenset({"dare_ties", "dare_linear"})
 
 
 def merge_tensors(
@@ -78,26 +81,6 @@ def merge_tensors(
             return inputs.tensors[0]
     inputs.check_shapes()
     return merge(inputs)
-
-
-def random_draw_order(names: Sequence[str], sources: Sequence[Sequence[str]],
-                      vocab_aligned: Sequence[bool]) -> list[int]:
-    """Indices of a stage's output tensors in the order mergekit 0.1.5 merges them.
-
-    mergekit schedules each tensor by the greatest of its input tensor names (an empty
-    label for vocabulary tensors rebuilt by a tokenizer section), in string order. A
-    randomized method must merge in this order to draw the masks mergekit draws; ties
-    keep plan order (mergekit breaks them by graph insertion order).
-
-    Args:
-        names: Output tensor names in plan order.
-        sources: Input tensor names of each output tensor.
-        vocab_aligned: Whether each tensor's rows are rebuilt to an output vocabulary.
-    """
-    def label(i: int) -> str:
-        return "" if vocab_aligned[i] else max(sources[i], default="")
-
-    return sorted(range(len(names)), key=lambda i: (label(i), i))
 
 
 class _Inputs:

@@ -5,6 +5,8 @@ freshly allocated tensor (no memory map whose touched pages would stay resident 
 toward the process' memory), or handed to the writer as a byte range to copy file to file.
 ``.bin`` checkpoints are loaded with ``torch.load(weights_only=True, mmap=True)``: no code
 runs and only the storages actually used are paged in. Every file is opened once and cached.
+torch is imported only to read a tensor into memory or to load a ``.bin`` file, so a
+byte-for-byte copy never imports it.
 """
 
 from __future__ import annotations
@@ -14,20 +16,23 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import torch
-
-from merger_gui.core.donor import DTYPE_NAMES, DonorInfo
+from merger_gui.core.donor import DTYPE_NAMES, DTYPE_SIZES, DonorInfo
 from merger_gui.core.errors import DonorError
 from merger_gui.core.inspect import read_weight_map
 from merger_gui.core.safetensors_header import check_header_length, parse_safetensors_header
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (``BF16`` → ``torch.bfloat16``)."""
+    import torch
+
     return getattr(torch, DTYPE_NAMES[code])
 
 
@@ -116,6 +121,8 @@ class TensorReader:
             if info is None:
                 raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
             return SourceTensor(model, name, file, info.dtype, info.shape, entry.offsets[name])
+        import torch  # .bin checkpoints are torch archives
+
         tensor = self._open_checkpoint(file, model).get(name)
         if not isinstance(tensor, torch.Tensor):
             raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
@@ -139,6 +146,8 @@ class TensorReader:
         """
         if source.offset is None:
             return self._checkpoints[source.file][source.name].clone()
+        import torch
+
         tensor = torch.empty(source.shape, dtype=torch_dtype(source.dtype))
         view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         handle = self._safetensors[source.file].handle
@@ -202,6 +211,8 @@ class TensorReader:
         if file not in self._checkpoints:
             if not file.is_file():
                 raise DonorError(f"donor {model}: weight file {file} is missing")
+            import torch
+
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
@@ -213,7 +224,7 @@ class TensorReader:
 
 
 def _nbytes(source: SourceTensor) -> int:
-    n = torch_dtype(source.dtype).itemsize
+    n = DTYPE_SIZES[source.dtype]
     for d in source.shape:
         n *= d
     return n

@@ -2,7 +2,9 @@
 
 :func:`run_merge` validates, plans, checks donors and disk space before writing
 anything, then merges stage by stage and tensor by tensor, yielding progress events.
-Every output (the final one and each intermediate stage's) is written into a hidden
+torch is imported only when a tensor needs math (a method other than passthrough, a
+dtype change, a scale, a vocabulary rebuild, a ``.bin`` donor): a plain passthrough
+copies bytes file to file without it. Every output (the final one and each intermediate stage's) is written into a hidden
 temporary sibling folder and renamed into place only when complete. Cancelling (the
 ``cancel`` event, checked between tensors) removes the partial folder and raises
 :class:`MergeCancelled`; so does any error, as a one-line :class:`UserError`.
@@ -19,9 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.donor import DonorInfo, dtype_code
 from merger_gui.core.errors import DonorError, UserError
@@ -30,17 +30,21 @@ from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, st
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.validation import validate_recipe
 
+from .chat_template import check_chat_template, resolve_chat_template, write_chat_template
 from .events import (
     DownloadProgress, MergeCancelled, MergeDone, MergeEvent, MergeWarning, StageFinished, StageStarted,
     TensorProgress,
 )
-from .fetch import fetch_donor, needs_fetch
+from .draw_order import RANDOMIZED_METHODS, random_draw_order
 from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
-from .methods import RANDOMIZED_METHODS, merge_tensors, random_draw_order
 from .output import commit_folder, copy_files, partial_folder, remove_folder, write_metadata
-from .reader import SourceTensor, TensorReader, torch_dtype
-from .vocabulary import VocabularyPlan, build_vocabulary
+from .reader import SourceTensor, TensorReader
 from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
+
+if TYPE_CHECKING:  # torch, the tensor math and the Hub client are imported only when needed
+    import torch
+
+    from .vocabulary import VocabularyPlan
 
 __all__ = [
     "DownloadProgress", "MergeCancelled", "MergeDone", "MergeEvent", "MergeOptions", "MergeWarning",
@@ -130,6 +134,9 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     if options.shard_size <= 0:
         raise UserError("the shard size must be positive")
     target = Path(out_dir).absolute()
+    _check_output_folders(target, options, donors)
+    for stage in recipe.stages:
+        check_chat_template(stage.chat_template)
     if (target.exists() or target.is_symlink()) and not options.overwrite:
         raise UserError(f"{target} already exists; choose another folder or allow overwriting")
     for finding in findings:
@@ -140,7 +147,12 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     used = {m for sp in plan.stages for m in recipe.stages[sp.index].referenced_models if m in donors}
     for model in sorted(used):
         _check_local(model, donors[model])
-    fetches = sorted(m for m in used if needs_fetch(donors[m]))
+    hub = sorted(m for m in used if donors[m].kind == "hub")
+    fetches: list[str] = []
+    if hub:
+        from .fetch import fetch_donor, needs_fetch
+
+        fetches = [m for m in hub if needs_fetch(donors[m])]
     if fetches:
         from huggingface_hub import constants
 
@@ -180,14 +192,36 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     yield MergeDone(target, len(jobs), progress.tensors, progress.bytes, time.monotonic() - started)
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str) -> str:
     if name == "cpu":
-        return torch.device("cpu")
+        return name
     if name == "cuda":
+        import torch
+
         if not torch.cuda.is_available():
             raise UserError("device cuda was asked for, but no CUDA GPU is available to torch; use --device cpu")
-        return torch.device("cuda")
+        return name
     raise UserError(f"unknown device {name!r}: use cpu or cuda")
+
+
+def _check_output_folders(target: Path, options: MergeOptions, donors: Mapping[str, DonorInfo]) -> None:
+    """Refuse an output that overlaps a donor's folder, or an intermediate folder that overlaps the output."""
+    out = target.resolve()
+    for model, donor in sorted(donors.items()):
+        if donor.path is None:
+            continue
+        folder = Path(donor.path).resolve()
+        if out == folder or out.is_relative_to(folder):
+            raise UserError(f"the output folder {target} is {'' if out == folder else 'inside '}the folder of "
+                            f"donor {model}; choose a folder outside every donor's")
+        if folder.is_relative_to(out):
+            raise UserError(f"the output folder {target} contains donor {model} ({folder}); "
+                            "choose a folder outside every donor's")
+    if options.intermediate_dir is not None:
+        inter = Path(options.intermediate_dir).absolute().resolve()
+        if inter == out or inter.is_relative_to(out) or out.is_relative_to(inter):
+            raise UserError(f"the intermediate folder {options.intermediate_dir} overlaps the output folder "
+                            f"{target}; choose separate folders")
 
 
 def _check_local(model: str, donor: DonorInfo) -> None:
@@ -273,17 +307,21 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, ...]], reader: TensorReader,
-               donors: Mapping[str, DonorInfo], device: torch.device, options: MergeOptions,
+               donors: Mapping[str, DonorInfo], device: str, options: MergeOptions,
                cancel: threading.Event | None, progress: _Progress) -> Iterator[MergeEvent]:
     stage = job.stage
     stage_donors = {m: donors[m] for m in stage.referenced_models if m in donors}
     vocabulary: VocabularyPlan | None = None
     if stage.effective_tokenizer_source is not None:
+        from .vocabulary import build_vocabulary
+
         vocabulary = build_vocabulary(stage, stage_donors)
     slices = [s for s in stage_slices(stage, stage_donors) if s.sources]
     generator = None
     if stage.merge_method in RANDOMIZED_METHODS and options.seed is not None:
         # One generator per stage, as mergekit seeds once per run and draws in merge order.
+        import torch
+
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed)
     partial = partial_folder(job.target)
@@ -310,6 +348,10 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
             vocabulary.save(partial)
             if options.copy_tokenizer and config_donor.path:
                 copy_files(Path(config_donor.path), partial, ("generation_config.json",))
+        if stage.chat_template:
+            warning = _apply_chat_template(stage, partial, donors)
+            if warning:
+                yield MergeWarning(f"{job.plan.label}: {warning}")
         if job.fingerprint is not None:
             store_fingerprint(partial, job.fingerprint)
         commit_folder(partial, job.target, overwrite=options.overwrite or not job.final)
@@ -328,15 +370,27 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
         raise
 
 
+def _apply_chat_template(stage: Stage, folder: Path, donors: Mapping[str, DonorInfo]) -> str | None:
+    """Write the stage's chat template into the output's tokenizer; a warning when it cannot."""
+    models = ([stage.base_model] if stage.base_model else []) + list(stage.referenced_models)
+    folders = [Path(p) for m in dict.fromkeys(models) if m in donors and (p := donors[m].path)]
+    template = resolve_chat_template(stage.chat_template, folders)
+    if template is None:
+        return "chat_template: auto: no donor has a chat template; the output has none"
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return "chat_template was not saved: the output has no tokenizer"
+    write_chat_template(folder, template)
+    return None
+
+
 def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, base: str | None,
              reader: TensorReader, writer: ShardedWriter, vocabulary: VocabularyPlan | None,
-             device: torch.device, generator: torch.Generator | None) -> None:
+             device: str, generator: torch.Generator | None) -> None:
     """Merge (or copy) one output tensor and append it to the output."""
-    working = _working_dtype(stage, sources)
     aligned = vocabulary is not None and tensor.is_vocab
     passthrough = stage.merge_method == "passthrough" and len(sources) == 1 \
         and "scale" not in tensor.sources[0].parameters and not aligned
-    if passthrough and sources[0].dtype == tensor.dtype and torch_dtype(tensor.dtype) == working:
+    if passthrough and sources[0].dtype == tensor.dtype and _working_code(stage, sources) == tensor.dtype:
         span = reader.byte_range(sources[0])
         if span is not None:  # bit-identical, file to file, without touching memory
             try:
@@ -344,6 +398,12 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stag
             except EOFError:
                 raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
             return
+    import torch
+
+    from .methods import merge_tensors
+    from .reader import torch_dtype
+
+    working = torch_dtype(_working_code(stage, sources))
     inputs = [reader.read(s).to(dtype=working) for s in sources]
     if aligned:
         inputs = vocabulary.align_all([s.model for s in sources], inputs)  # type: ignore[union-attr]
@@ -362,11 +422,18 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stag
     writer.write(tensor.name, memoryview(out.reshape(-1).view(torch.uint8).numpy()))
 
 
-def _working_dtype(stage: Stage, sources: Sequence[SourceTensor]) -> torch.dtype:
-    """The recipe's ``dtype``, else the common dtype of the inputs."""
+def _working_code(stage: Stage, sources: Sequence[SourceTensor]) -> str:
+    """dtype code of the recipe's ``dtype``, else of the common dtype of the inputs."""
     if stage.dtype:
-        return torch_dtype(dtype_code(stage.dtype))
+        return dtype_code(stage.dtype)
+    codes = {s.dtype for s in sources}
+    if len(codes) == 1:
+        return codes.pop()
+    import torch
+
+    from .reader import torch_dtype
+
     working = torch_dtype(sources[0].dtype)
     for source in sources[1:]:
         working = torch.promote_types(working, torch_dtype(source.dtype))
-    return working
+    return dtype_code(str(working))

@@ -22,6 +22,7 @@ from .live_plan import LivePlan
 from .settings import Settings
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
 
@@ -93,10 +94,15 @@ class DonorPanel(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in range(1, len(self.COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        hint = QLabel("Add donors with <b>Add donor</b> or drop model folders on the window; then drag over a "
+                      "donor's layers in the designer to add a slice.", self)
+        hint.setWordWrap(True)
+        hint.setEnabled(False)  # drawn in the muted text colour
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(top)
-        layout.addWidget(self.tree)
+        layout.addWidget(self.tree, 1)
+        layout.addWidget(hint)
 
         registry.changed.connect(self.refresh)
         document.recipe_changed.connect(self.refresh)
@@ -134,7 +140,7 @@ class DonorPanel(QWidget):
                 item.setText(1, info.architecture.removesuffix("ForCausalLM") or info.architecture)
                 item.setText(2, str(info.num_layers))
                 item.setText(3, format_bytes(info.weight_bytes))
-                item.setText(4, info.dtype)
+                item.setText(4, SHORT_DTYPES.get(info.dtype, info.dtype))
                 item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setTextAlignment(3, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 tip.append(f"{info.architecture} · {info.num_layers} layers · hidden {info.hidden_size} · "

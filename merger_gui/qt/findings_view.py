@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHeaderView, QStyle, QTreeWidget, QTreeWidgetItem, QWidget
+from PySide6.QtCore import QModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QResizeEvent
+from PySide6.QtWidgets import (
+    QHeaderView, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QTreeWidget, QTreeWidgetItem, QWidget,
+)
 
 from merger_gui.core.validation import Finding
 
@@ -11,6 +14,21 @@ from .document import RecipeDocument
 from .live_plan import LivePlan
 
 FINDING_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class _WrappingDelegate(QStyledItemDelegate):
+    """Row heights that fit the wrapped message at the column's current width."""
+
+    def __init__(self, view: QTreeWidget) -> None:
+        super().__init__(view)
+        self._view = view
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+        hint = super().sizeHint(option, index)
+        width = self._view.header().sectionSize(index.column()) - (28 if index.column() == 0 else 8)
+        text = str(index.data() or "")
+        rect = option.fontMetrics.boundingRect(QRect(0, 0, max(40, width), 10_000), Qt.TextFlag.TextWordWrap, text)
+        return QSize(hint.width(), max(hint.height(), rect.height() + 6))
 
 
 class FindingsView(QTreeWidget):
@@ -24,13 +42,16 @@ class FindingsView(QTreeWidget):
         self.setColumnCount(2)
         self.setHeaderLabels(["Problem", "Where"])
         self.setRootIsDecorated(False)
-        self.setUniformRowHeights(True)
         self.setAlternatingRowColors(True)
-        self.setWordWrap(False)
+        self.setWordWrap(True)  # messages say how to fix things: show them whole
+        self.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.setItemDelegate(_WrappingDelegate(self))
         header = self.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(1, 190)
+        header.sectionResized.connect(lambda *_: self.scheduleDelayedItemsLayout())  # re-wrap
         style = self.style()
         self._icons = {
             "error": style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical),
@@ -60,6 +81,10 @@ class FindingsView(QTreeWidget):
             self.addTopLevelItem(item)
         errors = sum(f.is_error for f in self.findings)
         self.counts_changed.emit(errors, len(self.findings) - errors)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.scheduleDelayedItemsLayout()  # wrapped rows change height with the width
 
     def _on_clicked(self, item: QTreeWidgetItem, column: int = 0) -> None:
         finding = item.data(0, FINDING_ROLE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget, QToolBar,
     QVBoxLayout, QWidget,
@@ -85,8 +85,6 @@ class MainWindow(QMainWindow):
         self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([self.donor_dock, self.tools_dock], [320, 390], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.findings_dock], [110], Qt.Orientation.Vertical)
 
         self.summary_label = QLabel()
         self.summary_label.setToolTip("Output of the current stage: layer and parameter count")
@@ -103,10 +101,11 @@ class MainWindow(QMainWindow):
         self.resize(1280, 800)
         if self.settings.window_geometry is not None:
             self.restoreGeometry(self.settings.window_geometry)
-        if self.settings.window_state is not None:
-            self.restoreState(self.settings.window_state)
+        self._restored = self.settings.window_state is not None and self.restoreState(self.settings.window_state)
+        self._dock_shown = {dock: not dock.isHidden() for dock in (self.donor_dock, self.tools_dock, self.findings_dock)}
         self._update_title()
         self._update_summary()
+        self.show_welcome()
 
     def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -175,13 +174,30 @@ class MainWindow(QMainWindow):
         self.findings_view.counts_changed.connect(self._update_findings)
         self.stack_view.sigStatus.connect(self.drag_label.setText)
         self.inspector.busy_changed.connect(self._update_summary)
-        self.files.opened.connect(lambda _: self.pages.setCurrentIndex(1))
+        self.files.opened.connect(lambda _: self.show_designer())
         self.welcome.open_recipe.connect(self.files.open_recipe)
 
     # ---- reactions ------------------------------------------------------------------------
 
     def show_designer(self) -> None:
-        self.pages.setCurrentIndex(1)
+        self._show_page(1)
+
+    def show_welcome(self) -> None:
+        self._show_page(0)
+
+    def _show_page(self, index: int) -> None:
+        """The start page gets the whole window; the designer brings its docks back."""
+        if index == self.pages.currentIndex() and self.pages.property("shown"):
+            return
+        docks = (self.donor_dock, self.tools_dock, self.findings_dock)
+        if self.pages.currentIndex() == 1 and self.pages.property("shown"):
+            self._dock_shown = {dock: not dock.isHidden() for dock in docks}
+        self.pages.setProperty("shown", True)
+        self.pages.setCurrentIndex(index)
+        for dock in docks:
+            dock.setVisible(index == 1 and self._dock_shown.get(dock, True))
+        self.summary_label.setVisible(index == 1)
+        self.findings_label.setVisible(index == 1)
 
     def set_theme(self, name: str) -> None:
         self.settings.theme = name
@@ -215,6 +231,16 @@ class MainWindow(QMainWindow):
 
     # ---- Qt overrides ---------------------------------------------------------------------
 
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._restored:  # first start: give the docks a share of the window
+            self._restored = True
+            width = self.width()
+            self.resizeDocks([self.donor_dock, self.tools_dock],
+                             [max(320, min(460, width * 27 // 100)), max(340, min(600, width * 27 // 100))],
+                             Qt.Orientation.Horizontal)
+            self.resizeDocks([self.findings_dock], [max(110, self.height() // 5)], Qt.Orientation.Vertical)
+
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(self._dropped_kind(url.toLocalFile()) for url in event.mimeData().urls()):
             event.acceptProposedAction()
@@ -245,7 +271,8 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.settings.window_geometry = self.saveGeometry()
-        self.settings.window_state = self.saveState()
+        if self.pages.currentIndex() == 1:  # the start page hides the docks; keep the designer's layout
+            self.settings.window_state = self.saveState()
         self.settings.sync()
         self.inspector.shutdown()
         self.merge_panel.close()  # stops a running merge and waits for its thread

@@ -26,6 +26,8 @@ LANE_W = 32.0  # one lane of slice bars; overlapping slices get more lanes
 EDGE_GRIP = 5.0  # pixels at a bar's ends that resize instead of move
 DRAG_THRESHOLD = 3.0
 MIN_COLUMN_W = 116.0
+MAX_COLUMN_W = 190.0
+COMPACT_COLUMN_W = 84.0  # when the stacks do not fit the view  # long donor names are elided beyond this
 
 
 def text_on(fill: QColor) -> QColor:
@@ -82,12 +84,14 @@ class DonorColumnItem(QGraphicsObject):
 
     def __init__(self, name: str, title: str, subtitle: str, num_layers: int, known: bool,
                  counts: tuple[int, ...] | None, color: QColor, lanes: int,
-                 geometry: StackGeometry, colors: CanvasColors, tooltip: str) -> None:
+                 geometry: StackGeometry, colors: CanvasColors, tooltip: str, compact: bool = False) -> None:
         super().__init__()
         self.name, self.title, self.subtitle = name, title, subtitle
         self.num_layers, self.known, self.counts = num_layers, known, counts
         self.color, self.lanes, self.geometry, self.colors = color, lanes, geometry, colors
-        self.width = max(MIN_COLUMN_W, CELL_LABEL_W + lanes * LANE_W + 4)
+        title_w = 0.0 if compact else min(MAX_COLUMN_W, QFontMetrics(header_fonts()[0]).horizontalAdvance(title) + 10)
+        least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
+        self.width = max(least, title_w, CELL_LABEL_W + lanes * LANE_W + 4)
         self._drag_start: int | None = None
         self._drag_range: tuple[int, int] | None = None
         self._press_y = 0.0
@@ -116,7 +120,11 @@ class DonorColumnItem(QGraphicsObject):
         painter.drawText(header.adjusted(0, 0, 0, -16), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, title)
         painter.setFont(sub_font)
         painter.setPen(c.muted_text)
-        sub = QFontMetrics(sub_font).elidedText(self.subtitle, Qt.TextElideMode.ElideRight, int(self.width))
+        metrics = QFontMetrics(sub_font)
+        sub = self.subtitle
+        if metrics.horizontalAdvance(sub) > self.width:
+            sub = sub.split(" · ")[0]  # keep the layer count whole rather than cut the family
+        sub = metrics.elidedText(sub, Qt.TextElideMode.ElideRight, int(self.width))
         painter.drawText(header, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, sub)
 
         body = self.cells_rect()

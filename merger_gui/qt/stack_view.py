@@ -108,6 +108,8 @@ class StageBar(QTabBar):
         self.document = document
         self.setDocumentMode(True)
         self.setExpanding(False)
+        self.setElideMode(Qt.TextElideMode.ElideMiddle)
+        self.setUsesScrollButtons(False)
         self.setDrawBase(False)
         self.currentChanged.connect(self._on_tab)
         document.recipe_changed.connect(self.refresh)
@@ -120,7 +122,7 @@ class StageBar(QTabBar):
         while self.count() > len(stages):
             self.removeTab(self.count() - 1)
         for i, stage in enumerate(stages):
-            text = f"{i + 1}. {stage.name or 'stage'} · {stage.merge_method}"
+            text = f"{i + 1} · {stage.name or stage.merge_method}"
             if i >= self.count():
                 self.addTab(text)
             else:
@@ -212,6 +214,16 @@ class StackView(QGraphicsView):
             self._rebuild_pending = True
             return
         self._rebuild_pending = False
+        self._build(compact=False)
+        if self.sceneRect().width() > self.viewport().width():
+            self._build(compact=True)  # narrower columns before shrinking everything
+        # Still too wide: shrink to fit rather than hide the output behind a scroll bar.
+        scale = min(1.0, self.viewport().width() / max(1.0, self.sceneRect().width()))
+        self.resetTransform()
+        self.scale(scale, scale)
+        self.update_selection()
+
+    def _build(self, compact: bool) -> None:
         theme = current_theme().canvas
         scene = self.scene()
         scene.clear()
@@ -245,7 +257,7 @@ class StackView(QGraphicsView):
             column = DonorColumnItem(
                 name, name.rstrip("/").split("/")[-1], self._subtitle(name, count, known), count, known,
                 usage.get(name), self.live_plan.donor_color(name), max([1, *(lane + 1 for lane in lanes)]), g, theme,
-                self._column_tooltip(name, info))
+                self._column_tooltip(name, info), compact)
             column.setPos(x, 0)
             scene.addItem(column)
             self.columns[name] = column
@@ -274,13 +286,7 @@ class StackView(QGraphicsView):
             note.setBrush(theme.muted_text)
             note.setPos(x - COLUMN_GAP + OUTPUT_GAP, g.top)
             scene.addItem(note)
-        bounds = scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN)
-        scene.setSceneRect(bounds)
-        # Too wide for the view: shrink to fit rather than hide the output behind a scroll bar.
-        scale = min(1.0, self.viewport().width() / max(1.0, bounds.width()))
-        self.resetTransform()
-        self.scale(scale, scale)
-        self.update_selection()
+        scene.setSceneRect(scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN))
 
     def _column_tooltip(self, name: str, info) -> str:  # noqa: ANN001 - DonorInfo | None
         if info is None:
