@@ -12,7 +12,7 @@ import pytest
 from merger_gui.cli import main
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    ENGINE_OVERHEAD_BYTES, EstimateOptions, estimate_model, estimate_plan, format_gib, kv_cache,
+    COPY_ENGINE_BYTES, TORCH_ENGINE_BYTES, EstimateOptions, estimate_model, estimate_plan, format_gib, kv_cache,
     solve_max_context,
 )
 from merger_gui.core.plan import plan_recipe
@@ -65,9 +65,20 @@ def test_rose_20b_layers_params_and_kv(seed_recipe_path):
     # 22 more layers: 22 × 317,204,480 params at 2 B and 22 × 20 KiB × 4096 of KV; compute unchanged.
     assert thorns.delta_bytes == 22 * 317_204_480 * 2 + 22 * 20 * KIB * 4096
     assert thorns.describe() == f"+{thorns.delta_bytes / GIB:.2f} GiB vs Thorns-13B at 4k"
-    # Passthrough peak RAM: the largest tensor (embeddings, 32000 × 5120) read once and written once.
-    assert result.merge.peak_ram_bytes == 32000 * 5120 * (2 + 2) + ENGINE_OVERHEAD_BYTES
+    # A float16 passthrough of float16 donors copies bytes: flat, whatever the tensor sizes.
+    assert result.merge.peak_ram_bytes == COPY_ENGINE_BYTES
     assert result.merge.download_bytes == 0 and result.merge.intermediate_disk_bytes == 0
+
+
+def test_passthrough_that_converts_dtype_needs_torch_ram(seed_recipe_path):
+    from merger_gui.core.recipe_yaml import load_recipe
+
+    recipe = load_recipe(seed_recipe_path("rose-20b.yaml"))
+    to_bf16 = recipe.replace_stage(0, replace(recipe.stages[0], dtype="bfloat16"))
+    donors = {name: load_profile("llama-2-13b") for name in ROSE_DONORS}
+    result = estimate_plan(plan_recipe(to_bf16, donors), donors)
+    embed = 32000 * 5120  # the largest tensor: read as fp16, written as bf16
+    assert result.merge.peak_ram_bytes == embed * (2 + 2 + 1) + TORCH_ENGINE_BYTES
 
 
 def test_nyxene_stages(seed_recipe_path):
@@ -77,9 +88,9 @@ def test_nyxene_stages(seed_recipe_path):
         assert (stage.num_layers, stage.params) == (48, 10_731_524_096)
         assert stage.kv.bytes_per_token == 192 * KIB
     assert result.merge.intermediate_disk_bytes == 2 * result.final.stored_bytes
-    # The slerp stage holds two bf16 inputs, float32 copies of both and of the result, and the output.
+    # The slerp stage holds two bf16 inputs, the bf16 output and a byte of scratch per element.
     embed = 32000 * 4096
-    assert result.merge.peak_ram_bytes == embed * (2 * 2 + 4 * 3 + 2) + ENGINE_OVERHEAD_BYTES
+    assert result.merge.peak_ram_bytes == embed * (2 * 2 + 2 + 1) + TORCH_ENGINE_BYTES
     assert {c.name for c in result.donors} == set(NYXENE_DONORS)
 
 

@@ -26,7 +26,8 @@ from .quantization import (
 from .runtime_presets import GIB, MIB, RuntimePreset, runtime_preset
 
 GIB_NOTE = "GiB = 2^30 bytes"
-ENGINE_OVERHEAD_BYTES = 300 * MIB  # Python, torch and the engine's bookkeeping
+COPY_ENGINE_BYTES = 40 * MIB  # Python and the engine copying bytes file to file (no torch)
+TORCH_ENGINE_BYTES = 220 * MIB  # Python, torch and the engine's bookkeeping
 MAX_CONTEXT_LIMIT = 2**27  # search bound for max_context; larger answers are "unbounded"
 
 KV_CACHE_TYPES = {
@@ -294,26 +295,46 @@ class RecipeEstimate:
         return self.stages[-1]
 
 
-def stage_peak_ram_bytes(stage: StagePlan) -> int:
-    """The streaming engine's peak RAM for one stage.
+def stage_peak_ram_bytes(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> int:
+    """The streaming engine's peak RAM for one stage (measured with benchmarks/bench_merge.py).
 
-    ``max over output tensors of [numel · (k · w + o) + (numel · 4 · (k + 1) unless passthrough)]
-    + 300 MiB``: the engine holds the ``k`` inputs of one output tensor (one per source model)
-    in the working dtype (size ``w``: the stage's ``dtype``, as recorded in its planned output),
-    float32 copies of them and of the result for the math, and the output tensor in its
-    dtype (size ``o``), plus a fixed overhead for Python and torch.
+    A passthrough that only copies bytes (no ``scale``, no dtype change) stays flat at
+    ``COPY_ENGINE_BYTES``. Otherwise the engine holds, for one output tensor at a time, its
+    ``k`` inputs in the working dtype (``w`` bytes), the result in the output dtype (``o``)
+    and a byte of scratch per element, plus float32 copies of inputs and result for methods
+    that work on whole tensors (everything but slerp and passthrough)::
+
+        TORCH_ENGINE_BYTES + max over tensors of numel · (k·w + o + 1 [+ 4·(k + 1)])
+
+    ``donors`` gives the source tensors' stored dtypes (stage outputs included).
     """
+    if _copies_bytes_only(stage, donors):
+        return COPY_ENGINE_BYTES
     working_code = known_dtype_code(stage.output.dtype)
     working = DTYPE_SIZES[working_code] if working_code else None
     peak = 0
     for tensor in stage.tensors:
         k = len(tensor.sources)
         out = DTYPE_SIZES[tensor.dtype]
-        held = tensor.numel * (k * (working or out) + out)
-        if stage.merge_method != "passthrough":
-            held += tensor.numel * 4 * (k + 1)
-        peak = max(peak, held)
-    return peak + ENGINE_OVERHEAD_BYTES
+        per_element = k * (working or out) + out + 1
+        if stage.merge_method not in ("passthrough", "slerp"):
+            per_element += 4 * (k + 1)
+        peak = max(peak, tensor.numel * per_element)
+    return peak + TORCH_ENGINE_BYTES
+
+
+def _copies_bytes_only(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> bool:
+    """Plain passthrough: every output tensor is one source tensor's bytes, unchanged."""
+    if stage.merge_method != "passthrough":
+        return False
+    for tensor in stage.tensors:
+        source = tensor.sources[0] if len(tensor.sources) == 1 else None
+        donor = donors.get(source.model) if source else None
+        info = donor.tensor(source.tensor) if donor and source else None
+        if (info is None or donor.weight_format == "bin" or info.dtype != tensor.dtype
+                or info.shape != tensor.shape or "scale" in source.parameters):
+            return False
+    return True
 
 
 def estimate_plan(plan: Plan, donors: Mapping[str, DonorInfo],
@@ -332,11 +353,12 @@ def estimate_plan(plan: Plan, donors: Mapping[str, DonorInfo],
     for name in used:
         donor_estimate = estimate_model(donors[name], options)
         comparisons.append(DonorComparison(name, donor_estimate, final.total_bytes - donor_estimate.total_bytes))
+    known = dict(donors) | {s.name: s.output for s in plan.stages if s.name}
     merge = MergeResources(
         download_bytes=sum(donors[n].download_bytes for n in used),
         output_disk_bytes=final.stored_bytes,
         intermediate_disk_bytes=sum(s.stored_bytes for s in stages[:-1]),
-        peak_ram_bytes=max(stage_peak_ram_bytes(s) for s in plan.stages),
+        peak_ram_bytes=max(stage_peak_ram_bytes(s, known) for s in plan.stages),
     )
     return RecipeEstimate(stages, tuple(s.label for s in plan.stages), tuple(comparisons), merge)
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,7 @@ class _Job:
     reused: bool
     order: tuple[int, ...]  # plan indices of the tensors in merge (and write) order
 
-    @property
+    @cached_property
     def layouts(self) -> tuple[TensorLayout, ...]:
         tensors = self.plan.tensors
         return tuple(TensorLayout(tensors[i].name, tensors[i].dtype, tensors[i].shape) for i in self.order)

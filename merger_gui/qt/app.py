@@ -20,6 +20,9 @@ APPLICATION = "Merger GUI"
 SCREENSHOT_TIMEOUT_S = 60.0
 
 
+TOOL_TABS = ("yaml", "t-curves", "estimate", "merge")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="merger-gui", description="Design mergekit-compatible merge recipes.")
     parser.add_argument("recipe", nargs="?", type=Path, help="recipe YAML file to open")
@@ -28,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--theme", choices=("light", "dark", "system"), help="colour theme (default: as last time)")
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help="render the window to PNG and exit")
     parser.add_argument("--size", default="1280x800", help="window size for --screenshot, WIDTHxHEIGHT")
+    parser.add_argument("--tab", choices=TOOL_TABS, help="recipe tool to show: " + ", ".join(TOOL_TABS))
+    parser.add_argument("--stage", type=int, metavar="N", help="stage of a multi-stage recipe to show (1-based)")
     return parser
 
 
@@ -92,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not window.files.open_path(args.recipe, overrides, ask=False):
             if args.screenshot:
                 return 1
+    if args.stage is not None:
+        window.document.set_current_stage(args.stage - 1)
+    if args.tab is not None:
+        window.tools.setCurrentIndex(TOOL_TABS.index(args.tab))
     if args.screenshot:
         return _screenshot(app, window, args.screenshot, size)
     window.show()
