@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
+
+from hub_server import SHA, FakeHub, go_online, use_cache
 
 from merger_gui.core.errors import DonorError
 from merger_gui.core.hub import header_cache_dir, inspect_repo
@@ -18,21 +16,13 @@ from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.resolve import resolve_donor
 from merger_gui.core.synthetic import DonorShape
 
-SHA = "0123456789abcdef0123456789abcdef01234567"
 REPO = "org/tiny"
 
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty HF cache in tmp_path, offline by default."""
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(cache.parent))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HOME", str(cache.parent))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
+    return use_cache(monkeypatch, tmp_path / "hf" / "hub")
 
 
 def fill_cache(cache: Path, folder: Path, files: list[str], repo: str = REPO, sha: str = SHA) -> Path:
@@ -88,88 +78,10 @@ def test_offline_hostile_cached_header(hub_cache, make_donor):
         inspect_repo(REPO)
 
 
-class FakeHub:
-    """Serves a donor folder as repo ``org/tiny`` with the endpoints huggingface_hub calls."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self._serve(body=False)
-
-            def do_GET(self) -> None:
-                self._serve(body=True)
-
-            def _serve(self, body: bool) -> None:
-                hub.requests.append((self.command, self.path, self.headers.get("range")))
-                path = self.path.split("?")[0]
-                if match := re.fullmatch(rf"/api/models/{REPO}(?:/revision/([^/]+))?", path):
-                    revision = match[1] or "main"
-                    if revision not in ("main", SHA):
-                        return self._send(404, b'{"error": "Revision Not Found"}', {"X-Error-Code": "RevisionNotFound"})
-                    siblings = [{"rfilename": p.name, "size": p.stat().st_size} for p in sorted(hub.folder.iterdir())]
-                    return self._send(200, json.dumps({"id": REPO, "sha": SHA, "siblings": siblings}).encode(),
-                                      {"Content-Type": "application/json"}, body)
-                if match := re.fullmatch(rf"/{REPO}/resolve/([^/]+)/(.+)", path):
-                    file = hub.folder / match[2]
-                    if match[1] not in ("main", SHA) or not file.is_file():
-                        return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, body)
-                    data = file.read_bytes()
-                    headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-                    if ranged := re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("range") or ""):
-                        start, end = int(ranged[1]), min(int(ranged[2]), len(data) - 1)
-                        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                        return self._send(206, data[start:end + 1], headers, body)
-                    return self._send(200, data, headers, body)
-                self._send(404, b'{"error": "Repository Not Found"}', {"X-Error-Code": "RepoNotFound"}, body)
-
-            def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool = True) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-        return Handler
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
 def online(hub_cache, monkeypatch):
-    """Go online against a FakeHub serving the given folder."""
-
-    def start(folder: Path) -> FakeHub:
-        hub = FakeHub(folder)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"  # built from ENDPOINT at import
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-        return hub
-
-    return start
+    """Go online against a FakeHub serving the given folder as ``org/tiny``."""
+    return lambda folder: go_online(monkeypatch, FakeHub({REPO: folder}))
 
 
 def test_online_metadata_only_then_offline(online, hub_cache, make_donor, monkeypatch):

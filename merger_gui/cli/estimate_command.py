@@ -53,18 +53,24 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime, gpu_memory_bytes=args.gpu_memory, compute_buffer_bytes=args.compute_buffer,
         overhead_bytes=args.overhead, sliding_window=not args.full_kv,
     )
-    title = None
     if _is_recipe(args.target):
-        result: Estimate | RecipeEstimate = _estimate_recipe(Path(args.target), args.donor, options)
-        title = Path(args.target).stem
-    else:
-        if args.donor:
-            raise UserError("--donor applies to recipes only")
-        result = estimate_model(resolve_donor(args.target), options)
+        result = _estimate_recipe(Path(args.target), args.donor, options)
+        if args.json:
+            print_json(_recipe_json(result))
+        else:
+            print(render(result, Path(args.target).stem))
+        return 0
+    if args.donor:
+        raise UserError("--donor applies to recipes only")
+    donor = resolve_donor(args.target)
+    estimate = estimate_model(donor, options)
     if args.json:
-        print_json(_recipe_json(result) if isinstance(result, RecipeEstimate) else _estimate_json(result))
+        print_json(dict(_estimate_json(estimate), download_bytes=donor.download_bytes))
     else:
-        print(render(result, title))
+        text = render(estimate)
+        if donor.download_bytes:
+            text += "\n\n" + _row("download (weights not in the Hub cache)", donor.download_bytes)
+        print(text)
     return 0
 
 

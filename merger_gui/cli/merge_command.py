@@ -105,6 +105,8 @@ class ProgressDisplay:
         elif isinstance(event, DownloadProgress):
             if self.live:
                 self.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file}", None)
+            elif event.downloaded == event.total:
+                self.line(f"downloaded {event.model}/{event.file} ({event.total / 1e6:.1f} MB)")
         elif isinstance(event, StageFinished):
             what = "reused from an earlier run" if event.reused else f"done in {event.seconds:.1f} s"
             self.line(f"{self.stage}: {what} → {event.path}")

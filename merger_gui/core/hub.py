@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
     SafetensorsParsingError,
 )
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from .donor import DonorInfo, TensorInfo
 from .errors import DonorError
@@ -100,7 +102,8 @@ def _online(repo_id: str, revision: str | None, ref: str) -> tuple[dict[str, Any
     # The named revision (not the sha) so the cache records refs/<revision> for offline use.
     config = read_config(Path(hf_hub_download(repo_id, "config.json", revision=revision)))
     try:
-        metadata = api.get_safetensors_metadata(repo_id, revision=sha)
+        with _no_progress_bars():  # a sharded repo's headers would draw a tqdm bar on stderr
+            metadata = api.get_safetensors_metadata(repo_id, revision=sha)
     except NotASafetensorsRepoError:
         raise DonorError(f"Hub repo {ref} has no {SINGLE_FILE} or {INDEX_FILE}: download it and use "
                          "the folder") from None
@@ -184,6 +187,18 @@ def _recall(repo_id: str, sha: str) -> dict[str, Any]:
 def _cached_path(repo_id: str, filename: str, sha: str) -> str | None:
     path = try_to_load_from_cache(repo_id, filename, revision=sha)
     return path if isinstance(path, str) else None
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    if are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
 
 
 def _one_line(exc: BaseException) -> str:
