@@ -173,3 +173,20 @@ def test_per_model_weights_of_other_methods(qtbot):
     assert widget.curve_values(0) == pytest.approx([0.5] * 5)
     widget.apply_preset(0, "linear")
     assert document.stage.models[1].parameters["weight"] == (0.0, 1.0)
+
+
+def test_without_donors_curves_follow_the_layer_ranges(qtbot):
+    """No donor information: the curves still run over the slices' output layers, with a note why."""
+    document = RecipeDocument(slerp_recipe(ranges=((0, 4), (2, 8))))
+    live_plan = LivePlan(document, DonorRegistry())
+    live_plan.refresh_now()
+    widget = TCurveEditor(document, live_plan)
+    qtbot.addWidget(widget)
+    rules = widget.rules()
+    self_attn = next(i for i, r in enumerate(rules) if r.filter == "self_attn")
+    values = widget.curve_values(self_attn)
+    assert len(values) == 4 + 6  # one value per output layer, by layer_range lengths
+    assert values[0] == pytest.approx(0.75) and values[3] == pytest.approx(0.25)  # restarts per slice
+    assert values[4] == pytest.approx(0.75) and values[9] == pytest.approx(0.25)
+    assert "layer ranges" in widget.summary.text() and "no full plan" in widget.summary.text()
+    assert [p.x() for p in widget.handle_positions(self_attn, 1)] == [3.0, 9.0]

@@ -236,6 +236,7 @@ def test_donor_panel_flags_misfits_and_maps_missing_names(qtbot, window):
     assert "Does not fit" in rows["C"].toolTip(0) and "hidden size 4096" in rows["C"].toolTip(0)
     assert "Does not fit" not in rows["A"].toolTip(0)
     assert rows["X"].text(1) == "not mapped" and panel.tree.itemWidget(rows["X"], 2) is not None
+    assert rows["A"].text(2) == "24.2 GiB"  # sizes in GiB (2^30 bytes), as everywhere in the app
     assert panel.missing() == ["X"]
     with qtbot.waitSignal(window.inspector.busy_changed, timeout=10000, check_params_cb=lambda busy: not busy):
         panel.add_donor(LLAMA_13B, "X")
@@ -374,3 +375,18 @@ def test_the_start_page_opens_a_seed_recipe(qtbot, tmp_path):
     win.close()
     win.deleteLater()
     assert win.inspector.wait(5000)
+
+
+def test_long_donor_names_wrap_in_two_lines_with_the_full_name_in_the_tooltip(qtbot, window):
+    from PySide6.QtGui import QFontMetrics
+
+    from merger_gui.qt.slice_items import header_fonts, title_lines
+
+    metrics = QFontMetrics(header_fonts()[0])
+    assert title_lines("Thorns-13B", metrics, 200) == ["Thorns-13B"]
+    assert title_lines("Starling-DPOHermes-11B", metrics, 112) == ["Starling-", "DPOHermes-11B"]
+    name = "berkeley-nest/Starling-LM-7B-alpha"
+    load(window, passthrough((name, 0, 8)), {name: "profile:mistral-7b"})
+    column = window.stack_view.columns[name]
+    assert column.toolTip().startswith(f"{name}\nfrom profile:mistral-7b")
+    assert all("…" not in line for line in title_lines(column.title, metrics, column.width))

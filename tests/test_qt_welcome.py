@@ -54,3 +54,20 @@ def test_demo_writes_donors_and_a_mergeable_recipe(qtbot, tmp_path):
     assert not [f for f in validate_recipe(recipe, donors) if f.is_error]
     assert plan_recipe(recipe, donors).final.num_layers == 8
     assert page.demo_button.isEnabled()
+
+
+def test_recent_recipes_and_start_buttons(qtbot, tmp_path):
+    recipe = tmp_path / "my-merge.yaml"
+    recipe.write_text("merge_method: passthrough\nslices: []\n")
+    page = WelcomePage(demo_folder=tmp_path)
+    qtbot.addWidget(page)
+    page.set_recent_files([recipe, tmp_path / "deleted.yaml"])
+    text = page.recent_label.text()
+    assert "my-merge.yaml" in text and "deleted.yaml" not in text  # only files that still exist
+    with qtbot.waitSignal(page.open_file, timeout=1000) as opened:
+        page.recent_label.linkActivated.emit(str(recipe))
+    assert opened.args == [recipe]
+    with qtbot.waitSignal(page.new_recipe, timeout=1000):
+        page.new_button.click()
+    with qtbot.waitSignal(page.open_dialog, timeout=1000):
+        page.open_button.click()

@@ -36,3 +36,25 @@ def test_screenshot_of_the_rose_recipe(tmp_path, seed_recipe_path, theme):
     assert distinct_colours(image) > 30  # a drawn window, not a blank canvas
     window_colour = image.pixelColor(5, image.height() // 2)
     assert (window_colour.lightness() < 100) == (theme == "dark")
+
+
+def test_screenshot_waits_for_inspection_and_debounced_panels(qtbot, tmp_path, seed_recipe_path):
+    """The estimate and the curves are debounced behind donor inspection: the shot waits for them."""
+    from PySide6.QtCore import QSettings
+
+    from merger_gui.qt.app import TOOL_TABS, save_screenshot
+    from merger_gui.qt.main_window import MainWindow
+    from merger_gui.qt.settings import Settings
+
+    window = MainWindow(Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(window)
+    overrides = {"Thorns-13B": "profile:llama-2-13b", "Noromaid-13B": "profile:llama-2-13b"}
+    assert window.files.open_path(seed_recipe_path("rose-20b.yaml"), overrides, ask=False)
+    window.tools.setCurrentIndex(TOOL_TABS.index("estimate"))
+    assert window.estimate_panel.figure("total") == "—"  # nothing inspected or estimated yet
+    assert save_screenshot(window, tmp_path / "shot.png", (1280, 800))
+    assert window.estimate_panel.figure("total").endswith("GiB")
+    assert window.estimate_panel.figure("layers") == "62"
+    assert len(window.estimate_panel.memory_curve.yData) > 10
+    assert not window.inspector.is_busy and not window.live_plan.is_pending
+    assert QImage(str(tmp_path / "shot.png")).width() == 1280

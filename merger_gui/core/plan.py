@@ -219,24 +219,39 @@ def _evaluate(spec: MethodSpec | None, stage: Stage, slice_: Slice, tensor: str,
     ))
     planned = []
     for model, name in sources:
+        # A tied lm_head read from the embeddings is still the model's lm_head to its filters.
+        matched = tensor if tensor.endswith("lm_head.weight") else name
         values = tuple(
             (p.name, v) for p in spec.model_parameters
             if not (p.non_base and model == base)
-            and (v := evaluate_parameter(p.name, name, x, _scopes(stage, slice_, model),
+            and (v := evaluate_parameter(p.name, matched, x, _scopes(stage, slice_, model),
                                          None if p.required else p.default)) is not None  # type: ignore[arg-type]
         )
         planned.append(TensorSource(model, name, Parameters(values)))
     return shared, tuple(planned)
 
 
-def _output_dtype(stage: Stage, info: TensorInfo) -> str:
+def promoted_dtype_code(codes: list[str]) -> str:
+    """The common dtype of float inputs, as torch promotes them (F16 with BF16 gives F32)."""
+    distinct = list(dict.fromkeys(codes))
+    if len(distinct) == 1 or any(c not in _FLOAT_RANKS for c in distinct):
+        return distinct[0]
+    top = max(distinct, key=_FLOAT_RANKS.__getitem__)
+    return "F32" if _FLOAT_RANKS[top] == 1 else top
+
+
+_FLOAT_RANKS = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
+
+
+def _output_dtype(stage: Stage, input_codes: list[str]) -> str:
+    """``out_dtype``, else ``dtype``, else the inputs' promoted dtype (what mergekit stores)."""
     for name in (stage.out_dtype, stage.dtype):
         if name:
             try:
                 return dtype_code(name)
             except ValueError:
                 pass  # validation reports the unknown dtype
-    return info.dtype
+    return promoted_dtype_code(input_codes)
 
 
 def output_vocab_size(stage: Stage, donors: Mapping[str, DonorInfo], config_donor: DonorInfo) -> int:
@@ -304,7 +319,8 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
         shape = info.shape
         if is_vocab_tensor(out_name) and len(shape) >= 1 and stage.effective_tokenizer_source:
             shape = (vocab,) + shape[1:]
-        tensors.append(PlannedTensor(out_name, shape, _output_dtype(stage, info), planned,
+        codes = [t.dtype for m, n in sources if (t := donors[m].tensor(n)) is not None] or [info.dtype]
+        tensors.append(PlannedTensor(out_name, shape, _output_dtype(stage, codes), planned,
                                      layer, slice_i, x, shared, note))
 
     # Pre-weights (embeddings) come from the first slice, at x = 0.
@@ -344,13 +360,22 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
     if slices:
         last = slices[-1]
         tail = donors[last.sources[0].model]
-        post = [i for i in tail.non_layer_tensors() if not is_pre_weight(i.name)]
-        for info in post:
-            srcs = tuple((s.model, info.name) for s in last.sources if donors[s.model].tensor(info.name))
-            add_tensor(info, info.name, srcs, len(slices) - 1, last, 0.0, None)
-        if not tail.has_lm_head and not config_donor.tie_word_embeddings:
-            # The last donor ties lm_head to its embeddings but the output config does not:
-            # write its embeddings as lm_head so the model loads with the right head.
+        post = {i.name: i for s in last.sources for i in donors[s.model].non_layer_tensors()
+                if not is_pre_weight(i.name)}
+        config_ties = config_donor.tie_word_embeddings
+        for name, info in post.items():
+            # Like mergekit, a source without lm_head (tied) gives its embeddings instead.
+            srcs = tuple((s.model, src) for s in last.sources
+                         if (src := _post_source(donors[s.model], name)) is not None)
+            note = None
+            if name.endswith("lm_head.weight") and config_ties:
+                note = (f"{config_name} ties lm_head to its embeddings but the output gets its own lm_head; "
+                        "the output config says tie_word_embeddings: false so it is used "
+                        "(mergekit keeps true and the head is ignored at load)")
+            add_tensor(info, name, srcs, len(slices) - 1, last, 0.0, None, note)
+        if not any(n.endswith("lm_head.weight") for n in post) and not config_ties:
+            # The last donors tie lm_head to their embeddings but the output config does not:
+            # write their embeddings as lm_head so the model loads with the right head.
             embed = next((i for i in tail.non_layer_tensors() if is_pre_weight(i.name)), None)
             if embed is not None:
                 srcs = tuple((s.model, embed.name) for s in last.sources if donors[s.model].tensor(embed.name))
@@ -361,6 +386,17 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
     output = _output_donor(stage, index, config_donor, layers, tensors, vocab)
     return StagePlan(index, stage.name, stage.merge_method, tuple(layers), tuple(tensors), tuple(seams),
                      usage, config_name, vocab, output)
+
+
+def _post_source(donor: DonorInfo, name: str) -> str | None:
+    """The tensor of ``donor`` that gives post-weight ``name``: itself, or for a missing
+    ``lm_head`` the tied embeddings."""
+    if donor.tensor(name):
+        return name
+    if name.endswith("lm_head.weight"):
+        return next((i.name for i in donor.non_layer_tensors() if is_pre_weight(i.name) and is_vocab_tensor(i.name)),
+                    None)
+    return None
 
 
 def _output_donor(stage: Stage, index: int, config_donor: DonorInfo, layers: list[OutputLayer],

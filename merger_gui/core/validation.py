@@ -9,18 +9,21 @@ donor facts (layer counts, shapes, tensor names) are skipped for models without 
 from __future__ import annotations
 
 import difflib
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
 from .donor import DonorInfo, known_dtype_code
-from .errors import RecipeError
+from .errors import RecipeError, UserError
 from .methods import METHODS, MethodSpec, method_spec
 from .parameters import matching_value
 from .plan import PlannedTensor, StagePlan, config_donor_name, plan_stage, stage_order, stage_slices
 from .recipe import FilterRule, Gradient, Parameters, ParamValue, Recipe, Scalar, Slice
+from .tokenizer_vocab import stage_output_tokens
 
 Severity = Literal["error", "warning"]
 
@@ -31,6 +34,9 @@ KNOWN_KEYS = (
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 # Parameters whose values must lie in a closed range.
 RANGED_PARAMETERS = {"t": (0.0, 1.0), "density": (0.0, 1.0)}
+NUMERIC_PARAMETERS = ("t", "density", "weight", "scale", "lambda")
+# Switches; mergekit also reads 0 and 1 as false and true.
+BOOLEAN_PARAMETERS = ("normalize", "int8_mask", "rescale", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise")
 # DonorInfo field → words for messages; donors of one stage must agree on all of them.
 ARCHITECTURE_FIELDS = (
     ("hidden_size", "hidden size"),
@@ -237,7 +243,6 @@ class _StageCheck:
                 self.add("error", "donor-unavailable", self.donor_errors[model], si, ki, "model")
 
     def check_slices(self) -> None:
-        spec = self.spec
         for si, slice_ in enumerate(self.stage.slices or ()):
             if not slice_.sources:
                 self.add("error", "no-sources", "the slice has no sources", si, key="sources")
@@ -250,26 +255,44 @@ class _StageCheck:
                 self.add("error", "unequal-source-lengths",
                          f"the slice's sources cover different numbers of layers ({detail}); "
                          "they pair layer by layer, so give every source the same length", si, key="layer_range")
-            if spec is None:
-                continue
-            count = len(slice_.sources)
-            if spec.name == "passthrough" and count > 1:
-                self.add("error", "passthrough-sources",
-                         f"a passthrough slice takes exactly one source, this one has {count}; "
-                         "split it into one slice per source", si, key="sources")
-            elif spec.name == "slerp" and count != 2:
-                self.add("error", "slerp-sources",
-                         f"a slerp slice takes exactly two sources (the base and one other), this one has {count}",
-                         si, key="sources")
-            elif count < spec.min_models:
-                self.add("error", "too-few-models",
-                         f"{spec.name} needs at least {spec.min_models} models in a slice, this one has {count}",
-                         si, key="sources")
-            base = slice_.base_model or self.stage.base_model
-            if spec.needs_base and base and all(s.model != base for s in slice_.sources):
-                self.add("error", "base-not-in-slice",
-                         f"base_model {base!r} is not a source of this slice; {spec.name} merges each source "
-                         f"against the base, so add {base!r} with the same layer_range length", si, key="base_model")
+            self.check_source_count(slice_, si)
+        if self.stage.slices is None and self.stage.models:
+            # The models form is one slice of every model (the base added when not listed).
+            self.check_source_count(stage_slices(self.stage, {})[0], None)
+
+    def check_source_count(self, slice_: Slice, si: int | None) -> None:
+        """The number of sources the method takes, and the base among them where it needs one.
+
+        ``si`` is None for the models form, whose one slice holds every model and the base.
+        """
+        spec = self.spec
+        if spec is None:
+            return
+        count = len(slice_.sources)
+        base = slice_.base_model or self.stage.base_model
+        others = sum(1 for s in slice_.sources if s.model != base)
+        this, key = ("this slice", "sources") if si is not None else ("the models list", "models")
+        if spec.name == "passthrough" and count > 1:
+            self.add("error", "passthrough-sources",
+                     f"a passthrough slice takes exactly one source, this one has {count}; "
+                     "split it into one slice per source", si, key=key)
+        elif spec.name == "slerp" and count != 2:
+            self.add("error", "slerp-sources",
+                     f"slerp merges exactly two models (the base and one other), {this} has {count}", si, key=key)
+        elif spec.name == "nuslerp" and others != 2:
+            self.add("error", "nuslerp-models",
+                     f"nuslerp merges exactly two models besides the base, {this} has {others}", si, key=key)
+        elif spec.name == "model_stock" and count < spec.min_models:
+            self.add("error", "too-few-models",
+                     f"model_stock needs the base and at least two other models, {this} has {count} in all",
+                     si, key=key)
+        elif count < spec.min_models and si is not None:  # mergekit returns a lone base as is
+            self.add("error", "too-few-models",
+                     f"{spec.name} needs at least {spec.min_models} models, {this} has {count}", si, key=key)
+        if si is not None and spec.needs_base and base and all(s.model != base for s in slice_.sources):
+            self.add("error", "base-not-in-slice",
+                     f"base_model {base!r} is not a source of this slice; {spec.name} merges each source "
+                     f"against the base, so add {base!r} with the same layer_range length", si, key="base_model")
 
     def check_range(self, si: int, ki: int, model: str, start: int, end: int) -> None:
         if start > end:
@@ -313,6 +336,11 @@ class _StageCheck:
         if stage.tokenizer is not None:
             named += [(f"tokenizer.tokens.{token}.source", e.source) for token, e in stage.tokenizer.tokens]
         models = ", ".join(stage.referenced_models)
+        pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer is not None else None
+        if pad is not None and pad < 0:
+            self.add("error", "negative-padding",
+                     f"tokenizer.pad_to_multiple_of must be a positive number of rows, not {pad}",
+                     key="tokenizer.pad_to_multiple_of")
         for field, source in named:
             if source is not None and source not in ("base", "union") and source not in stage.referenced_models:
                 self.add("error", "tokenizer-source-not-in-stage",
@@ -331,13 +359,19 @@ class _StageCheck:
                 self.check_range_value(scope, name, spec, key)  # type: ignore[arg-type]
 
     def check_range_value(self, scope: _Scope, name: str, value: Scalar | Gradient, key: str) -> None:
-        if name not in RANGED_PARAMETERS:
-            return
-        low, high = RANGED_PARAMETERS[name]
         points = [(f"{key}[{j}]", v) for j, v in enumerate(value)] if isinstance(value, tuple) else [(key, value)]
+        if name in BOOLEAN_PARAMETERS:
+            for point_key, v in points:
+                if not isinstance(v, (bool, int, float)) or not isinstance(v, bool) and v not in (0, 1):
+                    self.add("error", "not-a-boolean", f"{name} must be true or false, {point_key} is {v!r}",
+                             scope.slice, scope.source, point_key)
+            return
+        if name not in NUMERIC_PARAMETERS:
+            return
+        low, high = RANGED_PARAMETERS.get(name, (-math.inf, math.inf))
         for point_key, v in points:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                self.add("error", "not-a-number", f"{name} must be a number, {point_key} is {v!r}",
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                self.add("error", "not-a-number", f"{name} must be a finite number, {point_key} is {v!r}",
                          scope.slice, scope.source, point_key)
             elif not low <= v <= high:
                 self.add("error", "value-out-of-range",
@@ -506,6 +540,72 @@ class _StageCheck:
             self.add("error", "plan-failed", f"the stage cannot be planned: {error}")
             return
         self.check_planned_parameters(self.plan)
+        self.check_planned_inputs(self.plan)
+        self.check_normalized_weights(self.plan)
+        self.check_token_overrides()
+
+    def check_planned_inputs(self, plan: StagePlan) -> None:
+        """An output without layers, and donors that lack a tensor the merge needs from them."""
+        if not plan.layers:
+            if any(f.is_error and f.key == "layer_range" for f in self.findings):
+                return  # a reversed or out-of-range layer_range, already reported
+            self.add("error", "no-layers", "the output has no layers: every layer_range is empty "
+                     "(the end is exclusive: [k, k + 1] is layer k)", key="layer_range")
+            return
+        slices = self.slices()
+        for tensor in plan.tensors:
+            given = {s.model for s in tensor.sources}
+            lacking = [s.model for s in slices[tensor.slice_index].sources if s.model not in given]
+            if lacking:
+                self.add("error", "missing-tensor",
+                         f"{lacking[0]} has no tensor for {tensor.name}, which the merge needs from every source "
+                         "of its slice; the donor is incomplete or of another architecture", tensor.slice_index)
+                return
+        for model, layer, missing in _incomplete_layers(plan, self.donors):
+            self.add("error", "missing-tensor",
+                     f"layer {layer} of {model} has no {missing} (its other layers have it); "
+                     "the donor is incomplete, the output would lack that tensor", key="layer_range")
+            return
+
+    def check_normalized_weights(self, plan: StagePlan) -> None:
+        """Weights that sum to zero where the method divides by their sum (mergekit writes inf/NaN)."""
+        method = plan.merge_method.lower()
+        if method not in ("linear", "task_arithmetic", "dare_linear"):
+            return
+        for tensor in plan.tensors:
+            if not tensor.parameters.get("normalize", method == "linear"):
+                continue
+            weights = [s.parameters["weight"] for s in tensor.sources if "weight" in s.parameters]
+            if weights and all(isinstance(w, (int, float)) for w in weights) and abs(sum(weights)) < 1e-8:
+                self.add("error", "weights-sum-to-zero",
+                         f"the weights of {tensor.name} sum to zero and normalize: true divides by their sum "
+                         "(mergekit writes inf/NaN); change a weight or set normalize: false",
+                         key="parameters.weight")
+                return
+
+    def check_token_overrides(self) -> None:
+        """``tokenizer.tokens`` rows taken from a token the named model does not have."""
+        stage = self.stage
+        if stage.tokenizer is None or not stage.tokenizer.tokens:
+            return
+        try:
+            vocabularies = stage_output_tokens(stage, self.donors).vocabularies
+        except UserError:
+            return  # unreadable tokenizers: the donor checks and the engine say why
+        for token, entry in stage.tokenizer.tokens:
+            key = f"tokenizer.tokens.{token}.source"
+            vocab = vocabularies.get(entry.source or "")
+            if entry.kind == "zero" or vocab is None:
+                continue
+            if entry.kind == "model_token" and entry.token_id is None and entry.token not in vocab.tokens:
+                self.add("error", "unknown-token",
+                         f"tokenizer token {token!r} takes the row of {entry.token!r}, which {entry.source} "
+                         "does not have", key=key)
+            elif entry.kind == "model_token" and entry.token_id is not None \
+                    and not 0 <= entry.token_id < vocab.rows:
+                self.add("error", "unknown-token",
+                         f"tokenizer token {token!r} takes row {entry.token_id} of {entry.source}, which has "
+                         f"{vocab.rows} rows", key=key)
 
     def check_planned_parameters(self, plan: StagePlan) -> None:
         """Required parameters that some tensors get no value for (every rule's filter missed them)."""
@@ -529,6 +629,29 @@ class _StageCheck:
         slices = self.slices()
         slice_ = slices[tensor.slice_index] if tensor.slice_index < len(slices) else None
         return (slice_.base_model if slice_ else None) or self.stage.base_model
+
+
+def _incomplete_layers(plan: StagePlan, donors: Mapping[str, DonorInfo]) -> Iterator[tuple[str, int, str]]:
+    """(model, layer, tensor suffix) of used donor layers missing a tensor their other layers have.
+
+    A layer counts as incomplete when its tensors are a strict subset of the donor's most common
+    layer layout and no other layer shares its layout (so deliberately different layers, like a
+    MoE model's dense first layers, are left alone).
+    """
+    for usage in plan.donor_usage:
+        donor = donors.get(usage.model)
+        if donor is None or not donor.tensors:
+            continue
+        layouts = [frozenset(_layer_suffix(t.name) for t in donor.layer_tensors(i)) for i in range(donor.num_layers)]
+        common = Counter(layouts).most_common(1)[0][0]
+        for layer, count in enumerate(usage.counts):
+            layout = layouts[layer]
+            if count and layout < common and layouts.count(layout) == 1:
+                yield usage.model, layer, sorted(common - layout)[0]
+
+
+def _layer_suffix(name: str) -> str:
+    return re.sub(r"^.*?\.\d+\.", "", name, count=1)
 
 
 def _is_rules(spec: ParamValue) -> bool:

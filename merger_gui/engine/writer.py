@@ -6,11 +6,17 @@ first, then tensors are appended in plan order as they are produced: nothing is 
 back in memory and no byte is written twice. A safetensors file is an 8-byte
 little-endian header length, the JSON header (padded with spaces to 8 bytes) and the
 tensor bytes back to back.
+
+A copied tensor moves file to file inside the kernel, through a 1 MiB pipe with
+``splice``: as fast as ``cp`` whatever the offsets. ``copy_file_range`` splices through
+a 64 KiB pipe of its own, which costs ~40% more when source and target offsets are not
+equally aligned, as they never are here (the output's header is not the donor's).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import struct
@@ -25,7 +31,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_SHARD_SIZE = 5_000_000_000
 COPY_CHUNK = 16 * 1024 * 1024
-# copy_file_range cannot serve these (other filesystem, old kernel…): copy through a buffer.
+PIPE_SIZE = 1024 * 1024  # the largest pipe an unprivileged process may ask for by default
+# splice or copy_file_range cannot serve these (other filesystem, old kernel…): copy another way.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY, errno.EBADF}
 
 
@@ -97,10 +104,67 @@ def _write_all(handle: BinaryIO, data: memoryview) -> None:
         done += handle.write(data[done:]) or 0
 
 
-def _copy_range(source: BinaryIO, offset: int, length: int, target: BinaryIO) -> None:
-    """Append ``length`` bytes of ``source`` from ``offset`` to ``target``, in the kernel when it can."""
+class _Pipe:
+    """A pipe to splice file bytes through, as large as the system allows; closed by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self.size = 64 * 1024  # the default
+        try:
+            self.size = fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # a smaller pipe still works, only slower
+
+    def close(self) -> None:
+        os.close(self.read_end)
+        os.close(self.write_end)
+
+
+def _splice_range(source: BinaryIO, offset: int, length: int, target: BinaryIO, pipe: _Pipe) -> int:
+    """Append up to ``length`` bytes of ``source`` from ``offset`` to ``target`` through ``pipe``.
+
+    Returns the bytes copied: fewer only when splice is refused (the pipe is left empty).
+
+    Raises:
+        EOFError: ``source`` ends first.
+    """
     done = 0
-    if hasattr(os, "copy_file_range"):
+    while done < length:
+        try:
+            n = os.splice(source.fileno(), pipe.write_end, min(pipe.size, length - done), offset_src=offset + done)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            return done
+        if n == 0:
+            raise EOFError
+        while n:
+            try:
+                moved = os.splice(pipe.read_end, target.fileno(), n)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                while n:  # the target refuses splice: write out what the pipe holds
+                    chunk = os.read(pipe.read_end, n)
+                    _write_all(target, memoryview(chunk))
+                    n -= len(chunk)
+                    done += len(chunk)
+                return done
+            n -= moved
+            done += moved
+    return done
+
+
+def _copy_range(source: BinaryIO, offset: int, length: int, target: BinaryIO, pipe: _Pipe | None = None) -> None:
+    """Append ``length`` bytes of ``source`` from ``offset`` to ``target``, in the kernel when it can.
+
+    Raises:
+        EOFError: ``source`` ends before ``length`` bytes.
+    """
+    done = 0
+    if pipe is not None:
+        done = _splice_range(source, offset, length, target, pipe)
+    if done < length and hasattr(os, "copy_file_range"):
         try:
             while done < length:
                 n = os.copy_file_range(source.fileno(), target.fileno(), length - done, offset + done)
@@ -135,6 +199,7 @@ class ShardedWriter:
         self._next = 0
         self._shard: Shard | None = None
         self._handle: BinaryIO | None = None
+        self._pipe: _Pipe | None = None
         self.bytes_written = 0
 
     @property
@@ -156,7 +221,9 @@ class ShardedWriter:
             EOFError: ``source`` ends before the tensor does.
         """
         layout = self._start(name)
-        _copy_range(source, offset, layout.nbytes, self._handle)  # type: ignore[arg-type]
+        if self._pipe is None and hasattr(os, "splice"):
+            self._pipe = _Pipe()
+        _copy_range(source, offset, layout.nbytes, self._handle, self._pipe)  # type: ignore[arg-type]
         self.bytes_written += layout.nbytes
 
     def close(self) -> None:
@@ -198,3 +265,6 @@ class ShardedWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None

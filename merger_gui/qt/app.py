@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -102,24 +101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tab is not None:
         window.tools.setCurrentIndex(TOOL_TABS.index(args.tab))
     if args.screenshot:
-        return _screenshot(app, window, args.screenshot, size)
+        return 0 if save_screenshot(window, args.screenshot, size) else 1
     window.show()
     return app.exec()
 
 
-def _screenshot(app, window, path: Path, size: tuple[int, int]) -> int:  # noqa: ANN001 - Qt objects
+def save_screenshot(window, path: Path, size: tuple[int, int], close: bool = True) -> bool:  # noqa: ANN001
+    """Show ``window`` at ``size``, wait until donors are inspected and every debounced view
+    has refreshed, and save it to ``path``; closes it (without a save prompt) unless told not to."""
+    from .settle import settle
+
     window.resize(*size)
     window.show()
-    deadline = time.monotonic() + SCREENSHOT_TIMEOUT_S
-    while window.inspector.is_busy and time.monotonic() < deadline:
-        window.inspector.wait(50)
-        app.processEvents()
-    window.live_plan.refresh_now()
-    for _ in range(5):
-        app.processEvents()
+    settle(window, SCREENSHOT_TIMEOUT_S)
     image = window.grab()
     path.parent.mkdir(parents=True, exist_ok=True)
     ok = image.save(str(path))
-    window.document.undo_stack.setClean()  # nothing to save: close without asking
-    window.close()
-    return 0 if ok else 1
+    if close:
+        window.document.undo_stack.setClean()  # nothing to save: close without asking
+        window.close()
+    return ok

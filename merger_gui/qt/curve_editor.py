@@ -22,10 +22,11 @@ from merger_gui.core import parameter_edits as edits
 from merger_gui.core.methods import method_spec
 from merger_gui.core.parameter_edits import ParamLocation
 from merger_gui.core.parameters import evaluate_parameter, interpolate_gradient
-from merger_gui.core.plan import Plan, StagePlan
+from merger_gui.core.plan import OutputLayer, StagePlan
 from merger_gui.core.recipe import FilterRule, Parameters, Slice, SliceSource, Stage
 
 from .document import RecipeDocument
+from .themed_plot import ThemedPlotWidget
 
 CURVE_PARAMETERS = ("t", "weight", "density", "lambda", "scale")
 RULE_COLOURS = ("#e8684a", "#4a90e2", "#50b86c", "#b36ae2", "#e2b64a", "#4ac6c6", "#e24a9a")
@@ -175,8 +176,8 @@ class TCurveEditor(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setObjectName("curveSummary")
 
-        self.plot_widget = pg.PlotWidget(background="w")
-        self.plot_widget.setMinimumSize(360, 220)
+        self.plot_widget = ThemedPlotWidget()
+        self.plot_widget.setMinimumSize(240, 150)
         self.plot = self.plot_widget.getPlotItem()
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
@@ -192,7 +193,6 @@ class TCurveEditor(QWidget):
         self.plot_widget.scene().sigMouseClicked.connect(self._scene_clicked)
 
         self.rule_list = QListWidget()
-        self.rule_list.setMinimumWidth(190)
         self.rule_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.rule_list.customContextMenuRequested.connect(self._rule_menu)
         self.rule_list.itemChanged.connect(self._rule_renamed)
@@ -212,27 +212,27 @@ class TCurveEditor(QWidget):
         self.preset_combo.setToolTip("Replace the selected rule's curve by a preset shape")
         self.preset_combo.activated.connect(self._preset_chosen)
 
+        self.rule_list.setMaximumHeight(120)
+        self.rule_list.setMinimumHeight(60)
+        for button in (self.up_button, self.down_button):
+            button.setMaximumWidth(56)
         buttons = QHBoxLayout()
         for button in (self.add_button, self.remove_button, self.up_button, self.down_button):
             buttons.addWidget(button)
-        side = QVBoxLayout()
-        side.addWidget(QLabel("Rules (first match wins)"))
-        side.addWidget(self.rule_list, 1)
-        side.addLayout(buttons)
-        side.addWidget(self.preset_combo)
+        buttons.addWidget(self.preset_combo)
+        buttons.addStretch(1)
         hint = QLabel("Drag points · double-click the plot to add a point, a point to remove it")
         hint.setWordWrap(True)
-        hint.setStyleSheet("color: palette(mid);")
-        side.addWidget(hint)
-        top = QHBoxLayout()
-        top.addWidget(self.target_combo, 1)
-        left = QVBoxLayout()
-        left.addLayout(top)
-        left.addWidget(self.plot_widget, 1)
-        left.addWidget(self.summary)
-        layout = QHBoxLayout(self)
-        layout.addLayout(left, 3)
-        layout.addLayout(side, 1)
+        hint.setEnabled(False)  # drawn in the muted text colour
+        # One column, the plot on top: fits a dock of about 480 px without scrolling.
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.target_combo)
+        layout.addWidget(self.plot_widget, 1)
+        layout.addWidget(self.summary)
+        layout.addWidget(QLabel("<b>Rules</b> (first match wins)"))
+        layout.addWidget(self.rule_list)
+        layout.addLayout(buttons)
+        layout.addWidget(hint)
 
         # Bound methods, not lambdas: Qt drops the connections when this widget is deleted.
         document.recipe_changed.connect(self.refresh)
@@ -258,10 +258,8 @@ class TCurveEditor(QWidget):
         return edits.get_rules(self._stage, target.location, target.name)
 
     def _stage_plan(self) -> StagePlan | None:
-        plan: Plan | None = getattr(self.live_plan, "plan", None)
-        if plan is None:
-            return None
-        return next((s for s in plan.stages if s.index == self.document.current_stage), None)
+        """The current stage's plan; kept by the live plan even when another stage fails."""
+        return self.live_plan.stage_plan(self.document.current_stage)
 
     def refresh(self, *_: object) -> None:
         """Re-read the document's stage and redraw (keeps the chosen target when it still exists)."""
@@ -274,6 +272,10 @@ class TCurveEditor(QWidget):
             labels = [t.label for t in self._targets]
             if previous is not None and previous.label in labels:
                 self.target_combo.setCurrentIndex(labels.index(previous.label))
+            elif self._targets:  # start on a parameter the recipe sets, not an empty one
+                stage = self._stage
+                self.target_combo.setCurrentIndex(next(
+                    (i for i, t in enumerate(self._targets) if edits.get_rules(stage, t.location, t.name)), 0))
         self._redraw()
 
     # --- drawing -----------------------------------------------------------------------------
@@ -296,11 +298,34 @@ class TCurveEditor(QWidget):
         self.handles.value_range = (low, high)
         self.plot.setLabel("left", target.name)
         self.plot.setYRange(low, high, padding=0.06)
-        if stage_plan is None or not stage_plan.layers:
+        layout = self._layout(target, rules, stage_plan)
+        if layout is None:
             self._draw_unplanned(rules)
         else:
-            self._draw_planned(target, rules, stage_plan)
+            self._draw_planned(target, rules, *layout)
+        if not rules:
+            default = _default(self._stage, target.name)
+            uses = f"the method's default {default:g}" if isinstance(default, (int, float)) else "no value"
+            self.summary.setText(f"This recipe sets no {target.name} here, so the merge uses {uses}. "
+                                 "Add a rule to shape it.")
         self._fill_rule_list(rules)
+
+    def _layout(self, target: CurveTarget, rules: tuple[FilterRule, ...], stage_plan: StagePlan | None
+                ) -> tuple[tuple[OutputLayer, ...], dict[int | None, list[str]], str | None] | None:
+        """Output layers, the tensor names per layer (None: non-layer tensors) and, without a
+        full plan, the note why; None when even the recipe's layer ranges give no layers."""
+        if stage_plan is not None and stage_plan.layers:
+            return stage_plan.layers, _tensor_names(stage_plan, target), None
+        assert self._stage is not None
+        layers = layers_from_ranges(self._stage)
+        if not layers:
+            return None
+        # One name per rule that the rule itself matches: each curve shows what its rule gives.
+        names = [rule.filter or "" for rule in rules]
+        error = getattr(self.live_plan, "error", None)
+        note = f"Layers from the recipe's layer ranges: no full plan ({error})." if error else \
+            "Layers from the recipe's layer ranges: the donors are not inspected yet."
+        return layers, {layer.index: names for layer in layers}, note
 
     def _pooled(self, pool: list, index: int):
         """Item ``index`` of a pool, made visible; items are made once and reused, since
@@ -344,25 +369,25 @@ class TCurveEditor(QWidget):
         self.handles.setData(x=spots_x, y=spots_y, data=spots_data, brush=brushes, pen=pg.mkPen("w"))
         self.summary.setText("Add donors to see the curve over the output layers.")
 
-    def _draw_planned(self, target: CurveTarget, rules: tuple[FilterRule, ...], stage_plan: StagePlan) -> None:
+    def _draw_planned(self, target: CurveTarget, rules: tuple[FilterRule, ...], layers: tuple[OutputLayer, ...],
+                      by_layer: dict[int | None, list[str]], note: str | None) -> None:
         stage = self._stage
         assert stage is not None
-        if target.model is None:
-            all_names = [t.name for t in stage_plan.tensors]
-        else:
-            all_names = [s.tensor for t in stage_plan.tensors for s in t.sources if s.model == target.model]
+        all_names = [n for names in by_layer.values() for n in names]
         self.rule_warnings = _structural_warnings(rules)
         for r, rule in enumerate(rules):
+            if note is not None:  # names stand in for tensors: no finding about unmatched rules
+                break
             if r not in self.rule_warnings and not any(rule.matches(n) for n in all_names):
                 self.rule_warnings[r] = f"“{rule.filter}” matches no tensor of the donors: it is never used"
             elif r not in self.rule_warnings and not any(_winner(rules, n) == r for n in all_names):
                 self.rule_warnings[r] = "every tensor it matches is taken by an earlier rule"
 
-        seams = [layer.index for layer in stage_plan.layers if layer.position == 0]
+        seams = [layer.index for layer in layers if layer.position == 0]
         for k, seam in enumerate(seams[1:]):
             line = self._pooled(self._seams, k)
             line.setValue(seam - 0.5)
-        curves = self._planned_curves(target, rules, stage_plan)
+        curves = self._planned_curves(target, rules, layers, by_layer)
         spots_x, spots_y, spots_data, brushes = [], [], [], []
         for r, rule in enumerate(rules):
             colour = _rule_colour(rule, r)
@@ -378,7 +403,7 @@ class TCurveEditor(QWidget):
                 marker.setData([NON_LAYER_X], [non_layer], pen=None, symbol="d", symbolSize=10,
                                symbolBrush=colour, symbolPen=pg.mkPen("k", width=0.5))
             values = edits.points(rule.value)
-            for layer_start, length in _applied_slices(stage_plan, target, stage):
+            for layer_start, length in _applied_slices(layers, target, stage):
                 for p, v in enumerate(values):
                     frac = p / (len(values) - 1) if len(values) > 1 else 0.0
                     spots_x.append(layer_start + frac * max(0, length - 1))
@@ -386,30 +411,27 @@ class TCurveEditor(QWidget):
                     spots_data.append((r, p))
                     brushes.append(pg.mkBrush(colour))
         self.handles.setData(x=spots_x, y=spots_y, data=spots_data, brush=brushes, pen=pg.mkPen("w", width=1.5))
-        self.plot.setLabel("bottom", "output layer  (◆ at −1: embeddings, final norm, lm_head)")
-        self.plot.setXRange(NON_LAYER_X - 0.5, max(1, stage_plan.num_layers - 1) + 0.5, padding=0.02)
-        overridden = len(seams) - len(_applied_slices(stage_plan, target, stage))
+        self.plot.setLabel("bottom", "output layer  (◆ −1: embeddings, norm, lm_head)" if note is None else
+                           "output layer  (by the recipe's layer ranges)")
+        self.plot.setXRange(NON_LAYER_X - 0.5 if note is None else -0.5, max(1, len(layers) - 1) + 0.5, padding=0.02)
+        overridden = len(seams) - len(_applied_slices(layers, target, stage))
         extra = f"; {overridden} slice(s) override it with their own value" if overridden > 0 else ""
-        self.summary.setText(f"{stage_plan.num_layers} output layers in {len(seams)} slice(s); "
-                             f"the curve restarts in every slice{extra}.")
+        self.summary.setText(f"{len(layers)} output layers in {len(seams)} slice(s); "
+                             f"the curve restarts in every slice{extra}." + (f"\n{note}" if note else ""))
 
-    def _planned_curves(self, target: CurveTarget, rules: tuple[FilterRule, ...], stage_plan: StagePlan
+    def _planned_curves(self, target: CurveTarget, rules: tuple[FilterRule, ...], layers: tuple[OutputLayer, ...],
+                        by_layer: dict[int | None, list[str]]
                         ) -> dict[int, tuple[list[int], list[float], float | None]]:
         """Per rule: output layers, the value it gives there (nan: no tensor takes this rule),
         and the value of the non-layer tensors it takes (None when it takes none)."""
         stage = self._stage
         assert stage is not None
         slices = _planned_slices(stage)
-        by_layer: dict[int | None, list[str]] = {}
-        for tensor in stage_plan.tensors:
-            names = [tensor.name] if target.model is None else \
-                [s.tensor for s in tensor.sources if s.model == target.model]
-            by_layer.setdefault(tensor.layer, []).extend(names)
         default = _default(stage, target.name)
         curves = {}
         for r in range(len(rules)):
             xs, ys = [], []
-            for layer in stage_plan.layers:
+            for layer in layers:
                 if layer.slice_index >= len(slices):
                     continue
                 scopes = _scopes(slices[layer.slice_index], stage, target.model)
@@ -476,7 +498,8 @@ class TCurveEditor(QWidget):
         target, rules, stage_plan = self.target, self.rules(), self._stage_plan()
         if target is None:
             return
-        if stage_plan is None or not stage_plan.layers:
+        layout = self._layout(target, rules, stage_plan)
+        if layout is None:
             xs = [i / (UNPLANNED_SAMPLES - 1) for i in range(UNPLANNED_SAMPLES)]
             for r, rule in enumerate(rules):
                 if r in self.curve_items:
@@ -484,7 +507,7 @@ class TCurveEditor(QWidget):
                     self._curve_values[r] = [float(interpolate_gradient(values, x)) for x in xs]
                     self.curve_items[r].setData(xs, self._curve_values[r])
             return
-        for r, (xs, ys, _) in self._planned_curves(target, rules, stage_plan).items():
+        for r, (xs, ys, _) in self._planned_curves(target, rules, *layout[:2]).items():
             self._curve_values[r] = ys
             if r in self.curve_items and not all(math.isnan(y) for y in ys):
                 self.curve_items[r].setData(xs, ys)
@@ -614,6 +637,28 @@ def _structural_warnings(rules: tuple[FilterRule, ...]) -> dict[int, str]:
             for r in range(fallback + 1, len(rules))}
 
 
+def _tensor_names(stage_plan: StagePlan, target: CurveTarget) -> dict[int | None, list[str]]:
+    """Names of the tensors the target's parameter applies to, by output layer (None: non-layer)."""
+    by_layer: dict[int | None, list[str]] = {}
+    for tensor in stage_plan.tensors:
+        names = [tensor.name] if target.model is None else \
+            [s.tensor for s in tensor.sources if s.model == target.model]
+        by_layer.setdefault(tensor.layer, []).extend(names)
+    return by_layer
+
+
+def layers_from_ranges(stage: Stage) -> tuple[OutputLayer, ...]:
+    """The output layers a ``slices:`` stage gives by its layer ranges alone (first source of
+    each slice), as the plan numbers them; empty for a ``models:`` stage."""
+    layers: list[OutputLayer] = []
+    slices = [s for s in stage.slices or () if s.sources]
+    for k, slice_ in enumerate(slices):
+        start, end = slice_.sources[0].layer_range
+        length, first = max(0, end - start), len(layers)
+        layers += [OutputLayer(first + p, k, p, length, ()) for p in range(length)]
+    return tuple(layers)
+
+
 def _planned_slices(stage: Stage):
     """The slices the plan numbers (``models:`` form: one slice of every entry)."""
     if stage.slices is not None:
@@ -633,12 +678,12 @@ def _default(stage: Stage, name: str):
     return None if p is None or p.required else p.default
 
 
-def _applied_slices(stage_plan: StagePlan, target: CurveTarget, stage: Stage) -> list[tuple[int, int]]:
+def _applied_slices(layers: tuple[OutputLayer, ...], target: CurveTarget, stage: Stage) -> list[tuple[int, int]]:
     """(first output layer, length) of each slice where the edited location is the one in effect."""
     slices = _planned_slices(stage)
     raw = [i for i, s in enumerate(stage.slices or ()) if s.sources] if stage.slices is not None else [0]
     result = []
-    for layer in stage_plan.layers:
+    for layer in layers:
         if layer.position != 0 or layer.slice_index >= len(slices):
             continue
         slice_ = slices[layer.slice_index]

@@ -13,6 +13,8 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.donor import DonorInfo
+from merger_gui.core.estimator import format_gib
+from merger_gui.core.runtime_presets import GIB
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 
 from .document import RecipeDocument
@@ -22,16 +24,15 @@ from .live_plan import LivePlan
 from .settings import Settings
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+MIB = 1 << 20
 SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
 
 
-def format_bytes(count: int) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count} B"
+def format_size(nbytes: int) -> str:
+    """``24.2 GiB``; below 0.1 GiB in MiB (both binary, as everywhere in the app)."""
+    return format_gib(nbytes, digits=1) if nbytes >= GIB // 10 else f"{nbytes / MIB:.1f} MiB"
 
 
 def incompatibilities(donors: dict[str, DonorInfo]) -> dict[str, list[str]]:
@@ -57,7 +58,7 @@ def _dot(color: QColor) -> QIcon:
 class DonorPanel(QWidget):
     """A table of donors (name, architecture, layers, size, dtype) with add and map actions."""
 
-    COLUMNS = ("Donor", "Arch.", "Layers", "Size", "dtype")
+    COLUMNS = ("Donor", "Layers", "Size")  # architecture and dtype are in the tooltip
 
     def __init__(self, document: RecipeDocument, registry: DonorRegistry, inspector: DonorInspector,
                  live_plan: LivePlan, settings: Settings | None = None, parent: QWidget | None = None) -> None:
@@ -77,6 +78,7 @@ class DonorPanel(QWidget):
         self.add_button.setMenu(self._source_menu(None, self))
         self.status = QLabel(self)
         self.status.setObjectName("sectionTitle")
+        self.status.setWordWrap(True)
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.status, 1)
@@ -91,7 +93,9 @@ class DonorPanel(QWidget):
         self.tree.customContextMenuRequested.connect(self._context_menu)
         header = self.tree.header()
         header.setStretchLastSection(False)
+        header.setMinimumSectionSize(24)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         for column in range(1, len(self.COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         hint = QLabel("Add donors with <b>Add donor</b> or drop model folders on the window; then drag over a "
@@ -132,18 +136,17 @@ class DonorPanel(QWidget):
         self.tree.clear()
         for name in names:
             info = self.registry.donor(name)
-            item = QTreeWidgetItem([name.rstrip("/").split("/")[-1], "", "", "", ""])
+            item = QTreeWidgetItem([name.rstrip("/").split("/")[-1], "", ""])
             item.setData(0, NAME_ROLE, name)
             ref = self.registry.refs.get(name)
             tip = [name] + ([f"from {ref}"] if ref and ref != name else [])
             if info is not None:
-                item.setText(1, info.architecture.removesuffix("ForCausalLM") or info.architecture)
-                item.setText(2, str(info.num_layers))
-                item.setText(3, format_bytes(info.weight_bytes))
-                item.setText(4, SHORT_DTYPES.get(info.dtype, info.dtype))
+                item.setText(1, str(info.num_layers))
+                item.setText(2, format_size(info.weight_bytes))
+                item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                item.setTextAlignment(3, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                tip.append(f"{info.architecture} · {info.num_layers} layers · hidden {info.hidden_size} · "
+                tip.append(f"{info.architecture} · {info.num_layers} layers · {SHORT_DTYPES.get(info.dtype, info.dtype)} · "
+                           f"hidden {info.hidden_size} · "
                            f"{info.num_heads} heads · vocab {info.vocab_size}")
                 tip += list(info.warnings)
                 if name in problems:

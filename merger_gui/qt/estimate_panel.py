@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout,
+    QBoxLayout, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QSpinBox, QVBoxLayout,
     QWidget,
 )
 import pyqtgraph as pg  # noqa: E402  (after PySide6)
@@ -18,11 +19,13 @@ from merger_gui.core.plan import Plan
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .themed_plot import ThemedPlotWidget
 
 WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
 KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
 DEBOUNCE_MS = 120
 CHART_POINTS = 48
+SIDE_BY_SIDE_WIDTH = 900
 
 
 class EstimatePanel(QWidget):
@@ -75,13 +78,16 @@ class EstimatePanel(QWidget):
             spin.valueChanged.connect(lambda _: self.schedule())
 
         options = QGroupBox("Run it with")
-        form = QFormLayout(options)
-        form.addRow("Weights", self.weights_combo)
-        form.addRow("KV cache", self.kv_combo)
-        form.addRow("Context", self.context_spin)
-        form.addRow("Batch", self.batch_spin)
-        form.addRow("GPU memory", self.gpu_spin)
-        form.addRow("Runtime", self.runtime_combo)
+        form = QGridLayout(options)
+        fields = (("Weights", self.weights_combo), ("KV cache", self.kv_combo), ("Context", self.context_spin),
+                  ("Batch", self.batch_spin), ("GPU", self.gpu_spin), ("Runtime", self.runtime_combo))
+        for i, (title, field) in enumerate(fields):  # two label/field pairs a row: fits a narrow dock
+            field.setMinimumWidth(90)
+            form.addWidget(QLabel(title), i // 2, 2 * (i % 2))
+            form.addWidget(field, i // 2, 2 * (i % 2) + 1)
+        form.setColumnStretch(1, 1)
+        form.setColumnStretch(3, 1)
+        self.gpu_spin.setToolTip("GPU memory to fit the model in")
 
         figures = QGroupBox("Merged model")
         grid = QGridLayout(figures)
@@ -109,8 +115,8 @@ class EstimatePanel(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setStyleSheet("color: #b35900;")
 
-        self.chart = pg.PlotWidget(background="w")
-        self.chart.setMinimumHeight(170)
+        self.chart = ThemedPlotWidget()
+        self.chart.setMinimumHeight(120)
         chart_item = self.chart.getPlotItem()
         chart_item.setMenuEnabled(False)
         chart_item.hideButtons()
@@ -125,21 +131,28 @@ class EstimatePanel(QWidget):
         chart_item.addItem(self.budget_line)
         chart_item.addItem(self.context_line)
 
-        top = QHBoxLayout()
-        top.addWidget(options)
-        top.addWidget(figures, 1)
+        self.top = QBoxLayout(QBoxLayout.Direction.TopToBottom)
+        self.top.addWidget(options)
+        self.top.addWidget(figures, 1)
         layout = QVBoxLayout(self)
-        layout.addLayout(top)
+        layout.addLayout(self.top)
         layout.addWidget(self.donor_label)
         layout.addWidget(self.status_label)
         layout.addWidget(self.chart, 1)
         note = QLabel(f"{GIB_NOTE}; compute buffer and overhead are the runtime's rules of thumb.")
-        note.setStyleSheet("color: palette(mid);")
+        note.setWordWrap(True)
+        note.setEnabled(False)  # drawn in the muted text colour
         layout.addWidget(note)
 
         live_plan.plan_changed.connect(self.schedule)  # bound: dropped when the panel is deleted
         registry.changed.connect(self.schedule)
         self.recompute()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        # Options beside the figures when there is room, above them in a narrow dock.
+        wide = event.size().width() >= SIDE_BY_SIDE_WIDTH
+        self.top.setDirection(QBoxLayout.Direction.LeftToRight if wide else QBoxLayout.Direction.TopToBottom)
 
     def options(self) -> EstimateOptions:
         """The options the controls describe."""
@@ -175,6 +188,11 @@ class EstimatePanel(QWidget):
                 label.setText("—")
             self.donor_label.setText("")
             self.memory_curve.setData([], [])
+            gpu = self.gpu_spin.value()  # empty axes at a sensible scale, not pyqtgraph's ±0.5
+            self.budget_line.setValue(gpu)
+            self.context_line.setValue(self.context_spin.value() / 1024)
+            self.chart.getPlotItem().setYRange(0, gpu * 1.08, padding=0)
+            self.chart.getPlotItem().setXRange(0, max(8, 2 * self.context_spin.value() / 1024), padding=0.02)
             return
         final = self.estimate.final
         options = final.options

@@ -14,6 +14,7 @@ from .document import RecipeDocument
 from .live_plan import LivePlan
 
 FINDING_ROLE = Qt.ItemDataRole.UserRole + 1
+WHERE_MIN_W, WHERE_MAX_W = 70, 140  # the "Where" column: as wide as its text, within these
 
 
 class _WrappingDelegate(QStyledItemDelegate):
@@ -50,7 +51,8 @@ class FindingsView(QTreeWidget):
         header.setStretchLastSection(False)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(1, 190)
+        header.resizeSection(1, WHERE_MIN_W)
+        self.setHeaderHidden(True)  # icon, message and place speak for themselves; saves a row
         header.sectionResized.connect(lambda *_: self.scheduleDelayedItemsLayout())  # re-wrap
         style = self.style()
         self._icons = {
@@ -79,6 +81,8 @@ class FindingsView(QTreeWidget):
             item.setIcon(0, self._icons["ok"])
             item.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.addTopLevelItem(item)
+        places = [self.fontMetrics().horizontalAdvance(f.location) + 16 for f in self.findings]
+        self.header().resizeSection(1, max(WHERE_MIN_W, min(WHERE_MAX_W, max(places, default=0))))
         errors = sum(f.is_error for f in self.findings)
         self.counts_changed.emit(errors, len(self.findings) - errors)
 

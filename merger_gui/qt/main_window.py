@@ -77,8 +77,8 @@ class MainWindow(QMainWindow):
         self.tools = QTabWidget()
         self.tools.setDocumentMode(True)
         self.tools.addTab(self.yaml_editor, "YAML")
-        self.tools.addTab(_scrolling(self.curve_editor), "t-curves")
-        self.tools.addTab(_scrolling(self.estimate_panel), "Estimate")
+        self.tools.addTab(self.curve_editor, "t-curves")
+        self.tools.addTab(self.estimate_panel, "Estimate")
         self.tools.addTab(_scrolling(self.merge_panel), "Merge")
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -176,6 +176,9 @@ class MainWindow(QMainWindow):
         self.inspector.busy_changed.connect(self._update_summary)
         self.files.opened.connect(lambda _: self.show_designer())
         self.welcome.open_recipe.connect(self.files.open_recipe)
+        self.welcome.open_file.connect(self.files.open_path)
+        self.welcome.open_dialog.connect(self.files.open_dialog)
+        self.welcome.new_recipe.connect(self.files.new_recipe)
 
     # ---- reactions ------------------------------------------------------------------------
 
@@ -183,6 +186,7 @@ class MainWindow(QMainWindow):
         self._show_page(1)
 
     def show_welcome(self) -> None:
+        self.welcome.set_recent_files(self.settings.recent_files)
         self._show_page(0)
 
     def _show_page(self, index: int) -> None:
@@ -237,9 +241,9 @@ class MainWindow(QMainWindow):
             self._restored = True
             width = self.width()
             self.resizeDocks([self.donor_dock, self.tools_dock],
-                             [max(320, min(460, width * 27 // 100)), max(340, min(600, width * 27 // 100))],
+                             [max(220, min(360, width * 23 // 100)), max(420, min(860, width * 40 // 100))],
                              Qt.Orientation.Horizontal)
-            self.resizeDocks([self.findings_dock], [max(110, self.height() // 5)], Qt.Orientation.Vertical)
+            self.resizeDocks([self.findings_dock], [max(90, self.height() // 7)], Qt.Orientation.Vertical)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(self._dropped_kind(url.toLocalFile()) for url in event.mimeData().urls()):

@@ -20,14 +20,16 @@ from merger_gui.core.slice_edits import layer_range_label
 
 from .theme import CanvasColors
 
-HEADER_H = 40.0  # room above a column for its name and layer count
+HEADER_H = 54.0  # room above a column for its name (up to two lines) and layer count
+TITLE_LINE_H = 14.0
 CELL_LABEL_W = 40.0  # the layer-number part of a donor column
 LANE_W = 32.0  # one lane of slice bars; overlapping slices get more lanes
 EDGE_GRIP = 5.0  # pixels at a bar's ends that resize instead of move
 DRAG_THRESHOLD = 3.0
 MIN_COLUMN_W = 116.0
 MAX_COLUMN_W = 190.0
-COMPACT_COLUMN_W = 84.0  # when the stacks do not fit the view  # long donor names are elided beyond this
+COMPACT_COLUMN_W = 84.0  # when the stacks do not fit the view
+COMPACT_TITLE_W = 112.0  # a compact column widens up to this for a two-line name
 
 
 def text_on(fill: QColor) -> QColor:
@@ -66,6 +68,25 @@ def header_fonts() -> tuple[QFont, QFont]:
     return title, sub
 
 
+def _split_title(title: str, metrics: QFontMetrics) -> list[str]:
+    """``title`` split in two at the separator that makes the longer line shortest."""
+    cuts = [i + 1 for i, ch in enumerate(title[:-1]) if ch in "-_./ "] or [len(title) // 2]
+    cut = min(cuts, key=lambda i: max(metrics.horizontalAdvance(title[:i]), metrics.horizontalAdvance(title[i:])))
+    return [title[:cut].strip(), title[cut:].strip()]
+
+
+def title_lines(title: str, metrics: QFontMetrics, width: float) -> list[str]:
+    """``title`` on one line if it fits, else on two (each elided only if it still does not fit)."""
+    if metrics.horizontalAdvance(title) <= width:
+        return [title]
+    return [metrics.elidedText(line, Qt.TextElideMode.ElideMiddle, int(width)) for line in _split_title(title, metrics)]
+
+
+def title_width(title: str, metrics: QFontMetrics) -> float:
+    """Width of ``title`` at its best two-line split."""
+    return max(metrics.horizontalAdvance(line) for line in _split_title(title, metrics)) if len(title) > 1 else 0.0
+
+
 def label_step(cell_h: float) -> int:
     """Label every layer when cells are tall enough, else every 5th or 10th."""
     return 1 if cell_h >= 9 else 5 if cell_h >= 3 else 10
@@ -89,7 +110,9 @@ class DonorColumnItem(QGraphicsObject):
         self.name, self.title, self.subtitle = name, title, subtitle
         self.num_layers, self.known, self.counts = num_layers, known, counts
         self.color, self.lanes, self.geometry, self.colors = color, lanes, geometry, colors
-        title_w = 0.0 if compact else min(MAX_COLUMN_W, QFontMetrics(header_fonts()[0]).horizontalAdvance(title) + 10)
+        metrics = QFontMetrics(header_fonts()[0])
+        title_w = min(COMPACT_TITLE_W, title_width(title, metrics) + 8) if compact else \
+            min(MAX_COLUMN_W, metrics.horizontalAdvance(title) + 10)
         least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
         self.width = max(least, title_w, CELL_LABEL_W + lanes * LANE_W + 4)
         self._drag_start: int | None = None
@@ -116,8 +139,11 @@ class DonorColumnItem(QGraphicsObject):
         header = QRectF(0, g.top - HEADER_H, self.width, HEADER_H - 6)
         painter.setFont(title_font)
         painter.setPen(self.color if self.known else c.muted_text)
-        title = QFontMetrics(title_font).elidedText(self.title, Qt.TextElideMode.ElideMiddle, int(self.width))
-        painter.drawText(header.adjusted(0, 0, 0, -16), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, title)
+        lines = title_lines(self.title, QFontMetrics(title_font), self.width)
+        for k, line in enumerate(reversed(lines)):  # bottom line first, just above the subtitle
+            bottom = -16 - k * TITLE_LINE_H
+            painter.drawText(header.adjusted(0, 0, 0, bottom), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
+                             line)
         painter.setFont(sub_font)
         painter.setPen(c.muted_text)
         metrics = QFontMetrics(sub_font)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QBrush, QKeySequence, QPainter, QPen, QResizeEvent
 from PySide6.QtWidgets import (
-    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsView, QMenu, QTabBar, QWidget,
+    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem, QGraphicsView, QMenu, QTabBar, QWidget,
 )
 
 from merger_gui.core import slice_edits
@@ -23,6 +23,7 @@ COLUMN_GAP = 22.0
 OUTPUT_GAP = 40.0
 MARGIN = 12.0
 MIN_CELL_H, MAX_CELL_H = 3.0, 22.0
+NOTE_W = 180.0  # width of the "no output plan" note beside the donors
 
 
 def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
@@ -122,7 +123,7 @@ class StageBar(QTabBar):
         while self.count() > len(stages):
             self.removeTab(self.count() - 1)
         for i, stage in enumerate(stages):
-            text = f"{i + 1} · {stage.name or stage.merge_method}"
+            text = (stage.name or stage.merge_method).split("/")[-1]
             if i >= self.count():
                 self.addTab(text)
             else:
@@ -282,8 +283,9 @@ class StackView(QGraphicsView):
             self.output.sigHovered.connect(self._hover_output)
             self.output.sigClicked.connect(self.document.select_slice)
         elif self.live_plan.error and stage.slices:
-            note = QGraphicsSimpleTextItem(f"No output plan yet:\n{self.live_plan.error}")
-            note.setBrush(theme.muted_text)
+            note = QGraphicsTextItem(f"No output plan yet: {self.live_plan.error}")
+            note.setTextWidth(NOTE_W)  # wrapped: a long reason must not shrink the whole view
+            note.setDefaultTextColor(theme.muted_text)
             note.setPos(x - COLUMN_GAP + OUTPUT_GAP, g.top)
             scene.addItem(note)
         scene.setSceneRect(scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN))
@@ -292,7 +294,9 @@ class StackView(QGraphicsView):
         if info is None:
             error = self.registry.errors.get(name)
             return f"{name}\n{error}" if error else f"{name}\n(no donor information yet)"
-        return (f"{name}\n{info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}\n"
+        ref = self.registry.refs.get(name)
+        source = f"\nfrom {ref}" if ref and ref != name else ""
+        return (f"{name}{source}\n{info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}\n"
                 "Drag over its layers to add a slice")
 
     # ---- selection and hover --------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The start page shown with no recipe open: the seed recipes and a real merge to try."""
+"""The start page shown with no recipe open: seed recipes, a real merge to try, recent files."""
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QStandardPaths, Qt, QThreadPool, Signal
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.recipe import Recipe
@@ -67,10 +69,13 @@ class _DemoJob(QRunnable):
 
 
 class WelcomePage(QWidget):
-    """Offers the seed recipes and a demo merge.
+    """Offers the seed recipes, a demo merge, and the user's own recipes.
 
     Signals:
         open_recipe(tuple): ``(Recipe, source text or None, {model name: donor ref})``.
+        open_file(Path): a recent recipe was clicked.
+        open_dialog(): "Open recipe…" was clicked.
+        new_recipe(): "New empty recipe" was clicked.
 
     Args:
         demo_folder: Where the demo donors are written (default: the app's data folder).
@@ -78,6 +83,9 @@ class WelcomePage(QWidget):
     """
 
     open_recipe = Signal(object)
+    open_file = Signal(object)  # Path
+    open_dialog = Signal()
+    new_recipe = Signal()
     demo_failed = Signal(str)
 
     def __init__(self, parent: QWidget | None = None, *, demo_folder: Path | None = None,
@@ -104,7 +112,7 @@ class WelcomePage(QWidget):
             button.clicked.connect(lambda _=False, s=seed: self.open_seed(s))
             self.seed_buttons[seed.file] = button
             profiles = ", ".join(sorted(set(seed.donors.values())))
-            cards.addWidget(self._card(seed.title, f"<p>{seed.summary}</p><p style=\"color:#666\">Planned with built-in shapes "
+            cards.addWidget(self._card(seed.title, f"<p>{seed.summary}</p><p style=\"color:gray\">Planned with built-in shapes "
                                        f"({profiles}): nothing to download.</p>", button))
         self.demo_button = QPushButton("Create demo models")
         self.demo_button.clicked.connect(self.start_demo)
@@ -115,6 +123,28 @@ class WelcomePage(QWidget):
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
 
+        self.open_button = QPushButton("Open recipe…")
+        self.open_button.clicked.connect(self.open_dialog)
+        self.new_button = QPushButton("New empty recipe")
+        self.new_button.clicked.connect(self.new_recipe)
+        self.recent_label = QLabel()
+        self.recent_label.setTextFormat(Qt.TextFormat.RichText)
+        self.recent_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.recent_label.linkActivated.connect(lambda link: self.open_file.emit(Path(link)))
+        own = QGridLayout()
+        own.setHorizontalSpacing(40)
+        own.setVerticalSpacing(8)
+        own.addWidget(self._heading("Your recipes"), 0, 0)
+        own.addWidget(self._heading("Recent"), 0, 1)
+        buttons = QVBoxLayout()
+        buttons.setSpacing(6)
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.new_button)
+        buttons.addStretch(1)
+        own.addLayout(buttons, 1, 0)
+        own.addWidget(self.recent_label, 1, 1)
+        own.setColumnStretch(1, 1)
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(40, 32, 40, 32)
         layout.addWidget(title)
@@ -122,7 +152,25 @@ class WelcomePage(QWidget):
         layout.addSpacing(12)
         layout.addLayout(cards)
         layout.addWidget(self.status_label)
+        layout.addSpacing(24)
+        layout.addLayout(own)
         layout.addStretch(1)
+        self.set_recent_files(())
+
+    @staticmethod
+    def _heading(text: str) -> QLabel:
+        label = QLabel(f"<b>{text}</b>")
+        label.setObjectName("sectionTitle")
+        return label
+
+    def set_recent_files(self, paths: Sequence[Path]) -> None:
+        """List ``paths`` (the existing ones) as links that emit ``open_file``."""
+        rows = [f'<a href="{html.escape(str(p))}">{html.escape(p.name)}</a>'
+                f'&nbsp;&nbsp;<span style="color:gray">{html.escape(str(p.parent))}</span>'
+                for p in paths if p.is_file()]
+        self.recent_label.setText("<br>".join(rows) if rows else
+                                  '<span style="color:gray">Recipes you open or save appear here.</span>')
+        self.recent_label.setToolTip("Click a recipe to open it" if rows else "")
 
     def _card(self, heading: str, text: str, button: QPushButton) -> QFrame:
         card = QFrame()

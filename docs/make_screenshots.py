@@ -1,0 +1,122 @@
+"""Render the README screenshots into ``docs/screenshots/``.
+
+Run from the repository root: ``.venv/bin/python docs/make_screenshots.py``. Every shot uses
+a throwaway settings file, built-in shape profiles (nothing is downloaded) and, for the merge,
+small demo donors written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from merger_gui.demo import create_demo_donors  # noqa: E402
+from merger_gui.qt.app import TOOL_TABS, app_icon, save_screenshot  # noqa: E402
+from merger_gui.qt.main_window import MainWindow  # noqa: E402
+from merger_gui.qt.settings import Settings  # noqa: E402
+from merger_gui.qt.settle import settle  # noqa: E402
+from merger_gui.qt.theme import apply_theme  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "resources" / "recipes"
+OUT = ROOT / "docs" / "screenshots"
+SIZE = (1280, 800)
+ROSE_DONORS = {"Thorns-13B": "profile:llama-2-13b", "Noromaid-13B": "profile:llama-2-13b"}
+NYXENE_DONORS = {name: "profile:mistral-7b" for name in (
+    "fblgit/una-cybertron-7b-v2", "chargoddard/loyal-piano-m7-cdpo",
+    "berkeley-nest/Starling-LM-7B-alpha", "openaccess-ai-collective/DPOpenHermes-7B")}
+# The published Nyxene recipe names its second stage's output wrongly in the third stage.
+NYXENE_MISNAMED, NYXENE_STAGE_2 = "Starling-NeuralHermes-11B", "Starling-DPOHermes-11B"
+ROSE_WEIGHTS = "Q4_K_M"  # the usual way to run a 20B model on a 24 GiB GPU
+MERGE_SHOT_AT = (0.3, 0.8)  # grab the merge when its progress is within this fraction
+
+
+def new_window(scratch: Path) -> MainWindow:
+    """A main window with its own throwaway settings (never the user's)."""
+    ini = Path(tempfile.mkdtemp(dir=scratch)) / "settings.ini"
+    return MainWindow(Settings(QSettings(str(ini), QSettings.Format.IniFormat)))
+
+
+def designer_shot(scratch: Path, recipe: Path, donors: dict[str, str], tab: str, png: str,
+                  stage: int | None = None, weights: str | None = None) -> None:
+    window = new_window(scratch)
+    if weights is not None:
+        window.estimate_panel.weights_combo.setCurrentText(weights)
+    if not window.files.open_path(recipe, donors, ask=False):
+        raise SystemExit(f"cannot open {recipe}")
+    if stage is not None:
+        window.document.set_current_stage(stage)
+    window.tools.setCurrentIndex(TOOL_TABS.index(tab))
+    save_screenshot(window, OUT / png, SIZE)
+
+
+def fixed_nyxene(scratch: Path) -> Path:
+    """A copy of the Nyxene recipe whose last stage names the second stage correctly."""
+    path = scratch / "nyxene-11b.yaml"
+    text = (RECIPES / "nyxene-11b.yaml").read_text(encoding="utf-8")
+    path.write_text(text.replace(NYXENE_MISNAMED, NYXENE_STAGE_2), encoding="utf-8")
+    return path
+
+
+def merge_shot(scratch: Path, png: str) -> None:
+    """Start the demo merge from the Merge panel and grab the window mid-way."""
+    recipe, refs = create_demo_donors(scratch / "demo-donors")
+    window = new_window(scratch)
+    window.files.open_recipe((recipe, None, refs))
+    window.tools.setCurrentIndex(TOOL_TABS.index("merge"))
+    window.resize(*SIZE)
+    window.show()
+    settle(window)
+    panel = window.merge_panel
+    panel.folder_edit.setText(str(scratch / "demo-merge"))
+    grabbed: list[Path] = []
+
+    def grab(event: object) -> None:  # runs after the panel has shown this event
+        count = getattr(event, "overall_count", 0)
+        if grabbed or type(event).__name__ != "TensorProgress" or not count:
+            return
+        if MERGE_SHOT_AT[0] <= event.overall_index / count <= MERGE_SHOT_AT[1]:
+            window.grab().save(str(OUT / png))
+            grabbed.append(OUT / png)
+
+    panel.runner.progress.connect(grab)
+    if not panel.start_merge():
+        raise SystemExit("the demo merge did not start: " + "; ".join(panel.blockers()))
+    deadline = time.monotonic() + 120
+    while (panel.runner.is_running or not grabbed) and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    if not grabbed:
+        raise SystemExit("the merge gave no progress to grab")
+    window.document.undo_stack.setClean()
+    window.close()
+
+
+def main() -> int:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setWindowIcon(app_icon())
+    apply_theme(app, "light")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="merger-gui-shots-") as tmp:
+        scratch = Path(tmp)
+        designer_shot(scratch, RECIPES / "rose-20b.yaml", ROSE_DONORS, "estimate", "rose-20b.png",
+                      weights=ROSE_WEIGHTS)
+        designer_shot(scratch, fixed_nyxene(scratch), NYXENE_DONORS, "t-curves", "nyxene-curves.png", stage=2)
+        merge_shot(scratch, "merge.png")
+        save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
+    for png in ("rose-20b.png", "nyxene-curves.png", "merge.png", "welcome.png"):
+        print(OUT / png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
