@@ -78,9 +78,14 @@ def donor_hint(name: str) -> str:
             f"(profiles: {shown}, …; all in `merger-gui estimate --help`)")
 
 
+def _with_hint(name: str, message: str) -> str:
+    # Only a donor that was not found is helped by mapping it; a corrupt one needs fixing.
+    return f"{message}; {donor_hint(name)}" if " not found" in message else message
+
+
 def with_donor_hints(errors: Mapping[str, str]) -> dict[str, str]:
-    """Each donor error message followed by its :func:`donor_hint`."""
-    return {name: f"{message}; {donor_hint(name)}" for name, message in errors.items()}
+    """Each "not found" donor error followed by its :func:`donor_hint`."""
+    return {name: _with_hint(name, message) for name, message in errors.items()}
 
 
 def require_donors(errors: Mapping[str, str]) -> None:
@@ -90,7 +95,7 @@ def require_donors(errors: Mapping[str, str]) -> None:
     name, message = next(iter(errors.items()))
     others = [n for n in errors if n != name]
     more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
-    raise UserError(f"{message}{more}; {donor_hint(name)}")
+    raise UserError(_with_hint(name, f"{message}{more}"))
 
 
 def print_json(data: Any) -> None:

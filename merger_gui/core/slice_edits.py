@@ -138,3 +138,46 @@ def rename_model(recipe: Recipe, old: str, new: str) -> Recipe:
         models = None if stage.models is None else tuple(replace(m, model=swap(m.model)) for m in stage.models)
         stages.append(replace(stage, slices=slices, models=models, base_model=swap(stage.base_model)))
     return replace(recipe, stages=tuple(stages))
+
+
+def fit_range(start: int, end: int, num_layers: int | None) -> tuple[int, int]:
+    """``[start, end)`` moved (not shrunk) to fit a donor of ``num_layers``, when it can."""
+    length = end - start
+    if num_layers is not None and num_layers > 0 and end > num_layers:
+        start = max(0, num_layers - length)
+        return clamp_range(start, start + length, num_layers)
+    return clamp_range(start, end, num_layers)
+
+
+def add_source(stage: Stage, slice_index: int, model: str, num_layers: int | None = None) -> Stage:
+    """Give slice ``slice_index`` one more source: ``model`` at the slice's range (fitted to it)."""
+    slices = _slices(stage)
+    slice_ = slices[slice_index]
+    first = slice_.sources[0]
+    source = SliceSource(model, fit_range(first.start, first.end, num_layers))
+    slices[slice_index] = replace(slice_, sources=(*slice_.sources, source))
+    return _with_slices(stage, slices)
+
+
+def remove_source(stage: Stage, slice_index: int, source_index: int) -> Stage:
+    """Remove one source of a slice; a slice keeps at least one source."""
+    slices = _slices(stage)
+    slice_ = slices[slice_index]
+    if len(slice_.sources) <= 1:
+        return stage
+    slices[slice_index] = replace(slice_, sources=tuple(s for k, s in enumerate(slice_.sources) if k != source_index))
+    return _with_slices(stage, slices)
+
+
+def add_linked_slice(stage: Stage, models: tuple[str, ...], start: int, end: int, *,
+                     num_layers: dict[str, int] | None = None) -> Stage:
+    """Append a slice with one source per model (the first is the one dragged on), equal lengths.
+
+    The first model's range is clamped to it; the others take the same range, moved to
+    fit their donor where needed.
+    """
+    layers = num_layers or {}
+    first = clamp_range(start, end, layers.get(models[0]))
+    sources = [SliceSource(models[0], first)]
+    sources += [SliceSource(m, fit_range(*first, layers.get(m))) for m in models[1:]]
+    return _with_slices(stage, [*_slices(stage), Slice(tuple(sources))])

@@ -566,6 +566,20 @@ class _StageCheck:
                      f"layer {layer} of {model} has no {missing} (its other layers have it); "
                      "the donor is incomplete, the output would lack that tensor", key="layer_range")
             return
+        config = self.donors.get(plan.config_donor)
+        expected = {_layout(config, i) for i in range(config.num_layers)} if config and config.tensors else set()
+        for usage in plan.donor_usage:
+            donor = self.donors.get(usage.model)
+            for layer in (i for i, c in enumerate(usage.counts) if c) if donor and donor.tensors and expected else ():
+                layout = _layout(donor, layer)
+                if layout not in expected:
+                    other = min(expected, key=lambda e: len(e ^ layout))
+                    extra, lacking = sorted(layout - other), sorted(other - layout)
+                    what = f"has {extra[0]}" if extra else f"lacks {lacking[0]}"
+                    self.add("error", "layer-layout-mismatch",
+                             f"layer {layer} of {usage.model} {what}, unlike the layers of {plan.config_donor} "
+                             "(the config donor); these donors are of different architectures", key="layer_range")
+                    return
 
     def check_normalized_weights(self, plan: StagePlan) -> None:
         """Weights that sum to zero where the method divides by their sum (mergekit writes inf/NaN)."""
@@ -642,12 +656,17 @@ def _incomplete_layers(plan: StagePlan, donors: Mapping[str, DonorInfo]) -> Iter
         donor = donors.get(usage.model)
         if donor is None or not donor.tensors:
             continue
-        layouts = [frozenset(_layer_suffix(t.name) for t in donor.layer_tensors(i)) for i in range(donor.num_layers)]
+        layouts = [_layout(donor, i) for i in range(donor.num_layers)]
         common = Counter(layouts).most_common(1)[0][0]
         for layer, count in enumerate(usage.counts):
             layout = layouts[layer]
             if count and layout < common and layouts.count(layout) == 1:
                 yield usage.model, layer, sorted(common - layout)[0]
+
+
+def _layout(donor: DonorInfo, layer: int) -> frozenset[str]:
+    """The tensor names of one donor layer without their layer prefix."""
+    return frozenset(_layer_suffix(t.name) for t in donor.layer_tensors(layer))
 
 
 def _layer_suffix(name: str) -> str:

@@ -24,6 +24,8 @@ from .output_stack import plan_summary
 from .recipe_files import RecipeFiles
 from .settings import Settings
 from .stack_view import StackView, StageBar
+from .stage_actions import StageActions
+from .stage_settings import StageSettingsBar
 from .theme import apply_theme
 from .welcome import WelcomePage
 from .yaml_editor import YamlEditor
@@ -53,6 +55,9 @@ class MainWindow(QMainWindow):
         self.live_plan = LivePlan(self.document, self.registry, self)
 
         self.stage_bar = StageBar(self.document)
+        self.stage_actions = StageActions(self.document, self, self)
+        self.stage_bar.menu_actions = self.stage_actions.actions
+        self.stage_settings = StageSettingsBar(self.document, self.registry, self.live_plan)
         self.stack_view = StackView(self.document, self.live_plan, self.registry)
         self.yaml_editor = YamlEditor(self.document)
         self.findings_view = FindingsView(self.document, self.live_plan)
@@ -68,6 +73,7 @@ class MainWindow(QMainWindow):
         designer_layout.setContentsMargins(0, 0, 0, 0)
         designer_layout.setSpacing(0)
         designer_layout.addWidget(self.stage_bar)
+        designer_layout.addWidget(self.stage_settings)
         designer_layout.addWidget(self.stack_view, 1)
         self.pages = QStackedWidget()
         self.pages.addWidget(_scrolling(self.welcome))
@@ -139,6 +145,8 @@ class MainWindow(QMainWindow):
         menu.addAction(files.paste)
         menu.addSeparator()
         menu.addActions(list(stack.actions))
+        menu.addSeparator()
+        menu.addActions(list(self.stage_actions.actions))
 
         menu = self.menuBar().addMenu("&View")
         for dock in (self.donor_dock, self.tools_dock, self.findings_dock):

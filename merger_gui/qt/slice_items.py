@@ -236,9 +236,10 @@ class SliceBarItem(QGraphicsObject):
 
     def __init__(self, slice_index: int, source_index: int, model: str, layer_range: tuple[int, int],
                  num_layers: int | None, color: QColor, geometry: StackGeometry, colors: CanvasColors,
-                 x: float, width: float = LANE_W - 4, ghost: bool = False) -> None:
+                 x: float, width: float = LANE_W - 4, ghost: bool = False, linked: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.slice_index, self.source_index, self.model = slice_index, source_index, model
+        self.linked = linked  # the slice's other sources, described for the tooltip
         self.range = layer_range
         self.num_layers = num_layers
         self.color, self.geometry, self.colors = color, geometry, colors
@@ -264,7 +265,8 @@ class SliceBarItem(QGraphicsObject):
         start, end = self.range
         self.setToolTip(f"Slice {self.slice_index + 1}: {self.model}, {layer_range_label(start, end)}\n"
                         f"layer_range: [{start}, {end}]\n"
-                        "Drag to move, drag an end to resize; right-click for more")
+                        + (f"merged with {', '.join(self.linked)} (resizing resizes all)\n" if self.linked else "")
+                        + "Drag to move, drag an end to resize; right-click for more")
 
     def bar_rect(self) -> QRectF:
         g = self.geometry

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
-from PySide6.QtGui import QAction, QBrush, QKeySequence, QPainter, QPen, QResizeEvent
+from PySide6.QtGui import QAction, QBrush, QContextMenuEvent, QKeySequence, QPainter, QPen, QResizeEvent
 from PySide6.QtWidgets import (
     QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem, QGraphicsView, QMenu, QTabBar, QWidget,
 )
 
 from merger_gui.core import slice_edits
+from merger_gui.core.methods import method_spec
 from merger_gui.core.recipe import Stage
 from merger_gui.core.slice_edits import layer_range_label
 
@@ -17,7 +18,7 @@ from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
 from .output_stack import INDEX_GUTTER, OutputColumnItem
 from .slice_items import HEADER_H, LANE_W, DonorColumnItem, SliceBarItem, StackGeometry
-from .theme import current_theme
+from .theme import CanvasColors, current_theme
 
 COLUMN_GAP = 22.0
 OUTPUT_GAP = 40.0
@@ -112,6 +113,7 @@ class StageBar(QTabBar):
         self.setElideMode(Qt.TextElideMode.ElideMiddle)
         self.setUsesScrollButtons(False)
         self.setDrawBase(False)
+        self.menu_actions: tuple[QAction, ...] = ()  # the tab context menu (stage actions)
         self.currentChanged.connect(self._on_tab)
         document.recipe_changed.connect(self.refresh)
         document.current_stage_changed.connect(self.refresh)
@@ -135,6 +137,15 @@ class StageBar(QTabBar):
 
     def _on_tab(self, index: int) -> None:
         self.document.set_current_stage(index)
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        index = self.tabAt(event.pos())
+        if index >= 0:
+            self.document.set_current_stage(index)
+        if self.menu_actions:
+            menu = QMenu(self)
+            menu.addActions(list(self.menu_actions))
+            menu.exec(event.globalPos())
 
 
 class StackView(QGraphicsView):
@@ -266,8 +277,10 @@ class StackView(QGraphicsView):
             column.sigCreateFinished.connect(lambda s, e, c=column: self._finish_create(c, s, e))
             column.sigCreateCancelled.connect(self._cancel_create)
             for (si, ki, src), lane in zip(own, lanes):
+                linked = tuple(f"{o.model} {layer_range_label(*o.layer_range)}"
+                               for k, o in enumerate(stage.slices[si].sources) if k != ki)
                 bar = SliceBarItem(si, ki, name, src.layer_range, count if known else None,
-                                   self.live_plan.donor_color(name), g, theme, x + column.lane_x(lane))
+                                   self.live_plan.donor_color(name), g, theme, x + column.lane_x(lane), linked=linked)
                 scene.addItem(bar)
                 self.bars.append(bar)
                 bar.sigPressed.connect(lambda b=bar: self.document.select_slice(b.slice_index))
@@ -275,6 +288,7 @@ class StackView(QGraphicsView):
                 bar.sigChangeFinished.connect(lambda old, new, b=bar: self._finish_bar(b, old, new))
                 bar.sigContextMenu.connect(lambda pos, b=bar: self._bar_menu(b, pos))
             x += column.width + COLUMN_GAP
+        self._draw_links(theme)
         if stage_plan is not None:
             self.output = OutputColumnItem(stage_plan, {n: self.live_plan.donor_color(n) for n in names}, g, theme,
                                            "Output" if not stage.name else stage.name.split("/")[-1])
@@ -289,6 +303,19 @@ class StackView(QGraphicsView):
             note.setPos(x - COLUMN_GAP + OUTPUT_GAP, g.top)
             scene.addItem(note)
         scene.setSceneRect(scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN))
+
+    def _draw_links(self, theme: CanvasColors) -> None:
+        """A dashed line joins the sources of one slice, column to column, at their tops."""
+        by_slice: dict[int, list[SliceBarItem]] = {}
+        for bar in self.bars:
+            by_slice.setdefault(bar.slice_index, []).append(bar)
+        pen = QPen(theme.muted_text, 1.2, Qt.PenStyle.DashLine)
+        for bars in by_slice.values():
+            bars.sort(key=lambda b: b.x())
+            for a, b in zip(bars, bars[1:]):
+                y_a, y_b = a.bar_rect().top() + 7, b.bar_rect().top() + 7
+                line = self.scene().addLine(a.x() + a.width, y_a, b.x(), y_b, pen)
+                line.setZValue(5)
 
     def _column_tooltip(self, name: str, info) -> str:  # noqa: ANN001 - DonorInfo | None
         if info is None:
@@ -373,15 +400,39 @@ class StackView(QGraphicsView):
         if self._rebuild_pending:
             self.rebuild()
 
+    def linked_models(self, stage: Stage, model: str) -> tuple[str, ...]:
+        """Donors a slice dragged on ``model`` also takes its layers from (none for passthrough).
+
+        The stage's other models when it has some, else the other donors shown, as many as
+        the merge method takes per slice.
+        """
+        spec = method_spec(stage.merge_method)
+        if spec is None or spec.max_models == 1:
+            return ()
+        own = [m for m in stage.referenced_models if m != model and m in self.columns]
+        others = own or [m for m in self.columns if m != model]
+        return tuple(others[:None if spec.max_models is None else spec.max_models - 1])
+
     def _finish_create(self, column: DonorColumnItem, start: int, end: int) -> None:
         self._cancel_create()
-        name, limit = column.name, self._num_layers(column.name)
+        name = column.name
         count = len(self.document.stage.slices or ())
-        self.document.apply_to_stage(lambda s: slice_edits.add_slice(s, name, start, end, num_layers=limit),
+        models = (name, *self.linked_models(self.document.stage, name))
+        layers = {m: n for m in models if (n := self._num_layers(m)) is not None}
+        self.document.apply_to_stage(lambda s: slice_edits.add_linked_slice(s, models, start, end, num_layers=layers),
                                      f"Add slice ({column.title} {layer_range_label(start, end)})")
         self.document.select_slice(count)
 
     def _preview_bar(self, bar: SliceBarItem, start: int, end: int) -> None:
+        sources = self.document.stage.slices[bar.slice_index].sources
+        old_start, old_end = sources[bar.source_index].layer_range
+        resizing = end - start != old_end - old_start
+        for other in self.bars:  # resizing one source resizes every source of the slice alike
+            if other.slice_index == bar.slice_index and other is not bar:
+                o_start, o_end = sources[other.source_index].layer_range
+                if resizing:
+                    o_start, o_end = max(0, o_start + start - old_start), o_end + end - old_end
+                other.set_range((o_start, max(o_start + 1, o_end)))
         self.sigStatus.emit(f"Slice {bar.slice_index + 1}: {bar.model}, {layer_range_label(start, end)} "
                             f"[{start}, {end}]")
 
@@ -411,7 +462,29 @@ class StackView(QGraphicsView):
             sub = menu.addMenu("Take layers from")
             for name in models:
                 sub.addAction(name, lambda n=name, b=bar: self._set_model(b, n))
+        stage = self.document.stage
+        sources = stage.slices[bar.slice_index].sources
+        spec = method_spec(stage.merge_method)
+        addable = [n for n in self.columns if n not in {s.model for s in sources}]
+        if spec is not None and spec.max_models != 1 and addable and \
+                (spec.max_models is None or len(sources) < spec.max_models):
+            sub = menu.addMenu("Add source from")
+            for name in addable:
+                sub.addAction(name, lambda n=name, i=bar.slice_index: self.add_source(i, n))
+        if len(sources) > 1:
+            menu.addAction("Remove source", lambda b=bar: self.remove_source(b.slice_index, b.source_index))
         menu.exec(screen_pos)
+
+    def add_source(self, slice_index: int, model: str) -> None:
+        """Give a slice one more source, ``model`` at the slice's layer range."""
+        limit = self._num_layers(model)
+        self.document.apply_to_stage(lambda s: slice_edits.add_source(s, slice_index, model, num_layers=limit),
+                                     f"Add source {model} to slice {slice_index + 1}")
+
+    def remove_source(self, slice_index: int, source_index: int) -> None:
+        model = self.document.stage.slices[slice_index].sources[source_index].model
+        self.document.apply_to_stage(lambda s: slice_edits.remove_source(s, slice_index, source_index),
+                                     f"Remove source {model} from slice {slice_index + 1}")
 
     def _set_model(self, bar: SliceBarItem, model: str) -> None:
         i, k, limit = bar.slice_index, bar.source_index, self._num_layers(model)
