@@ -14,8 +14,11 @@ Run from the repository root (mergekit is a test-only dependency)::
     .venv/bin/python benchmarks/bench_merge.py --size large   # ~2.4 GB each (TinyLlama-sized)
     .venv/bin/python benchmarks/bench_merge.py --layers 8     # quicker, smaller donors
 
-Every command runs ``--repeat`` times (default 2); the best wall time and the lowest peak
-RSS are reported, as a markdown table.
+Every command runs ``--repeat`` times (default 2), the rounds interleaved so a change in
+the machine's load hits every command alike; the best wall time and the lowest peak RSS
+are reported, as a markdown table. Before each run the page cache is synced, so no run
+pays for writing back the previous one's output, and merger_gui's modules are
+byte-compiled first, as ``pip install`` does (mergekit's already are).
 
 Targets (from the issue): passthrough ≥ 3× faster than mergekit and within 1.5× of
 the copy; SLERP ≥ 1.5× faster; peak RSS ≤ half of mergekit's for both.
@@ -24,7 +27,9 @@ the copy; SLERP ≥ 1.5× faster; peak RSS ≤ half of mergekit's for both.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -125,19 +130,27 @@ def recipes(a: Path, b: Path, layers: int) -> dict[str, str]:
     return {"passthrough": textwrap.dedent(passthrough), "slerp": textwrap.dedent(slerp)}
 
 
-def measure(label: str, argv: list[str], out: Path, repeat: int) -> Measurement:
-    """Best wall time and lowest peak RSS of ``repeat`` runs of ``argv``."""
-    runs = []
-    for _ in range(repeat):
-        shutil.rmtree(out, ignore_errors=True)
-        result = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, check=True)
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        if report["code"] != 0:
-            raise SystemExit(f"{label} failed ({report['code']}): {' '.join(argv)}")
-        size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.is_dir() else 0
-        runs.append(Measurement(label, report["wall"], report["rss"], size))
+def run_once(argv: list[str], out: Path) -> Measurement:
+    """One run of ``argv`` in a fresh runner process, after a sync; ``out`` is removed before and after."""
     shutil.rmtree(out, ignore_errors=True)
-    return Measurement(label, min(r.wall for r in runs), min(r.rss for r in runs), runs[0].out_bytes)
+    os.sync()
+    result = subprocess.run([sys.executable, "-c", RUNNER, *argv], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if report["code"] != 0:
+        raise SystemExit(f"failed ({report['code']}): {' '.join(argv)}\n{result.stderr}")
+    size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.is_dir() else 0
+    shutil.rmtree(out, ignore_errors=True)
+    return Measurement(" ".join(argv), report["wall"], report["rss"], size)
+
+
+def measure(commands: dict[str, list[str]], out: Path, repeat: int) -> dict[str, Measurement]:
+    """Best wall time and lowest peak RSS of ``repeat`` interleaved rounds of every command."""
+    runs: dict[str, list[Measurement]] = {label: [] for label in commands}
+    for _ in range(repeat):
+        for label, argv in commands.items():
+            runs[label].append(run_once(argv, out))
+    return {label: Measurement(label, min(r.wall for r in rs), min(r.rss for r in rs), rs[0].out_bytes)
+            for label, rs in runs.items()}
 
 
 def main() -> None:
@@ -147,6 +160,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="override the preset's layer count")
     parser.add_argument("--repeat", type=int, default=2, help="runs per command; the best is reported")
     parser.add_argument("--no-mergekit", action="store_true", help="skip mergekit (not installed)")
+    parser.add_argument("--recipes", nargs="+", choices=("passthrough", "slerp"), default=["passthrough", "slerp"],
+                        help="which recipes to run (default both)")
     parser.add_argument("--clean", action="store_true", help="delete the donors afterwards")
     args = parser.parse_args()
 
@@ -156,39 +171,39 @@ def main() -> None:
                        num_heads=16, num_kv_heads=8, vocab_size=vocab)
     args.root.mkdir(parents=True, exist_ok=True)
     a, b = build_donors(args.root, shape)
+    compileall.compile_dir(REPO / "merger_gui", quiet=1)
     bin_dir = Path(sys.executable).parent
     out = args.root / "out"
-    results: dict[str, dict[str, Measurement]] = {}
+    commands = {"cp -r": ["cp", "-r", str(a), str(out)]}
     for name, text in recipes(a, b, layers).items():
+        if name not in args.recipes:
+            continue
         recipe = args.root / f"{name}.yml"
         recipe.write_text(text)
-        row = {"ours": measure(f"ours {name}", [str(bin_dir / "merger-gui"), "merge", str(recipe), str(out)],
-                               out, args.repeat)}
+        commands[f"ours {name}"] = [str(bin_dir / "merger-gui"), "merge", str(recipe), str(out)]
         if not args.no_mergekit:
-            row["mergekit"] = measure(f"mergekit {name}", [str(bin_dir / "mergekit-yaml"), str(recipe), str(out),
-                                                           "--lazy-unpickle", "--allow-crimes", "--quiet"],
-                                      out, args.repeat)
-        results[name] = row
-    copy = measure("cp -r", ["cp", "-r", str(a), str(out)], out, args.repeat)
+            commands[f"mergekit {name}"] = [str(bin_dir / "mergekit-yaml"), str(recipe), str(out),
+                                            "--lazy-unpickle", "--allow-crimes", "--quiet"]
+    load = os.getloadavg()[0]
+    measured = measure(commands, out, args.repeat)
+    load = max(load, os.getloadavg()[0])
+    copy = measured["cp -r"]
     donor_bytes = sum(f.stat().st_size for f in a.glob("*.safetensors"))
     if args.clean:
         for folder in (a, b):
             shutil.rmtree(folder)
 
     print(f"\n{args.size} donors: {donor_bytes / 1e9:.2f} GB each, {layers} layers, hidden {hidden}, "
-          f"best of {args.repeat}\n")
+          f"best of {args.repeat}, {os.cpu_count()} CPUs, load average up to {load:.1f}\n")
     print("| run | wall s | peak RSS MB | MB/s | vs mergekit (time, RSS) | vs cp |")
     print("|---|---:|---:|---:|---|---:|")
-    print(f"| cp -r (one donor) | {copy.wall:.2f} | {copy.rss / 1e6:.0f} | {copy.out_bytes / 1e6 / copy.wall:.0f} "
-          "| | 1.00 |")
-    for name, row in results.items():
-        for who, m in row.items():
-            versus = ""
-            if who == "ours" and "mergekit" in row:
-                mk = row["mergekit"]
-                versus = f"{mk.wall / m.wall:.2f}x faster, {m.rss / mk.rss:.2f} of the RSS"
-            print(f"| {who} {name} | {m.wall:.2f} | {m.rss / 1e6:.0f} | {m.out_bytes / 1e6 / m.wall:.0f} | {versus} "
-                  f"| {m.wall / copy.wall:.2f} |")
+    for label, m in measured.items():
+        versus = ""
+        theirs = measured.get(label.replace("ours", "mergekit")) if label.startswith("ours") else None
+        if theirs is not None:
+            versus = f"{theirs.wall / m.wall:.2f}x faster, {m.rss / theirs.rss:.2f} of the RSS"
+        print(f"| {label} | {m.wall:.2f} | {m.rss / 1e6:.0f} | {m.out_bytes / 1e6 / m.wall:.0f} | {versus} "
+              f"| {m.wall / copy.wall:.2f} |")
 
 
 if __name__ == "__main__":

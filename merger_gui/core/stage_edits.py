@@ -17,7 +17,7 @@ from .slice_edits import fit_range
 DTYPES = ("float16", "bfloat16", "float32")
 TOKENIZER_SOURCES = ("base", "union")
 # Values a required parameter gets when a method switch introduces it.
-REQUIRED_DEFAULTS = {"t": 0.5, "weight": 0.5}
+REQUIRED_DEFAULTS = {"t": 0.5}
 
 
 def _partner(model: str, donors: tuple[str, ...]) -> str | None:

@@ -415,6 +415,9 @@ class StackView(QGraphicsView):
 
     def _finish_create(self, column: DonorColumnItem, start: int, end: int) -> None:
         self._cancel_create()
+        if self.document.stage.models is not None:  # mergekit takes slices or models, never both
+            self.sigStatus.emit("This stage merges whole models (models:); edit its YAML to use slices instead")
+            return
         name = column.name
         count = len(self.document.stage.slices or ())
         models = (name, *self.linked_models(self.document.stage, name))

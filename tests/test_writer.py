@@ -1,0 +1,120 @@
+"""The writer's file-to-file copy: splice through a pipe, with fallbacks that give the same bytes."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from merger_gui.engine import writer as writer_module
+from merger_gui.engine.writer import ShardedWriter, TensorLayout
+
+# Odd offsets and lengths, one range longer than the pipe, so every chunking path is taken.
+RANGES = [(13, 5), (4099, 3 * 1024 * 1024 + 7), (1, 4096), (200_000, 1)]
+
+
+@pytest.fixture
+def source(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 4 * 1024 * 1024, dtype=np.uint8).tobytes()
+    path = tmp_path / "source.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def copy_ranges(source, target_path, pipe):
+    path, data = source
+    with path.open("rb", buffering=0) as handle, target_path.open("wb", buffering=0) as target:
+        target.write(b"header")
+        for offset, length in RANGES:
+            writer_module._copy_range(handle, offset, length, target, pipe)
+    return b"header" + b"".join(data[o:o + n] for o, n in RANGES)
+
+
+def refuse(*_args, **_kwargs):
+    raise OSError(errno.EINVAL, "Invalid argument")
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice is Linux-only")
+def test_splice_copies_exact_bytes(source, tmp_path):
+    pipe = writer_module._Pipe()
+    try:
+        expected = copy_ranges(source, tmp_path / "out", pipe)
+    finally:
+        pipe.close()
+    assert (tmp_path / "out").read_bytes() == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice is Linux-only")
+def test_target_refusing_splice_keeps_what_the_pipe_holds(source, tmp_path, monkeypatch):
+    real_splice = os.splice
+    pipe = writer_module._Pipe()
+
+    def splice_in_only(src, dst, count, **kwargs):
+        if src == pipe.read_end:
+            refuse()
+        return real_splice(src, dst, count, **kwargs)
+
+    monkeypatch.setattr(os, "splice", splice_in_only)
+    try:
+        expected = copy_ranges(source, tmp_path / "out", pipe)
+    finally:
+        pipe.close()
+    assert (tmp_path / "out").read_bytes() == expected
+
+
+@pytest.mark.parametrize("refused", [("splice",), ("splice", "copy_file_range")])
+def test_refused_kernel_copies_fall_back(source, tmp_path, monkeypatch, refused):
+    for name in refused:
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+    pipe = writer_module._Pipe()
+    try:
+        expected = copy_ranges(source, tmp_path / "out", pipe)
+    finally:
+        pipe.close()
+    assert (tmp_path / "out").read_bytes() == expected
+
+
+@pytest.mark.parametrize("refused", [(), ("splice",), ("splice", "copy_file_range")])
+def test_copy_past_the_end_raises_eof(source, tmp_path, monkeypatch, refused):
+    for name in refused:
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+    path, data = source
+    pipe = writer_module._Pipe()
+    try:
+        with path.open("rb", buffering=0) as handle, (tmp_path / "out").open("wb", buffering=0) as target:
+            with pytest.raises(EOFError):
+                writer_module._copy_range(handle, len(data) - 10, 20, target, pipe)
+    finally:
+        pipe.close()
+
+
+def test_copied_shards_are_valid_and_leave_no_open_files(tmp_path):
+    values = {f"t{i}": np.arange(i * 1000, i * 1000 + 777, dtype=np.float16) for i in range(6)}
+    layouts = [TensorLayout(name, "F16", v.shape) for name, v in values.items()]
+    (tmp_path / "donor").mkdir()
+    donor = ShardedWriter(tmp_path / "donor", layouts)
+    for layout in layouts:
+        donor.write(layout.name, memoryview(values[layout.name].view(np.uint8)))
+    donor.close()
+    header_end = 8 + int.from_bytes((tmp_path / "donor" / "model.safetensors").read_bytes()[:8], "little")
+    order = ["t3", "t0", "t5", "t1", "t4", "t2"]  # copied out of source order, into two shards
+    out = tmp_path / "out"
+    out.mkdir()
+    fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    writer = ShardedWriter(out, [next(t for t in layouts if t.name == n) for n in order], shard_size=3 * 1554)
+    with (tmp_path / "donor" / "model.safetensors").open("rb", buffering=0) as handle:
+        for name in order:
+            writer.copy(name, handle, header_end + int(name[1:]) * 1554)
+    writer.close()
+    if fds_before is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert len(writer.shards) == 2
+    for shard in writer.shards:
+        with safe_open(out / shard.file, "np") as f:
+            for name in f.keys():
+                assert np.array_equal(f.get_tensor(name), values[name])
