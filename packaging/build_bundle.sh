@@ -25,10 +25,20 @@ write_donor(work / "donor-b", DonorShape(num_layers=6), seed=2)
     "merge_method: passthrough\n"
     "dtype: float16\n"
 )
+(work / "slerp.yaml").write_text(
+    "slices:\n"
+    "  - sources: [{model: donor-a, layer_range: [0, 6]}, {model: donor-b, layer_range: [0, 6]}]\n"
+    "merge_method: slerp\n"
+    "base_model: donor-a\n"
+    "parameters: {t: [0.2, 0.8]}\n"
+    "dtype: float16\n"
+)
 PY
 QT_QPA_PLATFORM=offscreen "$BIN" --screenshot "$WORK/window.png" --size 1280x800
 test -s "$WORK/window.png"
 "$BIN" plan "$WORK/recipe.yaml"
 "$BIN" merge "$WORK/recipe.yaml" "$WORK/merged"
 test -f "$WORK/merged/config.json"
+"$BIN" merge "$WORK/slerp.yaml" "$WORK/slerped"   # exercises torch inside the bundle
+test -f "$WORK/slerped/model.safetensors"
 echo "bundle OK: $(du -sh dist/merger-gui | cut -f1) in packaging/dist/merger-gui"

@@ -390,3 +390,21 @@ def test_long_donor_names_wrap_in_two_lines_with_the_full_name_in_the_tooltip(qt
     column = window.stack_view.columns[name]
     assert column.toolTip().startswith(f"{name}\nfrom profile:mistral-7b")
     assert all("…" not in line for line in title_lines(column.title, metrics, column.width))
+
+
+def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
+    load(window, passthrough(("A", 0, 8)), {"A": LLAMA_13B})
+    panel = window.donor_panel
+    with qtbot.waitSignal(window.inspector.busy_changed, timeout=10000, check_params_cb=lambda busy: not busy):
+        first = panel.add_donor(LLAMA_13B)
+    with qtbot.waitSignal(window.inspector.busy_changed, timeout=10000, check_params_cb=lambda busy: not busy):
+        second = panel.add_donor(LLAMA_13B)
+    assert (first, second) == ("llama-2-13b", "llama-2-13b-2")
+    assert window.registry.donor(second).num_layers == 40
+
+    assert panel.rename_donor("A", "Thorns-13B")
+    assert ranges(window) == [("Thorns-13B", (0, 8))]
+    assert window.registry.donor("Thorns-13B") is not None and window.registry.donor("A") is None
+    assert not panel.rename_donor("Thorns-13B", "llama-2-13b")  # taken
+    window.document.undo_stack.undo()
+    assert ranges(window) == [("A", (0, 8))]

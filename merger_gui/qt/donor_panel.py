@@ -16,6 +16,7 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.estimator import format_gib
 from merger_gui.core.runtime_presets import GIB
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
+from merger_gui.core.slice_edits import rename_model
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
@@ -198,14 +199,35 @@ class DonorPanel(QWidget):
         menu.addAction("Hugging Face repo…", lambda: self.add_repo_dialog(name))
         profiles = menu.addMenu("Shape profile")
         for profile in profile_names():
-            profiles.addAction(profile, lambda p=profile: self.add_donor(PROFILE_PREFIX + p, name or p))
+            profiles.addAction(profile, lambda p=profile: self.add_donor(PROFILE_PREFIX + p, name))
         return menu
 
     def add_donor(self, ref: str, name: str | None = None) -> str:
-        """Inspect ``ref`` as donor ``name`` (default: the reference itself); returns the name."""
-        name = name or ref.removeprefix(PROFILE_PREFIX)
+        """Inspect ``ref`` as donor ``name``; returns the name.
+
+        Without a name a folder or repo is named by its reference (so the exported YAML
+        works in mergekit as is) and a profile by its profile name, made unique so that two
+        donors of one shape can sit side by side (rename them afterwards).
+        """
+        if name is None:
+            name = ref if not ref.startswith(PROFILE_PREFIX) else self.registry.unique_name(
+                ref.removeprefix(PROFILE_PREFIX))
         self.inspector.inspect(name, ref)
         return name
+
+    def rename_donor(self, old: str, new: str) -> bool:
+        """Rename a donor everywhere (registry and every recipe reference) as one undo step."""
+        new = new.strip()
+        if not new or new == old or new in self.registry.refs or new in self.document.recipe.stage_names():
+            return False
+        self.registry.rename(old, new)
+        self.document.apply(lambda recipe: rename_model(recipe, old, new), f"Rename donor {old} to {new}")
+        return True
+
+    def rename_dialog(self, name: str) -> None:
+        new, ok = QInputDialog.getText(self, "Rename donor", "Name used in the recipe:", text=name)
+        if ok and not self.rename_donor(name, new):
+            self.window().statusBar().showMessage(f"Cannot rename {name} to {new.strip()!r}: empty or taken", 5000)
 
     def add_folder(self, folder: Path, name: str | None = None) -> str:
         self.settings.set_last_folder("donor", Path(folder).parent)
@@ -231,6 +253,7 @@ class DonorPanel(QWidget):
         mapping = self._source_menu(name, menu)
         mapping.setTitle("Map to")
         menu.addMenu(mapping)
+        menu.addAction("Rename…", lambda: self.rename_dialog(name))
         remove = QAction("Remove donor", menu)
         remove.triggered.connect(lambda: self.registry.remove(name))
         menu.addAction(remove)

@@ -43,6 +43,22 @@ class DonorRegistry(QObject):
             table.pop(name, None)
         self.changed.emit()
 
+    def rename(self, old: str, new: str) -> None:
+        """Move everything known under ``old`` to ``new``."""
+        for table in (self.refs, self.donors, self.errors):
+            if old in table:
+                table[new] = table.pop(old)
+        self.changed.emit()
+
+    def unique_name(self, stem: str) -> str:
+        """``stem``, or ``stem-2``, ``stem-3``… when a donor already has that name."""
+        taken = set(self.refs) | set(self.donors) | set(self.errors)
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        return name
+
     def clear(self) -> None:
         self.refs.clear()
         self.donors.clear()
