@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
-# The CPU build of torch 2.13.0 is installed first: a bare "torch" would pull a CUDA build.
+# torch==2.13.0 first: on these machines it is a local CPU build, while a bare "torch" would pull a multi-GB CUDA build.
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e '.[test]'
 export QT_QPA_PLATFORM=offscreen

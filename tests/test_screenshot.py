@@ -58,3 +58,17 @@ def test_screenshot_waits_for_inspection_and_debounced_panels(qtbot, tmp_path, s
     assert len(window.estimate_panel.memory_curve.yData) > 10
     assert not window.inspector.is_busy and not window.live_plan.is_pending
     assert QImage(str(tmp_path / "shot.png")).width() == 1280
+
+
+@pytest.mark.parametrize("content", [None, "slices: [oops"])
+def test_screenshot_of_an_unreadable_recipe_fails_at_once(tmp_path, content):
+    """No modal warning offscreen (it would wait forever): one line on stderr and exit 1."""
+    recipe = tmp_path / "recipe.yaml"
+    if content is not None:
+        recipe.write_text(content)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "merger_gui", "--screenshot", str(tmp_path / "shot.png"),
+                             str(recipe)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "recipe.yaml" in result.stderr and "error" in result.stderr
+    assert not (tmp_path / "shot.png").exists()

@@ -118,3 +118,40 @@ def test_copied_shards_are_valid_and_leave_no_open_files(tmp_path):
         with safe_open(out / shard.file, "np") as f:
             for name in f.keys():
                 assert np.array_equal(f.get_tensor(name), values[name])
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice is Linux-only")
+def test_spliced_pieces_end_on_piece_boundaries_of_the_output(source, tmp_path, monkeypatch):
+    real_splice = os.splice
+    ends = []
+
+    def recording_splice(src, dst, count, **kwargs):
+        moved = real_splice(src, dst, count, **kwargs)
+        if "offset_src" not in kwargs:  # pipe → output
+            ends.append(os.lseek(dst, 0, os.SEEK_CUR))
+        return moved
+
+    monkeypatch.setattr(os, "splice", recording_splice)
+    pipe = writer_module._Pipe()
+    try:
+        expected = copy_ranges(source, tmp_path / "out", pipe)
+    finally:
+        pipe.close()
+    assert (tmp_path / "out").read_bytes() == expected
+    range_ends = {len(b"header") + sum(n for _, n in RANGES[:k + 1]) for k in range(len(RANGES))}
+    assert len(ends) > len(RANGES)
+    assert all(end % writer_module.SPLICE_CHUNK == 0 or end in range_ends for end in ends)
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice is Linux-only")
+def test_a_pipe_that_cannot_grow_still_copies(source, tmp_path, monkeypatch):
+    def no_resize(*_args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(writer_module.fcntl, "fcntl", no_resize)
+    pipe = writer_module._Pipe()
+    try:
+        expected = copy_ranges(source, tmp_path / "out", pipe)
+    finally:
+        pipe.close()
+    assert (tmp_path / "out").read_bytes() == expected

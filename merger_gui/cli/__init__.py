@@ -15,13 +15,14 @@ from merger_gui.core.errors import UserError
 COMMANDS = ("validate", "plan", "estimate", "merge")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The CLI parser; only ``commands`` are imported (a merge need not load the estimator)."""
     parser = CommandLineParser(
         prog="merger-gui",
         description="Design and run mergekit-compatible LLM merges. Without a command, opens the designer.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f"merger_gui.cli.{name}_command").add_parser(subparsers)
     return parser
 
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from merger_gui.qt.app import main as gui_main  # Qt only when the GUI is asked for
 
         return gui_main(args_list)
-    args = build_parser().parse_args(args_list)
+    chosen = (args_list[0],) if args_list[0] in COMMANDS else COMMANDS
+    args = build_parser(chosen).parse_args(args_list)
     try:
         return int(args.run(args) or 0)
     except UserError as error:

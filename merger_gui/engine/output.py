@@ -39,7 +39,7 @@ def commit_folder(partial: Path, target: Path, overwrite: bool) -> None:
     """
     if target.exists() or target.is_symlink():
         if not overwrite:
-            raise UserError(f"{target} already exists; choose another folder or allow overwriting")
+            raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
         old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
         target.rename(old)
         partial.rename(target)

@@ -139,7 +139,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     for stage in recipe.stages:
         check_chat_template(stage.chat_template)
     if (target.exists() or target.is_symlink()) and not options.overwrite:
-        raise UserError(f"{target} already exists; choose another folder or allow overwriting")
+        raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
     for finding in findings:
         yield MergeWarning(f"{finding.location}: {finding.message}")
 

@@ -42,6 +42,20 @@ def _parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def _recipe_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be opened as a recipe, or None when it can."""
+    from merger_gui.core.errors import UserError
+    from merger_gui.core.recipe_yaml import load_recipe_text
+
+    try:
+        load_recipe_text(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except (UnicodeDecodeError, UserError) as exc:
+        return f"{path}: {exc}"
+    return None
+
+
 def app_icon():  # noqa: ANN201 - QIcon (Qt imported lazily)
     from PySide6.QtGui import QIcon
 
@@ -75,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"merger-gui: error: {exc}", file=sys.stderr)
         return 2
+    if args.screenshot and args.recipe is not None and (problem := _recipe_problem(args.recipe)):
+        print(f"merger-gui: error: {problem}", file=sys.stderr)  # offscreen, a dialog would wait forever
+        return 1
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "merger-gui"])
     if not app.organizationName():
         app.setOrganizationName(ORGANIZATION)
