@@ -211,6 +211,16 @@ def test_passthrough_with_two_sources_and_slerp_with_one():
     assert "slerp-sources" in codes(validate_recipe(one, {}))
 
 
+def test_slerp_of_a_model_with_itself_is_refused():
+    same = one_stage("slerp", (sl(src("a", 0, 8), src("a", 8, 16)),), base_model="a",
+                     parameters=Parameters({"t": 0.5}))
+    found = [f for f in validate_recipe(same, {"a": LLAMA}) if f.code == "duplicate-source"]
+    assert len(found) == 1 and found[0].is_error and "'a'" not in found[0].message and "a appears" in found[0].message
+    distinct = one_stage("slerp", (sl(src("a", 0, 8), src("b", 0, 8)),), base_model="a",
+                         parameters=Parameters({"t": 0.5}))
+    assert "duplicate-source" not in codes(validate_recipe(distinct, {"a": LLAMA, "b": LLAMA}))
+
+
 def test_slerp_without_t_anywhere():
     recipe = one_stage("slerp", (sl(src("a", 0, 8), src("b", 0, 8)),), base_model="a")
     finding = only(validate_recipe(recipe, {}), "missing-parameter")

@@ -289,6 +289,12 @@ class _StageCheck:
         elif count < spec.min_models and si is not None:  # mergekit returns a lone base as is
             self.add("error", "too-few-models",
                      f"{spec.name} needs at least {spec.min_models} models, {this} has {count}", si, key=key)
+        models = [s.model for s in slice_.sources]
+        repeated = sorted({m for m in models if models.count(m) > 1})
+        if spec.name != "passthrough" and repeated:
+            self.add("error", "duplicate-source",
+                     f"{', '.join(repeated)} appears more than once in {this}; {spec.name} merges distinct "
+                     "models (mergekit refuses duplicate inputs) — use another donor or passthrough", si, key=key)
         if si is not None and spec.needs_base and base and all(s.model != base for s in slice_.sources):
             self.add("error", "base-not-in-slice",
                      f"base_model {base!r} is not a source of this slice; {spec.name} merges each source "
