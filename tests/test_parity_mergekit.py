@@ -17,9 +17,9 @@ import pytest
 
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
-from safetensors.torch import load_file  # noqa: E402
 
 from merger_gui.core.inspect import inspect_folder  # noqa: E402
+from model_folder import folder_config, folder_weights  # noqa: E402
 from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.plan import plan_recipe  # noqa: E402
 from merger_gui.core.synthetic import DonorShape, tokenizer_files, write_donor  # noqa: E402
@@ -333,20 +333,9 @@ def _run_ours(root: Path, name: str, donors: dict[str, Path]) -> Path:
     return out
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
-
-
-def _config(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
-
-
 def _assert_same_model(ours: Path, theirs: Path, exact: bool) -> None:
     """Same tensor set, dtypes and shapes; values equal (``exact``) or within 1e-6."""
-    a, b = _weights(ours), _weights(theirs)
+    a, b = folder_weights(ours), folder_weights(theirs)
     assert sorted(a) == sorted(b)
     for name in b:
         assert a[name].dtype == b[name].dtype, name
@@ -356,7 +345,7 @@ def _assert_same_model(ours: Path, theirs: Path, exact: bool) -> None:
         else:
             assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-6, atol=1e-6), name
     for key in ("num_hidden_layers", "vocab_size"):
-        assert _config(ours)[key] == _config(theirs)[key], key
+        assert folder_config(ours)[key] == folder_config(theirs)[key], key
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -372,8 +361,8 @@ def test_tokenizer_base_output_vocabulary(workspace):
     ours = _run_ours(root, "tokenizer_base", donors) if not (root / "ours" / "tokenizer_base").exists() \
         else root / "ours" / "tokenizer_base"
     vocab = json.loads((ours / "tokenizer.json").read_text())["model"]["vocab"]
-    assert len(vocab) == 96 and _config(ours)["vocab_size"] == 96
-    assert _weights(ours)["model.embed_tokens.weight"].shape[0] == 96
+    assert len(vocab) == 96 and folder_config(ours)["vocab_size"] == 96
+    assert folder_weights(ours)["model.embed_tokens.weight"].shape[0] == 96
 
 
 @pytest.mark.parametrize("name", ["tokenizer_base_padded", "tokenizer_union_padded", "tokenizer_union"])
@@ -385,9 +374,9 @@ def test_planned_vocabulary_is_the_output_tokenizers(workspace, name):
     ours = root / "ours" / name
     if not ours.exists():
         ours = _run_ours(root, name, donors)
-    rows = _weights(ours)["model.embed_tokens.weight"].shape[0]
-    theirs = _weights(root / "mergekit" / name)["model.embed_tokens.weight"].shape[0]
-    assert planned == rows == theirs == _config(root / "mergekit" / name)["vocab_size"]
+    rows = folder_weights(ours)["model.embed_tokens.weight"].shape[0]
+    theirs = folder_weights(root / "mergekit" / name)["model.embed_tokens.weight"].shape[0]
+    assert planned == rows == theirs == folder_config(root / "mergekit" / name)["vocab_size"]
     assert planned == {"tokenizer_base_padded": 98, "tokenizer_union_padded": 98, "tokenizer_union": 128}[name]
 
 

@@ -22,9 +22,9 @@ import pytest
 
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
-from safetensors.torch import load_file  # noqa: E402
 
 from merger_gui.core.inspect import inspect_folder  # noqa: E402
+from model_folder import folder_config, folder_weights  # noqa: E402
 from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
 from merger_gui.engine.run import MergeOptions, MergeWarning, run_merge  # noqa: E402
@@ -398,31 +398,20 @@ def _run_ours(root: Path, name: str, donors: dict[str, Path], run: str = "") -> 
     return out, [e.message for e in events if isinstance(e, MergeWarning)]
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
-
-
-def _config(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
-
-
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_output_equals_mergekit(workspace, name):
     root, donors = workspace
     ours, _ = _run_ours(root, name, donors)
     theirs = root / "mergekit" / name
-    a, b = _weights(ours), _weights(theirs)
+    a, b = folder_weights(ours), folder_weights(theirs)
     assert sorted(a) == sorted(b)
     for tensor in b:
         assert (a[tensor].dtype, a[tensor].shape) == (b[tensor].dtype, b[tensor].shape), tensor
         assert torch.equal(a[tensor], b[tensor]), tensor
     for key in ("num_hidden_layers", "vocab_size", "architectures"):
-        assert _config(ours)[key] == _config(theirs)[key], key
+        assert folder_config(ours)[key] == folder_config(theirs)[key], key
     if "lm_head.weight" not in a:
-        assert _config(ours)["tie_word_embeddings"] == _config(theirs)["tie_word_embeddings"]
+        assert folder_config(ours)["tie_word_embeddings"] == folder_config(theirs)["tie_word_embeddings"]
     # The same files, plus our recipe copy and model card.
     ours_files = {p.name for p in ours.iterdir()} - {"README.md", "mergekit_config.yml"}
     assert ours_files == {p.name for p in theirs.iterdir()}
@@ -431,7 +420,7 @@ def test_output_equals_mergekit(workspace, name):
 def test_mixed_dtypes_are_promoted_like_mergekit(workspace):
     root, donors = workspace
     ours, _ = _run_ours(root, "mixed_dtypes_slerp", donors, run="-dtypes")
-    assert {t.dtype for t in _weights(ours).values()} == {torch.float32}
+    assert {t.dtype for t in folder_weights(ours).values()} == {torch.float32}
 
 
 def test_tied_base_with_merged_head_unties_the_config(workspace):
@@ -440,5 +429,5 @@ def test_tied_base_with_merged_head_unties_the_config(workspace):
     root, donors = workspace
     ours, warnings = _run_ours(root, "tied_donor_is_base", donors, run="-tied")
     assert any("tie_word_embeddings: false" in w for w in warnings)
-    assert "lm_head.weight" in _weights(ours)
-    assert _config(ours)["tie_word_embeddings"] is False
+    assert "lm_head.weight" in folder_weights(ours)
+    assert folder_config(ours)["tie_word_embeddings"] is False
