@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import subprocess
@@ -229,6 +230,18 @@ def test_disk_full_while_writing(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(writer_module, "_copy_range", full)
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"disk full while writing .*GiB needed, .* free"):
+        merge(INTERLEAVE, pair, out)
+    assert no_leftovers(out)
+
+
+def test_disk_full_when_reserving_a_shard(pair, tmp_path, monkeypatch):
+    def no_room(fd, mode, offset, length):
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    monkeypatch.setattr(writer_module, "_fallocate", lambda: no_room)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"disk full while writing"):
         merge(INTERLEAVE, pair, out)
     assert no_leftovers(out)
 

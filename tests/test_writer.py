@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -155,3 +156,57 @@ def test_a_pipe_that_cannot_grow_still_copies(source, tmp_path, monkeypatch):
     finally:
         pipe.close()
     assert (tmp_path / "out").read_bytes() == expected
+
+
+def small_model(tmp_path):
+    values = {f"t{i}": np.arange(i * 100, i * 100 + 50, dtype=np.float16) for i in range(4)}
+    return values, [TensorLayout(name, "F16", v.shape) for name, v in values.items()]
+
+
+def fake_fallocate(code, calls):
+    """A libc ``fallocate`` stand-in that records its calls and fails with ``code`` (0: succeeds)."""
+    def fallocate(fd, mode, offset, length):
+        calls.append((mode, offset, length))
+        ctypes.set_errno(code)
+        return -1 if code else 0
+    return lambda: fallocate
+
+
+@pytest.mark.skipif(writer_module._fallocate() is None, reason="no fallocate in this libc")
+def test_each_shard_is_preallocated_at_its_final_size(tmp_path):
+    values, layouts = small_model(tmp_path)
+    writer = ShardedWriter(tmp_path, layouts, shard_size=200)
+    writer.write("t0", memoryview(values["t0"].view(np.uint8)))
+    first = writer.shards[0]
+    assert os.path.getsize(tmp_path / first.file) == len(first.header()) + first.data_bytes
+    for name in list(values)[1:]:
+        writer.write(name, memoryview(values[name].view(np.uint8)))
+    writer.close()
+    for shard in writer.shards:
+        assert os.path.getsize(tmp_path / shard.file) == len(shard.header()) + shard.data_bytes
+        with safe_open(tmp_path / shard.file, "np") as f:
+            assert all(np.array_equal(f.get_tensor(n), values[n]) for n in f.keys())
+
+
+def test_a_filesystem_without_fallocate_still_gets_every_byte(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(writer_module, "_fallocate", fake_fallocate(errno.EOPNOTSUPP, calls))
+    values, layouts = small_model(tmp_path)
+    writer = ShardedWriter(tmp_path, layouts)
+    for layout in layouts:
+        writer.write(layout.name, memoryview(values[layout.name].view(np.uint8)))
+    writer.close()
+    assert calls == [(0, 0, len(writer.shards[0].header()) + writer.shards[0].data_bytes)]
+    with safe_open(tmp_path / writer_module.SINGLE_FILE, "np") as f:
+        assert all(np.array_equal(f.get_tensor(n), values[n]) for n in values)
+
+
+def test_a_disk_too_full_for_the_shard_fails_before_any_tensor(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "_fallocate", fake_fallocate(errno.ENOSPC, []))
+    values, layouts = small_model(tmp_path)
+    writer = ShardedWriter(tmp_path, layouts)
+    with pytest.raises(OSError) as raised:
+        writer.write("t0", memoryview(values["t0"].view(np.uint8)))
+    writer.abort()
+    assert raised.value.errno == errno.ENOSPC
+    assert os.path.getsize(tmp_path / writer_module.SINGLE_FILE) == 0

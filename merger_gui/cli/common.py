@@ -15,8 +15,20 @@ from merger_gui.core.recipe import Recipe
 from merger_gui.core.resolve import parse_donor_overrides, resolve_recipe_donors
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{profiles}`` in option help with the built-in profile names when help is shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        return text.replace("{profiles}", ", ".join(profile_names())) if text else text
+
+
 class CommandLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line: ``error: … (see `merger-gui plan --help`)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
@@ -31,7 +43,7 @@ def add_donor_argument(parser: argparse.ArgumentParser) -> None:
     """The repeatable ``--donor NAME=REF`` option (into ``args.donor``)."""
     parser.add_argument("--donor", action="append", default=[], metavar="NAME=REF",
                         help="use REF (folder, repo id or profile:NAME) for the recipe's model NAME; repeatable. "
-                             f"Built-in profiles: {', '.join(profile_names())}")
+                             "Built-in profiles: {profiles}")
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 from .donor import DTYPE_NAMES, DonorInfo, TensorInfo, is_buffer, known_dtype_code, layer_index
 from .errors import DonorError
 from .safetensors_header import read_safetensors_header
-from .torch_pickle import read_torch_checkpoint
 
 # model_type → family; Llama-style decoders share the llama tensor layout.
 FAMILIES = {
@@ -29,9 +28,18 @@ KEY_ALIASES = {
     "num_attention_heads": ("n_head",),
     "intermediate_size": ("n_inner", "ffn_dim"),
 }
+
+
+def _read_bin(path: Path) -> dict[str, TensorInfo]:
+    """Tensors of a ``.bin`` checkpoint (its reader is imported on first use: most donors are safetensors)."""
+    from .torch_pickle import read_torch_checkpoint
+
+    return read_torch_checkpoint(path)
+
+
 WEIGHT_FORMATS = (
     ("safetensors", "model.safetensors.index.json", "*.safetensors", read_safetensors_header),
-    ("bin", "pytorch_model.bin.index.json", "*.bin", read_torch_checkpoint),
+    ("bin", "pytorch_model.bin.index.json", "*.bin", _read_bin),
 )
 
 

@@ -9,10 +9,10 @@ stored in the intermediate folder as its last file, so a folder without a matchi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from merger_gui.core.recipe import Recipe, Stage
 
@@ -20,10 +20,17 @@ FINGERPRINT_FILE = ".merger_gui-fingerprint.json"
 FORMAT = "merger_gui-stage-1"
 
 
+def _sha256(data: bytes = b"") -> Any:
+    """A SHA-256 hasher (hashlib is imported here: single-stage merges never hash)."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def folder_fingerprint(path: str | Path) -> str:
     """Hash of the names, sizes and modification times of the files directly in ``path``."""
     folder = Path(path)
-    digest = hashlib.sha256()
+    digest = _sha256()
     for file in sorted(folder.iterdir()):
         if file.name != FINGERPRINT_FILE and file.is_file():
             stat = file.stat()
@@ -35,7 +42,7 @@ def stage_fingerprint(stage: Stage, inputs: Mapping[str, str], seed: int | None)
     """Hash of ``stage``'s recipe text, ``seed`` and its inputs' fingerprints (by model name)."""
     from merger_gui.core.recipe_yaml import dump_recipe
 
-    digest = hashlib.sha256(f"{FORMAT}\0{seed}\0".encode())
+    digest = _sha256(f"{FORMAT}\0{seed}\0".encode())
     digest.update(dump_recipe(Recipe((stage,))).encode())
     for model in sorted(inputs):
         digest.update(f"\0{model}\0{inputs[model]}".encode())

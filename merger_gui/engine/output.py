@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +25,7 @@ PARTIAL_MARK = ".partial-"
 def partial_folder(target: Path) -> Path:
     """Create and return an empty hidden sibling of ``target`` to write into."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = target.parent / f".{target.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
+    folder = target.parent / f".{target.name}{PARTIAL_MARK}{os.urandom(4).hex()}"
     folder.mkdir()
     return folder
 
@@ -40,7 +40,7 @@ def commit_folder(partial: Path, target: Path, overwrite: bool) -> None:
     if target.exists() or target.is_symlink():
         if not overwrite:
             raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
-        old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+        old = target.parent / f".{target.name}.old-{os.urandom(4).hex()}"
         target.rename(old)
         partial.rename(target)
         if old.is_dir() and not old.is_symlink():

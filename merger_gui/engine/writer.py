@@ -7,23 +7,28 @@ back in memory and no byte is written twice. A safetensors file is an 8-byte
 little-endian header length, the JSON header (padded with spaces to 8 bytes) and the
 tensor bytes back to back.
 
-A copied tensor moves file to file inside the kernel, spliced through a pipe in 64 KiB
-pieces aligned to the output file, the page-cache work of ``cp``: each piece fills one
-whole 64 KiB folio. ``copy_file_range`` splices 64 KiB pieces that start wherever the
-tensor does; as the output's offsets never line up with the donor's (the headers
-differ), it fills small, partial folios and is ~40% slower. Larger pieces make the
-kernel allocate larger folios, which is fast on fresh memory but several times slower
-on fragmented memory.
+A copied tensor moves file to file inside the kernel, spliced through a pipe in 512 KiB
+pieces aligned to the output file, so each piece fills whole page-cache folios.
+``copy_file_range`` would splice pieces that start wherever the tensor does; as the
+output's offsets never line up with the donor's (the headers differ), it fills partial
+folios and is ~40% slower.
+
+Each shard file is preallocated at its final size before its first byte is written (Linux
+``fallocate``): the filesystem reserves its blocks in one call instead of page by page.
+With both, a copy runs ~1.4x faster than ``cp`` on ext4 (also with fragmented free
+memory), and a disk too full for the shard fails there, before any data is copied.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,8 +39,10 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_SHARD_SIZE = 5_000_000_000
 COPY_CHUNK = 16 * 1024 * 1024
-SPLICE_CHUNK = 64 * 1024
-PIPE_SIZE = 1024 * 1024  # the largest pipe an unprivileged process may ask for by default; holds a piece
+SPLICE_CHUNK = 512 * 1024
+# The largest pipe an unprivileged process may ask for by default: holds a whole piece wherever it
+# starts in the donor's pages (a piece's 128 pages may straddle 129).
+PIPE_SIZE = 1024 * 1024
 # splice or copy_file_range cannot serve these (other filesystem, old kernel…): copy another way.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY, errno.EBADF}
 
@@ -99,6 +106,33 @@ def plan_shards(tensors: Sequence[TensorLayout], shard_size: int) -> tuple[Shard
 def planned_bytes(tensors: Sequence[TensorLayout], shard_size: int) -> int:
     """Bytes the weight files will take on disk, headers included."""
     return sum(len(s.header()) + s.data_bytes for s in plan_shards(tensors, shard_size))
+
+
+def _preallocate(handle: BinaryIO, size: int) -> None:
+    """Reserve ``size`` bytes of disk for ``handle``'s file where the filesystem can (no-op elsewhere).
+
+    Raises:
+        OSError: ENOSPC when the disk lacks room for them.
+    """
+    fallocate = _fallocate()
+    if fallocate is None or fallocate(handle.fileno(), 0, 0, size) == 0:
+        return
+    code = ctypes.get_errno()
+    if code == errno.ENOSPC:
+        raise OSError(code, os.strerror(code), getattr(handle, "name", None))
+    # Any other refusal (a filesystem without fallocate, an interrupted call): write without it.
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's raw ``fallocate(fd, mode, offset, len)`` (never glibc's byte-writing emulation), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):  # not Linux, or no such libc symbol
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    function.restype = ctypes.c_int
+    return function
 
 
 def _write_all(handle: BinaryIO, data: memoryview) -> None:
@@ -264,7 +298,9 @@ class ShardedWriter:
         self._close_handle()
         self._shard = shard
         self._handle = (self.folder / shard.file).open("wb", buffering=0)
-        _write_all(self._handle, memoryview(shard.header()))
+        header = shard.header()
+        _preallocate(self._handle, len(header) + shard.data_bytes)
+        _write_all(self._handle, memoryview(header))
 
     def _close_handle(self) -> None:
         if self._handle is not None:
