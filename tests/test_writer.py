@@ -146,8 +146,12 @@ def test_spliced_pieces_end_on_piece_boundaries_of_the_output(source, tmp_path, 
 
 @pytest.mark.skipif(not hasattr(os, "splice"), reason="splice is Linux-only")
 def test_a_pipe_that_cannot_grow_still_copies(source, tmp_path, monkeypatch):
-    def no_resize(*_args):
-        raise OSError(errno.EPERM, "Operation not permitted")
+    real_fcntl = writer_module.fcntl.fcntl
+
+    def no_resize(fd, command, *args):
+        if command == writer_module.fcntl.F_SETPIPE_SZ:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return real_fcntl(fd, command, *args)
 
     monkeypatch.setattr(writer_module.fcntl, "fcntl", no_resize)
     pipe = writer_module._Pipe()
