@@ -46,7 +46,8 @@ class MethodSpec:
         return next((p for p in self.parameters if p.name == name), None)
 
 
-def _task_arithmetic_family(name: str, label: str, normalize: bool, rescale: bool) -> MethodSpec:
+def _task_arithmetic_family(name: str, label: str, normalize: bool, rescale: bool,
+                            *extra: ParameterSpec) -> MethodSpec:
     return MethodSpec(
         name, label,
         (
@@ -56,9 +57,14 @@ def _task_arithmetic_family(name: str, label: str, normalize: bool, rescale: boo
             ParameterSpec("lambda", 1.0, shared=True),
             ParameterSpec("weight", REQUIRED, shared=False, non_base=True),
             ParameterSpec("density", 1.0, shared=False, non_base=True),
+            *extra,
         ),
         needs_base=True, min_models=2,
     )
+
+
+GAMMA = ParameterSpec("gamma", 0.01, shared=False, non_base=True)  # breadcrumbs: share of largest deltas dropped
+EPSILON = ParameterSpec("epsilon", 0.15, shared=False, non_base=True)  # della: spread of keep probabilities
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -75,6 +81,14 @@ METHODS: dict[str, MethodSpec] = {
         _task_arithmetic_family("ties", "TIES", normalize=True, rescale=False),
         _task_arithmetic_family("dare_ties", "DARE TIES", normalize=False, rescale=True),
         _task_arithmetic_family("dare_linear", "DARE linear", normalize=False, rescale=True),
+        _task_arithmetic_family("breadcrumbs", "Model Breadcrumbs", False, False, GAMMA),
+        _task_arithmetic_family("breadcrumbs_ties", "Model Breadcrumbs with TIES", False, False, GAMMA),
+        _task_arithmetic_family("della", "DELLA", True, True, EPSILON),
+        _task_arithmetic_family("della_linear", "DELLA linear", False, True, EPSILON),
+        MethodSpec("sce", "SCE (select, calculate, erase)",
+                   (ParameterSpec("int8_mask", False, shared=True),
+                    ParameterSpec("select_topk", 1.0, shared=True)),
+                   needs_base=True, min_models=2),
         MethodSpec("model_stock", "Model Stock", (ParameterSpec("filter_wise", False, shared=True),),
                    needs_base=True, min_models=3),
         MethodSpec("nuslerp", "NuSLERP",
@@ -82,6 +96,23 @@ METHODS: dict[str, MethodSpec] = {
                     ParameterSpec("nuslerp_flatten", True, shared=True),
                     ParameterSpec("weight", REQUIRED, shared=False, non_base=True)),
                    min_models=2),
+        MethodSpec("multislerp", "Multi-SLERP (spherical barycentre)",
+                   (ParameterSpec("normalize_weights", True, shared=True),
+                    ParameterSpec("eps", 1e-8, shared=True),
+                    ParameterSpec("weight", REQUIRED, shared=False, non_base=True)),
+                   min_models=1),
+        MethodSpec("karcher", "Karcher mean",
+                   (ParameterSpec("max_iter", 10, shared=True), ParameterSpec("tol", 1e-5, shared=True)),
+                   min_models=1),
+        MethodSpec("nearswap", "NearSwap", (ParameterSpec("t", REQUIRED, shared=True),),
+                   needs_base=True, min_models=2, max_models=2),
+        MethodSpec("arcee_fusion", "Arcee Fusion", (), needs_base=True, min_models=2, max_models=2),
+        MethodSpec("ram", "RAM (reinforced agent merging)", (ParameterSpec("epsilon", 1e-5, shared=True),),
+                   needs_base=True, min_models=2),
+        MethodSpec("ramplus_tl", "RAM+ (tensor-local)",
+                   (ParameterSpec("r", 0.1, shared=True), ParameterSpec("alpha", 0.2, shared=True),
+                    ParameterSpec("epsilon", 1e-5, shared=True)),
+                   needs_base=True, min_models=2),
     )
 }
 
