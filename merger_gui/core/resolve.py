@@ -42,6 +42,10 @@ def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:
     who = f"donor {name!r} ({ref})" if renamed else f"donor {ref!r}"
     path = Path(ref).expanduser()
     if not ref.startswith(PROFILE_PREFIX) and not path.exists():
+        if "+" in ref:
+            raise DonorError(f"{who} is a model with a LoRA adapter (MODEL+LORA), which merger_gui does not "
+                             "apply; merge the adapter into its model first (peft's merge_and_unload) and "
+                             "use that folder")
         if _looks_like_path(ref):
             raise DonorError(f"{who} not found (no such folder)")
         if not REPO_ID.match(ref):
