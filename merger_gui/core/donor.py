@@ -110,6 +110,7 @@ class DonorInfo:
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     warnings: tuple[str, ...] = ()
     download_bytes: int = 0  # weight bytes still to fetch for a Hub donor not in the cache
+    file_sizes: tuple[tuple[str, int], ...] = ()  # Hub donors: (weight file, bytes) of the repo
 
     @cached_property
     def tensor_map(self) -> dict[str, TensorInfo]:

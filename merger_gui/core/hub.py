@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ INDEX_FILE = "model.safetensors.index.json"
 def inspect_repo(repo_id: str, revision: str | None = None) -> DonorInfo:
     """Inspect ``repo_id`` at ``revision`` (default: main) without downloading weights.
 
-    ``download_bytes`` of the result is the size of the weight files not yet in the cache.
+    ``download_bytes`` of the result is the size of the weight files not yet in the cache;
+    ``file_sizes`` gives the size of each weight file.
 
     Raises:
         DonorError: unknown repo or revision, gated repo, no network, a repo without
@@ -80,10 +81,11 @@ def inspect_repo(repo_id: str, revision: str | None = None) -> DonorInfo:
     tensors = tuple(t for f in files.values() for t in f.tensors.values())
     missing = sum(f.size for name, f in files.items() if _cached_path(repo_id, name, sha) is None)
     snapshot = _cached_path(repo_id, "config.json", sha)
-    return donor_from_config(
+    donor = donor_from_config(
         ref, "hub", config, natural_order(tensors), path=str(Path(snapshot).parent) if snapshot else None,
         weight_format="safetensors", download_bytes=missing,
     )
+    return replace(donor, file_sizes=tuple(sorted((name, f.size) for name, f in files.items())))
 
 
 @dataclass(frozen=True)

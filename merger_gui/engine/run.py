@@ -18,7 +18,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -148,19 +148,8 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     used = {m for sp in plan.stages for m in recipe.stages[sp.index].referenced_models if m in donors}
     for model in sorted(used):
         _check_local(model, donors[model])
-    hub = sorted(m for m in used if donors[m].kind == "hub")
-    fetches: list[str] = []
-    if hub:
-        from .fetch import fetch_donor, needs_fetch
-
-        fetches = [m for m in hub if needs_fetch(donors[m])]
-    if fetches:
-        from huggingface_hub import constants
-
-        cache = Path(constants.HF_HUB_CACHE)
-        _check_space([(cache, sum(donors[m].download_bytes for m in fetches))], "to download donors into")
-        for model in fetches:
-            donors[model] = yield from fetch_donor(model, donors[model], cancel)
+    if any(d.kind == "hub" for d in donors.values()):
+        plan = yield from _fetch_hub_donors(recipe, plan, donors, options, cancel)
     for sp in plan.stages:
         for tensor in sp.tensors:
             if tensor.note:
@@ -191,6 +180,23 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     finally:
         reader.close()
     yield MergeDone(target, len(jobs), progress.tensors, progress.bytes, time.monotonic() - started)
+
+
+def _fetch_hub_donors(recipe: Recipe, plan: Plan, donors: dict[str, DonorInfo], options: MergeOptions,
+                      cancel: threading.Event | None) -> Generator[DownloadProgress, None, Plan]:
+    """Download the files of Hub donors the plan reads into the cache (updating ``donors``);
+    returns the plan, made again when tokenizers arrived that can change the vocabulary."""
+    from .fetch import fetch_donor, plan_fetches
+
+    fetches = plan_fetches(recipe, plan, donors, options.copy_tokenizer)
+    if not fetches:
+        return plan
+    from huggingface_hub import constants
+
+    _check_space([(Path(constants.HF_HUB_CACHE), sum(f.nbytes for f in fetches))], "to download donors into")
+    for fetch in fetches:
+        donors[fetch.model] = yield from fetch_donor(fetch, donors[fetch.model], cancel)
+    return plan_recipe(recipe, donors)
 
 
 def _device(name: str) -> str:
