@@ -33,6 +33,7 @@ class MethodSpec:
     min_models: int = 1
     max_models: int | None = None  # per slice, base included
     uses_vocab_merge: bool = True  # would merge vocab-indexed rows from several donors
+    float32_result: bool = False  # returns float32 (or wider) whatever the working dtype; mergekit stores that
 
     @property
     def shared_parameters(self) -> tuple[ParameterSpec, ...]:
@@ -106,13 +107,14 @@ METHODS: dict[str, MethodSpec] = {
                    min_models=1),
         MethodSpec("nearswap", "NearSwap", (ParameterSpec("t", REQUIRED, shared=True),),
                    needs_base=True, min_models=2, max_models=2),
-        MethodSpec("arcee_fusion", "Arcee Fusion", (), needs_base=True, min_models=2, max_models=2),
+        MethodSpec("arcee_fusion", "Arcee Fusion", (), needs_base=True, min_models=2, max_models=2,
+                   float32_result=True),
         MethodSpec("ram", "RAM (reinforced agent merging)", (ParameterSpec("epsilon", 1e-5, shared=True),),
                    needs_base=True, min_models=2),
         MethodSpec("ramplus_tl", "RAM+ (tensor-local)",
                    (ParameterSpec("r", 0.1, shared=True), ParameterSpec("alpha", 0.2, shared=True),
                     ParameterSpec("epsilon", 1e-5, shared=True)),
-                   needs_base=True, min_models=2),
+                   needs_base=True, min_models=2, float32_result=True),
     )
 }
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from .donor import DonorInfo, TensorInfo, dtype_code, with_layer_index
+from .donor import DonorInfo, TensorInfo, known_dtype_code, with_layer_index
 from .errors import DonorError, RecipeError, UserError
 from .methods import MethodSpec, method_spec
 from .parameters import evaluate_parameter, slice_position
@@ -243,15 +243,16 @@ def promoted_dtype_code(codes: list[str]) -> str:
 _FLOAT_RANKS = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
 
 
-def _output_dtype(stage: Stage, input_codes: list[str]) -> str:
-    """``out_dtype``, else ``dtype``, else the inputs' promoted dtype (what mergekit stores)."""
-    for name in (stage.out_dtype, stage.dtype):
-        if name:
-            try:
-                return dtype_code(name)
-            except ValueError:
-                pass  # validation reports the unknown dtype
-    return promoted_dtype_code(input_codes)
+def _output_dtype(stage: Stage, input_codes: list[str], float32_result: bool = False) -> str:
+    """``out_dtype``, else what mergekit stores: the working dtype (``dtype``, else the inputs'
+    promoted one), widened to float32 for a method whose result is float32 (``float32_result``)."""
+    out = known_dtype_code(stage.out_dtype) if stage.out_dtype else None
+    if out:
+        return out
+    working = (known_dtype_code(stage.dtype) if stage.dtype else None) or promoted_dtype_code(input_codes)
+    if float32_result and working in _FLOAT_RANKS:
+        return promoted_dtype_code([working, "F32"])
+    return working
 
 
 def output_vocab_size(stage: Stage, donors: Mapping[str, DonorInfo], config_donor: DonorInfo) -> int:
@@ -320,7 +321,8 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
         if is_vocab_tensor(out_name) and len(shape) >= 1 and stage.effective_tokenizer_source:
             shape = (vocab,) + shape[1:]
         codes = [t.dtype for m, n in sources if (t := donors[m].tensor(n)) is not None] or [info.dtype]
-        tensors.append(PlannedTensor(out_name, shape, _output_dtype(stage, codes), planned,
+        widen = spec is not None and spec.float32_result and len(sources) > 1
+        tensors.append(PlannedTensor(out_name, shape, _output_dtype(stage, codes, widen), planned,
                                      layer, slice_i, x, shared, note))
 
     # Pre-weights (embeddings) come from the first slice, at x = 0.
