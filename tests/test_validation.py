@@ -204,6 +204,29 @@ def test_t_outside_unit_interval_everywhere_it_can_be_written():
     assert all(f.is_error for f in out)
 
 
+def test_nearswap_t_is_a_distance_and_zero_warns():
+    def findings(t):
+        recipe = one_stage("nearswap", (sl(src("a", 0, 32), src("b", 0, 32)),), base_model="a",
+                           parameters=Parameters({"t": t}))
+        return validate_recipe(recipe, {"a": LLAMA, "b": LLAMA})
+
+    assert not {"value-out-of-range", "nearswap-zero-t"} & set(codes(findings(2.5)))  # no [0, 1] cap here
+    assert "value-out-of-range" in codes(findings(-0.1))
+    zero = only(findings((0.0, 0.01)), "nearswap-zero-t")
+    assert zero.severity == "warning" and zero.key == "parameters.t[0]" and "NaN" in zero.message
+
+
+def test_parameters_of_newer_methods_are_type_and_range_checked():
+    recipe = one_stage("karcher", (sl(src("a", 0, 32), src("b", 0, 32)),),
+                       parameters=Parameters({"max_iter": 0, "tol": "small"}))
+    found = {f.key: f.code for f in validate_recipe(recipe, {"a": LLAMA, "b": LLAMA}) if f.is_error}
+    assert found == {"parameters.max_iter": "value-out-of-range", "parameters.tol": "not-a-number"}
+    sce = one_stage("sce", (sl(src("a", 0, 32), src("b", 0, 32)),), base_model="a",
+                    parameters=Parameters({"select_topk": 1.5, "int8_mask": "yes"}))
+    found = {f.key: f.code for f in validate_recipe(sce, {"a": LLAMA, "b": LLAMA}) if f.is_error}
+    assert found == {"parameters.select_topk": "value-out-of-range", "parameters.int8_mask": "not-a-boolean"}
+
+
 def test_passthrough_with_two_sources_and_slerp_with_one():
     two = one_stage(slices=(sl(src("a", 0, 8), src("b", 0, 8)),), base_model="a")
     assert "passthrough-sources" in codes(validate_recipe(two, {}))

@@ -33,10 +33,17 @@ KNOWN_KEYS = (
 )
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 # Parameters whose values must lie in a closed range.
-RANGED_PARAMETERS = {"t": (0.0, 1.0), "density": (0.0, 1.0)}
-NUMERIC_PARAMETERS = ("t", "density", "weight", "scale", "lambda")
+RANGED_PARAMETERS = {
+    "t": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 1.0), "select_topk": (0.0, 1.0), "epsilon": (0.0, 1.0),
+    "max_iter": (1, math.inf), "tol": (0.0, math.inf), "eps": (0.0, math.inf),
+}
+# Where a method reads a parameter differently: nearswap's t is a distance, not a fraction.
+METHOD_RANGES = {("nearswap", "t"): (0.0, math.inf)}
+NUMERIC_PARAMETERS = ("t", "density", "weight", "scale", "lambda", "gamma", "epsilon", "select_topk", "eps",
+                      "max_iter", "tol", "r", "alpha")
 # Switches; mergekit also reads 0 and 1 as false and true.
-BOOLEAN_PARAMETERS = ("normalize", "int8_mask", "rescale", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise")
+BOOLEAN_PARAMETERS = ("normalize", "int8_mask", "rescale", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise",
+                      "normalize_weights")
 # DonorInfo field → words for messages; donors of one stage must agree on all of them.
 ARCHITECTURE_FIELDS = (
     ("hidden_size", "hidden size"),
@@ -374,7 +381,8 @@ class _StageCheck:
             return
         if name not in NUMERIC_PARAMETERS:
             return
-        low, high = RANGED_PARAMETERS.get(name, (-math.inf, math.inf))
+        method = self.stage.merge_method.lower()
+        low, high = METHOD_RANGES.get((method, name)) or RANGED_PARAMETERS.get(name, (-math.inf, math.inf))
         for point_key, v in points:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 self.add("error", "not-a-number", f"{name} must be a finite number, {point_key} is {v!r}",
@@ -382,6 +390,11 @@ class _StageCheck:
             elif not low <= v <= high:
                 self.add("error", "value-out-of-range",
                          f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
+                         scope.source, point_key)
+            elif method == "nearswap" and name == "t" and v == 0:
+                self.add("warning", "nearswap-zero-t",
+                         f"t = 0 at {point_key}: nearswap divides t by the models' difference, which gives NaN "
+                         "where they are equal (as in mergekit); use a small positive t", scope.slice,
                          scope.source, point_key)
 
     def check_shadowing(self, scope: _Scope, name: str, rules: tuple[FilterRule, ...], key: str) -> None:
