@@ -406,5 +406,12 @@ def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
     assert ranges(window) == [("Thorns-13B", (0, 8))]
     assert window.registry.donor("Thorns-13B") is not None and window.registry.donor("A") is None
     assert not panel.rename_donor("Thorns-13B", "llama-2-13b")  # taken
+    donor = window.registry.donor("Thorns-13B")
     window.document.undo_stack.undo()
     assert ranges(window) == [("A", (0, 8))]
+    assert window.registry.donor("A") is donor and window.registry.refs["A"] == LLAMA_13B
+    assert "Thorns-13B" not in window.registry.refs and panel.missing() == []
+    window.document.undo_stack.redo()
+    assert ranges(window) == [("Thorns-13B", (0, 8))]
+    assert window.registry.donor("Thorns-13B") is donor and "A" not in window.registry.refs
+    assert panel.missing() == [] and panel.tree.topLevelItem(0).text(0) == "Thorns-13B"

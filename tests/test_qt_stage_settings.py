@@ -14,12 +14,13 @@ from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QComboBox  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
 
+from merger_gui.core.methods import METHODS  # noqa: E402
 from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
 from merger_gui.core.resolve import resolve_donor  # noqa: E402
 from merger_gui.demo import DEMO_MODELS, create_demo_donors  # noqa: E402
 from merger_gui.qt.main_window import MainWindow  # noqa: E402
 from merger_gui.qt.settings import Settings  # noqa: E402
-from merger_gui.qt.slice_items import CELL_LABEL_W  # noqa: E402
+from merger_gui.qt.slice_items import CELL_LABEL_W, LINK_DY  # noqa: E402
 
 LLAMA_13B = "profile:llama-2-13b"
 A, B = DEMO_MODELS
@@ -197,6 +198,30 @@ def test_sources_of_a_slice_move_alone_but_resize_together(qtbot, window, demo_r
     assert window.document.undo_stack.count() == 4
 
 
+def test_the_link_between_sources_follows_a_drag_before_release(qtbot, window, demo_refs):
+    slerp = Stage("slerp", slices=(Slice((SliceSource(A, (2, 6)), SliceSource(B, (2, 6)))),), base_model=A)
+    load(window, Recipe((slerp,)), demo_refs)
+    view, viewport = window.stack_view, window.stack_view.viewport()
+    still, moved = view.slice_bar(0, 0), view.slice_bar(0, 1)
+
+    def top(bar) -> QPointF:  # where a link meets the bar, in scene coordinates
+        return bar.mapToScene(QPointF(0, bar.bar_rect().top() + LINK_DY))
+
+    start, end = bar_point(window, 0, 1, 4), bar_point(window, 0, 1, 6)
+    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for k in range(1, 7):
+        QTest.mouseMove(viewport, start + (end - start) * (k / 6))
+    assert moved.range == (4, 8) and sources(window) == [[(A, (2, 6)), (B, (2, 6))]]  # not released yet
+    [link] = view.links
+    line = link.line()
+    assert link.mapToScene(line.p2()) == top(moved)
+    assert link.mapToScene(line.p1()) == top(still) + QPointF(still.width, 0)
+    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+    assert sources(window) == [[(A, (2, 6)), (B, (4, 8))]]
+    [link] = view.links
+    assert link.mapToScene(link.line().p2()) == top(view.slice_bar(0, 1))
+
+
 def test_base_dtype_and_tokenizer_combos(window):
     load(window, rose(), {"Thorns": LLAMA_13B, "Noromaid": LLAMA_13B})
     bar = window.stage_settings
@@ -272,3 +297,23 @@ def test_models_form_recipe_renders_in_stack_and_weight_editor(qtbot, window, de
     labels = [editor.target_combo.itemText(i) for i in range(editor.target_combo.count())]
     assert labels == [f"weight · {A}", f"weight · {B}"]
     assert editor.curve_values(0)[0] == pytest.approx(1.0) and editor.curve_values(0)[-1] == pytest.approx(0.0)
+
+
+def test_every_method_of_the_combo_gives_a_valid_stage(qtbot, window):
+    load(window, rose(), {"Thorns": LLAMA_13B, "Noromaid": LLAMA_13B})
+    combo = window.stage_settings.method_combo
+    choose(combo, "slerp")
+    methods = [combo.itemData(i) for i in range(combo.count()) if combo.itemData(i) is not None]
+    assert sorted(methods) == sorted(METHODS) and combo.count() == len(METHODS) + 3  # three separators
+    for method in methods:
+        choose(combo, method)
+        window.live_plan.refresh_now()
+        stage = window.document.stage
+        errors = [f.message for f in window.live_plan.findings if f.severity == "error"]
+        assert stage.merge_method == method and combo.currentData() == method
+        assert errors == [] or method == "model_stock", (method, errors)  # model_stock needs a third donor
+        window.document.undo_stack.setIndex(1)  # each from the slerp stage
+    choose(combo, "linear")
+    assert "weight: 0.5" in window.yaml_editor.text()
+    labels = [window.curve_editor.target_combo.itemText(i) for i in range(window.curve_editor.target_combo.count())]
+    assert "weight · Thorns (slice 1)" in labels  # the default weights are curves to edit

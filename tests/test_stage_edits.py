@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from merger_gui.core import slice_edits, stage_edits
-from merger_gui.core.recipe import Parameters, Recipe, Slice, SliceSource, Stage, TokenizerSpec
+from merger_gui.core.methods import METHODS
+from merger_gui.core.recipe import ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage, TokenizerSpec
 from merger_gui.core.recipe_yaml import dump_recipe, load_recipe_text
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.core.validation import validate_recipe
 
 
 def rose() -> Stage:
@@ -84,3 +89,49 @@ def test_add_rename_remove_stages():
     assert stage_edits.remove_stage(renamed, 0).stage_names() == ("stage-2",)
     assert stage_edits.remove_stage(Recipe((rose(),)), 0) == Recipe((rose(),))
     assert stage_edits.stage_donors(renamed, 1, ("Z", "rose")) == ("rose", "Z")
+
+
+def weights(stage: Stage) -> list[list[float | None]]:
+    return [[s.parameters.get("weight") for s in sl.sources] for sl in stage.slices]
+
+
+def test_switch_to_a_weighted_method_gives_each_model_an_equal_share():
+    slerp = stage_edits.set_merge_method(rose(), "slerp")
+    linear = stage_edits.set_merge_method(slerp, "linear")
+    assert weights(linear) == [[0.5, 0.5]] * 4  # normalized: an even average
+    task_arithmetic = stage_edits.set_merge_method(slerp, "task_arithmetic")
+    assert weights(task_arithmetic) == [[None, 1.0], [1.0, None]] * 2  # the base T takes no weight
+    given = SliceSource("x", (0, 4), Parameters({"weight": 0.7}))
+    three = Stage("ties", slices=(Slice((SliceSource("b", (0, 4)), given, SliceSource("y", (0, 4)),
+                                         SliceSource("z", (0, 4)))),), base_model="b")
+    dare = stage_edits.set_merge_method(three, "dare_ties")
+    assert weights(dare) == [[None, 0.7, 0.3333, 0.3333]]  # deltas average; a weight given is kept
+    shared = stage_edits.set_merge_method(replace(slerp, parameters=Parameters({"weight": 0.4})), "linear")
+    assert weights(shared) == [[None, None]] * 4 and shared.parameters["weight"] == 0.4
+    models = Stage("linear", models=(ModelEntry("a"), ModelEntry("b", Parameters({"weight": 2.0}))))
+    multislerp = stage_edits.set_merge_method(models, "multislerp")
+    assert [e.parameters.get("weight") for e in multislerp.models] == [0.5, 2.0]
+
+
+def test_every_method_converts_two_donor_recipes_without_errors():
+    donors = {"T": resolve_donor("profile:llama-2-13b"), "N": resolve_donor("profile:llama-2-13b")}
+    for start in (rose(), stage_edits.set_merge_method(rose(), "slerp")):
+        for method in METHODS:
+            stage = stage_edits.set_merge_method(start, method, ("T", "N"))
+            errors = [f for f in validate_recipe(Recipe((stage,)), donors) if f.severity == "error"]
+            if method == "model_stock":  # needs a third donor
+                assert {f.code for f in errors} == {"too-few-models"}
+            else:
+                assert errors == [], (start.merge_method, method, errors[0].message)
+    three = stage_edits.set_merge_method(rose(), "model_stock", ("T", "N", "X"))
+    assert [s.model for s in three.slices[1].sources] == ["N", "T", "X"]
+
+
+def test_nuslerp_drops_a_base_it_cannot_use_and_nearswap_gets_a_threshold():
+    slerp = stage_edits.set_merge_method(rose(), "slerp")
+    nuslerp = stage_edits.set_merge_method(slerp, "nuslerp")
+    assert nuslerp.base_model is None and weights(nuslerp) == [[0.5, 0.5]] * 4
+    three = Stage("ties", slices=(Slice((SliceSource("b", (0, 4)), SliceSource("x", (0, 4)),
+                                         SliceSource("y", (0, 4)))),), base_model="b")
+    assert stage_edits.set_merge_method(three, "nuslerp").base_model == "b"
+    assert stage_edits.set_merge_method(rose(), "nearswap").parameters["t"] == 0.0001

@@ -10,30 +10,30 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .methods import METHODS, method_spec
-from .recipe import Recipe, SliceSource, Stage
+from .methods import METHODS, MethodSpec, method_spec
+from .recipe import Parameters, Recipe, Slice, SliceSource, Stage
 from .slice_edits import fit_range
 
 DTYPES = ("float16", "bfloat16", "float32")
 TOKENIZER_SOURCES = ("base", "union")
-# Values a required parameter gets when a method switch introduces it.
-REQUIRED_DEFAULTS = {"t": 0.5}
-
-
-def _partner(model: str, donors: tuple[str, ...]) -> str | None:
-    return next((d for d in donors if d != model), None)
+# Values a required shared parameter gets when a method switch introduces it, by method.
+# nearswap's ``t`` is a distance threshold (mergekit's reference merge uses 0.0001), not a ratio.
+REQUIRED_DEFAULTS = {("slerp", "t"): 0.5, ("nearswap", "t"): 0.0001}
 
 
 def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
                      num_layers: dict[str, int] | None = None) -> Stage:
     """Switch the stage to ``method``, converting it so it stays sensible.
 
-    * To a method with at most two sources per slice (slerp) a one-source slice gets the
-      same layer range of another donor (the first of ``donors`` it does not use); more
-      sources than the method takes are dropped from the end.
+    * A slice with fewer sources than the method takes gets the same layer range of other
+      donors (the base model first where the method needs one, then ``donors`` in order);
+      more sources than the method takes are dropped from the end.
     * To passthrough each slice keeps its first source; the base model goes.
-    * A method needing a base model gets the first donor when none is set; a required
-      shared parameter (slerp's ``t``) gets a default when absent.
+    * A method needing a base model gets the first donor when none is set; nuslerp drops a
+      base that would leave it fewer than two other models (it then interpolates the two).
+    * A required shared parameter (slerp's ``t``) gets a default when absent; a required
+      ``weight`` gives each model without one an equal share (1/N of the N models weighted),
+      which averages the models or, without normalization, their deltas to the base.
     * Top-level parameters of the old method the new one does not know are dropped.
 
     Args:
@@ -43,38 +43,84 @@ def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
         num_layers: Layer counts of the donors, when known, to fit paired ranges.
     """
     old, new = method_spec(stage.merge_method), METHODS[method]
-    layers = num_layers or {}
     donors = tuple(dict.fromkeys((*stage.referenced_models, *donors)))
-    slices = None
-    if stage.slices is not None:
-        converted = []
-        for slice_ in stage.slices:
-            sources = slice_.sources
-            if new.max_models is not None:
-                sources = sources[:new.max_models]
-            if new.max_models == 2 and len(sources) == 1:
-                partner = _partner(sources[0].model, donors)
-                if partner is not None:
-                    first = sources[0]
-                    sources += (SliceSource(partner, fit_range(first.start, first.end, layers.get(partner))),)
-            converted.append(replace(slice_, sources=sources,
-                                     base_model=None if new.max_models == 1 else slice_.base_model))
-        slices = tuple(converted)
     base = stage.base_model
     if new.max_models == 1:
         base = None
     elif new.needs_base and base is None and donors:
         base = donors[0]
-    known = {p.name for p in new.parameters}
+    slices = None
+    if stage.slices is not None:
+        slices = tuple(_converted_slice(s, new, base, donors, num_layers or {}) for s in stage.slices)
+    if new.name == "nuslerp" and base is not None and _fewer_than_two_besides(stage, slices, base):
+        base = None
     parameters = stage.parameters
-    if old is not None:
-        for p in old.parameters:
-            if p.name not in known and p.name in parameters:
-                parameters = parameters.with_value(p.name, None)
+    known = {p.name for p in new.parameters}
+    for p in old.parameters if old is not None else ():
+        if p.name not in known and p.name in parameters:
+            parameters = parameters.with_value(p.name, None)
     for p in new.shared_parameters:
-        if p.required and p.name not in parameters and p.name in REQUIRED_DEFAULTS:
-            parameters = parameters.with_value(p.name, REQUIRED_DEFAULTS[p.name])
-    return replace(stage, merge_method=method, slices=slices, base_model=base, parameters=parameters)
+        default = REQUIRED_DEFAULTS.get((new.name, p.name))
+        if p.required and p.name not in parameters and default is not None:
+            parameters = parameters.with_value(p.name, default)
+    converted = replace(stage, merge_method=method, slices=slices, base_model=base, parameters=parameters)
+    weight = new.parameter("weight")
+    if weight is not None and weight.required and not weight.shared:
+        converted = _with_equal_weights(converted, weight.non_base)
+    return converted
+
+
+def _converted_slice(slice_: Slice, new: MethodSpec, base: str | None, donors: tuple[str, ...],
+                     layers: dict[str, int]) -> Slice:
+    """``slice_`` with as many sources as ``new`` takes (the base among them where it needs one)."""
+    sources = slice_.sources if new.max_models is None else slice_.sources[:new.max_models]
+    if new.max_models == 1:
+        return replace(slice_, sources=sources, base_model=None)
+    slice_base = slice_.base_model or base
+    wanted = (slice_base, *donors) if new.needs_base and slice_base else donors
+    for model in dict.fromkeys(wanted):
+        if not sources or len(sources) >= new.min_models:
+            break
+        if model not in {s.model for s in sources}:
+            first = sources[0]
+            sources += (SliceSource(model, fit_range(first.start, first.end, layers.get(model))),)
+    return replace(slice_, sources=sources)
+
+
+def _fewer_than_two_besides(stage: Stage, slices: tuple[Slice, ...] | None, base: str) -> bool:
+    """Whether some slice (or the ``models:`` list) merges fewer than two models besides ``base``."""
+    groups = [[s.model for s in slice_.sources] for slice_ in slices or ()]
+    if slices is None and stage.models is not None:
+        groups = [[e.model for e in stage.models]]
+    return any(sum(1 for model in group if model != base) < 2 for group in groups)
+
+
+def _equal_share(count: int) -> float:
+    return round(1 / max(count, 1), 4)
+
+
+def _with_equal_weights(stage: Stage, non_base: bool) -> Stage:
+    """Each model with no ``weight`` in any scope gets 1/N, N the models weighted together."""
+    def lacks_weight(*scopes: Parameters) -> bool:
+        return all("weight" not in p for p in scopes)
+
+    if stage.models is not None and stage.slices is None:
+        weighted = [e for e in stage.models if not (non_base and e.model == stage.base_model)]
+        share = _equal_share(len(weighted))
+        models = tuple(replace(e, parameters=e.parameters.with_value("weight", share))
+                       if e in weighted and lacks_weight(e.parameters, stage.parameters) else e
+                       for e in stage.models)
+        return replace(stage, models=models)
+    slices = []
+    for slice_ in stage.slices or ():
+        base = slice_.base_model or stage.base_model
+        weighted = [s for s in slice_.sources if not (non_base and s.model == base)]
+        share = _equal_share(len(weighted))
+        sources = tuple(replace(s, parameters=s.parameters.with_value("weight", share))
+                        if s in weighted and lacks_weight(s.parameters, slice_.parameters, stage.parameters) else s
+                        for s in slice_.sources)
+        slices.append(replace(slice_, sources=sources))
+    return replace(stage, slices=None if stage.slices is None else tuple(slices))
 
 
 def set_base_model(stage: Stage, model: str | None) -> Stage:

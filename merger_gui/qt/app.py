@@ -138,3 +138,7 @@ def save_screenshot(window, path: Path, size: tuple[int, int], close: bool = Tru
         window.document.undo_stack.setClean()  # nothing to save: close without asking
         window.close()
     return ok
+
+
+if __name__ == "__main__":  # python -m merger_gui.qt.app
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -13,19 +14,37 @@ from merger_gui.core.recipe import Recipe, Stage
 Edit = Callable[[Recipe], Recipe]
 
 
+@dataclass(frozen=True)
+class Companion:
+    """A change of state kept beside the recipe (the donor registry) that an edit makes too.
+
+    ``redo`` runs when the edit is done or redone, ``undo`` when it is undone, each just
+    before the recipe changes, so views that follow the recipe see both in step.
+    """
+
+    redo: Callable[[], None]
+    undo: Callable[[], None]
+
+
 class _RecipeCommand(QUndoCommand):
     """Swap between two recipe values; every edit is one of these."""
 
-    def __init__(self, document: RecipeDocument, before: Recipe, after: Recipe, text: str) -> None:
+    def __init__(self, document: RecipeDocument, before: Recipe, after: Recipe, text: str,
+                 companion: Companion | None = None) -> None:
         super().__init__(text)
         self._document = document
         self._before = before
         self._after = after
+        self._companion = companion
 
     def redo(self) -> None:
+        if self._companion is not None:
+            self._companion.redo()
         self._document._set_recipe(self._after)
 
     def undo(self) -> None:
+        if self._companion is not None:
+            self._companion.undo()
         self._document._set_recipe(self._before)
 
 
@@ -78,11 +97,14 @@ class RecipeDocument(QObject):
     def is_modified(self) -> bool:
         return not self.undo_stack.isClean()
 
-    def apply(self, edit: Edit | Recipe, text: str) -> None:
-        """Apply an edit (a function of the recipe, or a new recipe) as one undo step."""
+    def apply(self, edit: Edit | Recipe, text: str, companion: Companion | None = None) -> None:
+        """Apply an edit (a function of the recipe, or a new recipe) as one undo step.
+
+        ``companion`` is done and undone with the edit (only when the recipe changes).
+        """
         after = edit(self._recipe) if callable(edit) else edit
         if after != self._recipe:
-            self.undo_stack.push(_RecipeCommand(self, self._recipe, after, text))
+            self.undo_stack.push(_RecipeCommand(self, self._recipe, after, text, companion))
 
     def apply_to_stage(self, edit: Callable[[Stage], Stage], text: str) -> None:
         """Apply an edit to the current stage only."""

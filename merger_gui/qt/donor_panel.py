@@ -18,7 +18,7 @@ from merger_gui.core.runtime_presets import GIB
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 from merger_gui.core.slice_edits import rename_model
 
-from .document import RecipeDocument
+from .document import Companion, RecipeDocument
 from .donor_registry import DonorRegistry
 from .inspection import DonorInspector
 from .live_plan import LivePlan
@@ -220,8 +220,13 @@ class DonorPanel(QWidget):
         new = new.strip()
         if not new or new == old or new in self.registry.refs or new in self.document.recipe.stage_names():
             return False
-        self.registry.rename(old, new)
-        self.document.apply(lambda recipe: rename_model(recipe, old, new), f"Rename donor {old} to {new}")
+        registry, after = self.registry, rename_model(self.document.recipe, old, new)
+        if after == self.document.recipe:  # a donor the recipe does not use yet: no recipe edit
+            registry.rename(old, new)
+            return True
+        # The registry is renamed inside the undo step, so undo and redo keep the name mapped.
+        follow = Companion(redo=lambda: registry.rename(old, new), undo=lambda: registry.rename(new, old))
+        self.document.apply(after, f"Rename donor {old} to {new}", follow)
         return True
 
     def rename_dialog(self, name: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import (
-    QGraphicsItem, QGraphicsObject, QGraphicsSceneHoverEvent, QGraphicsSceneMouseEvent,
+    QGraphicsItem, QGraphicsLineItem, QGraphicsObject, QGraphicsSceneHoverEvent, QGraphicsSceneMouseEvent,
     QStyleOptionGraphicsItem, QWidget,
 )
 
@@ -25,6 +25,7 @@ TITLE_LINE_H = 14.0
 CELL_LABEL_W = 40.0  # the layer-number part of a donor column
 LANE_W = 32.0  # one lane of slice bars; overlapping slices get more lanes
 EDGE_GRIP = 5.0  # pixels at a bar's ends that resize instead of move
+LINK_DY = 7.0  # links join a slice's bars this far below their tops, past the rounded corner
 DRAG_THRESHOLD = 3.0
 MIN_COLUMN_W = 116.0
 MAX_COLUMN_W = 190.0
@@ -407,3 +408,19 @@ class SliceBarItem(QGraphicsObject):
         if self._mode is None and not self.ghost:
             self.sigContextMenu.emit(event.screenPos())
             event.accept()
+
+
+class SliceLinkItem(QGraphicsLineItem):
+    """The dashed line joining two sources of one slice, from the left bar's top to the right one's."""
+
+    def __init__(self, left: SliceBarItem, right: SliceBarItem, pen: QPen) -> None:
+        super().__init__()
+        self.left, self.right = left, right
+        self.setPen(pen)
+        self.setZValue(5)
+        self.follow()
+
+    def follow(self) -> None:
+        """Join the bars where they are now (a drag moves them before the recipe changes)."""
+        y_left, y_right = self.left.bar_rect().top() + LINK_DY, self.right.bar_rect().top() + LINK_DY
+        self.setLine(self.left.x() + self.left.width, y_left, self.right.x(), y_right)

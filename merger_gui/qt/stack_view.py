@@ -17,7 +17,7 @@ from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
 from .output_stack import INDEX_GUTTER, OutputColumnItem
-from .slice_items import HEADER_H, LANE_W, DonorColumnItem, SliceBarItem, StackGeometry
+from .slice_items import HEADER_H, LANE_W, DonorColumnItem, SliceBarItem, SliceLinkItem, StackGeometry
 from .theme import CanvasColors, current_theme
 
 COLUMN_GAP = 22.0
@@ -173,6 +173,7 @@ class StackView(QGraphicsView):
         self.setMouseTracking(True)
         self.columns: dict[str, DonorColumnItem] = {}
         self.bars: list[SliceBarItem] = []
+        self.links: list[SliceLinkItem] = []
         self.output: OutputColumnItem | None = None
         self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, 10.0)
         self._ghost: SliceBarItem | None = None
@@ -239,7 +240,7 @@ class StackView(QGraphicsView):
         theme = current_theme().canvas
         scene = self.scene()
         scene.clear()
-        self.columns, self.bars, self.output, self._ghost = {}, [], None, None
+        self.columns, self.bars, self.links, self.output, self._ghost = {}, [], [], None, None
         self._highlights, self._selection_box = [], None
         self.setBackgroundBrush(QBrush(theme.background))
         stage = self.document.stage
@@ -312,10 +313,10 @@ class StackView(QGraphicsView):
         pen = QPen(theme.muted_text, 1.2, Qt.PenStyle.DashLine)
         for bars in by_slice.values():
             bars.sort(key=lambda b: b.x())
-            for a, b in zip(bars, bars[1:]):
-                y_a, y_b = a.bar_rect().top() + 7, b.bar_rect().top() + 7
-                line = self.scene().addLine(a.x() + a.width, y_a, b.x(), y_b, pen)
-                line.setZValue(5)
+            for left, right in zip(bars, bars[1:]):
+                link = SliceLinkItem(left, right, pen)
+                self.scene().addItem(link)
+                self.links.append(link)
 
     def _column_tooltip(self, name: str, info) -> str:  # noqa: ANN001 - DonorInfo | None
         if info is None:
@@ -436,6 +437,9 @@ class StackView(QGraphicsView):
                 if resizing:
                     o_start, o_end = max(0, o_start + start - old_start), o_end + end - old_end
                 other.set_range((o_start, max(o_start + 1, o_end)))
+        for link in self.links:
+            if link.left.slice_index == bar.slice_index:
+                link.follow()
         self.sigStatus.emit(f"Slice {bar.slice_index + 1}: {bar.model}, {layer_range_label(start, end)} "
                             f"[{start}, {end}]")
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QSizePolicy, QWidget
 
 from merger_gui.core import stage_edits
-from merger_gui.core.methods import METHODS
+from merger_gui.core.methods import METHODS, MethodSpec
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
@@ -20,6 +20,7 @@ from .live_plan import LivePlan
 NONE = "(none)"
 DEFAULT = "(default)"
 COMBO_CHARS = 11  # long donor names elide instead of widening the bar
+METHOD_CHARS = 14  # the longest method labels elide too; the open list shows them whole
 
 
 def _field(label: str, widget: QWidget, tooltip: str) -> QWidget:
@@ -33,6 +34,31 @@ def _field(label: str, widget: QWidget, tooltip: str) -> QWidget:
     layout.addWidget(widget)
     box.setToolTip(tooltip)
     return box
+
+
+def _method_group(spec: MethodSpec) -> int:
+    """The method's place in the list: stacking, two models, blends of any number, deltas to a base."""
+    if spec.max_models == 1:
+        return 0
+    if spec.max_models == 2:
+        return 1
+    return 3 if spec.needs_base else 2
+
+
+def _method_combo() -> QComboBox:
+    """Every method by its short label, grouped by what it merges (separators between groups)."""
+    combo = QComboBox()
+    previous = None
+    for spec in sorted(METHODS.values(), key=_method_group):
+        if previous is not None and _method_group(spec) != previous:
+            combo.insertSeparator(combo.count())
+        previous = _method_group(spec)
+        combo.addItem(spec.label.split(" (")[0], spec.name)  # the full label is the item's tooltip
+        combo.setItemData(combo.count() - 1, f"{spec.label} — {spec.name}", Qt.ItemDataRole.ToolTipRole)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(METHOD_CHARS)
+    combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
+    return combo
 
 
 def _set_items(combo: QComboBox, items: list[tuple[str, str | None]], current: str | None) -> None:
@@ -53,11 +79,7 @@ class StageSettingsBar(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document, self.registry, self.live_plan = document, registry, live_plan
-        self.method_combo = QComboBox()
-        for name, spec in METHODS.items():  # short labels; the full one is the item's tooltip
-            self.method_combo.addItem(spec.label.split(" (")[0], name)
-            self.method_combo.setItemData(self.method_combo.count() - 1, f"{spec.label} — {name}",
-                                          Qt.ItemDataRole.ToolTipRole)
+        self.method_combo = _method_combo()
         self.base_combo = self._model_combo()
         self.dtype_combo = QComboBox()
         self.out_dtype_combo = QComboBox()
