@@ -181,6 +181,72 @@ def test_dare_without_rescale_keeps_raw_deltas():
     assert set(result.unique().tolist()) == {0.0, 1.0}
 
 
+# --- breadcrumbs, DELLA ------------------------------------------------------------------------
+
+def test_breadcrumbs_drops_the_largest_gamma_share_then_the_smallest():
+    base = torch.zeros(10)
+    x = t(1.0, -2.0, 3.0, -4.0, 5.0, -6.0, 7.0, -8.0, 9.0, -10.0)
+    per_model = [{}, {"weight": 1.0, "density": 0.5, "gamma": 0.2}]
+    result = merge("breadcrumbs", [base, x], ["base", "x"], "base", TA_SHARED, per_model)
+    # Keep 5 of 10: the 2 largest go as outliers, the 3 smallest as noise.
+    assert torch.equal(result, t(0.0, 0.0, 0.0, -4.0, 5.0, -6.0, 7.0, -8.0, 0.0, 0.0))
+    # Density 0.9 leaves room for one outlier only.
+    per_model[1]["density"] = 0.9
+    result = merge("breadcrumbs", [base, x], ["base", "x"], "base", TA_SHARED, per_model)
+    assert torch.equal(result, x * (x.abs() < 10))
+
+
+def test_breadcrumbs_ties_without_outliers_is_ties():
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(8, 16, generator=g) for _ in range(3)]
+    per_model = [{}, {"weight": 0.6, "density": 0.4, "gamma": 0.0}, {"weight": 0.5, "density": 0.7, "gamma": 0.0}]
+    shared = dict(TA_SHARED, normalize=True)
+    breadcrumbs = merge("breadcrumbs_ties", tensors, ["base", "x", "y"], "base", shared, per_model)
+    assert torch.equal(breadcrumbs, merge("ties", tensors, ["base", "x", "y"], "base", shared, per_model))
+
+
+def della(method, density, epsilon, seed, x, rescale=True):
+    generator = torch.Generator().manual_seed(seed)
+    return merge(method, [torch.zeros_like(x), x], ["base", "x"], "base", dict(TA_SHARED, rescale=rescale),
+                 [{}, {"weight": 1.0, "density": density, "epsilon": epsilon}], generator=generator)
+
+
+def test_della_keeps_larger_deltas_more_often_and_rescales_to_the_l1_norm():
+    x = torch.arange(1, 20_001, dtype=torch.float32)  # one row, magnitudes rising
+    result = della("della_linear", 0.5, 0.4, seed=3, x=x)
+    kept = (result != 0).float()
+    # Keep probability rises from 0.1 to 0.9 along the row.
+    assert abs(kept[:2000].mean().item() - 0.14) < 0.03
+    assert abs(kept[-2000:].mean().item() - 0.86) < 0.03
+    assert torch.allclose(result.sum(), x.sum(), rtol=1e-4)
+
+
+def test_della_with_epsilon_zero_draws_dare_masks():
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(della("della_linear", 0.3, 0.0, seed=5, x=x), dare_of(x, 0.3, seed=5))
+    assert not torch.equal(della("della_linear", 0.3, 0.0, seed=6, x=x), dare_of(x, 0.3, seed=5))
+
+
+def dare_of(x, density, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return merge("dare_linear", [torch.zeros_like(x), x], ["base", "x"], "base", dict(TA_SHARED, rescale=True),
+                 [{}, {"weight": 1.0, "density": density}], generator=generator)
+
+
+def test_della_at_full_density_is_task_arithmetic():
+    x = torch.randn(16, generator=torch.Generator().manual_seed(2))
+    shared = dict(TA_SHARED, normalize=True)
+    result = merge("della", [torch.zeros(16), x], ["base", "x"], "base", shared,
+                   [{}, {"weight": 0.5, "density": 1.0, "epsilon": 0.0}])
+    assert torch.equal(result, merge("task_arithmetic", [torch.zeros(16), x], ["base", "x"], "base", shared,
+                                     [{}, {"weight": 0.5}]))
+
+
+def test_della_needs_density_plus_minus_epsilon_within_0_and_1():
+    with pytest.raises(UserError, match="w: della needs density ± epsilon within"):
+        della("della", 0.9, 0.15, seed=0, x=torch.ones(4))
+
+
 # --- model stock -----------------------------------------------------------------------------
 
 def test_model_stock_interpolates_by_the_mean_cosine_of_the_deltas():

@@ -227,6 +227,27 @@ def test_parameters_of_newer_methods_are_type_and_range_checked():
     assert found == {"parameters.select_topk": "value-out-of-range", "parameters.int8_mask": "not-a-boolean"}
 
 
+def test_della_density_and_epsilon_must_stay_inside_the_unit_interval():
+    def findings(density, epsilon):
+        recipe = one_stage("della", (sl(src("a", 0, 32), src("b", 0, 32)),), base_model="a",
+                           parameters=Parameters({"weight": 1.0, "density": density, "epsilon": epsilon}))
+        return validate_recipe(recipe, {"a": LLAMA, "b": LLAMA})
+
+    assert "della-epsilon" not in codes(findings(0.5, 0.2))
+    assert "della-epsilon" not in codes(findings(1.0, 0.5))  # density 1 keeps everything, draws nothing
+    error = only(findings(0.9, 0.15), "della-epsilon")
+    assert error.is_error and "0.9 ± epsilon 0.15" in error.message and error.key == "parameters.epsilon"
+    assert "della-epsilon" in codes(findings(0.1, 0.1))
+
+
+def test_an_optional_base_must_still_be_a_source_of_the_slice():
+    for method in ("nuslerp", "multislerp"):
+        recipe = one_stage(method, (sl(src("a", 0, 32), src("b", 0, 32)),), base_model="c",
+                           parameters=Parameters({"weight": 0.5}))
+        found = only(validate_recipe(recipe, {"a": LLAMA, "b": LLAMA, "c": LLAMA}), "base-not-in-slice")
+        assert found.is_error and found.slice == 0 and method in found.message
+
+
 def test_passthrough_with_two_sources_and_slerp_with_one():
     two = one_stage(slices=(sl(src("a", 0, 8), src("b", 0, 8)),), base_model="a")
     assert "passthrough-sources" in codes(validate_recipe(two, {}))

@@ -41,6 +41,8 @@ RANGED_PARAMETERS = {
 METHOD_RANGES = {("nearswap", "t"): (0.0, math.inf)}
 NUMERIC_PARAMETERS = ("t", "density", "weight", "scale", "lambda", "gamma", "epsilon", "select_topk", "eps",
                       "max_iter", "tol", "r", "alpha")
+# Counts; mergekit refuses a fractional value (a gradient's too).
+INTEGER_PARAMETERS = ("max_iter",)
 # Switches; mergekit also reads 0 and 1 as false and true.
 BOOLEAN_PARAMETERS = ("normalize", "int8_mask", "rescale", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise",
                       "normalize_weights")
@@ -289,6 +291,9 @@ class _StageCheck:
         elif spec.name == "nuslerp" and others != 2:
             self.add("error", "nuslerp-models",
                      f"nuslerp merges exactly two models besides the base, {this} has {others}", si, key=key)
+        elif spec.name == "multislerp" and others < 1:
+            self.add("error", "multislerp-models",
+                     f"multislerp needs at least one model besides the base, {this} has none", si, key=key)
         elif spec.name == "model_stock" and count < spec.min_models:
             self.add("error", "too-few-models",
                      f"model_stock needs the base and at least two other models, {this} has {count} in all",
@@ -302,7 +307,8 @@ class _StageCheck:
             self.add("error", "duplicate-source",
                      f"{', '.join(repeated)} appears more than once in {this}; {spec.name} merges distinct "
                      "models (mergekit refuses duplicate inputs) — use another donor or passthrough", si, key=key)
-        if si is not None and spec.needs_base and base and all(s.model != base for s in slice_.sources):
+        takes_base = spec.needs_base or spec.name in ("multislerp", "nuslerp")  # mergekit refuses an absent optional base
+        if si is not None and takes_base and base and all(s.model != base for s in slice_.sources):
             self.add("error", "base-not-in-slice",
                      f"base_model {base!r} is not a source of this slice; {spec.name} merges each source "
                      f"against the base, so add {base!r} with the same layer_range length", si, key="base_model")
@@ -391,6 +397,9 @@ class _StageCheck:
                 self.add("error", "value-out-of-range",
                          f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
                          scope.source, point_key)
+            elif name in INTEGER_PARAMETERS and not float(v).is_integer():
+                self.add("error", "not-a-whole-number", f"{name} must be a whole number, {point_key} is {v!r}",
+                         scope.slice, scope.source, point_key)
             elif method == "nearswap" and name == "t" and v == 0:
                 self.add("warning", "nearswap-zero-t",
                          f"t = 0 at {point_key}: nearswap divides t by the models' difference, which gives NaN "
@@ -561,6 +570,8 @@ class _StageCheck:
         self.check_planned_parameters(self.plan)
         self.check_planned_inputs(self.plan)
         self.check_normalized_weights(self.plan)
+        self.check_della_epsilon(self.plan)
+        self.check_whole_numbers(self.plan)
         self.check_token_overrides()
 
     def check_planned_inputs(self, plan: StagePlan) -> None:
@@ -603,18 +614,51 @@ class _StageCheck:
     def check_normalized_weights(self, plan: StagePlan) -> None:
         """Weights that sum to zero where the method divides by their sum (mergekit writes inf/NaN)."""
         method = plan.merge_method.lower()
-        if method not in ("linear", "task_arithmetic", "dare_linear"):
+        if method not in ("linear", "task_arithmetic", "dare_linear", "breadcrumbs", "della_linear", "multislerp"):
             return
+        switch = "normalize_weights" if method == "multislerp" else "normalize"
+        fewest = 2 if method == "multislerp" else 1  # multislerp returns a lone model as is
         for tensor in plan.tensors:
-            if not tensor.parameters.get("normalize", method == "linear"):
+            if not tensor.parameters.get(switch, method in ("linear", "multislerp")):
                 continue
             weights = [s.parameters["weight"] for s in tensor.sources if "weight" in s.parameters]
-            if weights and all(isinstance(w, (int, float)) for w in weights) and abs(sum(weights)) < 1e-8:
+            if len(weights) >= fewest and all(isinstance(w, (int, float)) for w in weights) \
+                    and abs(sum(weights)) < 1e-8:
                 self.add("error", "weights-sum-to-zero",
-                         f"the weights of {tensor.name} sum to zero and normalize: true divides by their sum "
-                         "(mergekit writes inf/NaN); change a weight or set normalize: false",
+                         f"the weights of {tensor.name} sum to zero and {switch}: true divides by their sum "
+                         f"(mergekit writes inf/NaN); change a weight or set {switch}: false",
                          key="parameters.weight")
                 return
+
+    def check_della_epsilon(self, plan: StagePlan) -> None:
+        """DELLA draws keep-probabilities in density ± epsilon, which must stay inside (0, 1)."""
+        if plan.merge_method.lower() not in ("della", "della_linear"):
+            return
+        for tensor in plan.tensors:
+            for source in tensor.sources:
+                density, epsilon = source.parameters.get("density", 1.0), source.parameters.get("epsilon", 0.15)
+                if not all(isinstance(v, (int, float)) for v in (density, epsilon)) or not 0 < density < 1:
+                    continue  # other checks report non-numbers; density 0 or 1 draws nothing
+                if not (density + epsilon < 1 and density - epsilon > 0):
+                    self.add("error", "della-epsilon",
+                             f"{source.model} at {tensor.name}: density {density:g} ± epsilon {epsilon:g} leaves "
+                             "(0, 1); DELLA needs density - epsilon > 0 and density + epsilon < 1",
+                             key="parameters.epsilon")
+                    return
+
+    def check_whole_numbers(self, plan: StagePlan) -> None:
+        """Count parameters a gradient reads as a fraction for some tensor (mergekit refuses them)."""
+        if any(f.code == "not-a-whole-number" for f in self.findings):
+            return
+        for name in INTEGER_PARAMETERS:
+            for tensor in plan.tensors:
+                value = tensor.parameters.get(name)
+                if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+                    self.add("error", "not-a-whole-number",
+                             f"{name} must be a whole number, but its gradient gives {value!r} for {tensor.name}; "
+                             "use a gradient whose values at every layer are whole, or filter rules",
+                             key=f"parameters.{name}")
+                    return
 
     def check_token_overrides(self) -> None:
         """``tokenizer.tokens`` rows taken from a token the named model does not have."""

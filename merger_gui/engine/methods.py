@@ -6,8 +6,8 @@ the arithmetic allows: SLERP and linear compute in float32 (float64 for float64
 inputs) and round back to the input dtype; the task-arithmetic family, model stock
 and NuSLERP compute in the input dtype itself, as mergekit does.
 
-DARE draws its keep-masks with ``torch.bernoulli`` from ``generator`` (the global
-generator when None). mergekit seeds the global generator once per run
+DARE and DELLA draw their keep-masks with ``torch.bernoulli`` from ``generator`` (the
+global generator when None). mergekit seeds the global generator once per run
 (``--random-seed``) and merges tensors in the order of :func:`random_draw_order`;
 merging in that order from a generator seeded with the same number gives the same
 masks, hence the same tensors.
@@ -16,13 +16,18 @@ masks, hence the same tensors.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from merger_gui.core.errors import UserError
+from merger_gui.core.methods import EPSILON, GAMMA
 
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
+from .pairwise_methods import arcee_fusion, nearswap
+from .spherical_methods import karcher_method, multislerp_method
+from .task_vector_methods import ram, ramplus_tl, sce
 
 __all__ = ["RANDOMIZED_METHODS", "merge_tensors", "nuslerp", "random_draw_order", "slerp"]
 
@@ -48,14 +53,15 @@ def merge_tensors(
 
     Args:
         method: Merge method name (``passthrough``, ``slerp``, ``linear``, ``task_arithmetic``,
-            ``ties``, ``dare_ties``, ``dare_linear``, ``model_stock``, ``nuslerp``).
+            ``ties``, ``dare_ties``, ``dare_linear``, ``breadcrumbs``, ``breadcrumbs_ties``,
+            ``della``, ``della_linear``, ``model_stock``, ``nuslerp``).
         tensors: The inputs, already cast to the working dtype, one per model.
         models: The model reference of each input.
         base_model: The slice's base model, or None.
         shared: Evaluated shared parameters (``t``, ``normalize``, ``lambda``…).
         per_model: Evaluated per-model parameters of each input (``weight``, ``density``…).
         tensor_name: Output tensor name, for error messages.
-        generator: Random source of DARE's masks (the global generator when None).
+        generator: Random source of DARE's and DELLA's masks (the global generator when None).
 
     Returns:
         The merged tensor in the working dtype (the promoted dtype of the inputs).
@@ -131,9 +137,9 @@ class _Inputs:
 
     def singleton_copies(self) -> bool:
         """mergekit copies a tensor only one input has for these methods."""
-        if self.method in ("slerp", "nuslerp"):
+        if self.method in ("slerp", "nuslerp", "arcee_fusion"):
             return True
-        return self.method == "model_stock" and self.base_index == 0
+        return self.method in ("model_stock", "nearswap") and self.base_index == 0
 
     def non_floating_buffer(self) -> torch.Tensor | None:
         if all(t.is_floating_point() for t in self.tensors):
@@ -258,7 +264,7 @@ def _linear(inputs: _Inputs) -> torch.Tensor:
     return result.to(first.dtype)
 
 
-# --- task arithmetic, TIES, DARE -----------------------------------------------------------
+# --- task arithmetic, TIES, DARE, breadcrumbs, DELLA ---------------------------------------
 
 def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
     """``tensor * mask``, rescaled to the L1 norm of ``tensor`` when ``rescale``."""
@@ -272,6 +278,18 @@ def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: floa
     return masked * (before / after)
 
 
+def _flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
+    """``|delta|`` flattened, in float32 on the CPU: the values mergekit sorts (ties break alike)."""
+    magnitudes = delta.abs().reshape(-1)
+    return magnitudes.float() if magnitudes.device.type == "cpu" else magnitudes
+
+
+def _bernoulli_dtype(delta: torch.Tensor) -> torch.dtype:
+    # CPU bernoulli has no float16 kernel: mergekit draws in float32 except for bfloat16.
+    cpu_upcast = delta.device.type == "cpu" and delta.dtype != torch.bfloat16
+    return torch.float32 if cpu_upcast else delta.dtype
+
+
 def _magnitude_prune(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     """Keep the ``density`` fraction of entries largest in magnitude (at least one)."""
     if density >= 1:
@@ -279,11 +297,22 @@ def _magnitude_prune(delta: torch.Tensor, density: float, rescale: bool) -> torc
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     keep = max(1, int(density * delta.numel()))
-    magnitudes = delta.abs().reshape(-1)
-    if magnitudes.device.type == "cpu":
-        magnitudes = magnitudes.float()
     mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[torch.argsort(magnitudes, descending=True)[:keep]] = 1
+    mask[torch.argsort(_flat_magnitudes(delta), descending=True)[:keep]] = 1
+    return _rescaled(delta, mask.reshape_as(delta), rescale)
+
+
+def _outlier_prune(delta: torch.Tensor, density: float, gamma: float, rescale: bool) -> torch.Tensor:
+    """Keep the ``density`` fraction of entries below the ``gamma`` fraction largest in magnitude
+    (Model Breadcrumbs); fewer outliers are dropped where both fractions cannot hold."""
+    if density >= 1:
+        return delta
+    count = delta.numel()
+    keep = int(density * count)
+    smallest = max(0, count - keep - int(gamma * count))
+    ascending = torch.sort(_flat_magnitudes(delta), descending=False).indices
+    mask = torch.zeros(count, dtype=delta.dtype, device=delta.device)
+    mask[ascending[smallest:smallest + keep]] = 1
     return _rescaled(delta, mask.reshape_as(delta), rescale)
 
 
@@ -292,11 +321,78 @@ def _random_prune(delta: torch.Tensor, density: float, rescale: bool,
     """Keep each entry with probability ``density`` (DARE)."""
     if density >= 1:
         return delta
-    # CPU bernoulli has no float16 kernel: mergekit draws in float32 except for bfloat16.
-    cpu_upcast = delta.device.type == "cpu" and delta.dtype != torch.bfloat16
-    work = torch.float32 if cpu_upcast else delta.dtype
+    work = _bernoulli_dtype(delta)
     mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
     return _rescaled(delta.to(work), mask, rescale).to(delta.dtype)
+
+
+def _ranked_random_prune(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """Keep each entry with a probability rising linearly with its magnitude rank in its row,
+    from ``density - epsilon`` to ``density + epsilon`` (DELLA's MagPrune)."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    work = _bernoulli_dtype(delta)
+    rows = delta if delta.ndim >= 2 else delta.unsqueeze(0)
+    # Ranks 1…n in the working dtype, which rounds them in bfloat16 just as mergekit does.
+    ranks = torch.argsort(rows.abs(), dim=1, descending=False).argsort(dim=1).to(work) + 1
+    lowest = ranks.min(dim=1, keepdim=True).values
+    highest = ranks.max(dim=1, keepdim=True).values
+    position = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
+    probabilities = (density - epsilon) + position * 2 * epsilon
+    mask = torch.bernoulli(probabilities, generator=generator).to(work)
+    return _rescaled(rows.to(work), mask, rescale).to(delta.dtype).reshape(delta.shape)
+
+
+_Sparsifier = Callable[[_Inputs, int, torch.Tensor, bool], torch.Tensor]
+
+
+def _density(inputs: _Inputs, index: int) -> float:
+    return float(inputs.model_value(index, "density", 1.0))
+
+
+def _keep_largest(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+    return _magnitude_prune(delta, _density(inputs, index), rescale)
+
+
+def _keep_random(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+    return _random_prune(delta, _density(inputs, index), rescale, inputs.generator)
+
+
+def _keep_below_outliers(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+    gamma = float(inputs.model_value(index, GAMMA.name, GAMMA.default))
+    return _outlier_prune(delta, _density(inputs, index), gamma, rescale)
+
+
+def _keep_by_rank(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+    density = _density(inputs, index)
+    epsilon = float(inputs.model_value(index, EPSILON.name, EPSILON.default))
+    if 0 < density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
+        raise inputs.fail(f"{inputs.method} needs density ± epsilon within (0, 1), got density {density} "
+                          f"and epsilon {epsilon} for {inputs.models[index]}")
+    return _ranked_random_prune(delta, density, epsilon, rescale, inputs.generator)
+
+
+@dataclass(frozen=True)
+class _DeltaRule:
+    """How a task-arithmetic method sparsifies each delta, and whether TIES' sign election filters them."""
+
+    sparsify: _Sparsifier | None
+    consensus: bool
+
+
+_TASK_ARITHMETIC_RULES: dict[str, _DeltaRule] = {
+    "task_arithmetic": _DeltaRule(None, consensus=False),
+    "ties": _DeltaRule(_keep_largest, consensus=True),
+    "dare_ties": _DeltaRule(_keep_random, consensus=True),
+    "dare_linear": _DeltaRule(_keep_random, consensus=False),
+    "breadcrumbs": _DeltaRule(_keep_below_outliers, consensus=False),
+    "breadcrumbs_ties": _DeltaRule(_keep_below_outliers, consensus=True),
+    "della": _DeltaRule(_keep_by_rank, consensus=True),
+    "della_linear": _DeltaRule(_keep_by_rank, consensus=False),
+}
 
 
 def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
@@ -305,18 +401,14 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
     others = inputs.non_base()
     if not others:
         return base
-    sparsify = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random"}.get(inputs.method)
-    consensus = inputs.method in ("ties", "dare_ties")
+    rule = _TASK_ARITHMETIC_RULES[inputs.method]
     rescale = bool(inputs.shared.get("rescale", False))
 
     deltas = base.new_empty((len(others), *base.shape))
     for row, i in enumerate(others):
         delta = inputs.tensors[i] - base
-        density = float(inputs.model_value(i, "density", 1.0))
-        if sparsify == "magnitude":
-            delta = _magnitude_prune(delta, density, rescale)
-        elif sparsify == "random":
-            delta = _random_prune(delta, density, rescale, inputs.generator)
+        if rule.sparsify is not None:
+            delta = rule.sparsify(inputs, i, delta, rescale)
         deltas[row] = delta
         del delta
 
@@ -324,7 +416,7 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
     weights = weights.reshape((len(others),) + (1,) * base.ndim)
     deltas.mul_(weights)
 
-    if consensus:
+    if rule.consensus:
         mask_dtype = torch.int8 if inputs.shared.get("int8_mask", False) else base.dtype
         mask = _sign_agreement(deltas, mask_dtype)
         mixed = (deltas * mask).sum(dim=0)
@@ -434,10 +526,14 @@ _METHODS: dict[str, Callable[[_Inputs], torch.Tensor]] = {
     "passthrough": _passthrough,
     "slerp": _slerp_method,
     "linear": _linear,
-    "task_arithmetic": _task_arithmetic_family,
-    "ties": _task_arithmetic_family,
-    "dare_ties": _task_arithmetic_family,
-    "dare_linear": _task_arithmetic_family,
+    **dict.fromkeys(_TASK_ARITHMETIC_RULES, _task_arithmetic_family),
     "model_stock": _model_stock,
     "nuslerp": _nuslerp_method,
+    "nearswap": nearswap,
+    "arcee_fusion": arcee_fusion,
+    "sce": sce,
+    "ram": ram,
+    "ramplus_tl": ramplus_tl,
+    "multislerp": multislerp_method,
+    "karcher": karcher_method,
 }

@@ -267,9 +267,7 @@ def _merge_order(stage: Stage, plan: StagePlan) -> tuple[int, ...]:
     """Plan order, except for randomized methods: mergekit's order, so the same seed draws the same masks."""
     if stage.merge_method not in RANDOMIZED_METHODS:
         return tuple(range(len(plan.tensors)))
-    aligned = [stage.effective_tokenizer_source is not None and t.is_vocab for t in plan.tensors]
-    return tuple(random_draw_order([t.name for t in plan.tensors],
-                                   [[s.tensor for s in t.sources] for t in plan.tensors], aligned))
+    return tuple(random_draw_order([[s.tensor for s in t.sources] for t in plan.tensors]))
 
 
 def _locate(reader: TensorReader, job: _Job, pending: set[str]) -> list[tuple[SourceTensor, ...]] | None:
