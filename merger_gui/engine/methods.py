@@ -27,7 +27,7 @@ from merger_gui.core.methods import EPSILON, GAMMA
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
 from .pairwise_methods import arcee_fusion, nearswap
 from .spherical_methods import karcher_method, multislerp_method
-from .task_vector_methods import ram, ramplus_tl, sce
+from .task_vector_methods import ram, ramplus_tl, sce, sign_agreement
 
 __all__ = ["RANDOMIZED_METHODS", "merge_tensors", "nuslerp", "random_draw_order", "slerp"]
 
@@ -418,7 +418,7 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
 
     if rule.consensus:
         mask_dtype = torch.int8 if inputs.shared.get("int8_mask", False) else base.dtype
-        mask = _sign_agreement(deltas, mask_dtype)
+        mask = sign_agreement(deltas, mask_dtype)
         mixed = (deltas * mask).sum(dim=0)
         divisor = (weights * mask).sum(dim=0)
         divisor[divisor == 0] = 1
@@ -433,13 +433,6 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
     if scale != 1:
         mixed *= scale
     return (base + mixed).to(base.dtype)
-
-
-def _sign_agreement(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
-    """Where each delta's sign agrees with the sign of the summed deltas (TIES election)."""
-    sign = deltas.sign().to(mask_dtype)
-    elected = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
-    return sign == elected
 
 
 # --- model stock -------------------------------------------------------------------------

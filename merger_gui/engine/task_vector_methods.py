@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from .methods import _Inputs
 
-__all__ = ["ram", "ramplus_tl", "sce"]
+__all__ = ["ram", "ramplus_tl", "sce", "sign_agreement"]
 
 SCE_MIN_DIVISOR = 1e-6
 SCE_MIN_TOTAL_WEIGHT = 1e-6
@@ -47,7 +47,7 @@ def sce(inputs: _Inputs) -> torch.Tensor:
     share = float(inputs.shared_value("select_topk"))
     if share < 1:
         deltas = deltas * _top_variance_mask(deltas, share, mask_dtype)
-    agreeing = _sign_agreement(deltas, mask_dtype)
+    agreeing = sign_agreement(deltas, mask_dtype)
     weights = _energy_shares(deltas).reshape((-1,) + (1,) * base.ndim)
     kept = weights * agreeing
     merged = (deltas * kept).sum(dim=0)
@@ -70,7 +70,7 @@ def _top_variance_mask(deltas: torch.Tensor, share: float, mask_dtype: torch.dty
     return mask
 
 
-def _sign_agreement(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
+def sign_agreement(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
     """Where each delta's sign agrees with the sign of the summed deltas (TIES election)."""
     sign = deltas.sign().to(mask_dtype)
     elected = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
