@@ -7,10 +7,7 @@ our engine runs in-process through :func:`merger_gui.engine.run.run_merge`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,18 +15,56 @@ import pytest
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from model_folder import folder_config, folder_weights  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.plan import plan_recipe  # noqa: E402
+from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.synthetic import DonorShape, tokenizer_files, write_donor  # noqa: E402
 from merger_gui.engine.methods import random_draw_order  # noqa: E402
-from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
+from model_folder import folder_config, folder_weights  # noqa: E402
+from parity import DonorSpec, ParityWorkspace, assert_same_model, build_workspace, run_ours  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
 
 SHAPE = DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=96)
 SEED = 1234
+CONFIG_KEYS = ("num_hidden_layers", "vocab_size")
+
+
+def _templated_donor(folder: Path, template: str, seed: int, jinja: bool = False) -> Path:
+    write_donor(folder, SHAPE, seed=seed)
+    if jinja:
+        (folder / "chat_template.jinja").write_text(template)
+    else:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=template)))
+    return folder
+
+
+def _padded_donor(folder: Path) -> Path:
+    """A donor whose config and embeddings have 128 rows but whose tokenizer has 98 tokens."""
+    write_donor(folder, DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=128), seed=7)
+    for name, content in tokenizer_files(98, added_tokens=2).items():
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+DONORS: dict[str, DonorSpec] = {
+    "A": (SHAPE, {"seed": 1}),
+    "B": (SHAPE, {"seed": 2}),
+    "C": (SHAPE, {"seed": 3}),
+    "E": (SHAPE, {"seed": 4, "dtype": "bfloat16"}),
+    "F": (SHAPE, {"seed": 5, "dtype": "bfloat16"}),
+    # Like a finetune adding <|im_start|>/<|im_end|> to a 96-token base.
+    "T": (DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=98),
+          {"seed": 6, "added_tokens": 2}),
+    "P": _padded_donor,
+    # auto: Q2 and Q3 share a template (in tokenizer_config.json and chat_template.jinja), Q1 has its own.
+    "Q1": partial(_templated_donor, template="{{ 'one' }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                  seed=8),
+    "Q2": partial(_templated_donor, template="{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                  seed=9),
+    "Q3": partial(_templated_donor, template="{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                  seed=10, jinja=True),
+}
 
 # name → (recipe template, donors used); {X} becomes the donor folder of X.
 RECIPES: dict[str, str] = {
@@ -234,132 +269,27 @@ CONVERSATION = [
     {"role": "user", "content": "How are you?"},
 ]
 
-# Runs every job in one interpreter: multi-document files stage by stage, as
-# mergekit-multi does (a later stage's reference to a stage name is that stage's output).
-MERGEKIT_DRIVER = """
-import json, os, sys, yaml
-from mergekit.config import MergeConfiguration
-from mergekit.merge import run_merge
-from mergekit.options import MergeOptions
-
-for job in json.loads(sys.argv[1]):
-    docs = [d for d in yaml.safe_load_all(open(job["recipe"])) if d]
-    outputs = {}
-    for k, doc in enumerate(docs):
-        name = doc.pop("name", None)
-        text = yaml.safe_dump(doc)
-        for stage, path in outputs.items():
-            text = text.replace(stage, path)
-        target = job["out"] if k == len(docs) - 1 else os.path.join(job["out"] + ".stages", name)
-        options = MergeOptions(allow_crimes=True, lazy_unpickle=True, random_seed=job["seed"],
-                               quiet=True, write_model_card=False, copy_tokenizer=True)
-        run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), target, options=options)
-        if name:
-            outputs[name] = target
-"""
-
-
-def _donor_paths(root: Path) -> dict[str, Path]:
-    return {
-        "A": write_donor(root / "A", SHAPE, seed=1),
-        "B": write_donor(root / "B", SHAPE, seed=2),
-        "C": write_donor(root / "C", SHAPE, seed=3),
-        "E": write_donor(root / "E", SHAPE, seed=4, dtype="bfloat16"),
-        "F": write_donor(root / "F", SHAPE, seed=5, dtype="bfloat16"),
-        # Like a finetune adding <|im_start|>/<|im_end|> to a 96-token base.
-        "T": write_donor(root / "T", DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=98),
-                         seed=6, added_tokens=2),
-        "P": _padded_donor(root / "P"),
-        # auto: Q2 and Q3 share a template (in tokenizer_config.json and chat_template.jinja), Q1 has its own.
-        "Q1": _templated_donor(root / "Q1", "{{ 'one' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 8),
-        "Q2": _templated_donor(root / "Q2", "{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 9),
-        "Q3": _templated_donor(root / "Q3", "{{ 'two' }}{% for m in messages %}{{ m['content'] }}{% endfor %}", 10,
-                               jinja=True),
-    }
-
-
-def _templated_donor(folder: Path, template: str, seed: int, jinja: bool = False) -> Path:
-    write_donor(folder, SHAPE, seed=seed)
-    if jinja:
-        (folder / "chat_template.jinja").write_text(template)
-    else:
-        config = json.loads((folder / "tokenizer_config.json").read_text())
-        (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=template)))
-    return folder
-
-
-def _padded_donor(folder: Path) -> Path:
-    """A donor whose config and embeddings have 128 rows but whose tokenizer has 98 tokens."""
-    write_donor(folder, DonorShape(num_layers=6, hidden_size=64, intermediate_size=128, vocab_size=128), seed=7)
-    for name, content in tokenizer_files(98, added_tokens=2).items():
-        (folder / name).write_text(json.dumps(content))
-    return folder
-
-
-def _recipe_text(template: str, donors: dict[str, Path]) -> str:
-    text = textwrap.dedent(template)
-    for key, path in donors.items():
-        text = text.replace("{" + key + "}", str(path))
-    return text
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Donors, recipes and mergekit's outputs of every recipe, built once."""
-    root = tmp_path_factory.mktemp("parity")
-    donors = _donor_paths(root / "donors")
-    jobs = []
-    for name, template in {**RECIPES, **DARE_RECIPES, **CHAT_RECIPES}.items():
-        recipe = root / f"{name}.yml"
-        recipe.write_text(_recipe_text(template, donors))
-        jobs.append({"recipe": str(recipe), "out": str(root / "mergekit" / name), "seed": SEED})
-    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, donors
+def workspace(tmp_path_factory) -> ParityWorkspace:
+    return build_workspace(tmp_path_factory.mktemp("parity"), DONORS, {**RECIPES, **DARE_RECIPES, **CHAT_RECIPES},
+                           SEED)
 
 
-def _donor_infos(text: str, donors: dict[str, Path]):
-    used = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
-    return used
-
-
-def _run_ours(root: Path, name: str, donors: dict[str, Path]) -> Path:
-    text = (root / f"{name}.yml").read_text()
-    out = root / "ours" / name
-    events = list(run_merge(load_recipe_text(text), _donor_infos(text, donors), out,
-                            MergeOptions(seed=SEED, intermediate_dir=root / "ours" / f"{name}.stages")))
-    assert events, "run_merge yielded nothing"
-    return out
-
-
-def _assert_same_model(ours: Path, theirs: Path, exact: bool) -> None:
-    """Same tensor set, dtypes and shapes; values equal (``exact``) or within 1e-6."""
-    a, b = folder_weights(ours), folder_weights(theirs)
-    assert sorted(a) == sorted(b)
-    for name in b:
-        assert a[name].dtype == b[name].dtype, name
-        assert a[name].shape == b[name].shape, name
-        if exact:
-            assert torch.equal(a[name], b[name]), name
-        else:
-            assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-6, atol=1e-6), name
-    for key in ("num_hidden_layers", "vocab_size"):
-        assert folder_config(ours)[key] == folder_config(theirs)[key], key
+def _ours_once(workspace: ParityWorkspace, name: str) -> Path:
+    """Our output of recipe ``name``: an earlier test's, or merged now."""
+    folder = workspace.ours_folder(name)
+    return folder if folder.exists() else run_ours(workspace, name).folder
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_engine_output_equals_mergekit(workspace, name):
-    root, donors = workspace
-    ours = _run_ours(root, name, donors)
     # Same operations in the same order: even the float math agrees bit for bit.
-    _assert_same_model(ours, root / "mergekit" / name, exact=True)
+    assert_same_model(run_ours(workspace, name).folder, workspace.mergekit_folder(name), CONFIG_KEYS)
 
 
 def test_tokenizer_base_output_vocabulary(workspace):
-    root, donors = workspace
-    ours = _run_ours(root, "tokenizer_base", donors) if not (root / "ours" / "tokenizer_base").exists() \
-        else root / "ours" / "tokenizer_base"
+    ours = _ours_once(workspace, "tokenizer_base")
     vocab = json.loads((ours / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == 96 and folder_config(ours)["vocab_size"] == 96
     assert folder_weights(ours)["model.embed_tokens.weight"].shape[0] == 96
@@ -368,15 +298,12 @@ def test_tokenizer_base_output_vocabulary(workspace):
 @pytest.mark.parametrize("name", ["tokenizer_base_padded", "tokenizer_union_padded", "tokenizer_union"])
 def test_planned_vocabulary_is_the_output_tokenizers(workspace, name):
     """The plan sizes embeddings by the output tokenizer (not config vocab_size), as mergekit does."""
-    root, donors = workspace
-    text = (root / f"{name}.yml").read_text()
-    planned = plan_recipe(load_recipe_text(text), _donor_infos(text, donors)).stages[-1].vocab_size
-    ours = root / "ours" / name
-    if not ours.exists():
-        ours = _run_ours(root, name, donors)
-    rows = folder_weights(ours)["model.embed_tokens.weight"].shape[0]
-    theirs = folder_weights(root / "mergekit" / name)["model.embed_tokens.weight"].shape[0]
-    assert planned == rows == theirs == folder_config(root / "mergekit" / name)["vocab_size"]
+    recipe = load_recipe_text(workspace.recipe_text(name))
+    planned = plan_recipe(recipe, workspace.donor_infos(name)).stages[-1].vocab_size
+    rows = folder_weights(_ours_once(workspace, name))["model.embed_tokens.weight"].shape[0]
+    theirs = workspace.mergekit_folder(name)
+    theirs_rows = folder_weights(theirs)["model.embed_tokens.weight"].shape[0]
+    assert planned == rows == theirs_rows == folder_config(theirs)["vocab_size"]
     assert planned == {"tokenizer_base_padded": 98, "tokenizer_union_padded": 98, "tokenizer_union": 128}[name]
 
 
@@ -385,10 +312,8 @@ def test_chat_template_renders_like_mergekits(workspace, name):
     """Named, literal and auto chat templates: transformers renders our output's like mergekit's."""
     from transformers import AutoTokenizer
 
-    root, donors = workspace
-    ours = _run_ours(root, name, donors)
     rendered = []
-    for folder in (ours, root / "mergekit" / name):
+    for folder in (run_ours(workspace, name).folder, workspace.mergekit_folder(name)):
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         messages = CONVERSATION[1:] if name == "chat_mistral" else CONVERSATION
         rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
@@ -403,8 +328,7 @@ def test_chat_template_renders_like_mergekits(workspace, name):
 @pytest.mark.parametrize("name", sorted(DARE_RECIPES))
 def test_seeded_dare_equals_mergekit(workspace, name):
     """The same seed draws the same DARE masks as mergekit's --random-seed."""
-    root, donors = workspace
-    _assert_same_model(_run_ours(root, name, donors), root / "mergekit" / name, exact=True)
+    assert_same_model(run_ours(workspace, name).folder, workspace.mergekit_folder(name), CONFIG_KEYS)
 
 
 def test_random_draw_order_follows_input_names():

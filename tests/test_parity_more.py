@@ -10,24 +10,15 @@ overrides. Every mergekit merge runs in one subprocess.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
+from merger_gui.core.synthetic import DonorShape  # noqa: E402
 from model_folder import folder_config, folder_weights  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
-from merger_gui.engine.run import MergeOptions, MergeWarning, run_merge  # noqa: E402
+from parity import DonorSpec, ParityWorkspace, assert_same_model, build_workspace, run_ours  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
 
@@ -42,7 +33,7 @@ def _shape(**changes) -> DonorShape:
 INV_FREQ = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": (1.0 / 10000 ** (np.arange(0, 16, 2) / 16))
             .astype(np.float32) for i in range(6)}
 # name → (shape, write_donor keyword arguments)
-DONORS: dict[str, tuple[DonorShape, dict]] = {
+DONORS: dict[str, DonorSpec] = {
     "A": (SHAPE, {"seed": 1}),
     "B": (SHAPE, {"seed": 2}),
     "C": (SHAPE, {"seed": 3}),
@@ -359,58 +350,17 @@ RECIPES: dict[str, str] = {
     """,
 }
 
-MERGEKIT_DRIVER = """
-import json, sys, yaml
-from mergekit.config import MergeConfiguration
-from mergekit.merge import run_merge
-from mergekit.options import MergeOptions
-
-for job in json.loads(sys.argv[1]):
-    options = MergeOptions(allow_crimes=True, lazy_unpickle=True, random_seed=job["seed"], quiet=True,
-                           write_model_card=False, copy_tokenizer=True)
-    run_merge(MergeConfiguration.model_validate(yaml.safe_load(open(job["recipe"]))), job["out"], options=options)
-"""
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Donors, recipes and mergekit's output of every recipe, built once."""
-    root = tmp_path_factory.mktemp("parity_more")
-    donors = {name: write_donor(root / "donors" / name, shape, **kwargs) for name, (shape, kwargs) in DONORS.items()}
-    jobs = []
-    for name, template in RECIPES.items():
-        text = textwrap.dedent(template)
-        for key in sorted(donors, key=len, reverse=True):
-            text = text.replace("{" + key + "}", str(donors[key]))
-        (root / f"{name}.yml").write_text(text)
-        jobs.append({"recipe": str(root / f"{name}.yml"), "out": str(root / "mergekit" / name), "seed": SEED})
-    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, donors
-
-
-def _run_ours(root: Path, name: str, donors: dict[str, Path], run: str = "") -> tuple[Path, list[str]]:
-    text = (root / f"{name}.yml").read_text()
-    infos = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
-    out = root / f"ours{run}" / name
-    events = list(run_merge(load_recipe_text(text), infos, out, MergeOptions(seed=SEED)))
-    return out, [e.message for e in events if isinstance(e, MergeWarning)]
+def workspace(tmp_path_factory) -> ParityWorkspace:
+    return build_workspace(tmp_path_factory.mktemp("parity_more"), DONORS, RECIPES, SEED)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_output_equals_mergekit(workspace, name):
-    root, donors = workspace
-    ours, _ = _run_ours(root, name, donors)
-    theirs = root / "mergekit" / name
-    a, b = folder_weights(ours), folder_weights(theirs)
-    assert sorted(a) == sorted(b)
-    for tensor in b:
-        assert (a[tensor].dtype, a[tensor].shape) == (b[tensor].dtype, b[tensor].shape), tensor
-        assert torch.equal(a[tensor], b[tensor]), tensor
-    for key in ("num_hidden_layers", "vocab_size", "architectures"):
-        assert folder_config(ours)[key] == folder_config(theirs)[key], key
-    if "lm_head.weight" not in a:
+    ours, theirs = run_ours(workspace, name).folder, workspace.mergekit_folder(name)
+    assert_same_model(ours, theirs, config_keys=("num_hidden_layers", "vocab_size", "architectures"))
+    if "lm_head.weight" not in folder_weights(ours):
         assert folder_config(ours)["tie_word_embeddings"] == folder_config(theirs)["tie_word_embeddings"]
     # The same files, plus our recipe copy and model card.
     ours_files = {p.name for p in ours.iterdir()} - {"README.md", "mergekit_config.yml"}
@@ -418,16 +368,14 @@ def test_output_equals_mergekit(workspace, name):
 
 
 def test_mixed_dtypes_are_promoted_like_mergekit(workspace):
-    root, donors = workspace
-    ours, _ = _run_ours(root, "mixed_dtypes_slerp", donors, run="-dtypes")
+    ours = run_ours(workspace, "mixed_dtypes_slerp", run="dtypes").folder
     assert {t.dtype for t in folder_weights(ours).values()} == {torch.float32}
 
 
 def test_tied_base_with_merged_head_unties_the_config(workspace):
     """mergekit writes the merged lm_head but keeps the tied base's tie_word_embeddings: true, so
     transformers ignores the head at load; our config unties it and says so."""
-    root, donors = workspace
-    ours, warnings = _run_ours(root, "tied_donor_is_base", donors, run="-tied")
-    assert any("tie_word_embeddings: false" in w for w in warnings)
-    assert "lm_head.weight" in folder_weights(ours)
-    assert folder_config(ours)["tie_word_embeddings"] is False
+    ours = run_ours(workspace, "tied_donor_is_base", run="tied")
+    assert any("tie_word_embeddings: false" in w for w in ours.warnings)
+    assert "lm_head.weight" in folder_weights(ours.folder)
+    assert folder_config(ours.folder)["tie_word_embeddings"] is False

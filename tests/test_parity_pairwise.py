@@ -9,25 +9,15 @@ subprocess.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+from merger_gui.core.synthetic import DonorShape  # noqa: E402
 from merger_gui.engine.pairwise_methods import FUSION_QUANTILE_SAMPLE_SIZE  # noqa: E402
-from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
 from model_folder import folder_weights  # noqa: E402
-from test_parity_more import MERGEKIT_DRIVER  # noqa: E402
+from parity import DonorSpec, ParityWorkspace, assert_same_model, build_workspace, run_ours  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
 
@@ -35,7 +25,7 @@ SEED = 7
 SMALL = DonorShape(num_layers=4, hidden_size=64, intermediate_size=128, vocab_size=96)
 # Embeddings and head of 16384 × 64 = 1,048,576 elements: over the quantile sample size.
 LARGE = DonorShape(num_layers=2, hidden_size=64, intermediate_size=128, vocab_size=16384)
-DONORS: dict[str, tuple[DonorShape, dict]] = {
+DONORS: dict[str, DonorSpec] = {
     "A": (SMALL, {"seed": 1}),
     "B": (SMALL, {"seed": 2}),
     "FA": (SMALL, {"seed": 3, "dtype": "float32"}),
@@ -142,64 +132,30 @@ RECIPES: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Donors, recipes and mergekit's output of every recipe, built once."""
-    root = tmp_path_factory.mktemp("parity_pairwise")
-    donors = {name: write_donor(root / "donors" / name, shape, **kwargs) for name, (shape, kwargs) in DONORS.items()}
-    jobs = []
-    for name, template in RECIPES.items():
-        text = textwrap.dedent(template)
-        for key in sorted(donors, key=len, reverse=True):
-            text = text.replace("{" + key + "}", str(donors[key]))
-        (root / f"{name}.yml").write_text(text)
-        jobs.append({"recipe": str(root / f"{name}.yml"), "out": str(root / "mergekit" / name), "seed": SEED})
-    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, donors
+def workspace(tmp_path_factory) -> ParityWorkspace:
+    return build_workspace(tmp_path_factory.mktemp("parity_pairwise"), DONORS, RECIPES, SEED)
 
 
-def _run_ours(root: Path, name: str, donors: dict[str, Path], seed: int = SEED) -> dict[str, torch.Tensor]:
-    text = (root / f"{name}.yml").read_text()
-    infos = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
-    out = root / f"ours-{seed}" / name
-    list(run_merge(load_recipe_text(text), infos, out, MergeOptions(seed=seed)))
-    return folder_weights(out)
-
-
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality, NaNs included: mergekit's NearSwap gives NaN in half precision at
-    t = 0 where the donors agree (0 · 1/1e-6, and 1/1e-6 overflows float16)."""
-    integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.view(integer), b.view(integer))
-
-
+# Compared bit for bit, NaNs included: mergekit's NearSwap gives NaN in half precision at
+# t = 0 where the donors agree (0 · 1/1e-6, and 1/1e-6 overflows float16).
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_output_equals_mergekit(workspace, name):
-    root, donors = workspace
-    ours = _run_ours(root, name, donors)
-    theirs = folder_weights(root / "mergekit" / name)
-    assert sorted(ours) == sorted(theirs)
-    for tensor in theirs:
-        assert (ours[tensor].dtype, ours[tensor].shape) == (theirs[tensor].dtype, theirs[tensor].shape), tensor
-        assert _same_bits(ours[tensor], theirs[tensor]), tensor
+    assert_same_model(run_ours(workspace, name).folder, workspace.mergekit_folder(name))
 
 
 def test_nearswap_merges_partially(workspace):
     """The recipes exercise the interpolation, not only copies of either donor."""
-    root, donors = workspace
-    merged = folder_weights(root / "mergekit" / "nearswap_scalar_t")["model.layers.0.mlp.up_proj.weight"]
-    a, b = (folder_weights(donors[m])["model.layers.0.mlp.up_proj.weight"] for m in ("A", "B"))
+    merged = folder_weights(workspace.mergekit_folder("nearswap_scalar_t"))["model.layers.0.mlp.up_proj.weight"]
+    a, b = (folder_weights(workspace.donors[m])["model.layers.0.mlp.up_proj.weight"] for m in ("A", "B"))
     assert ((merged != a) & (merged != b)).any()
     assert (merged == b).any()
 
 
 def test_large_fusion_depends_on_the_seed(workspace):
     """The large tensors' masks come from the sample, so only the same seed matches mergekit."""
-    root, donors = workspace
     name = "arcee_fusion_large_seeded"
-    theirs = folder_weights(root / "mergekit" / name)
-    ours = _run_ours(root, name, donors, seed=SEED + 1)
+    theirs = folder_weights(workspace.mergekit_folder(name))
+    ours = folder_weights(run_ours(workspace, name, seed=SEED + 1).folder)
     large = [n for n, t in theirs.items() if t.numel() > FUSION_QUANTILE_SAMPLE_SIZE]
     assert sorted(large) == ["lm_head.weight", "model.embed_tokens.weight"]
     assert any(not torch.equal(ours[n], theirs[n]) for n in large)

@@ -9,24 +9,14 @@ mergekit merge runs in one subprocess.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("mergekit")
 torch = pytest.importorskip("torch")
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
-from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
+from merger_gui.core.synthetic import DonorShape  # noqa: E402
 from model_folder import folder_weights  # noqa: E402
-from test_parity_more import MERGEKIT_DRIVER  # noqa: E402
+from parity import DonorSpec, ParityWorkspace, assert_same_model, build_workspace, run_ours  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
 
@@ -34,7 +24,7 @@ pytestmark = pytest.mark.mergekit
 SHAPE = DonorShape(num_layers=4, hidden_size=64, intermediate_size=320, vocab_size=96)
 SEED = 11
 
-DONORS: dict[str, tuple[DonorShape, dict]] = {
+DONORS: dict[str, DonorSpec] = {
     "A": (SHAPE, {"seed": 1}),
     "B": (SHAPE, {"seed": 2}),
     "C": (SHAPE, {"seed": 3}),
@@ -184,47 +174,18 @@ RECIPES: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Donors, recipes and mergekit's output of every recipe, built once."""
-    root = tmp_path_factory.mktemp("parity_sparsify")
-    donors = {name: write_donor(root / "donors" / name, shape, **kwargs) for name, (shape, kwargs) in DONORS.items()}
-    jobs = []
-    for name, template in RECIPES.items():
-        text = textwrap.dedent(template)
-        for key in sorted(donors, key=len, reverse=True):
-            text = text.replace("{" + key + "}", str(donors[key]))
-        (root / f"{name}.yml").write_text(text)
-        jobs.append({"recipe": str(root / f"{name}.yml"), "out": str(root / "mergekit" / name), "seed": SEED})
-    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, donors
-
-
-def _run_ours(root: Path, name: str, donors: dict[str, Path], seed: int = SEED) -> Path:
-    text = (root / f"{name}.yml").read_text()
-    infos = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
-    out = root / f"ours-{seed}" / name
-    for _ in run_merge(load_recipe_text(text), infos, out, MergeOptions(seed=seed)):
-        pass
-    return out
+def workspace(tmp_path_factory) -> ParityWorkspace:
+    return build_workspace(tmp_path_factory.mktemp("parity_sparsify"), DONORS, RECIPES, SEED)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_output_equals_mergekit(workspace, name):
-    root, donors = workspace
-    a = folder_weights(_run_ours(root, name, donors))
-    b = folder_weights(root / "mergekit" / name)
-    assert sorted(a) == sorted(b)
-    for tensor in b:
-        assert (a[tensor].dtype, a[tensor].shape) == (b[tensor].dtype, b[tensor].shape), tensor
-        assert torch.equal(a[tensor], b[tensor]), tensor
+    assert_same_model(run_ours(workspace, name).folder, workspace.mergekit_folder(name))
 
 
 @pytest.mark.parametrize("name", ["della_gradients_and_filters", "della_linear_gradients_and_filters"])
 def test_della_masks_follow_the_seed(workspace, name):
     """Another seed draws other masks: the equality above is not that of a deterministic merge."""
-    root, donors = workspace
-    a = folder_weights(_run_ours(root, name, donors, seed=SEED + 1))
-    b = folder_weights(root / "mergekit" / name)
+    a = folder_weights(run_ours(workspace, name, seed=SEED + 1).folder)
+    b = folder_weights(workspace.mergekit_folder(name))
     assert not torch.equal(a["model.layers.0.mlp.down_proj.weight"], b["model.layers.0.mlp.down_proj.weight"])

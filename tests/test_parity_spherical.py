@@ -10,13 +10,6 @@ reductions run in parallel chunks.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -27,14 +20,11 @@ from mergekit.merge_methods.base import TensorGroup  # noqa: E402
 from mergekit.merge_methods.karcher import karcher_merge_method  # noqa: E402
 from mergekit.merge_methods.multislerp import multislerp as multislerp_merge_method  # noqa: E402
 from model_folder import folder_weights  # noqa: E402
-from test_parity_more import MERGEKIT_DRIVER  # noqa: E402
+from parity import DonorSpec, ParityWorkspace, assert_same_model, build_workspace, run_ours  # noqa: E402
 
 from merger_gui.core.errors import UserError  # noqa: E402
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+from merger_gui.core.synthetic import DonorShape  # noqa: E402
 from merger_gui.engine.methods import merge_tensors  # noqa: E402
-from merger_gui.engine.run import MergeOptions, run_merge  # noqa: E402
 
 pytestmark = pytest.mark.mergekit
 
@@ -48,17 +38,16 @@ def _zeros(*names: str) -> dict[str, np.ndarray]:
     return {name: np.zeros(shapes[name], dtype=np.float32) for name in names}
 
 
-# name → write_donor keyword arguments (all of SHAPE)
-DONORS: dict[str, dict] = {
-    "A": {"seed": 101},
-    "B": {"seed": 102},
-    "C": {"seed": 103},
-    "D": {"seed": 104},
-    "BF": {"seed": 111, "dtype": "bfloat16"},
-    "BF2": {"seed": 112, "dtype": "bfloat16"},
-    "BF3": {"seed": 113, "dtype": "bfloat16"},
-    "Z": {"seed": 121, "extra_tensors": _zeros(ZEROED)},
-    "Z2": {"seed": 122, "extra_tensors": _zeros(ZEROED, ALSO_ZEROED)},
+DONORS: dict[str, DonorSpec] = {
+    "A": (SHAPE, {"seed": 101}),
+    "B": (SHAPE, {"seed": 102}),
+    "C": (SHAPE, {"seed": 103}),
+    "D": (SHAPE, {"seed": 104}),
+    "BF": (SHAPE, {"seed": 111, "dtype": "bfloat16"}),
+    "BF2": (SHAPE, {"seed": 112, "dtype": "bfloat16"}),
+    "BF3": (SHAPE, {"seed": 113, "dtype": "bfloat16"}),
+    "Z": (SHAPE, {"seed": 121, "extra_tensors": _zeros(ZEROED)}),
+    "Z2": (SHAPE, {"seed": 122, "extra_tensors": _zeros(ZEROED, ALSO_ZEROED)}),
 }
 
 RECIPES: dict[str, str] = {
@@ -221,61 +210,32 @@ RECIPES: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Donors, recipes and mergekit's output of every recipe, built once."""
-    root = tmp_path_factory.mktemp("parity_spherical")
-    donors = {name: write_donor(root / "donors" / name, SHAPE, **kwargs) for name, kwargs in DONORS.items()}
-    jobs = []
-    for name, template in RECIPES.items():
-        text = textwrap.dedent(template)
-        for key in sorted(donors, key=len, reverse=True):
-            text = text.replace("{" + key + "}", str(donors[key]))
-        (root / f"{name}.yml").write_text(text)
-        jobs.append({"recipe": str(root / f"{name}.yml"), "out": str(root / "mergekit" / name), "seed": 0})
-    result = subprocess.run([sys.executable, "-c", MERGEKIT_DRIVER, json.dumps(jobs)],
-                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, donors
+def workspace(tmp_path_factory) -> ParityWorkspace:
+    return build_workspace(tmp_path_factory.mktemp("parity_spherical"), DONORS, RECIPES, seed=0)
 
 
-def _run_ours(root: Path, name: str, donors: dict[str, Path]) -> Path:
-    text = (root / f"{name}.yml").read_text()
-    infos = {str(p): inspect_folder(p) for p in donors.values() if str(p) in text}
-    out = root / "ours" / name
-    for _ in run_merge(load_recipe_text(text), infos, out, MergeOptions()):
-        pass
-    return out
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_output_equals_mergekit(workspace, name):
+    assert_same_model(run_ours(workspace, name).folder, workspace.mergekit_folder(name))
 
+
+def test_zeroed_tensors_exercise_the_zero_norm_paths(workspace):
+    """The recipes above reach Karcher's zero-norm branches (else the parity proves less)."""
+    merged = folder_weights(workspace.mergekit_folder("karcher_all_zero_tensor"))
+    assert not merged[ZEROED].any()
+    assert merged[ALSO_ZEROED].any()
+    partly = folder_weights(workspace.mergekit_folder("karcher_zero_tensors"))[ZEROED]
+    assert partly.any()
+    assert folder_weights(workspace.mergekit_folder("multislerp_zero_tensor_float16_nan"))[ZEROED].isnan().all()
+    assert not folder_weights(workspace.mergekit_folder("multislerp_zero_tensors"))[ZEROED].isnan().any()
+
+
+# --- kernels on tensors no recipe produces ---------------------------------------------------
 
 def _assert_same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     """Bit for bit equal, NaN where mergekit has NaN."""
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
 
-
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_output_equals_mergekit(workspace, name):
-    root, donors = workspace
-    ours = folder_weights(_run_ours(root, name, donors))
-    theirs = folder_weights(root / "mergekit" / name)
-    assert sorted(ours) == sorted(theirs)
-    for tensor in theirs:
-        assert (ours[tensor].dtype, ours[tensor].shape) == (theirs[tensor].dtype, theirs[tensor].shape), tensor
-        _assert_same(ours[tensor], theirs[tensor])
-
-
-def test_zeroed_tensors_exercise_the_zero_norm_paths(workspace):
-    """The recipes above reach Karcher's zero-norm branches (else the parity proves less)."""
-    root, donors = workspace
-    merged = folder_weights(root / "mergekit" / "karcher_all_zero_tensor")
-    assert not merged[ZEROED].any()
-    assert merged[ALSO_ZEROED].any()
-    partly = folder_weights(root / "mergekit" / "karcher_zero_tensors")[ZEROED]
-    assert partly.any()
-    assert folder_weights(root / "mergekit" / "multislerp_zero_tensor_float16_nan")[ZEROED].isnan().all()
-    assert not folder_weights(root / "mergekit" / "multislerp_zero_tensors")[ZEROED].isnan().any()
-
-
-# --- kernels on tensors no recipe produces ---------------------------------------------------
 
 def _theirs(method, tensors: list[torch.Tensor], base_index: int | None, parameters: dict) -> torch.Tensor:
     group = TensorGroup.from_tensors(tensors, base_index=base_index)
