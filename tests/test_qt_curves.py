@@ -190,3 +190,93 @@ def test_without_donors_curves_follow_the_layer_ranges(qtbot):
     assert values[4] == pytest.approx(0.75) and values[9] == pytest.approx(0.25)
     assert "layer ranges" in widget.summary.text() and "no full plan" in widget.summary.text()
     assert [p.x() for p in widget.handle_positions(self_attn, 1)] == [3.0, 9.0]
+
+
+def stage_editor(qtbot, stage: Stage) -> TCurveEditor:
+    document = RecipeDocument(Recipe((stage,)))
+    live_plan = LivePlan(document, DonorRegistry())
+    live_plan.refresh_now()
+    widget = TCurveEditor(document, live_plan)
+    qtbot.addWidget(widget)
+    return widget
+
+
+def two_source_stage(method: str, **parameters) -> Stage:
+    sources = (SliceSource("a", (0, 4)), SliceSource("b", (0, 4), Parameters({"weight": 1.0})))
+    return Stage(method, slices=(Slice(sources),), base_model="a", parameters=Parameters(parameters))
+
+
+@pytest.mark.parametrize("method, curves, settings", [
+    ("della", ["lambda", "weight · b", "density · b", "epsilon · b"], ["int8_mask", "normalize", "rescale"]),
+    ("breadcrumbs", ["lambda", "weight · b", "density · b", "gamma · b"], ["int8_mask", "normalize", "rescale"]),
+    ("sce", ["select_topk"], ["int8_mask"]),
+    ("ramplus_tl", ["r", "alpha"], ["epsilon"]),  # RAM's epsilon is a threshold, not a curve
+    ("multislerp", ["weight · b"], ["normalize_weights", "eps"]),
+    ("karcher", [], ["max_iter", "tol"]),
+])
+def test_newer_methods_show_their_parameters_as_curves_or_settings(qtbot, method, curves, settings):
+    widget = stage_editor(qtbot, two_source_stage(method))
+    assert [widget.target_combo.itemText(i) for i in range(widget.target_combo.count())] == curves
+    assert [s.name for s in widget.settings.specs] == settings
+    assert widget.curve_area.isHidden() == (not curves)
+    assert not widget.settings_box.isHidden()
+    assert widget.no_curves_label.isHidden() == bool(curves)
+    if not curves:
+        assert "no per-layer curves" in widget.no_curves_label.text()
+
+
+def test_settings_edit_the_recipe_as_one_undo_step_each(qtbot):
+    widget = stage_editor(qtbot, two_source_stage("karcher"))
+    document = widget.document
+    max_iter, tol = widget.settings.editors["max_iter"], widget.settings.editors["tol"]
+    assert max_iter.text() == "" and max_iter.placeholderText() == "10 (default)"
+    assert widget.settings.reset_buttons["max_iter"].isHidden()
+    max_iter.setText("25")
+    max_iter.editingFinished.emit()
+    assert document.stage.parameters["max_iter"] == 25 and isinstance(document.stage.parameters["max_iter"], int)
+    assert not widget.settings.reset_buttons["max_iter"].isHidden()
+    tol.setText("1e-7")
+    tol.editingFinished.emit()
+    assert document.stage.parameters["tol"] == pytest.approx(1e-7)
+    tol.setText("tiny")  # not a number: nothing changes, the value in effect shows again
+    tol.editingFinished.emit()
+    assert document.stage.parameters["tol"] == pytest.approx(1e-7) and tol.text() == "1e-07"
+    assert document.undo_stack.count() == 2
+    widget.settings.reset_buttons["max_iter"].click()
+    assert "max_iter" not in document.stage.parameters
+    document.undo_stack.undo()
+    assert max_iter.text() == "25"
+
+
+def test_switch_settings_use_check_boxes(qtbot):
+    widget = stage_editor(qtbot, two_source_stage("multislerp"))
+    box = widget.settings.editors["normalize_weights"]
+    assert box.isChecked() and "default" in box.text()  # the method's default: on
+    box.click()
+    assert widget.document.stage.parameters["normalize_weights"] is False
+    assert not box.isChecked() and "default" not in box.text()
+
+
+def test_nearswap_t_is_drawn_on_its_own_scale(qtbot):
+    widget = stage_editor(qtbot, two_source_stage("nearswap", t=0.0005))
+    low, high = widget.handles.value_range
+    assert (low, high) == (0.0, 0.01)  # a distance of about 1e-4, not a fraction
+
+
+def test_passthrough_without_scale_says_the_tensors_are_unscaled(qtbot):
+    widget = stage_editor(qtbot, Stage("passthrough", slices=(Slice((SliceSource("a", (0, 4)),)),)))
+    assert "unscaled" in widget.summary.text() and "no value" not in widget.summary.text()
+    assert widget.settings_box.isHidden()
+
+
+def test_an_unset_parameter_shows_its_default_as_a_dashed_line(qtbot):
+    widget = stage_editor(qtbot, two_source_stage("ramplus_tl"))
+    assert widget.target.name == "r" and widget.rules() == ()
+    assert widget.default_line.isVisible() and widget.default_line.value() == pytest.approx(0.1)
+    widget.add_rule(None)
+    assert widget.rules() and not widget.default_line.isVisible()
+
+
+def test_an_empty_stage_says_what_to_add_before_its_curves_show(qtbot):
+    widget = stage_editor(qtbot, Stage("passthrough", slices=()))
+    assert widget.curve_area.isHidden() and "Add a slice to shape Passthrough's scale" in widget.no_curves_label.text()

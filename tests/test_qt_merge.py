@@ -113,3 +113,86 @@ def test_engine_errors_are_shown_inline(panel, qtbot, tmp_path):
         panel.start_merge()
     assert failed.args[0] and failed.args[0] in panel.result_label.text()
     assert not (tmp_path / "out").exists()
+
+
+def test_replacing_a_folder_that_is_no_model_warns_what_is_lost(panel, monkeypatch, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    asked = []
+    for kind in ("question", "warning"):
+        monkeypatch.setattr(QMessageBox, kind, lambda *args, k=kind: asked.append((k, args[2])) or
+                            QMessageBox.StandardButton.No)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "photos").mkdir()
+    assert not panel.start_merge()
+    assert asked[-1][0] == "warning" and "not a model folder and holds 2 items" in asked[-1][1]
+    (out / "config.json").write_text("{}")  # an earlier merge: an ordinary question
+    assert not panel.start_merge()
+    assert asked[-1][0] == "question" and "holds" not in asked[-1][1]
+    assert (out / "notes.txt").exists()
+
+
+def test_cancelling_a_replacement_says_the_old_folder_is_kept(panel, qtbot, tmp_path, monkeypatch):
+    from merger_gui.engine import run
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text("{}")
+    panel.confirm_overwrite = lambda path: True
+    real_run_merge = run.run_merge
+
+    def paused_run_merge(recipe, donors, out_dir, options, cancel):
+        for event in real_run_merge(recipe, donors, out_dir, options, cancel):
+            yield event
+            if type(event).__name__ == "TensorProgress":
+                cancel.wait(10)
+
+    monkeypatch.setattr(run, "run_merge", paused_run_merge)
+    panel.runner.progress.connect(lambda e: panel.cancel_merge() if type(e).__name__ == "TensorProgress" else None)
+    with qtbot.waitSignal(panel.runner.cancelled, timeout=60000):
+        panel.start_merge()
+    assert (tmp_path / "out" / "config.json").read_text() == "{}"
+    assert f"{tmp_path / 'out'} is as it was" in panel.stage_label.text()
+    assert panel.progress_bar.value() == 0 and panel.open_button.isHidden()
+
+
+def test_single_stage_log_reads_plainly(panel, qtbot):
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        panel.start_merge()
+    log = panel.log.toPlainText()
+    assert "stage 1/1" not in log and "merging " in log and "MiB" in log and "0.00 GiB" not in log
+
+
+def test_a_donor_error_is_listed_once(panel):
+    panel.registry.set_error("b", "/nowhere/b", "donor '/nowhere/b' not found (no such folder)")
+    panel.live_plan.refresh_now()
+    reasons = panel.blockers()
+    assert sum("not found" in r for r in reasons) == 1 and reasons[0].startswith("b: ")
+
+
+def test_suggested_folder_follows_the_recipe_until_the_user_picks_one(qtbot, tmp_path):
+    from pathlib import Path
+
+    document = RecipeDocument(passthrough())
+    registry = DonorRegistry()
+    widget = MergePanel(document, LivePlan(document, registry), registry)
+    qtbot.addWidget(widget)
+    assert widget.folder_edit.text() == str(Path.home() / "merged-model")
+    document.load(passthrough(), tmp_path / "first.yaml")
+    assert widget.folder_edit.text() == str(tmp_path / "first")
+    document.load(passthrough(), tmp_path / "second.yaml")
+    assert widget.folder_edit.text() == str(tmp_path / "second")  # not the previous recipe's folder
+    widget.folder_edit.setText(str(tmp_path / "mine"))
+    document.load(passthrough(), tmp_path / "third.yaml")
+    assert widget.folder_edit.text() == str(tmp_path / "mine")
+
+
+def test_without_a_recipe_file_the_output_goes_beside_the_local_donors(qtbot, make_donor):
+    document = RecipeDocument(passthrough())
+    registry = DonorRegistry()
+    widget = MergePanel(document, LivePlan(document, registry), registry)
+    qtbot.addWidget(widget)
+    folder = make_donor("a", SHAPE, seed=1)
+    registry.set_donor("a", str(folder), inspect_folder(folder))
+    assert widget.folder_edit.text() == str(folder.parent / "merged-model")

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from merger_gui.core import slice_edits, stage_edits
 from merger_gui.core.methods import METHODS
-from merger_gui.core.recipe import ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage, TokenizerSpec
+from merger_gui.core.recipe import FilterRule, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage, TokenizerSpec
 from merger_gui.core.recipe_yaml import dump_recipe, load_recipe_text
 from merger_gui.core.resolve import resolve_donor
 from merger_gui.core.validation import validate_recipe
@@ -135,3 +135,21 @@ def test_nuslerp_drops_a_base_it_cannot_use_and_nearswap_gets_a_threshold():
                                          SliceSource("y", (0, 4)))),), base_model="b")
     assert stage_edits.set_merge_method(three, "nuslerp").base_model == "b"
     assert stage_edits.set_merge_method(rose(), "nearswap").parameters["t"] == 0.0001
+
+
+def test_multislerp_drops_a_base_that_would_leave_one_model_to_interpolate():
+    slerp = stage_edits.set_merge_method(rose(), "slerp")
+    multislerp = stage_edits.set_merge_method(slerp, "multislerp")
+    assert multislerp.base_model is None and weights(multislerp) == [[0.5, 0.5]] * 4
+    three = Stage("ties", slices=(Slice((SliceSource("b", (0, 4)), SliceSource("x", (0, 4)),
+                                         SliceSource("y", (0, 4)))),), base_model="b")
+    assert stage_edits.set_merge_method(three, "multislerp").base_model == "b"
+
+
+def test_switching_between_slerp_and_nearswap_resets_t():
+    curves = Parameters({"t": (FilterRule((0.0, 1.0), "self_attn"), FilterRule(0.5))})
+    slerp = replace(stage_edits.set_merge_method(rose(), "slerp"), parameters=curves)
+    nearswap = stage_edits.set_merge_method(slerp, "nearswap")
+    assert nearswap.parameters["t"] == 0.0001  # a ratio's curves mean nothing as a distance
+    assert stage_edits.set_merge_method(nearswap, "slerp").parameters["t"] == 0.5
+    assert stage_edits.set_merge_method(slerp, "nuslerp").parameters.get("t") is None

@@ -115,6 +115,13 @@ def test_missing_base_model_warns_which_donor_gives_the_config():
     assert validate_recipe(single, {"first": LLAMA}) == []
 
 
+def test_without_base_nuslerp_and_multislerp_are_not_told_to_add_one():
+    for method in ("nuslerp", "multislerp"):
+        recipe = one_stage(method, (sl(src("a", 0, 32), src("b", 0, 32)),), parameters=Parameters({"weight": 0.5}))
+        finding = only(validate_recipe(recipe, {"a": LLAMA, "b": LLAMA}), "no-base-model")
+        assert "add `base_model" not in finding.message and f"change how {method} merges" in finding.message
+
+
 @pytest.mark.parametrize("field, value", [
     ("hidden_size", 5120), ("num_heads", 40), ("num_kv_heads", 8), ("intermediate_size", 13824), ("head_dim", 64),
 ])
@@ -246,6 +253,18 @@ def test_an_optional_base_must_still_be_a_source_of_the_slice():
                            parameters=Parameters({"weight": 0.5}))
         found = only(validate_recipe(recipe, {"a": LLAMA, "b": LLAMA, "c": LLAMA}), "base-not-in-slice")
         assert found.is_error and found.slice == 0 and method in found.message
+
+
+def test_multislerp_with_a_base_and_one_other_model_warns_it_returns_that_model():
+    def stage(base, *models):
+        return one_stage("multislerp", (sl(*(src(m, 0, 32) for m in models)),), base_model=base,
+                         parameters=Parameters({"weight": 0.5}))
+
+    found = only(validate_recipe(stage("a", "a", "b"), {"a": LLAMA, "b": LLAMA}), "multislerp-lone-model")
+    assert not found.is_error and "'a'" in found.message and found.key == "base_model"
+    assert "multislerp-lone-model" not in codes(validate_recipe(stage(None, "a", "b"), {"a": LLAMA, "b": LLAMA}))
+    three = validate_recipe(stage("a", "a", "b", "c"), {"a": LLAMA, "b": LLAMA, "c": LLAMA})
+    assert "multislerp-lone-model" not in codes(three)
 
 
 def test_passthrough_with_two_sources_and_slerp_with_one():

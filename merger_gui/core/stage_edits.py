@@ -19,6 +19,8 @@ TOKENIZER_SOURCES = ("base", "union")
 # Values a required shared parameter gets when a method switch introduces it, by method.
 # nearswap's ``t`` is a distance threshold (mergekit's reference merge uses 0.0001), not a ratio.
 REQUIRED_DEFAULTS = {("slerp", "t"): 0.5, ("nearswap", "t"): 0.0001}
+# Parameters a method reads on another scale than the others with that name: a switch resets them.
+OWN_SCALE = {("nearswap", "t")}
 
 
 def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
@@ -29,12 +31,14 @@ def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
       donors (the base model first where the method needs one, then ``donors`` in order);
       more sources than the method takes are dropped from the end.
     * To passthrough each slice keeps its first source; the base model goes.
-    * A method needing a base model gets the first donor when none is set; nuslerp drops a
-      base that would leave it fewer than two other models (it then interpolates the two).
+    * A method needing a base model gets the first donor when none is set; nuslerp and
+      multislerp drop a base that would leave them fewer than two other models (they then
+      interpolate the two; with the base, multislerp would return the other one unchanged).
     * A required shared parameter (slerp's ``t``) gets a default when absent; a required
       ``weight`` gives each model without one an equal share (1/N of the N models weighted),
       which averages the models or, without normalization, their deltas to the base.
-    * Top-level parameters of the old method the new one does not know are dropped.
+    * Top-level parameters of the old method the new one does not know are dropped, and so are
+      those it reads on another scale (slerp's ``t`` is a ratio, nearswap's a distance).
 
     Args:
         stage: The stage to convert.
@@ -52,12 +56,13 @@ def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
     slices = None
     if stage.slices is not None:
         slices = tuple(_converted_slice(s, new, base, donors, num_layers or {}) for s in stage.slices)
-    if new.name == "nuslerp" and base is not None and _fewer_than_two_besides(stage, slices, base):
-        base = None
+    if new.name in ("nuslerp", "multislerp") and base is not None and _fewer_than_two_besides(stage, slices, base):
+        base = None  # with a base and one other model multislerp returns that model unchanged
     parameters = stage.parameters
     known = {p.name for p in new.parameters}
     for p in old.parameters if old is not None else ():
-        if p.name not in known and p.name in parameters:
+        rescaled = ((old.name, p.name) in OWN_SCALE) != ((new.name, p.name) in OWN_SCALE)
+        if (p.name not in known or rescaled) and p.name in parameters:
             parameters = parameters.with_value(p.name, None)
     for p in new.shared_parameters:
         default = REQUIRED_DEFAULTS.get((new.name, p.name))

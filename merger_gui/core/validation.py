@@ -302,6 +302,11 @@ class _StageCheck:
             self.add("error", "too-few-models",
                      f"{spec.name} needs at least {spec.min_models} models, {this} has {count}", si, key=key)
         models = [s.model for s in slice_.sources]
+        if spec.name == "multislerp" and others == 1 and base in models:
+            self.add("warning", "multislerp-lone-model",
+                     f"multislerp with base_model {base!r} and one other model returns that model unchanged "
+                     "(the base is only the centre of the sphere); remove base_model to interpolate both",
+                     si, key="base_model")
         repeated = sorted({m for m in models if models.count(m) > 1})
         if spec.name != "passthrough" and repeated:
             self.add("error", "duplicate-source",
@@ -343,10 +348,13 @@ class _StageCheck:
                          "(one of the merged models)", key="base_model")
             return
         if not stage.base_model and len(stage.referenced_models) > 1 and config:
-            self.add("warning", "no-base-model",
-                     f"no base_model: config.json and the tokenizer come from {config} (the first slice's model; "
-                     f"mergekit picks one at random); add `base_model: {config}` to make it explicit",
-                     key="base_model")
+            source = f"config.json and the tokenizer come from {config} (the first slice's model; mergekit picks " \
+                     "one at random)"
+            # A base changes what these merge (deltas to it), so it is no way to pin the config.
+            advice = f"a base_model would change how {spec.name} merges: make sure the models share their config " \
+                "and tokenizer" if spec is not None and spec.name in ("nuslerp", "multislerp") else \
+                f"add `base_model: {config}` to make it explicit"
+            self.add("warning", "no-base-model", f"no base_model: {source}; {advice}", key="base_model")
 
     def check_tokenizer(self) -> None:
         stage = self.stage

@@ -13,22 +13,30 @@ from dataclasses import dataclass
 from PySide6.QtCore import QPointF, QSignalBlocker, Qt, Signal
 from PySide6.QtGui import QAction, QColor
 from PySide6.QtWidgets import (
-    QComboBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton, QStyle,
-    QVBoxLayout, QWidget,
+    QComboBox, QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton,
+    QStyle, QVBoxLayout, QWidget,
 )
 import pyqtgraph as pg  # noqa: E402  (after PySide6, so pyqtgraph binds to it)
 
 from merger_gui.core import parameter_edits as edits
-from merger_gui.core.methods import method_spec
+from merger_gui.core.methods import ParameterSpec, method_spec
 from merger_gui.core.parameter_edits import ParamLocation
 from merger_gui.core.parameters import evaluate_parameter, interpolate_gradient
 from merger_gui.core.plan import OutputLayer, StagePlan
 from merger_gui.core.recipe import FilterRule, Parameters, Slice, SliceSource, Stage
 
 from .document import RecipeDocument
+from .method_settings import MethodSettings
 from .themed_plot import ThemedPlotWidget
 
-CURVE_PARAMETERS = ("t", "weight", "density", "lambda", "scale")
+# Amounts that may vary over the layers; the other parameters are settings (switches, counts).
+CURVE_PARAMETERS = ("t", "weight", "density", "lambda", "scale", "gamma", "epsilon", "select_topk", "r", "alpha")
+# Where a curve parameter is a numerical threshold instead (RAM's epsilon is about 1e-5).
+THRESHOLDS = {("ram", "epsilon"), ("ramplus_tl", "epsilon")}
+# Where a method reads a curve parameter on another scale: nearswap's t is a distance, about 1e-4.
+METHOD_BOUNDS = {("nearswap", "t"): (0.0, 0.01)}
+# What the merge does when a parameter without default is left out.
+UNSET_MEANING = {"scale": "the tensors are copied unscaled"}
 RULE_COLOURS = ("#e8684a", "#4a90e2", "#50b86c", "#b36ae2", "#e2b64a", "#4ac6c6", "#e24a9a")
 FALLBACK_COLOUR = "#9a9a9a"
 NON_LAYER_X = -1.0  # where non-layer tensors (embeddings, norm, lm_head) are drawn
@@ -45,6 +53,22 @@ class CurveTarget:
     model: str | None = None
 
 
+def is_curve(method: str, name: str) -> bool:
+    """Whether parameter ``name`` of ``method`` is edited as a curve (else as a setting)."""
+    return name in CURVE_PARAMETERS and (method.lower(), name) not in THRESHOLDS
+
+
+def curve_bounds(method: str, name: str) -> tuple[float, float]:
+    """The range a curve of ``name`` is drawn and dragged in, for ``method``."""
+    return METHOD_BOUNDS.get((method.lower(), name), edits.value_bounds(name))
+
+
+def setting_specs(stage: Stage) -> tuple[ParameterSpec, ...]:
+    """The shared parameters of the stage's method that are settings, not curves."""
+    spec = method_spec(stage.merge_method)
+    return tuple(p for p in spec.shared_parameters if not is_curve(spec.name, p.name)) if spec else ()
+
+
 def curve_targets(stage: Stage) -> tuple[CurveTarget, ...]:
     """Every curve parameter of ``stage`` the editor offers, top-level shared ones first."""
     spec = method_spec(stage.merge_method)
@@ -53,13 +77,13 @@ def curve_targets(stage: Stage) -> tuple[CurveTarget, ...]:
     targets: list[CurveTarget] = []
     slices = stage.slices or ()
     for p in spec.shared_parameters:
-        if p.name not in CURVE_PARAMETERS:
+        if not is_curve(spec.name, p.name):
             continue
         targets.append(CurveTarget(f"{p.name} (all slices)" if len(slices) > 1 else p.name, p.name, edits.TOP_LEVEL))
         targets += [CurveTarget(f"{p.name} (slice {i + 1})", p.name, ParamLocation(i))
                     for i, s in enumerate(slices) if p.name in s.parameters]
     for p in spec.model_parameters:
-        if p.name not in CURVE_PARAMETERS:
+        if not is_curve(spec.name, p.name):
             continue
         if stage.models is not None:
             targets += [CurveTarget(f"{p.name} · {e.model}", p.name, ParamLocation(model_index=k), e.model)
@@ -191,6 +215,12 @@ class TCurveEditor(QWidget):
         self.handles.sigPointDoubleClicked.connect(self.remove_point)
         self.plot.addItem(self.handles)
         self.plot_widget.scene().sigMouseClicked.connect(self._scene_clicked)
+        # The value in effect where the recipe sets none (hidden when it sets one).
+        dashed = pg.mkPen(FALLBACK_COLOUR, width=1.5, style=Qt.PenStyle.DashLine)
+        self.default_line = pg.InfiniteLine(angle=0, pen=dashed, label="default {value:g}",
+                                            labelOpts={"position": 0.9, "color": FALLBACK_COLOUR})
+        self.default_line.setVisible(False)
+        self.plot.addItem(self.default_line)
 
         self.rule_list = QListWidget()
         self.rule_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -224,15 +254,28 @@ class TCurveEditor(QWidget):
         hint = QLabel("Drag points · double-click the plot to add a point, a point to remove it")
         hint.setWordWrap(True)
         hint.setEnabled(False)  # drawn in the muted text colour
+        self.no_curves_label = QLabel()
+        self.no_curves_label.setWordWrap(True)
+        self.settings = MethodSettings(document)
+        self.settings_box = QGroupBox("Method settings")
+        QVBoxLayout(self.settings_box).addWidget(self.settings)
         # One column, the plot on top: fits a dock of about 480 px without scrolling.
+        self.curve_area = QWidget()
+        curves = QVBoxLayout(self.curve_area)
+        curves.setContentsMargins(0, 0, 0, 0)
+        curves.addWidget(self.target_combo)
+        curves.addWidget(self.plot_widget, 1)
+        curves.addWidget(self.summary)
+        curves.addWidget(QLabel("<b>Rules</b> (first match wins)"))
+        curves.addWidget(self.rule_list)
+        curves.addLayout(buttons)
+        curves.addWidget(hint)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.target_combo)
-        layout.addWidget(self.plot_widget, 1)
-        layout.addWidget(self.summary)
-        layout.addWidget(QLabel("<b>Rules</b> (first match wins)"))
-        layout.addWidget(self.rule_list)
-        layout.addLayout(buttons)
-        layout.addWidget(hint)
+        layout.addWidget(self.no_curves_label)
+        layout.addWidget(self.curve_area, 1)
+        layout.addWidget(self.settings_box)
+        layout.addStretch(0)  # takes the room only while the curves are hidden
+        self._column = layout
 
         # Bound methods, not lambdas: Qt drops the connections when this widget is deleted.
         document.recipe_changed.connect(self.refresh)
@@ -266,6 +309,7 @@ class TCurveEditor(QWidget):
         self._stage = self.document.stage
         previous = self.target
         self._targets = curve_targets(self._stage)
+        self._show_sections()
         with QSignalBlocker(self.target_combo):
             self.target_combo.clear()
             self.target_combo.addItems([t.label for t in self._targets])
@@ -278,6 +322,31 @@ class TCurveEditor(QWidget):
                     (i for i, t in enumerate(self._targets) if edits.get_rules(stage, t.location, t.name)), 0))
         self._redraw()
 
+    def _show_sections(self) -> None:
+        """The curves when the method has any, its settings when it has any, else a note why not."""
+        stage = self._stage
+        assert stage is not None
+        spec = method_spec(stage.merge_method)
+        settings = setting_specs(stage)
+        self.settings.set_specs(settings)
+        self.settings_box.setVisible(bool(settings))
+        self.curve_area.setVisible(bool(self._targets))
+        self._column.setStretch(self._column.count() - 1, 0 if self._targets else 1)
+        if spec is None:
+            note = f"Unknown merge method {stage.merge_method!r}: no parameters to show."
+        elif not self._targets:
+            name = spec.label.split(" (")[0]
+            curves = [p.name for p in spec.parameters if is_curve(spec.name, p.name)]
+            if curves:  # per-model ones need models to belong to
+                note = f"Add a slice to shape {name}'s {', '.join(dict.fromkeys(curves))} here."
+            else:
+                note = f"{name} has no per-layer curves" + (": its settings are below." if settings else
+                                                             " and no settings.")
+        else:
+            note = ""
+        self.no_curves_label.setText(note)
+        self.no_curves_label.setVisible(bool(note))
+
     # --- drawing -----------------------------------------------------------------------------
 
     def _redraw(self) -> None:
@@ -289,12 +358,13 @@ class TCurveEditor(QWidget):
         stage_plan = self._stage_plan()
         if target is None:
             self.handles.setData([], [])
+            self.default_line.setVisible(False)
             self._fill_rule_list(())
-            self.summary.setText("This merge method has no per-layer parameters to draw.")
-            self.setEnabled(self._stage is not None and bool(self._targets))
             return
-        self.setEnabled(True)
-        low, high = edits.value_bounds(target.name)
+        assert self._stage is not None
+        low, high = curve_bounds(self._stage.merge_method, target.name)
+        values = [v for rule in rules for v in edits.points(rule.value)]
+        low, high = min([low, *values]), max([high, *values])  # show every point, even out of range
         self.handles.value_range = (low, high)
         self.plot.setLabel("left", target.name)
         self.plot.setYRange(low, high, padding=0.06)
@@ -303,11 +373,15 @@ class TCurveEditor(QWidget):
             self._draw_unplanned(rules)
         else:
             self._draw_planned(target, rules, *layout)
+        default = _default(self._stage, target.name)
+        numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+        self.default_line.setVisible(not rules and numeric_default)
         if not rules:
-            default = _default(self._stage, target.name)
-            uses = f"the method's default {default:g}" if isinstance(default, (int, float)) else "no value"
-            self.summary.setText(f"This recipe sets no {target.name} here, so the merge uses {uses}. "
-                                 "Add a rule to shape it.")
+            if numeric_default:
+                self.default_line.setValue(default)
+            uses = f"the merge uses the method's default {default:g}" if numeric_default else \
+                UNSET_MEANING.get(target.name, "the merge goes without it")
+            self.summary.setText(f"This recipe sets no {target.name} here, so {uses}. Add a rule to shape it.")
         self._fill_rule_list(rules)
 
     def _layout(self, target: CurveTarget, rules: tuple[FilterRule, ...], stage_plan: StagePlan | None
@@ -558,8 +632,8 @@ class TCurveEditor(QWidget):
         """Give ``rule`` a preset shape from its current first to last value (0 → 1 when flat)."""
         values = edits.points(self.rules()[rule].value) or (0.0,)
         start, end = values[0], values[-1]
-        if start == end:
-            start, end = edits.value_bounds(self.target.name if self.target else "t")
+        if start == end and self._stage is not None:
+            start, end = curve_bounds(self._stage.merge_method, self.target.name if self.target else "t")
             start, end = max(start, 0.0), min(end, 1.0)
         self._edit(lambda s, loc, n: edits.apply_preset(s, loc, n, rule, preset, start, end),
                    f"Shape rule: {preset}")

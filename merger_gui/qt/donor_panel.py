@@ -8,13 +8,11 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMenu, QStyle, QToolButton, QTreeWidget,
+    QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMenu, QPushButton, QStyle, QToolButton, QTreeWidget,
     QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
 from merger_gui.core.donor import DonorInfo
-from merger_gui.core.estimator import format_gib
-from merger_gui.core.runtime_presets import GIB
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 from merger_gui.core.slice_edits import rename_model
 
@@ -23,17 +21,12 @@ from .donor_registry import DonorRegistry
 from .inspection import DonorInspector
 from .live_plan import LivePlan
 from .settings import Settings
+from .sizes import format_size
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
-MIB = 1 << 20
 SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
-
-
-def format_size(nbytes: int) -> str:
-    """``24.2 GiB``; below 0.1 GiB in MiB (both binary, as everywhere in the app)."""
-    return format_gib(nbytes, digits=1) if nbytes >= GIB // 10 else f"{nbytes / MIB:.1f} MiB"
 
 
 def incompatibilities(donors: dict[str, DonorInfo]) -> dict[str, list[str]]:
@@ -71,11 +64,9 @@ class DonorPanel(QWidget):
         self._error = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxCritical)
         self._busy = style.standardIcon(QStyle.StandardPixmap.SP_BrowserReload)
 
-        self.add_button = QToolButton(self)
-        self.add_button.setText("Add donor")
+        # A push button leaves room for its menu arrow; a tool button's arrow covers the label.
+        self.add_button = QPushButton("Add donor", self)
         self.add_button.setToolTip("Add a donor model: a local folder, a Hugging Face repo or a built-in shape profile")
-        self.add_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        self.add_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.add_button.setMenu(self._source_menu(None, self))
         self.status = QLabel(self)
         self.status.setObjectName("sectionTitle")

@@ -19,6 +19,7 @@ from merger_gui.core.plan import Plan
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .sizes import format_count, format_size
 from .themed_plot import ThemedPlotWidget
 
 WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
@@ -26,6 +27,10 @@ KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
 DEBOUNCE_MS = 120
 CHART_POINTS = 48
 SIDE_BY_SIDE_WIDTH = 900
+
+
+def _size(nbytes: int) -> str:
+    return format_size(nbytes, digits=2)
 
 
 class EstimatePanel(QWidget):
@@ -172,8 +177,9 @@ class EstimatePanel(QWidget):
         plan: Plan | None = getattr(self.live_plan, "plan", None)
         try:
             self.estimate = estimate_plan(plan, self.registry.donors, self.options()) if plan else None
-            message = None if plan else (getattr(self.live_plan, "error", None)
-                                         or "No estimate yet: add the recipe's donors (or shape profiles).")
+            error = getattr(self.live_plan, "error", None)
+            message = None if plan else f"No estimate yet: {error.rstrip('.')}." if error else \
+                "No estimate yet: add the recipe's donors (or shape profiles)."
         except UserError as exc:
             self.estimate, message = None, str(exc)
         self.status_label.setText(message or "")
@@ -196,19 +202,19 @@ class EstimatePanel(QWidget):
             return
         final = self.estimate.final
         options = final.options
-        labels["params"].setText(f"{final.params:,} ({final.params / 1e9:.2f} B)")
+        labels["params"].setText(f"{final.params:,} ({format_count(final.params)})")
         stages = self.estimate.stage_labels
         labels["layers"].setText(str(final.num_layers) + (f"  (final of {len(stages)} stages)" if len(stages) > 1 else ""))
-        host = f", {format_gib(final.host_weights_bytes)} of it in system RAM" if final.host_weights_bytes else ""
-        labels["weights"].setText(f"{format_gib(final.weights_bytes)} ({final.weights_label}{host})")
+        host = f", {_size(final.host_weights_bytes)} of it in system RAM" if final.host_weights_bytes else ""
+        labels["weights"].setText(f"{_size(final.weights_bytes)} ({final.weights_label}{host})")
         per_token = final.kv.bytes_per_token
         windowed = (f"; {final.kv.windowed_layer_count} sliding-window layers, full cache "
-                    f"{format_gib(final.kv.full_bytes)}") if final.kv.windowed_layer_count else ""
-        labels["kv"].setText(f"{format_gib(final.kv_cache_bytes)} at {format_context(options.context)} × "
+                    f"{_size(final.kv.full_bytes)}") if final.kv.windowed_layer_count else ""
+        labels["kv"].setText(f"{_size(final.kv_cache_bytes)} at {format_context(options.context)} × "
                              f"{options.batch} ({per_token / 1024:,.0f} KiB/token{windowed})")
-        labels["compute"].setText(f"{format_gib(final.compute_buffer_bytes)} ({final.compute_label})")
-        labels["overhead"].setText(f"{format_gib(final.overhead_bytes)} ({final.overhead_label})")
-        labels["total"].setText(format_gib(final.total_bytes))
+        labels["compute"].setText(f"{_size(final.compute_buffer_bytes)} ({final.compute_label})")
+        labels["overhead"].setText(f"{_size(final.overhead_bytes)} ({final.overhead_label})")
+        labels["total"].setText(_size(final.total_bytes))
         budget = format_gib(options.gpu_memory_bytes or 0, digits=1)
         if final.max_context is None:
             labels["max_context"].setText(f"more than 128M tokens fit in {budget}")
@@ -217,10 +223,10 @@ class EstimatePanel(QWidget):
         else:
             labels["max_context"].setText(f"{final.max_context:,} tokens in {budget}")
         merge = self.estimate.merge
-        download = f"download {format_gib(merge.download_bytes)}, " if merge.download_bytes else ""
-        labels["merge"].setText(f"{download}disk {format_gib(merge.disk_bytes)}, peak RAM "
-                                f"{format_gib(merge.peak_ram_bytes)}")
-        self.donor_label.setText("<br>".join(f"<b>{c.describe()}</b> (donor total {format_gib(c.estimate.total_bytes)})"
+        download = f"download {_size(merge.download_bytes)}, " if merge.download_bytes else ""
+        labels["merge"].setText(f"{download}disk {_size(merge.disk_bytes)}, peak RAM "
+                                f"{_size(merge.peak_ram_bytes)}")
+        self.donor_label.setText("<br>".join(f"<b>{c.describe()}</b> (donor total {_size(c.estimate.total_bytes)})"
                                              for c in self.estimate.donors))
         self._draw_chart()
 

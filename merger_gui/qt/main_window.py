@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent
+from PySide6.QtGui import (
+    QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent, QUndoStack,
+)
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget, QToolBar,
     QVBoxLayout, QWidget,
@@ -41,6 +43,23 @@ def _scrolling(widget: QWidget) -> QScrollArea:
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     return area
+
+
+class UndoButtonAction(QAction):
+    """Undo or redo under a fixed label, so the toolbar does not shift with "Undo <what>" as the
+    menu's action does; the tooltip says what it would undo."""
+
+    def __init__(self, stack: QUndoStack, redo: bool, parent: QWidget) -> None:
+        super().__init__("Redo" if redo else "Undo", parent)
+        self._verb = self.text()
+        self.triggered.connect(stack.redo if redo else stack.undo)
+        (stack.canRedoChanged if redo else stack.canUndoChanged).connect(self.setEnabled)
+        (stack.redoTextChanged if redo else stack.undoTextChanged).connect(self.describe)
+        self.setEnabled(stack.canRedo() if redo else stack.canUndo())
+        self.describe(stack.redoText() if redo else stack.undoText())
+
+    def describe(self, what: str) -> None:
+        self.setToolTip(f"{self._verb} {what}" if what else self._verb)
 
 
 class MainWindow(QMainWindow):
@@ -85,7 +104,7 @@ class MainWindow(QMainWindow):
         self.tools.addTab(self.yaml_editor, "YAML")
         self.tools.addTab(self.curve_editor, "t-curves")
         self.tools.addTab(self.estimate_panel, "Estimate")
-        self.tools.addTab(_scrolling(self.merge_panel), "Merge")
+        self.merge_tab = self.tools.addTab(_scrolling(self.merge_panel), "Merge")
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
         self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -169,7 +188,9 @@ class MainWindow(QMainWindow):
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         toolbar.addActions([files.new, files.open, files.save])
         toolbar.addSeparator()
-        toolbar.addActions([undo, redo])
+        history = self.document.undo_stack
+        self.undo_button_actions = (UndoButtonAction(history, False, self), UndoButtonAction(history, True, self))
+        toolbar.addActions(list(self.undo_button_actions))
         toolbar.addSeparator()
         toolbar.addActions([stack.move_up, stack.move_down, stack.duplicate, stack.delete])
         self.addToolBar(toolbar)
@@ -187,8 +208,13 @@ class MainWindow(QMainWindow):
         self.welcome.open_file.connect(self.files.open_path)
         self.welcome.open_dialog.connect(self.files.open_dialog)
         self.welcome.new_recipe.connect(self.files.new_recipe)
+        self.welcome.demo_opened.connect(self._show_merge_tab)
 
     # ---- reactions ------------------------------------------------------------------------
+
+    def _show_merge_tab(self) -> None:
+        """The demo is there to be merged: show the Merge button at once."""
+        self.tools.setCurrentIndex(self.merge_tab)
 
     def show_designer(self) -> None:
         self._show_page(1)
@@ -215,6 +241,7 @@ class MainWindow(QMainWindow):
         self.settings.theme = name
         apply_theme(QApplication.instance(), name)  # type: ignore[arg-type]
         self.stack_view.rebuild()
+        self.yaml_editor.highlighter.apply_theme()
 
     def _update_title(self, *_: object) -> None:
         path = self.document.path

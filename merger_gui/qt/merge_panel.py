@@ -17,6 +17,7 @@ from merger_gui.core.donor import DonorInfo
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .merge_runner import MergeRunner
+from .sizes import format_size
 
 ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
@@ -35,8 +36,9 @@ def merge_blockers(document: RecipeDocument, live_plan, registry: DonorRegistry)
         elif donor.kind == "profile":
             reasons.append(f"{name} is a shape profile ({donor.ref}): it has no weights; choose its folder or repo")
     findings = getattr(live_plan, "findings", None) or []
+    donor_errors = set(registry.errors.values())  # already listed by donor name above
     reasons += [f"{f.location}: {f.message}" if hasattr(f, "location") else f.message
-                for f in findings if getattr(f, "severity", "") == "error"]
+                for f in findings if getattr(f, "severity", "") == "error" and f.message not in donor_errors]
     if not reasons and getattr(live_plan, "plan", None) is None:
         reasons.append(getattr(live_plan, "error", None) or "the recipe has no layer plan yet")
     return reasons
@@ -47,6 +49,16 @@ def default_output_name(document: RecipeDocument) -> str:
     stage = document.recipe.stages[-1] if document.recipe.stages else None
     name = (stage.name if stage else None) or (document.path.stem if document.path else "merged-model")
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "merged-model"
+
+
+def not_a_model_folder(path: Path) -> str | None:
+    """What ``path`` holds when it is not an earlier merge's folder (None when it is one, or empty)."""
+    if not path.is_dir():
+        return "it is a file, not a folder"
+    if (path / "config.json").is_file():
+        return None
+    count = sum(1 for _ in path.iterdir())
+    return f"it is not a model folder and holds {count} item{'s' * (count != 1)}" if count else None
 
 
 def format_seconds(seconds: float) -> str:
@@ -79,6 +91,8 @@ class MergePanel(QWidget):
         self.registry = registry
         self.runner = MergeRunner(self)
         self.output_path: Path | None = None
+        self._suggested = ""  # the folder last proposed; replaced while the user keeps it
+        self._replacing = False
 
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("folder to create, e.g. ~/models/my-merge")
@@ -146,6 +160,7 @@ class MergePanel(QWidget):
         document.recipe_changed.connect(self.update_state)
         document.path_changed.connect(self._suggest_folder)
         registry.changed.connect(self.update_state)
+        registry.changed.connect(self._suggest_folder)
         live_plan.plan_changed.connect(self.update_state)
         live_plan.findings_changed.connect(self.update_state)
         self._suggest_folder()
@@ -171,10 +186,17 @@ class MergePanel(QWidget):
         self.device_combo.setEnabled(not running)
 
     def _suggest_folder(self, *_: object) -> None:
-        if self.folder_edit.text().strip():
+        """Propose a folder beside the recipe (or its first local donor), unless the user chose one."""
+        if self.folder_edit.text().strip() not in ("", self._suggested) or self.runner.is_running:
             return
-        parent = self.document.path.parent if self.document.path else Path.home()
-        self.folder_edit.setText(str(parent / default_output_name(self.document)))
+        self._suggested = str(self._suggested_parent() / default_output_name(self.document))
+        self.folder_edit.setText(self._suggested)
+
+    def _suggested_parent(self) -> Path:
+        if self.document.path is not None:
+            return self.document.path.parent
+        local = [Path(d.path) for d in self.registry.donors.values() if d.kind == "folder" and d.path]
+        return local[0].parent if local else Path.home()
 
     def _browse(self) -> None:
         start = str(Path(self.folder_edit.text()).expanduser().parent) if self.folder_edit.text() else str(Path.home())
@@ -185,11 +207,20 @@ class MergePanel(QWidget):
     # --- running -----------------------------------------------------------------------------
 
     def confirm_overwrite(self, path: Path) -> bool:
-        """Ask before replacing an existing folder (replaced only once the new one is complete)."""
-        answer = QMessageBox.question(
-            self, "Replace folder?",
-            f"{path} already exists.\nReplace it with the merged model once the merge completes?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        """Ask before replacing an existing folder (replaced only once the new one is complete);
+        a folder that is not an earlier merge gets a warning that its contents go."""
+        buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+        stranger = not_a_model_folder(path)
+        if stranger:
+            answer = QMessageBox.warning(
+                self, "Replace folder?",
+                f"{path} already exists and {stranger}.\nReplacing it deletes everything in it once the merge "
+                "completes. Replace it anyway?", buttons, QMessageBox.StandardButton.No)
+        else:
+            answer = QMessageBox.question(
+                self, "Replace folder?",
+                f"{path} already exists.\nReplace it with the merged model once the merge completes?",
+                buttons, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes
 
     def start_merge(self) -> bool:
@@ -202,6 +233,7 @@ class MergePanel(QWidget):
             return False
         donors: dict[str, DonorInfo] = dict(self.registry.donors)
         self.output_path = path
+        self._replacing = overwrite
         self.log.clear()
         self.result_label.clear()
         self.open_button.hide()
@@ -225,10 +257,10 @@ class MergePanel(QWidget):
     def _on_progress(self, event) -> None:
         kind = type(event).__name__
         if kind == "StageStarted":
-            self.stage_label.setText(f"Stage {event.index + 1} of {event.count}: {event.name}"
-                                     + (" (reused)" if event.reused else ""))
-            self.log.appendPlainText(f"stage {event.index + 1}/{event.count} {event.name}: "
-                                     f"{event.tensors} tensors{' (reused from an earlier run)' if event.reused else ''}")
+            title = f"Stage {event.index + 1} of {event.count}: {event.name}" if event.count > 1 else "Merging"
+            self.stage_label.setText(title + (" (reused)" if event.reused else ""))
+            self.log.appendPlainText(f"{_stage_prefix(event) or 'merging '}{event.tensors} tensors"
+                                     f"{' (reused from an earlier run)' if event.reused else ''}")
         elif kind == "TensorProgress":
             self.progress_bar.setValue(int(1000 * event.overall_index / max(1, event.overall_count)))
             self.tensor_label.setText(f"{event.name}  ({event.index}/{event.count})")
@@ -240,8 +272,7 @@ class MergePanel(QWidget):
         elif kind == "MergeWarning":
             self.log.appendPlainText(f"warning: {event.message}")
         elif kind == "StageFinished":
-            self.log.appendPlainText(f"stage {event.index + 1}/{event.count} {event.name} written to {event.path} "
-                                     f"in {format_seconds(event.seconds)}")
+            self.log.appendPlainText(f"{_stage_prefix(event)}written to {event.path} in {format_seconds(event.seconds)}")
 
     def _on_finished(self, done) -> None:
         self.progress_bar.setValue(1000)
@@ -250,7 +281,7 @@ class MergePanel(QWidget):
         self.eta_label.clear()
         if done is not None:
             self.output_path = Path(done.path)
-            self.log.appendPlainText(f"merged {done.tensors} tensors ({done.bytes_written / 2**30:.2f} GiB) "
+            self.log.appendPlainText(f"merged {done.tensors} tensors ({format_size(done.bytes_written)}) "
                                      f"in {format_seconds(done.seconds)}")
         self.result_label.setStyleSheet(OK_STYLE)
         self.result_label.setText(f"The merged model is in {self.output_path}")
@@ -266,7 +297,8 @@ class MergePanel(QWidget):
 
     def _on_cancelled(self) -> None:
         self.progress_bar.setValue(0)
-        self.stage_label.setText("Cancelled; the partial output was removed")
+        kept = f"; {self.output_path} is as it was" if self._replacing else ""
+        self.stage_label.setText(f"Cancelled; the partial output was removed{kept}")
         self.tensor_label.clear()
         self.eta_label.clear()
         self.log.appendPlainText("cancelled")
@@ -274,3 +306,8 @@ class MergePanel(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
         self.runner.shutdown()
         super().closeEvent(event)
+
+
+def _stage_prefix(event) -> str:  # noqa: ANN001 - StageStarted | StageFinished
+    """``stage 2/3 NAME: `` in the log of a multi-stage merge; nothing for a single stage."""
+    return f"stage {event.index + 1}/{event.count} {event.name}: " if event.count > 1 else ""

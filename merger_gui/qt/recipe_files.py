@@ -81,7 +81,8 @@ class RecipeFiles(QObject):
         return bool(path) and self.open_path(Path(path), ask=False)
 
     def open_path(self, path: Path, overrides: dict[str, str] | None = None, *, ask: bool = True) -> bool:
-        """Open a recipe file and inspect its donors (``overrides``: model name → reference)."""
+        """Open a recipe file and inspect its donors (``overrides``: model name → reference;
+        the donors chosen when it was last saved apply to the other models)."""
         if ask and not self.maybe_save():
             return False
         path = Path(path)
@@ -91,9 +92,10 @@ class RecipeFiles(QObject):
         except (OSError, UnicodeDecodeError, UserError) as exc:
             QMessageBox.warning(self.window, "Cannot open recipe", f"{path.name}: {exc}")
             return False
+        refs = {**self.settings.donor_refs(path), **(overrides or {})}
         self.settings.add_recent_file(path)
         self.settings.set_last_folder("recipe", path.parent)
-        self.load(recipe, path, text, overrides or {}, path.parent)
+        self.load(recipe, path, text, refs, path.parent)
         return True
 
     def open_recipe(self, payload: tuple[Recipe, str | None, dict[str, str]]) -> bool:
@@ -139,8 +141,11 @@ class RecipeFiles(QObject):
         return self.write(path)
 
     def write(self, path: Path) -> bool:
-        """Write the recipe, editing the current text in place so comments survive."""
+        """Write the recipe, editing the current text in place so comments survive; asks first
+        when the YAML tab holds text that does not parse (that text cannot be saved)."""
         self.yaml_editor.commit_text()
+        if self.yaml_editor.error is not None and not self._save_despite(self.yaml_editor.error):
+            return False
         try:
             text = save_recipe(self.document.recipe, path, original_text=self.yaml_editor.base_text())
         except OSError as exc:
@@ -149,7 +154,18 @@ class RecipeFiles(QObject):
         self.document.mark_saved(path, text)
         self.settings.add_recent_file(path)
         self.settings.set_last_folder("recipe", path.parent)
+        # A model name is a donor only through the choice made here (a demo folder, a profile): keep it.
+        self.settings.set_donor_refs(path, {name: ref for name, ref in self.registry.refs.items()
+                                            if ref != name and name in self.registry.donors})
         return True
+
+    def _save_despite(self, error: Exception) -> bool:
+        answer = QMessageBox.warning(
+            self.window, "The YAML has an error",
+            f"The YAML tab does not parse: {error}\n\nSave the recipe as it was before that edit? "
+            "The text with the error stays in the YAML tab, unsaved.",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Save
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -10,7 +11,7 @@ MAX_RECENT = 10
 
 
 class Settings:
-    """Recent files, last folders, window geometry/state and theme.
+    """Recent files (and the donors chosen for them), last folders, window geometry/state and theme.
 
     Uses the application's organisation/application names (tests set temporary ones, so
     the real settings file is never touched).
@@ -40,6 +41,25 @@ class Settings:
 
     def clear_recent_files(self) -> None:
         self._qs.setValue("recent/files", [])
+
+    def _all_donor_refs(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self._str("recipes/donors", "{}"))
+        except ValueError:
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+    def donor_refs(self, recipe: Path) -> dict[str, str]:
+        """The donors chosen for the models of recipe file ``recipe`` (model name → reference)."""
+        refs = self._all_donor_refs().get(str(Path(recipe).resolve()), {})
+        return {str(k): str(v) for k, v in refs.items()}
+
+    def set_donor_refs(self, recipe: Path, refs: dict[str, str]) -> None:
+        """Remember ``refs`` for ``recipe``; only recent recipes' donors are kept."""
+        data = self._all_donor_refs()
+        data[str(Path(recipe).resolve())] = dict(refs)
+        recent = {str(p) for p in self.recent_files} | {str(Path(recipe).resolve())}
+        self._qs.setValue("recipes/donors", json.dumps({k: v for k, v in data.items() if k in recent and v}))
 
     def last_folder(self, kind: str) -> str:
         """Last folder used for ``kind`` (``"recipe"``, ``"donor"``); home when unknown."""

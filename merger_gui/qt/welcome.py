@@ -76,6 +76,7 @@ class WelcomePage(QWidget):
         open_file(Path): a recent recipe was clicked.
         open_dialog(): "Open recipe…" was clicked.
         new_recipe(): "New empty recipe" was clicked.
+        demo_opened(): the demo recipe was opened (after ``open_recipe``): time to offer Merge.
 
     Args:
         demo_folder: Where the demo donors are written (default: the app's data folder).
@@ -87,6 +88,7 @@ class WelcomePage(QWidget):
     open_dialog = Signal()
     new_recipe = Signal()
     demo_failed = Signal(str)
+    demo_opened = Signal()
 
     def __init__(self, parent: QWidget | None = None, *, demo_folder: Path | None = None,
                  pool: QThreadPool | None = None) -> None:
@@ -210,6 +212,7 @@ class WelcomePage(QWidget):
         self.demo_button.setEnabled(True)
         self.status_label.setText("Demo models ready: the recipe is open, press Merge in the Merge panel.")
         self.open_recipe.emit((recipe, None, refs))
+        self.demo_opened.emit()
 
     def _demo_failed(self, message: str) -> None:
         self._job = None

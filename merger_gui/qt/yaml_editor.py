@@ -37,6 +37,11 @@ class YamlHighlighter(QSyntaxHighlighter):
 
     def __init__(self, document: QTextDocument) -> None:
         super().__init__(document)
+        self.formats: dict[str, QTextCharFormat] = {}
+        self.apply_theme()
+
+    def apply_theme(self) -> None:
+        """Take the current theme's colours (keys in dark blue are unreadable on a dark background)."""
         dark = current_theme().is_dark
         palette = {
             "key": "#7cb7ff" if dark else "#1d4ed8",
@@ -51,6 +56,7 @@ class YamlHighlighter(QSyntaxHighlighter):
             if name == "comment":
                 fmt.setFontItalic(True)
             self.formats[name] = fmt
+        self.rehighlight()
 
     def highlightBlock(self, text: str) -> None:
         for pattern, name in self.RULES:
