@@ -415,3 +415,14 @@ def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
     assert ranges(window) == [("Thorns-13B", (0, 8))]
     assert window.registry.donor("Thorns-13B") is donor and "A" not in window.registry.refs
     assert panel.missing() == [] and panel.tree.topLevelItem(0).text(0) == "Thorns-13B"
+
+
+def test_yaml_that_does_not_parse_is_flagged_in_the_status_bar(window):
+    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: [\n")
+    window.yaml_editor.commit_text()
+    label = window.findings_label
+    assert label.text().startswith("YAML error at line ") and "not applied" in label.text()
+    assert label.toolTip()
+    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: []\n")
+    window.yaml_editor.commit_text()
+    assert "YAML error" not in label.text() and not label.toolTip()

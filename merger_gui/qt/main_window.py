@@ -13,6 +13,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from merger_gui.core.errors import RecipeError
+
 from .curve_editor import TCurveEditor
 from .document import RecipeDocument
 from .donor_panel import DonorPanel
@@ -114,6 +116,7 @@ class MainWindow(QMainWindow):
         self.summary_label = QLabel()
         self.summary_label.setToolTip("Output of the current stage: layer and parameter count")
         self.findings_label = QLabel()
+        self._findings_text = "no problems"
         self.drag_label = QLabel()
         self.statusBar().addWidget(self.drag_label, 1)
         self.statusBar().addPermanentWidget(self.findings_label)
@@ -201,6 +204,7 @@ class MainWindow(QMainWindow):
         self.live_plan.plan_changed.connect(self._update_summary)
         self.document.current_stage_changed.connect(self._update_summary)
         self.findings_view.counts_changed.connect(self._update_findings)
+        self.yaml_editor.error_changed.connect(self._update_yaml_error)
         self.stack_view.sigStatus.connect(self.drag_label.setText)
         self.inspector.busy_changed.connect(self._update_summary)
         self.files.opened.connect(lambda _: self.show_designer())
@@ -260,8 +264,21 @@ class MainWindow(QMainWindow):
     def _update_findings(self, errors: int, warnings: int) -> None:
         parts = [f"{errors} error{'s' * (errors != 1)}"] if errors else []
         parts += [f"{warnings} warning{'s' * (warnings != 1)}"] if warnings else []
-        self.findings_label.setText(" · ".join(parts) or "no problems")
+        self._findings_text = " · ".join(parts) or "no problems"
         self.findings_dock.setWindowTitle(f"Problems ({errors + warnings})" if errors + warnings else "Problems")
+        self._update_yaml_error(self.yaml_editor.error)
+
+    def _update_yaml_error(self, error: RecipeError | None) -> None:
+        """While the YAML tab holds text that does not parse, the status bar says so (it is not applied)."""
+        if error is None:
+            self.findings_label.setText(self._findings_text)
+            self.findings_label.setStyleSheet("")
+            self.findings_label.setToolTip("")
+            return
+        where = f"line {error.line}" if error.line else "the YAML"
+        self.findings_label.setText(f"YAML error at {where}: not applied · {self._findings_text}")
+        self.findings_label.setStyleSheet("QLabel { color: #dc2626; }")
+        self.findings_label.setToolTip(str(error))
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {APP_TITLE}",
