@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,11 @@ def test_without_a_recipe_file_the_output_goes_beside_the_local_donors(qtbot, ma
     folder = make_donor("a", SHAPE, seed=1)
     registry.set_donor("a", str(folder), inspect_folder(folder))
     assert widget.folder_edit.text() == str(folder.parent / "merged-model")
+
+
+def test_a_relative_output_folder_is_taken_from_the_recipe_folder(panel, tmp_path):
+    panel.folder_edit.setText("merged/here")
+    assert panel.output_folder() == Path.home() / "merged" / "here"  # an unsaved recipe: home
+    panel.document.mark_saved(tmp_path / "recipes" / "mine.yaml", "")
+    panel.folder_edit.setText("merged/here")
+    assert panel.output_folder() == tmp_path / "recipes" / "merged" / "here"

@@ -223,11 +223,19 @@ class MergePanel(QWidget):
                 buttons, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes
 
+    def output_folder(self) -> Path:
+        """The chosen folder; a relative one is taken from the recipe file's folder (else home)."""
+        path = Path(self.folder_edit.text().strip()).expanduser()
+        if path.is_absolute():
+            return path
+        return (self.document.path.parent if self.document.path else Path.home()) / path
+
     def start_merge(self) -> bool:
         """Start merging into the chosen folder; False when blocked or declined."""
         if self.runner.is_running or self.blockers() or not self.folder_edit.text().strip():
             return False
-        path = Path(self.folder_edit.text().strip()).expanduser()
+        path = self.output_folder()
+        self.folder_edit.setText(str(path))
         overwrite = path.exists()
         if overwrite and not self.confirm_overwrite(path):
             return False
