@@ -167,6 +167,13 @@ def test_max_context_edges():
     assert estimate_model(mistral, EstimateOptions(runtime="vllm", gpu_memory_bytes=40 * GIB)).max_context is None
 
 
+def test_the_trained_context_comes_from_the_config():
+    assert estimate_model(load_profile("llama-2-13b")).trained_context == 4096
+    assert estimate_model(load_profile("mistral-7b")).trained_context == 32768
+    no_config = replace(load_profile("llama-2-13b"), config={})
+    assert estimate_model(no_config).trained_context is None
+
+
 def test_weight_bytes_equal_tensor_bytes_on_disk(make_donor):
     safetensors = pytest.importorskip("safetensors")
     folder = make_donor("small", DonorShape(num_layers=3), dtype="bfloat16")

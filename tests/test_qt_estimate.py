@@ -64,3 +64,5 @@ def test_options_change_weights_and_max_context(rose, qtbot):
         panel.gpu_spin.setValue(48.0)
     assert panel.estimate.final.max_context > before
     assert panel.budget_line.value() == pytest.approx(48.0)
+    assert panel.estimate.final.trained_context == 4096  # Llama-2's
+    assert "(the model is trained for 4,096)" in panel.figure("max_context")  # 48 GiB holds more

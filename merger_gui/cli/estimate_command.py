@@ -125,6 +125,7 @@ def _estimate_json(estimate: Estimate) -> dict[str, Any]:
     if options.gpu_memory_bytes is not None:
         data["gpu_memory_bytes"] = options.gpu_memory_bytes
         data["max_context"] = estimate.max_context
+        data["trained_context"] = estimate.trained_context
     return data
 
 
@@ -205,6 +206,8 @@ def _estimate_lines(e: Estimate, title: str) -> list[str]:
         fits = "no limit below 128M tokens" if e.max_context is None else (
             "does not fit" if e.max_context == 0 else f"{e.max_context:,} tokens")
         lines.append(f"  {'largest context in ' + format_gib(o.gpu_memory_bytes):<52} {fits:>12}")
+        if e.trained_context and (e.max_context is None or e.max_context > e.trained_context):
+            lines.append(f"  {'context the model is trained for':<52} {f'{e.trained_context:,} tokens':>12}")
     return lines + ["", *_file_size_lines(e)]
 
 

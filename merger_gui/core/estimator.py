@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .donor import DTYPE_SIZES, DonorInfo, known_dtype_code
 from .errors import UserError
@@ -173,6 +174,7 @@ class Estimate:
     overhead_bytes: int
     total_bytes: int
     max_context: int | None  # None: no budget given, or no limit below MAX_CONTEXT_LIMIT
+    trained_context: int | None  # the model's max_position_embeddings, when its config says
     file_sizes: tuple[tuple[str, int], ...]  # (format, bytes) for SIZE_TABLE_FORMATS
     stored_bytes: int  # file size in the planned / stored dtypes
     options: EstimateOptions = field(compare=False)
@@ -194,6 +196,10 @@ def _compute_bytes(model: DonorInfo, options: EstimateOptions, context: int) -> 
     if options.compute_buffer_bytes is not None:
         return options.compute_buffer_bytes
     return options.preset.compute_buffer_bytes(model, context, options.batch)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def solve_max_context(total_at: Callable[[int], int], budget: int, limit: int = MAX_CONTEXT_LIMIT) -> int | None:
@@ -248,6 +254,7 @@ def estimate_model(model: DonorInfo, options: EstimateOptions = EstimateOptions(
         overhead_bytes=overhead,
         total_bytes=total_at(options.context),
         max_context=max_context,
+        trained_context=_int_or_none(model.config.get("max_position_embeddings")),
         file_sizes=tuple((f, weight_bytes(model, parse_weight_format(f))) for f in SIZE_TABLE_FORMATS),
         stored_bytes=weight_bytes(model, STORED),
         options=options,

@@ -222,6 +222,9 @@ class EstimatePanel(QWidget):
             labels["max_context"].setText(f"does not fit in {budget}, even at 1 token")
         else:
             labels["max_context"].setText(f"{final.max_context:,} tokens in {budget}")
+        trained = final.trained_context
+        if trained and (final.max_context is None or final.max_context > trained):
+            labels["max_context"].setText(f"{labels['max_context'].text()} (the model is trained for {trained:,})")
         merge = self.estimate.merge
         download = f"download {_size(merge.download_bytes)}, " if merge.download_bytes else ""
         labels["merge"].setText(f"{download}disk {_size(merge.disk_bytes)}, peak RAM "
