@@ -222,6 +222,47 @@ def test_closing_the_generator_cleans_up(pair, tmp_path):
     assert no_leftovers(out)
 
 
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("merge-writer")]
+
+
+def test_a_merge_writes_on_a_thread_that_ends_with_it(pair, tmp_path, monkeypatch):
+    """Results are written one tensor behind the math; a run, a cancel and a close end the thread."""
+    names: set[str] = set()
+    write = writer_module.ShardedWriter.write
+
+    def recording(self, name, data):
+        names.add(threading.current_thread().name)
+        write(self, name, data)
+
+    monkeypatch.setattr(writer_module.ShardedWriter, "write", recording)
+    infos = {name: inspect_folder(path) for name, path in pair.items()}
+    merge(SLERP, pair, tmp_path / "done")
+    assert [n.split("_")[0] for n in names] == ["merge-writer"] and writer_threads() == []
+    cancel = threading.Event()
+    with pytest.raises(MergeCancelled):
+        for event in run_merge(load_recipe_text(SLERP), infos, tmp_path / "cancelled", MergeOptions(), cancel):
+            if isinstance(event, TensorProgress) and event.index == 3:
+                assert writer_threads()
+                cancel.set()
+    events = run_merge(load_recipe_text(SLERP), infos, tmp_path / "closed")
+    next(e for e in events if isinstance(e, TensorProgress) and e.index == 3)
+    events.close()
+    assert writer_threads() == []
+    assert no_leftovers(tmp_path / "cancelled") and no_leftovers(tmp_path / "closed")
+
+
+def test_disk_full_while_writing_a_merged_tensor(pair, tmp_path, monkeypatch):
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "_write_all", full)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"disk full while writing .*GiB needed, .* free"):
+        merge(SLERP, pair, out)
+    assert no_leftovers(out) and writer_threads() == []
+
+
 def test_disk_full_while_writing(pair, tmp_path, monkeypatch):
     def full(*_args):
         raise OSError(errno.ENOSPC, "No space left on device")

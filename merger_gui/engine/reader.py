@@ -1,8 +1,13 @@
 """Lazy, bounded-memory reading of donor tensors from safetensors and PyTorch ``.bin`` files.
 
-A safetensors tensor is read straight from its byte range with one ``readinto`` into a
-freshly allocated tensor (no memory map whose touched pages would stay resident and count
-toward the process' memory), or handed to the writer as a byte range to copy file to file.
+A safetensors tensor is mapped from its byte range alone, private (copy-on-write) and
+unmapped when the tensor is freed: the page cache's pages are mapped, not copied into fresh
+memory, and only the tensors in use count toward the process' memory. (Reading the bytes
+into a fresh tensor takes about twice the time: a page fault per 4 KiB, then a copy.) The
+file's size is checked first, as a mapped page past the end of a file truncated meanwhile
+would crash the process. An offset misaligned for the dtype, or a file that cannot be
+mapped, is read into a fresh tensor instead. A tensor can also be handed to the writer as a
+byte range to copy file to file.
 ``.bin`` checkpoints are loaded with ``torch.load(weights_only=True, mmap=True)``: no code
 runs and only the storages actually used are paged in. Every file is opened once and cached.
 torch is imported only to read a tensor into memory or to load a ``.bin`` file, so a
@@ -12,6 +17,8 @@ byte-for-byte copy never imports it.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +66,13 @@ class SourceTensor:
     @property
     def label(self) -> str:
         return f"{self.name!r} of donor {self.model}"
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPE_SIZES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
 
 
 class _SafetensorsFile:
@@ -135,33 +149,30 @@ class TensorReader:
         """The raw bytes of a safetensors tensor, for a copy without conversion; None for ``.bin``."""
         if source.offset is None:
             return None
-        length = _nbytes(source)
-        return ByteRange(self._safetensors[source.file].handle, source.offset, length)
+        return ByteRange(self._safetensors[source.file].handle, source.offset, source.nbytes)
 
     def read(self, source: SourceTensor) -> torch.Tensor:
-        """The tensor itself, in its stored dtype, in a fresh CPU buffer.
+        """The tensor itself, in its stored dtype, in CPU memory of its own (writes to it never
+        reach the donor).
 
         Raises:
             DonorError: the file cannot be read (e.g. truncated since it was inspected).
         """
-        if source.offset is None:
+        offset = source.offset
+        if offset is None:
             return self._checkpoints[source.file][source.name].clone()
-        import torch
-
-        tensor = torch.empty(source.shape, dtype=torch_dtype(source.dtype))
-        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         handle = self._safetensors[source.file].handle
         try:
-            handle.seek(source.offset)
-            done = 0
-            while done < len(view):
-                n = handle.readinto(view[done:])
-                if not n:
-                    raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
-                done += n
+            if os.fstat(handle.fileno()).st_size < offset + source.nbytes:
+                raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
+            if source.nbytes and offset % DTYPE_SIZES[source.dtype] == 0:
+                try:
+                    return _mapped(handle, offset, source)
+                except OSError:  # a file system without memory maps: read a copy
+                    pass
+            return _read_copy(handle, offset, source)
         except OSError as exc:
             raise DonorError(f"{source.label}: cannot read {source.file}: {exc.strerror or exc}") from None
-        return tensor
 
     def close(self) -> None:
         """Close every open file."""
@@ -223,11 +234,31 @@ class TensorReader:
         return self._checkpoints[file]
 
 
-def _nbytes(source: SourceTensor) -> int:
-    n = DTYPE_SIZES[source.dtype]
-    for d in source.shape:
-        n *= d
-    return n
+def _mapped(handle: BinaryIO, offset: int, source: SourceTensor) -> torch.Tensor:
+    """``source`` (at ``offset``) as a private memory map of its bytes, unmapped once the tensor is freed."""
+    import torch
+
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(handle.fileno(), offset - start + source.nbytes, access=mmap.ACCESS_COPY, offset=start)
+    count = source.nbytes // DTYPE_SIZES[source.dtype]
+    tensor = torch.frombuffer(mapped, dtype=torch_dtype(source.dtype), count=count, offset=offset - start)
+    return tensor.reshape(source.shape)
+
+
+def _read_copy(handle: BinaryIO, offset: int, source: SourceTensor) -> torch.Tensor:
+    """``source`` (at ``offset``) read into a fresh tensor."""
+    import torch
+
+    tensor = torch.empty(source.shape, dtype=torch_dtype(source.dtype))
+    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    handle.seek(offset)
+    done = 0
+    while done < len(view):
+        n = handle.readinto(view[done:])
+        if not n:
+            raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
+        done += n
+    return tensor
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,7 +4,9 @@
 anything, then merges stage by stage and tensor by tensor, yielding progress events.
 torch is imported only when a tensor needs math (a method other than passthrough, a
 dtype change, a scale, a vocabulary rebuild, a ``.bin`` donor): a plain passthrough
-copies bytes file to file without it. Every output (the final one and each intermediate stage's) is written into a hidden
+copies bytes file to file without it. A merged tensor is written on a background thread
+while the next one is merged (:class:`~.write_behind.WriteBehind`), torch computing on one
+core fewer. Every output (the final one and each intermediate stage's) is written into a hidden
 temporary sibling folder and renamed into place only when complete. Cancelling (the
 ``cancel`` event, checked between tensors) removes the partial folder and raises
 :class:`MergeCancelled`; so does any error, as a one-line :class:`UserError`.
@@ -19,12 +21,13 @@ import shutil
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merger_gui.core.donor import DonorInfo, dtype_code
+from merger_gui.core.donor import DTYPE_SIZES, DonorInfo, dtype_code
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, stage_slices
@@ -39,7 +42,8 @@ from .events import (
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
 from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
 from .output import commit_folder, copy_files, partial_folder, remove_folder, write_metadata
-from .reader import SourceTensor, TensorReader
+from .reader import ByteRange, SourceTensor, TensorReader
+from .write_behind import WriteBehind
 from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
 
 if TYPE_CHECKING:  # torch, the tensor math and the Hub client are imported only when needed
@@ -331,21 +335,23 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
         generator.manual_seed(options.seed)
     partial = partial_folder(job.target)
     writer = ShardedWriter(partial, job.layouts, options.shard_size)
+    tensors = [(job.plan.tensors[index], located[index]) for index in job.order]
+    copies = [_byte_copy(tensor, sources, stage, reader, vocabulary) for tensor, sources in tensors]
+    merges = [_merge_bytes(tensor, sources) for (tensor, sources), copy in zip(tensors, copies) if copy is None]
     try:
-        for i, index in enumerate(job.order):
-            if cancel is not None and cancel.is_set():
-                raise MergeCancelled("cancelled: nothing was written")
-            tensor, sources = job.plan.tensors[index], located[index]
-            base = (slices[tensor.slice_index].base_model if tensor.slice_index < len(slices) else None) \
-                or stage.base_model
-            before = writer.bytes_written
-            _produce(tensor, sources, stage, base, reader, writer, vocabulary, device, generator)
-            progress.tensors += 1
-            progress.bytes += writer.bytes_written - before
-            elapsed = time.monotonic() - progress.started
-            eta = elapsed / progress.bytes * (progress.total_bytes - progress.bytes) if progress.bytes else None
-            yield TensorProgress(k, count, tensor.name, i + 1, len(job.layouts), progress.tensors,
-                                 progress.total_tensors, progress.bytes, progress.total_bytes, elapsed, eta)
+        with WriteBehind(writer, max(merges, default=0)) as output, _one_core_for_writing(bool(merges)):
+            for i, ((tensor, sources), copy) in enumerate(zip(tensors, copies)):
+                if cancel is not None and cancel.is_set():
+                    raise MergeCancelled("cancelled: nothing was written")
+                base = (slices[tensor.slice_index].base_model if tensor.slice_index < len(slices) else None) \
+                    or stage.base_model
+                _produce(tensor, sources, copy, stage, base, reader, output, vocabulary, device, generator)
+                progress.tensors += 1
+                progress.bytes += job.layouts[i].nbytes
+                elapsed = time.monotonic() - progress.started
+                eta = elapsed / progress.bytes * (progress.total_bytes - progress.bytes) if progress.bytes else None
+                yield TensorProgress(k, count, tensor.name, i + 1, len(job.layouts), progress.tensors,
+                                     progress.total_tensors, progress.bytes, progress.total_bytes, elapsed, eta)
         writer.close()
         config_donor = donors[job.plan.config_donor]
         write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)
@@ -388,32 +394,75 @@ def _apply_chat_template(stage: Stage, folder: Path, donors: Mapping[str, DonorI
     return None
 
 
-def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, base: str | None,
-             reader: TensorReader, writer: ShardedWriter, vocabulary: VocabularyPlan | None,
-             device: str, generator: torch.Generator | None) -> None:
-    """Merge (or copy) one output tensor and append it to the output."""
+@contextmanager
+def _one_core_for_writing(math: bool) -> Iterator[None]:
+    """Run torch's kernels on one core fewer than torch's default, left to the writer thread.
+
+    When every core is busy, torch's OpenMP threads wait at the end of each kernel for one
+    the system has not scheduled: on two cores shared with other work, a SLERP of two 0.7 GB
+    donors took 15-40 s with two threads and 3-4 s with one.
+    """
+    if not math:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _passes_through(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage,
+                    vocabulary: VocabularyPlan | None) -> bool:
+    """Whether ``tensor`` is its one source's values, in the output dtype."""
     aligned = vocabulary is not None and tensor.is_vocab
-    passthrough = stage.merge_method == "passthrough" and len(sources) == 1 \
+    return stage.merge_method == "passthrough" and len(sources) == 1 \
         and "scale" not in tensor.sources[0].parameters and not aligned
-    if passthrough and sources[0].dtype == tensor.dtype and _working_code(stage, sources) == tensor.dtype:
-        span = reader.byte_range(sources[0])
-        if span is not None:  # bit-identical, file to file, without touching memory
-            try:
-                writer.copy(tensor.name, span.handle, span.offset)
-            except EOFError:
-                raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
-            return
+
+
+def _byte_copy(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, reader: TensorReader,
+               vocabulary: VocabularyPlan | None) -> ByteRange | None:
+    """The donor bytes to copy file to file as ``tensor``, bit-identical; None when it needs torch."""
+    if _passes_through(tensor, sources, stage, vocabulary) and sources[0].dtype == tensor.dtype \
+            and _working_code(stage, sources) == tensor.dtype:
+        return reader.byte_range(sources[0])
+    return None
+
+
+def _merge_bytes(tensor: PlannedTensor, sources: Sequence[SourceTensor]) -> int:
+    """The bytes of one merge's inputs and output."""
+    return sum(s.nbytes for s in sources) + DTYPE_SIZES[tensor.dtype] * tensor.numel
+
+
+def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteRange | None, stage: Stage,
+             base: str | None, reader: TensorReader, output: WriteBehind, vocabulary: VocabularyPlan | None,
+             device: str, generator: torch.Generator | None) -> None:
+    """Merge (or copy) one output tensor and append it to the output.
+
+    The stage holds at most the bytes of its largest merge (:func:`_merge_bytes`) at once: the
+    previous result is still being written only while this merge fits beside it.
+    """
+    if copy is not None:  # bit-identical, file to file, without touching memory
+        try:
+            output.copy(tensor.name, copy.handle, copy.offset)
+        except EOFError:
+            raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
+        return
     import torch
 
     from .methods import merge_tensors
     from .reader import torch_dtype
 
+    output.make_room(_merge_bytes(tensor, sources))
     working = torch_dtype(_working_code(stage, sources))
     inputs = [reader.read(s).to(dtype=working) for s in sources]
-    if aligned:
-        inputs = vocabulary.align_all([s.model for s in sources], inputs)  # type: ignore[union-attr]
+    if vocabulary is not None and tensor.is_vocab:
+        inputs = vocabulary.align_all([s.model for s in sources], inputs)
     inputs = [t.to(device=device) for t in inputs]
-    if passthrough:
+    if _passes_through(tensor, sources, stage, vocabulary):
         result = inputs[0]
     else:
         result = merge_tensors(
@@ -424,7 +473,7 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stag
     if tuple(out.shape) != tensor.shape:
         raise DonorError(f"tensor {tensor.name!r}: the merge gave shape {list(out.shape)}, "
                          f"the plan expects {list(tensor.shape)}")
-    writer.write(tensor.name, memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+    output.write(tensor.name, memoryview(out.reshape(-1).view(torch.uint8).numpy()))
 
 
 def _working_code(stage: Stage, sources: Sequence[SourceTensor]) -> str:
