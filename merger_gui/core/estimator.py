@@ -20,15 +20,16 @@ from typing import Any
 
 from .donor import DTYPE_SIZES, DonorInfo, known_dtype_code
 from .errors import UserError
-from .plan import Plan, StagePlan
+from .methods import method_spec
+from .plan import Plan, PlannedTensor, StagePlan
 from .quantization import (
     GGML_TYPES, GGMLType, STORED, WeightFormat, host_embedding_bytes, parse_weight_format, weight_bytes,
 )
 from .runtime_presets import GIB, MIB, RuntimePreset, runtime_preset
 
 GIB_NOTE = "GiB = 2^30 bytes"
-COPY_ENGINE_BYTES = 40 * MIB  # Python and the engine copying bytes file to file (no torch)
-TORCH_ENGINE_BYTES = 220 * MIB  # Python, torch and the engine's bookkeeping
+COPY_ENGINE_BYTES = 28 * MIB  # Python and the engine copying bytes file to file (no torch; measured 19 MiB)
+TORCH_ENGINE_BYTES = 240 * MIB  # Python, torch and the engine (measured 233 MiB with the CPU build of torch 2)
 MAX_CONTEXT_LIMIT = 2**27  # search bound for max_context; larger answers are "unbounded"
 
 KV_CACHE_TYPES = {
@@ -302,32 +303,114 @@ class RecipeEstimate:
         return self.stages[-1]
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """Bytes per element a merge method holds beside its ``k`` inputs at one step::
+
+        k · (per_input · w + per_input_bytes) + working · w + draws · d + fixed
+
+    ``w`` is the working dtype's element size and ``d`` that of the dtype DARE draws its masks
+    in (float32, as CPU ``bernoulli`` has no float16 kernel, but bfloat16 for bfloat16). The
+    ``…bytes`` terms are float32, int64 and bool temporaries whatever the working dtype.
+    """
+
+    per_input: float = 0
+    per_input_bytes: float = 0
+    working: float = 0
+    draws: float = 0
+    fixed: float = 0
+
+    def bytes_per_element(self, k: int, w: int, d: int) -> float:
+        return k * (self.per_input * w + self.per_input_bytes) + self.working * w + self.draws * d + self.fixed
+
+
+# One delta sparsified by magnitude (TIES, breadcrumbs, DELLA's ranks): the deltas so far, float32
+# magnitudes, the sort's values, int64 indices and buffer, the mask.
+SORTED_SPARSIFY = Scratch(per_input=1, fixed=23)
+RANDOM_SPARSIFY = Scratch(per_input=1, draws=4)  # DARE: the deltas so far, the draws, a rescaled copy
+SIGN_ELECTION = Scratch(per_input=2, per_input_bytes=1, working=1)  # TIES: deltas, their mask, bool signs
+# The most each method holds beside its inputs (the larger of its steps), measured with
+# benchmarks/bench_memory.py for 2-16 inputs in 2- and 4-byte dtypes.
+METHOD_SCRATCH: dict[str, tuple[Scratch, ...]] = {
+    "passthrough": (Scratch(),),  # the input is the result
+    "slerp": (Scratch(working=1),),  # the result; float32 chunks of bounded size
+    "linear": (Scratch(fixed=8),),  # the float32 sum and a float32 copy of one input
+    "task_arithmetic": (Scratch(per_input=1, working=1),),  # the deltas, their sum
+    "ties": (SORTED_SPARSIFY, SIGN_ELECTION),
+    "dare_ties": (RANDOM_SPARSIFY, SIGN_ELECTION),
+    "dare_linear": (RANDOM_SPARSIFY,),
+    "breadcrumbs": (SORTED_SPARSIFY,),
+    "breadcrumbs_ties": (SORTED_SPARSIFY, SIGN_ELECTION),
+    "della": (SORTED_SPARSIFY, SIGN_ELECTION),
+    "della_linear": (SORTED_SPARSIFY,),
+    "sce": (Scratch(per_input=1, per_input_bytes=7, working=2),),  # top-k of variances, float32 energies
+    "model_stock": (Scratch(per_input=1, working=3),),  # offsets, their average, the interpolation
+    "nuslerp": (Scratch(working=6),),  # two task vectors, unit vectors, the interpolation
+    "multislerp": (Scratch(per_input=3),),  # offsets, unit vectors, tangents
+    "karcher": (Scratch(per_input=1, working=4, fixed=6),),  # unit inputs, mean, step; float32 norms
+    "nearswap": (Scratch(working=5),),  # distance, weight, the blend
+    "arcee_fusion": (Scratch(working=2, fixed=13),),  # float32 importance, mask and result; quantile sample
+    "ram": (Scratch(per_input=4, per_input_bytes=1, fixed=2),),  # masked deltas, overlap means, counts
+    "ramplus_tl": (Scratch(per_input=1, per_input_bytes=13),),  # as RAM, with float32 boosted deltas
+}
+
+
 def stage_peak_ram_bytes(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> int:
-    """The streaming engine's peak RAM for one stage (measured with benchmarks/bench_merge.py).
+    """The streaming engine's peak RAM for one stage (measured with benchmarks/bench_memory.py).
 
     A passthrough that only copies bytes (no ``scale``, no dtype change) stays flat at
-    ``COPY_ENGINE_BYTES``. Otherwise the engine holds, for one output tensor at a time, its
-    ``k`` inputs in the working dtype (``w`` bytes), the result in the output dtype (``o``)
-    and a byte of scratch per element, plus float32 copies of inputs and result for methods
-    that work on whole tensors (everything but slerp and passthrough)::
+    ``COPY_ENGINE_BYTES``. Otherwise the engine merges one output tensor at a time. For one of
+    ``numel`` elements from ``k`` inputs it holds the inputs in the working dtype (``w`` bytes
+    each) and, on top of them, the largest of:
 
-        TORCH_ENGINE_BYTES + max over tensors of numel · (k·w + o + 1 [+ 4·(k + 1)])
+    - ``s``: the input being read in its stored dtype, when that is not the working dtype;
+    - the method's scratch at its fullest (:data:`METHOD_SCRATCH`; every known method when the
+      method is unknown);
+    - ``r + o``: the result (``w`` bytes, float32 for methods with a float32 result, none when
+      it is the input) and its copy in the output dtype (``o``) when that differs;
 
+    plus a byte per element of allocator slack, and torch's own memory::
+
+        TORCH_ENGINE_BYTES + max over tensors of numel · (k·w + max(s, scratch, r + o) + 1)
+
+    ``w`` is the planned output dtype's size, or the stage's ``dtype`` for methods that widen
+    their result to float32 (with ``out_dtype`` set it is ``out_dtype``'s: an approximation).
     ``donors`` gives the source tensors' stored dtypes (stage outputs included).
     """
     if _copies_bytes_only(stage, donors):
         return COPY_ENGINE_BYTES
-    working_code = known_dtype_code(stage.output.dtype)
-    working = DTYPE_SIZES[working_code] if working_code else None
-    peak = 0
+    spec = method_spec(stage.merge_method)
+    phases = METHOD_SCRATCH.get(stage.merge_method.lower()) or tuple(p for ps in METHOD_SCRATCH.values() for p in ps)
+    peak = 0.0
     for tensor in stage.tensors:
         k = len(tensor.sources)
-        out = DTYPE_SIZES[tensor.dtype]
-        per_element = k * (working or out) + out + 1
-        if stage.merge_method not in ("passthrough", "slerp"):
-            per_element += 4 * (k + 1)
-        peak = max(peak, tensor.numel * per_element)
-    return peak + TORCH_ENGINE_BYTES
+        widened = spec is not None and spec.float32_result and k > 1
+        working = (known_dtype_code(stage.output.dtype) or tensor.dtype) if widened else tensor.dtype
+        w = DTYPE_SIZES[working]
+        read = max((DTYPE_SIZES[code] for code in _source_dtypes(tensor, donors) if code != working), default=0)
+        scratch = max(p.bytes_per_element(k, w, 2 if working == "BF16" else 4) for p in phases)
+        result_code = "F32" if widened and w < 4 else working
+        result = 0 if _returns_input(stage, tensor) else DTYPE_SIZES[result_code]
+        if result_code != tensor.dtype:
+            result += DTYPE_SIZES[tensor.dtype]
+        peak = max(peak, tensor.numel * (k * w + max(read, scratch, result) + 1))
+    return int(peak) + TORCH_ENGINE_BYTES
+
+
+def _source_dtypes(tensor: PlannedTensor, donors: Mapping[str, DonorInfo]) -> list[str]:
+    """Stored dtype codes of ``tensor``'s sources that the donors describe."""
+    codes = []
+    for source in tensor.sources:
+        donor = donors.get(source.model)
+        info = donor.tensor(source.tensor) if donor else None
+        if info is not None:
+            codes.append(info.dtype)
+    return codes
+
+
+def _returns_input(stage: StagePlan, tensor: PlannedTensor) -> bool:
+    """A passthrough without ``scale`` hands its input on as the result."""
+    return stage.merge_method == "passthrough" and not any("scale" in s.parameters for s in tensor.sources)
 
 
 def _copies_bytes_only(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> bool:

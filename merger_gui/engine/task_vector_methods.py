@@ -49,8 +49,8 @@ def sce(inputs: _Inputs) -> torch.Tensor:
         deltas = deltas * _top_variance_mask(deltas, share, mask_dtype)
     agreeing = sign_agreement(deltas, mask_dtype)
     weights = _energy_shares(deltas).reshape((-1,) + (1,) * base.ndim)
-    kept = weights * agreeing
-    merged = (deltas * kept).sum(dim=0)
+    kept = agreeing.to(deltas.dtype).mul_(weights)  # in place: one stack of deltas less
+    merged = deltas.mul_(kept).sum(dim=0)
     return base + merged / kept.sum(dim=0).clamp(min=SCE_MIN_DIVISOR)
 
 
@@ -95,7 +95,7 @@ class _Contributions:
 
     deltas: torch.Tensor  # (models, elements), zero where a model does not contribute
     contributes: torch.Tensor  # bool (models, elements)
-    counts: torch.Tensor  # int64 (1, elements): contributing models per element
+    counts: torch.Tensor  # int32 (1, elements): contributing models per element
     unique: torch.Tensor  # bool (1, elements): exactly one model contributes
     overlap: torch.Tensor  # bool (1, elements): several models contribute
     epsilon: float
@@ -104,12 +104,13 @@ class _Contributions:
     def of(cls, deltas: torch.Tensor, epsilon: float) -> _Contributions:
         flat = deltas.view(deltas.shape[0], -1)
         contributes = flat.abs() > epsilon
-        counts = contributes.sum(dim=0, keepdim=True)
-        return cls(flat * contributes, contributes, counts, counts == 1, counts > 1, epsilon)
+        # int32, not sum's int64: a count of models divides alike in half the memory.
+        counts = contributes.sum(dim=0, keepdim=True, dtype=torch.int32)
+        return cls(flat.mul_(contributes), contributes, counts, counts == 1, counts > 1, epsilon)
 
     def overlap_mean(self) -> torch.Tensor:
         """The deltas on shared elements divided by their number of contributors."""
-        return self.deltas * self.overlap / self.counts.clamp(min=1)
+        return (self.deltas * self.overlap).div_(self.counts.clamp(min=1))  # in place: one full-size copy less
 
 
 def _contributions(inputs: _Inputs) -> tuple[torch.Tensor, _Contributions | None]:
@@ -138,10 +139,17 @@ def ramplus_tl(inputs: _Inputs) -> torch.Tensor:
         return base
     r = float(inputs.shared_value("r"))
     alpha = float(inputs.shared_value("alpha"))
-    shared_counts = (parts.contributes & parts.overlap).sum(dim=1)
-    unique_counts = (parts.contributes & parts.unique).sum(dim=1)
+    shared_counts = _row_counts(parts.contributes & parts.overlap)
+    unique_counts = _row_counts(parts.contributes & parts.unique)
     # An int64 count clamped to a float bound is float32: the boost is a float32 tensor.
     ratio = shared_counts / unique_counts.clamp(min=parts.epsilon)
     boost = 1 + r * ratio.clamp(min=0, max=alpha)
-    merged = (parts.deltas * parts.unique * boost.unsqueeze(-1) + parts.overlap_mean()).sum(dim=0)
+    # The overlap first and added in place: no second float32 copy of the deltas.
+    overlap = parts.overlap_mean()
+    merged = (parts.deltas * parts.unique * boost.unsqueeze(-1)).add_(overlap).sum(dim=0)
     return base + merged.reshape_as(base)
+
+
+def _row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """int64 count of the set elements of each row, without ``sum``'s int64 copy of ``mask``."""
+    return torch.stack([torch.count_nonzero(row) for row in mask])
