@@ -17,6 +17,7 @@ byte-for-byte copy never imports it.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -69,10 +70,7 @@ class SourceTensor:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
 class _SafetensorsFile:

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -58,10 +59,7 @@ class TensorLayout:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
 @dataclass(frozen=True)
