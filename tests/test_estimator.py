@@ -12,9 +12,10 @@ import pytest
 from merger_gui.cli import main
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    COPY_ENGINE_BYTES, TORCH_ENGINE_BYTES, EstimateOptions, estimate_model, estimate_plan, format_gib, kv_cache,
-    solve_max_context,
+    COPY_ENGINE_BYTES, METHOD_SCRATCH, TORCH_ENGINE_BYTES, EstimateOptions, estimate_model, estimate_plan, format_gib,
+    kv_cache, solve_max_context,
 )
+from merger_gui.core.methods import METHODS
 from merger_gui.core.plan import plan_recipe
 from merger_gui.core.profiles import load_profile, profile_entry
 from merger_gui.core.quantization import GGUFContext, gguf_tensor_type, parse_weight_format, weight_bytes
@@ -92,6 +93,35 @@ def test_nyxene_stages(seed_recipe_path):
     embed = 32000 * 4096
     assert result.merge.peak_ram_bytes == embed * (2 * 2 + 2 + 1) + TORCH_ENGINE_BYTES
     assert {c.name for c in result.donors} == set(NYXENE_DONORS)
+
+
+def test_every_method_has_a_memory_term():
+    assert set(METHOD_SCRATCH) == set(METHODS)
+
+
+def ties_peak_ram(profile: str, models: int) -> int:
+    from merger_gui.core.recipe_yaml import load_recipe_text
+
+    others = "".join(f"  - {{model: m{i}, parameters: {{weight: 0.5, density: 0.5}}}}\n" for i in range(1, models))
+    recipe = load_recipe_text(f"models:\n  - model: m0\n{others}merge_method: ties\nbase_model: m0\n")
+    donors = {f"m{i}": load_profile(profile) for i in range(models)}
+    return estimate_plan(plan_recipe(recipe, donors), donors).merge.peak_ram_bytes
+
+
+def test_ties_peak_ram_is_its_sort_for_few_models_and_its_sign_election_for_many():
+    embed = 32000 * 5120  # llama-2-13b, float16: w = 2, no conversion on reading
+    # 3 inputs (6 B) + sorting one delta (3·2 + 23 B) + a byte of slack per element.
+    assert ties_peak_ram("llama-2-13b", 3) == embed * (6 + 29 + 1) + TORCH_ENGINE_BYTES
+    # 16 inputs (32 B) + electing signs over 16 deltas (16·(2·2 + 1) + 2 B) + slack.
+    assert ties_peak_ram("llama-2-13b", 16) == embed * (32 + 82 + 1) + TORCH_ENGINE_BYTES
+
+
+def test_peak_ram_counts_the_heap_left_by_tensors_under_32_mib():
+    # mistral-7b: a 4096 × 1024 k_proj (8 MiB in bfloat16) merges in heap blocks that stay in
+    # the process; three of its footprints exceed a byte per embedding element.
+    per_element = 6 + 29
+    expected = 32000 * 4096 * per_element + 3 * 1024 * 4096 * per_element + TORCH_ENGINE_BYTES
+    assert ties_peak_ram("mistral-7b", 3) == expected
 
 
 def test_llama_3_8b_gguf_sizes_match_llama_cpp():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from .donor import DTYPE_SIZES, DonorInfo, known_dtype_code
@@ -30,6 +31,8 @@ from .runtime_presets import GIB, MIB, RuntimePreset, runtime_preset
 GIB_NOTE = "GiB = 2^30 bytes"
 COPY_ENGINE_BYTES = 28 * MIB  # Python and the engine copying bytes file to file (no torch; measured 19 MiB)
 TORCH_ENGINE_BYTES = 240 * MIB  # Python, torch and the engine (measured 233 MiB with the CPU build of torch 2)
+HEAP_BLOCK_LIMIT = 32 * MIB  # glibc's largest mmap threshold: smaller blocks stay in the heap once freed
+HEAP_RESIDUE_FACTOR = 3  # heap kept of freed blocks, in footprints of the largest heap-sized tensor
 MAX_CONTEXT_LIMIT = 2**27  # search bound for max_context; larger answers are "unbounded"
 
 KV_CACHE_TYPES = {
@@ -364,14 +367,17 @@ def stage_peak_ram_bytes(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> i
     each) and, on top of them, the largest of:
 
     - ``s``: the input being read in its stored dtype, when that is not the working dtype;
-    - the method's scratch at its fullest (:data:`METHOD_SCRATCH`; every known method when the
-      method is unknown);
+    - the method's scratch at its fullest (:data:`METHOD_SCRATCH`; every known method's when
+      the method is unknown);
     - ``r + o``: the result (``w`` bytes, float32 for methods with a float32 result, none when
-      it is the input) and its copy in the output dtype (``o``) when that differs;
+      it is the input) and its copy in the output dtype (``o``) when that differs.
 
-    plus a byte per element of allocator slack, and torch's own memory::
+    The C allocator keeps freed blocks under glibc's largest mmap threshold (32 MiB) in the
+    process: up to about three footprints of the largest tensor whose working copies are that
+    small, and at least a byte per element of the largest tensor. With torch's own memory::
 
-        TORCH_ENGINE_BYTES + max over tensors of numel · (k·w + max(s, scratch, r + o) + 1)
+        footprint = numel · (k·w + max(s, scratch, r + o))
+        TORCH_ENGINE_BYTES + max footprint + max(largest numel, 3 · max footprint under 32 MiB)
 
     ``w`` is the planned output dtype's size, or the stage's ``dtype`` for methods that widen
     their result to float32 (with ``out_dtype`` set it is ``out_dtype``'s: an approximation).
@@ -379,22 +385,33 @@ def stage_peak_ram_bytes(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> i
     """
     if _copies_bytes_only(stage, donors):
         return COPY_ENGINE_BYTES
-    spec = method_spec(stage.merge_method)
-    phases = METHOD_SCRATCH.get(stage.merge_method.lower()) or tuple(p for ps in METHOD_SCRATCH.values() for p in ps)
-    peak = 0.0
+    peak = heap_peak = largest = 0.0
     for tensor in stage.tensors:
-        k = len(tensor.sources)
-        widened = spec is not None and spec.float32_result and k > 1
-        working = (known_dtype_code(stage.output.dtype) or tensor.dtype) if widened else tensor.dtype
-        w = DTYPE_SIZES[working]
-        read = max((DTYPE_SIZES[code] for code in _source_dtypes(tensor, donors) if code != working), default=0)
-        scratch = max(p.bytes_per_element(k, w, 2 if working == "BF16" else 4) for p in phases)
-        result_code = "F32" if widened and w < 4 else working
-        result = 0 if _returns_input(stage, tensor) else DTYPE_SIZES[result_code]
-        if result_code != tensor.dtype:
-            result += DTYPE_SIZES[tensor.dtype]
-        peak = max(peak, tensor.numel * (k * w + max(read, scratch, result) + 1))
-    return int(peak) + TORCH_ENGINE_BYTES
+        per_element, w = _merge_bytes_per_element(stage, tensor, donors)
+        footprint = tensor.numel * per_element
+        peak = max(peak, footprint)
+        largest = max(largest, tensor.numel)
+        if tensor.numel * w < HEAP_BLOCK_LIMIT:
+            heap_peak = max(heap_peak, footprint)
+    return int(peak + max(largest, HEAP_RESIDUE_FACTOR * heap_peak)) + TORCH_ENGINE_BYTES
+
+
+def _merge_bytes_per_element(stage: StagePlan, tensor: PlannedTensor,
+                             donors: Mapping[str, DonorInfo]) -> tuple[float, int]:
+    """``k·w + max(s, scratch, r + o)`` of :func:`stage_peak_ram_bytes`, and ``w``."""
+    spec = method_spec(stage.merge_method)
+    phases = METHOD_SCRATCH.get(stage.merge_method.lower()) or tuple(chain(*METHOD_SCRATCH.values()))
+    k = len(tensor.sources)
+    widened = spec is not None and spec.float32_result and k > 1
+    working = (known_dtype_code(stage.output.dtype) or tensor.dtype) if widened else tensor.dtype
+    w = DTYPE_SIZES[working]
+    read = max((DTYPE_SIZES[code] for code in _source_dtypes(tensor, donors) if code != working), default=0)
+    scratch = max(p.bytes_per_element(k, w, 2 if working == "BF16" else 4) for p in phases)
+    result_code = "F32" if widened and w < 4 else working
+    result = 0 if _returns_input(stage, tensor) else DTYPE_SIZES[result_code]
+    if result_code != tensor.dtype:
+        result += DTYPE_SIZES[tensor.dtype]
+    return k * w + max(read, scratch, result), w
 
 
 def _source_dtypes(tensor: PlannedTensor, donors: Mapping[str, DonorInfo]) -> list[str]:
