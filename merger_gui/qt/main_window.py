@@ -199,7 +199,9 @@ class MainWindow(QMainWindow):
         self.addToolBar(toolbar)
 
     def _connect(self) -> None:
-        self.document.undo_stack.cleanChanged.connect(lambda clean: self.setWindowModified(not clean))
+        # A bound method, not a lambda: the undo stack, cleared as the window is deleted, must not
+        # call back into it (a discarded edit made it emit cleanChanged then).
+        self.document.undo_stack.cleanChanged.connect(self._show_modified)
         self.document.path_changed.connect(self._update_title)
         self.live_plan.plan_changed.connect(self._update_summary)
         self.document.current_stage_changed.connect(self._update_summary)
@@ -279,6 +281,9 @@ class MainWindow(QMainWindow):
         self.findings_label.setText(f"YAML error at {where}: not applied · {self._findings_text}")
         self.findings_label.setStyleSheet("QLabel { color: #dc2626; }")
         self.findings_label.setToolTip(str(error))
+
+    def _show_modified(self, clean: bool) -> None:
+        self.setWindowModified(not clean)
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {APP_TITLE}",
