@@ -298,12 +298,13 @@ def test_not_enough_space_is_refused_up_front(pair, tmp_path, monkeypatch):
 def test_existing_output_needs_overwrite(pair, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "config.json").write_text("{}")
+    (out / "old.safetensors").write_text("an earlier merge")
     with pytest.raises(UserError, match="already exists"):
         merge(INTERLEAVE, pair, out)
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "old.safetensors").read_text() == "an earlier merge"
     merge(INTERLEAVE, pair, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "old.safetensors").exists() and (out / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 

@@ -85,10 +85,10 @@ def test_cancel_after_first_progress_leaves_no_output(panel, qtbot, tmp_path, mo
 
 def test_existing_folder_asks_before_overwriting(panel, qtbot, tmp_path):
     (tmp_path / "out").mkdir()
-    panel.confirm_overwrite = lambda path: False
+    panel.confirm_overwrite = lambda path, donors: False
     assert not panel.start_merge()
     assert not panel.runner.is_running
-    panel.confirm_overwrite = lambda path: True
+    panel.confirm_overwrite = lambda path, donors: True
     with qtbot.waitSignal(panel.runner.finished, timeout=60000):
         assert panel.start_merge()
     assert (tmp_path / "out" / "config.json").exists()
@@ -116,23 +116,41 @@ def test_engine_errors_are_shown_inline(panel, qtbot, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_replacing_a_folder_that_is_no_model_warns_what_is_lost(panel, monkeypatch, tmp_path):
+def test_a_folder_that_is_no_model_is_refused_and_a_model_folder_asked_for(panel, monkeypatch, tmp_path):
     from PySide6.QtWidgets import QMessageBox
 
     asked = []
     for kind in ("question", "warning"):
         monkeypatch.setattr(QMessageBox, kind, lambda *args, k=kind: asked.append((k, args[2])) or
-                            QMessageBox.StandardButton.No)
+                            QMessageBox.StandardButton.Yes)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / "photos").mkdir()
+    assert not panel.start_merge()  # refused outright, even though every dialog would say yes
+    assert asked[-1][0] == "warning" and "notes.txt" in asked[-1][1] and "not replaced" in asked[-1][1]
+    (out / "notes.txt").unlink()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"")  # an earlier merge: an ordinary question
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(("question", args[2])) or
+                        QMessageBox.StandardButton.No)
     assert not panel.start_merge()
-    assert asked[-1][0] == "warning" and "not a model folder and holds 2 items" in asked[-1][1]
-    (out / "config.json").write_text("{}")  # an earlier merge: an ordinary question
+    assert asked[-1][0] == "question" and "Replace it" in asked[-1][1]
+    assert (out / "config.json").exists()
+
+
+def test_the_folder_holding_the_recipe_is_never_replaced(panel, monkeypatch, tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *args: warned.append(args[2]) or QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: pytest.fail("asked to replace the recipe's folder"))
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text("merge_method: passthrough\n")
+    panel.document.mark_saved(recipe_file, recipe_file.read_text())
+    panel.folder_edit.setText(str(tmp_path))
     assert not panel.start_merge()
-    assert asked[-1][0] == "question" and "holds" not in asked[-1][1]
-    assert (out / "notes.txt").exists()
+    assert warned and "holds the recipe" in warned[-1]
+    assert recipe_file.exists()
 
 
 def test_cancelling_a_replacement_says_the_old_folder_is_kept(panel, qtbot, tmp_path, monkeypatch):
@@ -140,7 +158,8 @@ def test_cancelling_a_replacement_says_the_old_folder_is_kept(panel, qtbot, tmp_
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.json").write_text("{}")
-    panel.confirm_overwrite = lambda path: True
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"")
+    panel.confirm_overwrite = lambda path, donors: True
     real_run_merge = run.run_merge
 
     def paused_run_merge(recipe, donors, out_dir, options, cancel):

@@ -20,6 +20,7 @@ from typing import Literal
 from .donor import DonorInfo, known_dtype_code
 from .errors import RecipeError, UserError
 from .methods import METHODS, MethodSpec, method_spec
+from .output_folders import folder_key, stage_folder_name, stage_name_problem
 from .parameters import matching_value
 from .plan import PlannedTensor, StagePlan, config_donor_name, plan_stage, stage_order, stage_slices
 from .recipe import FilterRule, Gradient, Parameters, ParamValue, Recipe, Scalar, Slice
@@ -120,6 +121,7 @@ def _stage_graph(recipe: Recipe) -> tuple[list[Finding], tuple[int, ...]]:
     """Duplicate-name and cycle findings, and the order to check stages in."""
     findings = []
     first: dict[str, int] = {}
+    folders: dict[str, int] = {}
     for i, stage in enumerate(recipe.stages):
         if not stage.name:
             continue
@@ -128,8 +130,17 @@ def _stage_graph(recipe: Recipe) -> tuple[list[Finding], tuple[int, ...]]:
                 "error", "duplicate-stage-name",
                 f"stages {first[stage.name] + 1} and {i + 1} are both named {stage.name!r}; "
                 "stage names must be unique", i, key="name", stage_name=stage.name))
-        else:
-            first[stage.name] = i
+            continue
+        first[stage.name] = i
+        problem = stage_name_problem(stage.name)
+        other = folders.setdefault(folder_key(stage.name), i)
+        if problem:
+            findings.append(Finding("error", "stage-folder-name", problem, i, key="name", stage_name=stage.name))
+        elif other != i:
+            findings.append(Finding(
+                "error", "stage-folder-name",
+                f"stages {recipe.stages[other].name!r} and {stage.name!r} would share the intermediate folder "
+                f"{stage_folder_name(stage.name)!r}; rename one", i, key="name", stage_name=stage.name))
     if findings:
         return findings, tuple(range(len(recipe.stages)))
     try:

@@ -3,8 +3,9 @@
 A stage's fingerprint hashes its canonical recipe text, the merge seed and the
 fingerprints of its inputs: for a donor folder the names, sizes and modification times
 of its files; for an earlier stage that stage's own fingerprint. The fingerprint is
-stored in the intermediate folder as its last file, so a folder without a matching one
-(incomplete, stale, or edited since) is merged again.
+stored in the intermediate folder as its last file, together with the names, sizes and
+modification times of the folder's own files when written, so a folder without a matching
+one (incomplete, stale, or edited since) is merged again.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from merger_gui.core.output_folders import FINGERPRINT_FILE
 from merger_gui.core.recipe import Recipe, Stage
 
-FINGERPRINT_FILE = ".merger_gui-fingerprint.json"
 FORMAT = "merger_gui-stage-1"
 
 
@@ -50,15 +51,19 @@ def stage_fingerprint(stage: Stage, inputs: Mapping[str, str], seed: int | None)
 
 
 def stored_fingerprint(folder: str | Path) -> str | None:
-    """The fingerprint an intermediate folder was completed with, else None."""
+    """The fingerprint an intermediate folder was completed with; None when the folder is
+    incomplete, not ours, or its files changed since (name, size or modification time)."""
     try:
         data = json.loads((Path(folder) / FINGERPRINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    value = data.get("fingerprint") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("files") != folder_fingerprint(folder):
+        return None
+    value = data.get("fingerprint")
     return value if isinstance(value, str) else None
 
 
 def store_fingerprint(folder: str | Path, fingerprint: str) -> None:
-    """Mark ``folder`` as the complete output of the stage with ``fingerprint``."""
-    (Path(folder) / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    """Mark ``folder``, complete, as the output of the stage with ``fingerprint``."""
+    record = {"fingerprint": fingerprint, "files": folder_fingerprint(folder)}
+    (Path(folder) / FINGERPRINT_FILE).write_text(json.dumps(record) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from merger_gui.core.donor import DTYPE_SIZES, DonorInfo, dtype_code
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.output_folders import FINGERPRINT_FILE, overlaps, replace_refusal, stage_folder_name
 from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, stage_slices
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.validation import validate_recipe
@@ -72,6 +72,7 @@ class MergeOptions:
         copy_tokenizer: Copy the config donor's tokenizer files to the output.
         seed: Seed of random methods (dare): one generator per stage, drawn in mergekit's order, so
             mergekit run with ``--random-seed`` and the same seed gives the same tensors.
+        recipe_path: The recipe file being merged: no folder holding it is ever replaced.
     """
 
     device: str = "cpu"
@@ -80,6 +81,7 @@ class MergeOptions:
     overwrite: bool = False
     copy_tokenizer: bool = True
     seed: int | None = 0
+    recipe_path: str | Path | None = None
 
 
 @dataclass
@@ -142,8 +144,6 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     _check_output_folders(target, options, donors)
     for stage in recipe.stages:
         check_chat_template(stage.chat_template)
-    if (target.exists() or target.is_symlink()) and not options.overwrite:
-        raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
     for finding in findings:
         yield MergeWarning(f"{finding.location}: {finding.message}")
 
@@ -160,6 +160,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
                 yield MergeWarning(f"{sp.label}: {tensor.name}: {tensor.note}")
 
     jobs = _jobs(recipe, plan, donors, target, options)
+    _check_stage_folders(jobs, donors, options)
     reader = TensorReader(donors)
     try:
         stage_names = {j.stage.name for j in jobs if j.stage.name}
@@ -216,12 +217,10 @@ def _device(name: str) -> str:
 
 
 def _check_output_folders(target: Path, options: MergeOptions, donors: Mapping[str, DonorInfo]) -> None:
-    """Refuse an output that overlaps a donor's folder, or an intermediate folder that overlaps the output."""
+    """Refuse an output that overlaps a donor's folder, an intermediate folder that overlaps the
+    output, and an existing output that ``--overwrite`` may not replace (see core.output_folders)."""
     out = target.resolve()
-    for model, donor in sorted(donors.items()):
-        if donor.path is None:
-            continue
-        folder = Path(donor.path).resolve()
+    for model, folder in _donor_folders(donors):
         if out == folder or out.is_relative_to(folder):
             raise UserError(f"the output folder {target} is {'' if out == folder else 'inside '}the folder of "
                             f"donor {model}; choose a folder outside every donor's")
@@ -230,9 +229,47 @@ def _check_output_folders(target: Path, options: MergeOptions, donors: Mapping[s
                             "choose a folder outside every donor's")
     if options.intermediate_dir is not None:
         inter = Path(options.intermediate_dir).absolute().resolve()
-        if inter == out or inter.is_relative_to(out) or out.is_relative_to(inter):
+        if overlaps(inter, out):
             raise UserError(f"the intermediate folder {options.intermediate_dir} overlaps the output folder "
                             f"{target}; choose separate folders")
+    if target.exists() or target.is_symlink():
+        if not options.overwrite:
+            raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
+        refusal = replace_refusal(target, options.recipe_path, _donor_folders(donors))
+        if refusal:
+            raise UserError(refusal)
+
+
+def _check_stage_folders(jobs: Sequence[_Job], donors: Mapping[str, DonorInfo], options: MergeOptions) -> None:
+    """Refuse intermediate stage folders that would overlap a donor or replace what is not ours.
+
+    An existing stage folder is replaced only when an earlier run of this tool completed it
+    (its fingerprint file) or with ``--overwrite``, and in both cases only when it holds
+    nothing but a merge's files.
+    """
+    donor_folders = _donor_folders(donors)
+    for job in jobs:
+        if job.final:
+            continue
+        folder = job.target.absolute().resolve()
+        for model, donor in donor_folders:
+            if overlaps(folder, donor):
+                raise UserError(f"the folder of stage {job.plan.label}, {job.target}, overlaps the folder of "
+                                f"donor {model}; choose another --intermediate-dir")
+        if job.reused or not (job.target.exists() or job.target.is_symlink()):
+            continue
+        ours = (job.target / FINGERPRINT_FILE).is_file()
+        if not ours and not options.overwrite:
+            raise UserError(f"{job.target} already exists and was not written by merger_gui; choose another "
+                            "--intermediate-dir or replace it (--overwrite)")
+        refusal = replace_refusal(job.target, options.recipe_path, donor_folders)
+        if refusal:
+            raise UserError(refusal)
+
+
+def _donor_folders(donors: Mapping[str, DonorInfo]) -> list[tuple[str, Path]]:
+    """(model, resolved folder) of every donor with local files."""
+    return [(model, Path(d.path).absolute().resolve()) for model, d in sorted(donors.items()) if d.path is not None]
 
 
 def _check_local(model: str, donor: DonorInfo) -> None:
@@ -256,15 +293,20 @@ def _jobs(recipe: Recipe, plan: Plan, donors: Mapping[str, DonorInfo], target: P
         if final:
             jobs.append(_Job(sp, stage, target, True, None, False, order))
             continue
-        inputs = {m: fingerprints[m] if m in fingerprints else folder_fingerprint(donors[m].path or "")
+        inputs = {m: fingerprints[m] if m in fingerprints else _donor_fingerprint(donors[m])
                   for m in stage.referenced_models}
         fingerprint = stage_fingerprint(stage, inputs, options.seed)
         if stage.name:
             fingerprints[stage.name] = fingerprint
-        folder = inter / re.sub(r"[^\w.-]+", "_", sp.label)
+        folder = inter / stage_folder_name(sp.label)
         reused = folder.is_dir() and stored_fingerprint(folder) == fingerprint
         jobs.append(_Job(sp, stage, folder, False, fingerprint, reused, order))
     return jobs
+
+
+def _donor_fingerprint(donor: DonorInfo) -> str:
+    """What identifies a donor's weights: its folder's files, else its reference."""
+    return folder_fingerprint(donor.path) if donor.path else f"{donor.kind}:{donor.ref}"
 
 
 def _merge_order(stage: Stage, plan: StagePlan) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QUrl, Signal
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.donor import DonorInfo
+from merger_gui.core.output_folders import replace_refusal
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
@@ -49,16 +51,6 @@ def default_output_name(document: RecipeDocument) -> str:
     stage = document.recipe.stages[-1] if document.recipe.stages else None
     name = (stage.name if stage else None) or (document.path.stem if document.path else "merged-model")
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "merged-model"
-
-
-def not_a_model_folder(path: Path) -> str | None:
-    """What ``path`` holds when it is not an earlier merge's folder (None when it is one, or empty)."""
-    if not path.is_dir():
-        return "it is a file, not a folder"
-    if (path / "config.json").is_file():
-        return None
-    count = sum(1 for _ in path.iterdir())
-    return f"it is not a model folder and holds {count} item{'s' * (count != 1)}" if count else None
 
 
 def format_seconds(seconds: float) -> str:
@@ -206,21 +198,19 @@ class MergePanel(QWidget):
 
     # --- running -----------------------------------------------------------------------------
 
-    def confirm_overwrite(self, path: Path) -> bool:
+    def confirm_overwrite(self, path: Path, donors: Mapping[str, DonorInfo]) -> bool:
         """Ask before replacing an existing folder (replaced only once the new one is complete);
-        a folder that is not an earlier merge gets a warning that its contents go."""
+        a folder that is not a merge's output, or holds the recipe, a donor or home, is refused."""
+        donor_folders = [(name, Path(d.path)) for name, d in donors.items() if d.path]
+        refusal = replace_refusal(path, self.document.path, donor_folders)
+        if refusal:
+            QMessageBox.warning(self, "Folder not replaced", f"{refusal}.")
+            return False
         buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
-        stranger = not_a_model_folder(path)
-        if stranger:
-            answer = QMessageBox.warning(
-                self, "Replace folder?",
-                f"{path} already exists and {stranger}.\nReplacing it deletes everything in it once the merge "
-                "completes. Replace it anyway?", buttons, QMessageBox.StandardButton.No)
-        else:
-            answer = QMessageBox.question(
-                self, "Replace folder?",
-                f"{path} already exists.\nReplace it with the merged model once the merge completes?",
-                buttons, QMessageBox.StandardButton.No)
+        answer = QMessageBox.question(
+            self, "Replace folder?",
+            f"{path} already exists.\nReplace it with the merged model once the merge completes?",
+            buttons, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes
 
     def output_folder(self) -> Path:
@@ -236,10 +226,10 @@ class MergePanel(QWidget):
             return False
         path = self.output_folder()
         self.folder_edit.setText(str(path))
-        overwrite = path.exists()
-        if overwrite and not self.confirm_overwrite(path):
-            return False
         donors: dict[str, DonorInfo] = dict(self.registry.donors)
+        overwrite = path.exists() or path.is_symlink()
+        if overwrite and not self.confirm_overwrite(path, donors):
+            return False
         self.output_path = path
         self._replacing = overwrite
         self.log.clear()
@@ -250,7 +240,7 @@ class MergePanel(QWidget):
         self.tensor_label.clear()
         self.eta_label.clear()
         self.runner.start(self.document.recipe, donors, path, overwrite=overwrite,
-                          device=self.device_combo.currentText())
+                          device=self.device_combo.currentText(), recipe_path=self.document.path)
         return True
 
     def cancel_merge(self) -> None:
