@@ -141,8 +141,9 @@ def test_bad_yaml_is_one_line_with_its_line_number(capsys, tmp_path, content, ex
 def test_missing_recipe_and_bad_donor_option(capsys, tmp_path, seed_recipe_path):
     code, _, err = run_cli(capsys, "plan", tmp_path / "absent.yaml")
     assert code == 1 and "does not exist" in err
-    code, _, err = run_cli(capsys, "plan", seed_recipe_path("rose-20b.yaml"), "--donor", "Thorns-13B")
-    assert code == 1 and "NAME=REF" in err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error
+        run_cli(capsys, "plan", seed_recipe_path("rose-20b.yaml"), "--donor", "Thorns-13B")
+    assert exit_info.value.code == 2 and "NAME=REF" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2_with_one_line(capsys):

@@ -1,12 +1,14 @@
-"""The headless face of core and engine: ``merger-gui COMMAND …``; no command starts the GUI."""
+"""The headless face of core and engine: ``merger-gui COMMAND …``; no command (or a recipe file) starts the GUI."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from merger_gui.cli.common import CommandLineParser
 from merger_gui.core.errors import UserError
@@ -27,12 +29,34 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     return parser
 
 
+def opens_designer(args: Sequence[str]) -> bool:
+    """Whether ``args`` are the designer's: none, its options, or a recipe file first."""
+    if not args:
+        return True
+    first = args[0]
+    if first in COMMANDS or first in ("-h", "--help"):
+        return False
+    return first.startswith("-") or first.lower().endswith((".yaml", ".yml")) or os.sep in first \
+        or Path(first).exists()
+
+
+def unknown_command(word: str) -> str:
+    """The usage error for ``word``, which is neither a command nor a file: the closest command."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.5)
+    if close:
+        return f"error: unknown command {word!r}, did you mean {close[0]}?"
+    return f"error: unknown command {word!r} (commands: {', '.join(COMMANDS)}; see `merger-gui --help`)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help"):
+    if opens_designer(args_list):
         from merger_gui.qt.app import main as gui_main  # Qt only when the GUI is asked for
 
         return gui_main(args_list)
+    if args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help"):
+        print(unknown_command(args_list[0]), file=sys.stderr)
+        return 2
     chosen = (args_list[0],) if args_list[0] in COMMANDS else COMMANDS
     args = build_parser(chosen).parse_args(args_list)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,7 +13,8 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.profiles import guess_profile, profile_names
 from merger_gui.core.recipe import Recipe
-from merger_gui.core.resolve import parse_donor_overrides, resolve_recipe_donors
+from merger_gui.core.resolve import parse_donor_override, parse_donor_overrides, resolve_recipe_donors
+from merger_gui.core.validation import Finding, validate_recipe
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -39,9 +41,18 @@ def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="mergekit recipe (.yaml); multi-document files are stages")
 
 
+def donor_item(text: str) -> str:
+    """A ``--donor`` value, checked to be ``NAME=REF`` (a usage error otherwise)."""
+    try:
+        parse_donor_override(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_donor_argument(parser: argparse.ArgumentParser) -> None:
     """The repeatable ``--donor NAME=REF`` option (into ``args.donor``)."""
-    parser.add_argument("--donor", action="append", default=[], metavar="NAME=REF",
+    parser.add_argument("--donor", action="append", default=[], type=donor_item, metavar="NAME=REF",
                         help="use REF (folder, repo id or profile:NAME) for the recipe's model NAME; repeatable. "
                              "Built-in profiles: {profiles}")
 
@@ -65,7 +76,9 @@ def load_recipe_file(path: str | Path) -> Recipe:
     try:
         return load_recipe(file)
     except RecipeError as error:
-        raise RecipeError(f"{path}: {error}") from None
+        located = RecipeError(f"{path}: {error}")
+        located.line = error.line  # kept for `validate --json`
+        raise located from None
 
 
 def donors_for(recipe: Recipe, recipe_path: str | Path, donor_items: Sequence[str]
@@ -108,6 +121,30 @@ def require_donors(errors: Mapping[str, str]) -> None:
     others = [n for n in errors if n != name]
     more = f" (and {len(others)} more: {', '.join(others)})" if others else ""
     raise UserError(_with_hint(name, f"{message}{more}"))
+
+
+def checked_recipe(recipe: Recipe, recipe_path: str | Path, donor_items: Sequence[str]
+                   ) -> tuple[dict[str, DonorInfo], list[Finding]]:
+    """The recipe's donors (see :func:`donors_for`) and its validation findings.
+
+    Raises:
+        UserError: a source names a stage that does not exist, or a donor cannot be resolved.
+    """
+    donors, errors = donors_for(recipe, recipe_path, donor_items)
+    findings = validate_recipe(recipe, donors, errors)
+    typo = next((f for f in findings if f.code == "unknown-stage"), None)
+    if typo is not None:  # clearer than "no such donor" for a misspelt stage name
+        raise UserError(f"{typo.location}: {typo.message}")
+    require_donors(errors)
+    return donors, findings
+
+
+def report_errors(findings: Sequence[Finding]) -> int:
+    """Print each error among ``findings`` on stderr as ``error: LOCATION: message``; return how many."""
+    errors = [f for f in findings if f.is_error]
+    for finding in errors:
+        print(f"error: {finding.location}: {finding.message}", file=sys.stderr)
+    return len(errors)
 
 
 def print_json(data: Any) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from merger_gui.cli.common import (
-    add_donor_argument, add_json_argument, donors_for, load_recipe_file, print_json, require_donors,
+    add_donor_argument, add_json_argument, checked_recipe, load_recipe_file, print_json, report_errors,
 )
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
@@ -30,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("target", metavar="RECIPE_OR_MODEL",
                         help="recipe (.yaml/.yml or an existing file), model folder, repo id or profile:NAME")
     add_donor_argument(parser)
-    parser.add_argument("--context", type=int, default=4096, metavar="N", help="tokens per sequence (default 4096)")
-    parser.add_argument("--batch", type=int, default=1, metavar="B", help="sequences held at once (default 1)")
+    parser.add_argument("--context", type=at_least_one("context", " token"), default=4096, metavar="N", help="tokens per sequence (default 4096)")
+    parser.add_argument("--batch", type=at_least_one("batch"), default=1, metavar="B", help="sequences held at once (default 1)")
     parser.add_argument("--weights", default="stored", metavar="DTYPE_OR_QUANT",
                         help="stored (default), fp32, fp16, bf16, fp8, a GGUF type such as Q4_K_M, or exl2:BITS")
     parser.add_argument("--kv-dtype", default="f16", metavar="T",
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if _is_recipe(args.target):
         result = _estimate_recipe(Path(args.target), args.donor, options)
+        if result is None:
+            return 1
         if args.json:
             print_json(_recipe_json(result))
         else:
@@ -80,19 +83,35 @@ def gib_size(text: str) -> int:
         gib = float(text)
     except ValueError:
         gib = math.nan
-    if not math.isfinite(gib) or gib < 0:
+    if not math.isfinite(gib * GIB) or gib < 0:  # 1e300 GiB is no byte count either
         raise argparse.ArgumentTypeError(f"expected a number of GiB (0 or more), not {text!r}")
     return gib_to_bytes(gib)
+
+
+def at_least_one(what: str, unit: str = "") -> Callable[[str], int]:
+    """The type of an option taking a whole number, 1 or more; ``what`` and ``unit`` word its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be at least 1{unit}, not {value}")
+        return value
+    return parse
 
 
 def _is_recipe(target: str) -> bool:
     return target.lower().endswith((".yaml", ".yml")) or Path(target).is_file()
 
 
-def _estimate_recipe(path: Path, donor_items: list[str], options: EstimateOptions) -> RecipeEstimate:
+def _estimate_recipe(path: Path, donor_items: list[str], options: EstimateOptions) -> RecipeEstimate | None:
+    """The recipe's estimate; None, with its errors reported, when the recipe has errors (no figures
+    for a recipe that cannot be merged as written)."""
     recipe = load_recipe_file(path)
-    donors, errors = donors_for(recipe, path, donor_items)
-    require_donors(errors)
+    donors, findings = checked_recipe(recipe, path, donor_items)
+    if report_errors(findings):
+        return None
     return estimate_plan(plan_recipe(recipe, donors), donors, options)
 
 

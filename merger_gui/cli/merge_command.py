@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 import sys
@@ -16,6 +17,7 @@ SIZE_UNITS = {
     "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
     "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
+MAX_SEED = 2**32 - 1  # mergekit seeds numpy too, which takes 0 … 2**32 - 1
 SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -25,10 +27,24 @@ def parse_size(text: str) -> int:
     unit = match[2].lower() if match else ""
     if match is None or unit not in SIZE_UNITS:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: use e.g. 5GB, 500MB, 2GiB or 2e9")
-    size = int(float(match[1]) * SIZE_UNITS[unit])
+    value = float(match[1]) * SIZE_UNITS[unit]
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: too large")
+    size = int(value)
     if size <= 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
     return size
+
+
+def parse_seed(text: str) -> int:
+    """A ``--seed``: a whole number that mergekit's ``--random-seed`` also accepts (numpy's range)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected a whole number from 0 to {MAX_SEED}")
+    return seed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR once the new model is complete")
     parser.add_argument("--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
                         help="do not copy the tokenizer files of the config donor")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random methods (dare); default 0")
+    parser.add_argument("--seed", type=parse_seed, default=0, metavar="N",
+                        help=f"seed of random methods (dare), 0 to {MAX_SEED}; default 0")
     parser.set_defaults(run=run)
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
 from merger_gui.core.plan import OutputLayer, PlannedTensor, StagePlan, plan_recipe, stage_slices
-from merger_gui.core.recipe import FilterRule, Parameters, Scalar, Slice, Stage
-from merger_gui.core.validation import validate_recipe
+from merger_gui.core.recipe import FilterRule, Parameters, Recipe, Scalar, Slice, Stage
 
 from .common import (
-    add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
-    require_donors,
+    add_donor_argument, add_json_argument, add_recipe_argument, checked_recipe, load_recipe_file, print_json,
+    report_errors,
 )
 
 ParameterGroups = dict[str, dict[str, Scalar]]  # parameter → filter group → value
@@ -35,23 +33,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe_file(args.recipe)
-    donors, errors = donors_for(recipe, args.recipe, args.donor)
-    findings = validate_recipe(recipe, donors, errors)
-    typo = next((f for f in findings if f.code == "unknown-stage"), None)
-    if typo is not None:  # clearer than "no such donor" for a misspelt stage name
-        raise UserError(f"{typo.location}: {typo.message}")
-    require_donors(errors)
+    donors, findings = checked_recipe(recipe, args.recipe, args.donor)
+    errors = report_errors(findings)
+    try:
+        _print_plan(recipe, donors, args.json)  # with errors, what could be planned
+    except UserError:
+        if not errors:
+            raise  # otherwise the errors above say why
+    return 1 if errors else 0
+
+
+def _print_plan(recipe: Recipe, donors: Mapping[str, DonorInfo], as_json: bool) -> None:
     plan = plan_recipe(recipe, donors)
     known = dict(donors) | {s.name: s.output for s in plan.stages if s.name}
     views = [StageView(recipe.stages[s.index], s, known) for s in plan.stages]
-    if args.json:
+    if as_json:
         print_json({"stages": [view.to_json() for view in views]})
     else:
         print("\n\n".join(view.render() for view in views))
-    problems = sum(f.is_error for f in findings)
-    if problems:
-        print(f"note: the recipe has {problems} error(s); run `merger-gui validate {args.recipe}`", file=sys.stderr)
-    return 0
 
 
 def format_ranges(indices: Sequence[int]) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.validation import Finding, validate_recipe
 
 from .common import (
@@ -29,7 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_recipe_file(args.recipe)
+    try:
+        recipe = load_recipe_file(args.recipe)
+    except UserError as error:
+        if not args.json:
+            raise  # one line on stderr
+        print_json(unloadable_json(error))
+        return 1
     donors, errors = donors_for(recipe, args.recipe, args.donor)
     findings = validate_recipe(recipe, donors, with_donor_hints(errors))
     if args.json:
@@ -63,6 +70,14 @@ def findings_json(findings: Sequence[Finding]) -> dict[str, Any]:
         "warnings": len(findings) - errors,
         "findings": [asdict(f) | {"location": f.location} for f in findings],
     }
+
+
+def unloadable_json(error: UserError) -> dict[str, Any]:
+    """``--json`` output for a recipe that cannot be read or parsed: that error as the one finding."""
+    code = "invalid-recipe" if isinstance(error, RecipeError) else "unreadable-recipe"
+    data = findings_json([Finding("error", code, str(error))])
+    data["findings"][0]["line"] = getattr(error, "line", None)
+    return data
 
 
 def _count(n: int, word: str) -> str:

@@ -78,6 +78,26 @@ def load_recipe(path: str | Path) -> Recipe:
     return load_recipe_text(text)
 
 
+def _yaml_hint(exc: MarkedYAMLError) -> str:
+    """What to do about a YAML syntax error (``; indent with spaces, not tabs``), or ``""``."""
+    problem, context = exc.problem or "", exc.context or ""
+    opened = _mark_line(exc.context_mark)
+    if "'\\t'" in problem:
+        return "; indent with spaces, not tabs"
+    if "quoted scalar" in context:
+        return f"; the quote opened on line {opened} is never closed"
+    for kind, (start, end) in (("flow sequence", "[]"), ("flow mapping", "{}")):
+        if kind in context:
+            return f"; separate items with commas and close the {start} opened on line {opened} with {end}"
+    if "<block end>" in problem:
+        return "; check the indentation: the keys of a mapping (and the items of a list) start in one column"
+    if "mapping values are not allowed" in problem:
+        return "; a key here or on the line above lacks its ':', or a value containing ': ' needs quotes"
+    if "duplicate key" in problem:
+        return "; keep one of them"
+    return ""
+
+
 def _yaml() -> YAML:
     yaml = YAML(typ="rt")
     yaml.Representer = _Representer
@@ -98,7 +118,7 @@ def _load_documents(text: str) -> list[tuple[CommentedMap, int | None]]:
         line = _mark_line(mark)
         if line is not None:  # an error at the end of the text belongs to its last line
             line = min(line, max(1, len(text.splitlines())))
-        raise RecipeError(f"invalid YAML: {problem}", line) from exc
+        raise RecipeError(f"invalid YAML: {problem}{_yaml_hint(exc)}", line) from exc
     except YAMLError as exc:
         raise RecipeError(f"invalid YAML: {exc}") from exc
     loaded = [(index, doc) for index, doc in enumerate(documents) if doc is not None]

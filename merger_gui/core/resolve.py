@@ -21,13 +21,19 @@ def parse_donor_overrides(items: Sequence[str]) -> dict[str, str]:
     Raises:
         UserError: an item is not of the form ``NAME=REF``.
     """
-    overrides: dict[str, str] = {}
-    for item in items:
-        name, sep, ref = item.partition("=")
-        if not sep or not name.strip() or not ref.strip():
-            raise UserError(f"bad donor override {item!r}: expected NAME=REF (a folder, repo id or profile:NAME)")
-        overrides[name.strip()] = ref.strip()
-    return overrides
+    return dict(parse_donor_override(item) for item in items)
+
+
+def parse_donor_override(item: str) -> tuple[str, str]:
+    """``(NAME, REF)`` of one ``NAME=REF`` item.
+
+    Raises:
+        UserError: ``item`` is not of the form ``NAME=REF``.
+    """
+    name, sep, ref = item.partition("=")
+    if not sep or not name.strip() or not ref.strip():
+        raise UserError(f"bad donor override {item!r}: expected NAME=REF (a folder, repo id or profile:NAME)")
+    return name.strip(), ref.strip()
 
 
 def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:

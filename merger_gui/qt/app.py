@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 
+from .display_check import display_problem
+
 ORGANIZATION = "merger-gui"
 APPLICATION = "Merger GUI"
 SCREENSHOT_TIMEOUT_S = 60.0
@@ -74,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = _parse_size(args.size)
     if args.screenshot:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before QApplication exists
+    elif problem := display_problem():  # Qt would abort, blaming the installation
+        print(f"merger-gui: error: {problem}", file=sys.stderr)
+        return 1
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
