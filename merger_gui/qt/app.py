@@ -76,9 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = _parse_size(args.size)
     if args.screenshot:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before QApplication exists
-    elif problem := display_problem():  # Qt would abort, blaming the installation
-        print(f"merger-gui: error: {problem}", file=sys.stderr)
-        return 1
 
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
@@ -96,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.screenshot and args.recipe is not None and (problem := _recipe_problem(args.recipe)):
         print(f"merger-gui: error: {problem}", file=sys.stderr)  # offscreen, a dialog would wait forever
+        return 1
+    if QApplication.instance() is None and (problem := display_problem()):
+        print(f"merger-gui: error: {problem}", file=sys.stderr)  # Qt would abort, blaming the installation
         return 1
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "merger-gui"])
     if not app.organizationName():
