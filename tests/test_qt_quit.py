@@ -8,13 +8,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-import shiboken6  # noqa: E402
-from PySide6.QtCore import QSettings, QThreadPool  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
+import shiboken6
+from PySide6.QtCore import QSettings, QThreadPool
+from PySide6.QtWidgets import QMessageBox
 
-from merger_gui.core.recipe import Recipe, Stage  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
+from merger_gui.core.recipe import Recipe, Stage
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def modified_window(qtbot, tmp_path) -> MainWindow:
 def _answer(monkeypatch, button: QMessageBox.StandardButton) -> list[str]:
     asked: list[str] = []
 
-    def question(parent, title, text, *args, **kwargs):  # noqa: ANN001, ANN202
+    def question(parent, title, text, *args, **kwargs):
         asked.append(text)
         return button
 

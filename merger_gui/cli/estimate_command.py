@@ -31,8 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("target", metavar="RECIPE_OR_MODEL",
                         help="recipe (.yaml/.yml or an existing file), model folder, repo id or profile:NAME")
     add_donor_argument(parser)
-    parser.add_argument("--context", type=at_least_one("context", " token"), default=4096, metavar="N", help="tokens per sequence (default 4096)")
-    parser.add_argument("--batch", type=at_least_one("batch"), default=1, metavar="B", help="sequences held at once (default 1)")
+    parser.add_argument("--context", type=at_least_one("context", " token"), default=4096, metavar="N",
+                        help="tokens per sequence (default 4096)")
+    parser.add_argument("--batch", type=at_least_one("batch"), default=1, metavar="B",
+                        help="sequences held at once (default 1)")
     parser.add_argument("--weights", default="stored", metavar="DTYPE_OR_QUANT",
                         help="stored (default), fp32, fp16, bf16, fp8, a GGUF type such as Q4_K_M, or exl2:BITS")
     parser.add_argument("--kv-dtype", default="f16", metavar="T",
