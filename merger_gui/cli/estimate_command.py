@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "estimate",
         help="parameters, file size, GPU memory and KV cache of a recipe's output or a model",
-        description=f"Estimate a recipe's output (every stage, compared with its donors) or a single model. {GIB_NOTE}.",
+        description=f"Estimate a recipe's output (every stage, compared with its donors) or a single model. "
+                    f"{GIB_NOTE}.",
     )
     parser.add_argument("target", metavar="RECIPE_OR_MODEL",
                         help="recipe (.yaml/.yml or an existing file), model folder, repo id or profile:NAME")
