@@ -10,7 +10,7 @@ import torch
 
 from merger_gui.cli import main as cli_main
 from merger_gui.core.errors import UserError
-from merger_gui.core.output_folders import replace_refusal, stage_folder_name
+from merger_gui.core.output_folders import replace_refusal
 from merger_gui.core.recipe_yaml import load_recipe_text
 from merger_gui.core.synthetic import DonorShape
 from merger_gui.core.inspect import inspect_folder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -38,14 +37,8 @@ dtype: float16
 
 
 @pytest.fixture(autouse=True)
-def temporary_settings_names(qapp):
-    org, name = qapp.organizationName(), qapp.applicationName()
-    qapp.setOrganizationName("merger-gui-tests")
-    qapp.setApplicationName(f"stage-settings-{time.monotonic_ns()}")
+def unthrottled_mouse():
     pg.setConfigOptions(mouseRateLimit=0)  # synthetic curve drags must not be dropped
-    yield
-    qapp.setOrganizationName(org)
-    qapp.setApplicationName(name)
 
 
 @pytest.fixture
