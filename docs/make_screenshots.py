@@ -20,6 +20,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from merger_gui.demo import create_demo_donors  # noqa: E402
+from merger_gui.engine.events import TensorProgress  # noqa: E402
 from merger_gui.qt.app import TOOL_TABS, app_icon, save_screenshot  # noqa: E402
 from merger_gui.qt.main_window import MainWindow  # noqa: E402
 from merger_gui.qt.settings import Settings  # noqa: E402
@@ -81,9 +82,9 @@ def merge_shot(scratch: Path, png: str) -> None:
     grabbed: list[Path] = []
 
     def grab(event: object) -> None:  # runs after the panel has shown this event
-        count = getattr(event, "overall_count", 0)
-        if grabbed or type(event).__name__ != "TensorProgress" or not count:
+        if grabbed or not isinstance(event, TensorProgress) or not event.overall_count:
             return
+        count = event.overall_count
         if MERGE_SHOT_AT[0] <= event.overall_index / count <= MERGE_SHOT_AT[1]:
             window.grab().save(str(OUT / png))
             grabbed.append(OUT / png)

@@ -440,7 +440,7 @@ def test_cli_merge_exit_codes(pair, tmp_path, capsys):
 
 def test_cli_ctrl_c_exits_130(pair, tmp_path, capsys, monkeypatch):
     def interrupt(*_args, **_kwargs):
-        yield TensorProgress(0, 1, "x", 1, 2, 1, 2, 10, 20, 0.1, 0.1)
+        yield TensorProgress("x", 1, 2, 1, 2, 10, 20, 0.1)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "run_merge", interrupt)

@@ -417,6 +417,57 @@ def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
     assert panel.missing() == [] and panel.tree.topLevelItem(0).text(0) == "Thorns-13B"
 
 
+def press_and_move(win: MainWindow, start: QPoint, end: QPoint, steps: int = 6) -> None:
+    """The first half of :func:`drag`: the button stays down, so the view shows its preview."""
+    viewport = win.stack_view.viewport()
+    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for k in range(1, steps + 1):
+        QTest.mouseMove(viewport, start + (end - start) * (k / steps))
+
+
+def shown_ranges(win: MainWindow) -> list[tuple[int, int, tuple[int, int]]]:
+    return sorted((b.slice_index, b.source_index, b.range) for b in win.stack_view.bars)
+
+
+def stage_ranges(stage: Stage) -> list[tuple[int, int, tuple[int, int]]]:
+    return sorted((si, ki, src.layer_range) for si, s in enumerate(stage.slices) for ki, src in enumerate(s.sources))
+
+
+@pytest.mark.parametrize(("ranges_", "grip", "cells", "expected"), [
+    ((("A", 0, 8), ("B", 4, 12)), "bottom", 3, [(0, 0, (0, 11)), (0, 1, (4, 15))]),
+    ((("A", 4, 8), ("B", 0, 2)), "top", 3, [(0, 0, (7, 8)), (0, 1, (3, 4))]),  # B keeps one layer
+    ((("A", 4, 12), ("B", 0, 8)), "body", 5, [(0, 0, (9, 17)), (0, 1, (0, 8))]),  # a move moves A alone
+])
+def test_a_drag_previews_exactly_what_its_release_commits(window, ranges_, grip, cells, expected):
+    slerp = Stage("slerp", slices=(Slice(tuple(SliceSource(m, (a, b)) for m, a, b in ranges_)),), base_model="A")
+    load(window, Recipe((slerp,)), {"A": LLAMA_13B, "B": LLAMA_13B})
+    view, cell_h = window.stack_view, window.stack_view.geometry_.cell_h
+    start, end = ranges_[0][1:]
+    press = {"top": bar_point(window, 0, start) + QPoint(0, 1), "bottom": bar_point(window, 0, end) - QPoint(0, 1),
+             "body": bar_point(window, 0, (start + end) / 2)}[grip]
+    target = press + QPoint(0, round(cells * cell_h))
+    press_and_move(window, press, target)
+    preview = view.preview_stage
+    assert preview is not None and window.document.stage == slerp  # nothing committed while dragging
+    assert shown_ranges(window) == stage_ranges(preview) == expected
+    QTest.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, target)
+    assert window.document.stage == preview and window.document.undo_stack.count() == 1
+    assert view.preview_stage is None and shown_ranges(window) == expected
+
+
+def test_dragging_over_a_donor_previews_every_linked_source(window):
+    load(window, Recipe((Stage("slerp", slices=(), base_model="A"),)), {"A": LLAMA_13B, "B": LLAMA_13B})
+    view = window.stack_view
+    press, target = cell_point(window, "A", 36.5), cell_point(window, "A", 39.5)
+    press_and_move(window, press, target)
+    ghosts = sorted((g.model, g.range) for g in view.ghosts)
+    assert ghosts == [("A", (36, 40)), ("B", (36, 40))]
+    preview = view.preview_stage
+    QTest.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, target)
+    assert window.document.stage == preview and view.ghosts == []
+    assert [(s.model, s.layer_range) for s in window.document.stage.slices[0].sources] == ghosts
+
+
 def test_yaml_that_does_not_parse_is_flagged_in_the_status_bar(window):
     window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: [\n")
     window.yaml_editor.commit_text()

@@ -10,6 +10,7 @@ import sys
 from typing import TextIO
 
 from merger_gui.core.errors import UserError
+from merger_gui.core.units import format_duration
 
 from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
 
@@ -125,17 +126,17 @@ class ProgressDisplay:
             elif event.downloaded == event.total:
                 self.line(f"downloaded {event.model}/{event.file} ({event.total / 1e6:.1f} MB)")
         elif isinstance(event, StageFinished):
-            what = "reused from an earlier run" if event.reused else f"done in {event.seconds:.1f} s"
+            what = "reused from an earlier run" if event.reused else f"done in {format_duration(event.seconds)}"
             self.line(f"{self.stage}: {what} → {event.path}")
         elif isinstance(event, MergeDone):
             self.clear()
             print(f"merged {event.tensors} tensors ({event.bytes_written / 1e9:.2f} GB) into {event.path} "
-                  f"in {event.seconds:.1f} s")
+                  f"in {format_duration(event.seconds)}")
 
     def bar(self, done: int, total: int, detail: str, eta: float | None) -> None:
         width = shutil.get_terminal_size((100, 20)).columns
         fraction = done / total if total else 1.0
-        left = f" {_duration(eta)} left" if eta is not None else ""
+        left = f" {format_duration(eta)} left" if eta is not None else ""
         text = f" {fraction:4.0%} {detail}{left} · {self.stage}"
         cells = max(10, min(40, width - len(text) - 3))
         filled = int(cells * fraction)
@@ -154,9 +155,3 @@ class ProgressDisplay:
             self.stream.write("\r" + " " * (width - 1) + "\r")
             self.stream.flush()
             self.shown = False
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"

@@ -16,7 +16,7 @@ from functools import cached_property
 from .donor import DonorInfo, TensorInfo, known_dtype_code, with_layer_index
 from .errors import DonorError, RecipeError, UserError
 from .methods import MethodSpec, method_spec
-from .parameters import evaluate_parameter, slice_position
+from .parameters import planned_slice_indices, resolve_parameter, scope_chain, slice_position
 from .recipe import EMPTY_PARAMETERS, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage
 from .tokenizer_vocab import stage_output_tokens
 
@@ -200,32 +200,31 @@ def stage_slices(stage: Stage, donors: Mapping[str, DonorInfo]) -> tuple[Slice, 
     return (Slice(tuple(sources)),) if sources else ()
 
 
-def _scopes(stage: Stage, slice_: Slice, model: str | None) -> tuple[Parameters, ...]:
-    scopes = []
-    if model is not None:
-        scopes += [s.parameters for s in slice_.sources if s.model == model]
-    return tuple(scopes) + (slice_.parameters, stage.parameters)
+def filtered_name(output: str, source: str) -> str:
+    """The name a per-model parameter's filters see for input ``source`` of tensor ``output``."""
+    # A tied lm_head read from the embeddings is still the model's lm_head to its filters.
+    return output if output.endswith("lm_head.weight") else source
 
 
-def _evaluate(spec: MethodSpec | None, stage: Stage, slice_: Slice, tensor: str,
+def _evaluate(spec: MethodSpec | None, stage: Stage, slice_index: int | None, tensor: str,
               x: float, sources: tuple[tuple[str, str], ...], base: str | None
               ) -> tuple[Parameters, tuple[TensorSource, ...]]:
+    """Shared and per-model parameter values of one tensor; ``slice_index`` is the recipe's."""
     if spec is None:
         return EMPTY_PARAMETERS, tuple(TensorSource(m, t) for m, t in sources)
+    chain = scope_chain(stage, slice_index)
     shared = Parameters(tuple(
         (p.name, v) for p in spec.shared_parameters
-        if (v := evaluate_parameter(p.name, tensor, x, _scopes(stage, slice_, None),
-                                    None if p.required else p.default)) is not None  # type: ignore[arg-type]
+        if (v := resolve_parameter(p.name, tensor, x, chain, p.default_value).value) is not None
     ))
     planned = []
     for model, name in sources:
-        # A tied lm_head read from the embeddings is still the model's lm_head to its filters.
-        matched = tensor if tensor.endswith("lm_head.weight") else name
+        matched = filtered_name(tensor, name)
+        model_chain = scope_chain(stage, slice_index, model)
         values = tuple(
             (p.name, v) for p in spec.model_parameters
             if not (p.non_base and model == base)
-            and (v := evaluate_parameter(p.name, matched, x, _scopes(stage, slice_, model),
-                                         None if p.required else p.default)) is not None  # type: ignore[arg-type]
+            and (v := resolve_parameter(p.name, matched, x, model_chain, p.default_value).value) is not None
         )
         planned.append(TensorSource(model, name, Parameters(values)))
     return shared, tuple(planned)
@@ -302,6 +301,7 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
         raise DonorError(f"no donor information for {', '.join(missing)}")
     spec = method_spec(stage.merge_method)
     slices = [s for s in stage_slices(stage, donors) if s.sources]
+    recipe_slices = planned_slice_indices(stage)
     config_name = config_donor_name(stage) or ""
     config_donor = donors[config_name] if config_name in donors else None
     if config_donor is None:
@@ -316,7 +316,7 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
     def add_tensor(info: TensorInfo, out_name: str, sources: tuple[tuple[str, str], ...],
                    slice_i: int, slice_: Slice, x: float, layer: int | None, note: str | None = None) -> None:
         base = slice_.base_model or stage.base_model
-        shared, planned = _evaluate(spec, stage, slice_, out_name, x, sources, base)
+        shared, planned = _evaluate(spec, stage, recipe_slices[slice_i], out_name, x, sources, base)
         shape = info.shape
         if is_vocab_tensor(out_name) and len(shape) >= 1 and stage.effective_tokenizer_source:
             shape = (vocab,) + shape[1:]

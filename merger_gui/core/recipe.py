@@ -2,7 +2,7 @@
 
 A :class:`Recipe` holds one or more :class:`Stage` s (a multi-document file is a
 multi-stage recipe). Every class is a frozen dataclass; edits are pure functions
-that return a new value (see :mod:`merger_gui.core.edits`).
+that return a new value (:mod:`.slice_edits`, :mod:`.stage_edits`, :mod:`.parameter_edits`).
 """
 
 from __future__ import annotations

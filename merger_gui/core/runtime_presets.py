@@ -1,7 +1,7 @@
 """Inference runtimes' memory beyond weights and KV cache, as labelled, overridable presets.
 
 Compute buffers and runtime overhead cannot be derived exactly from a model; these are
-the rules of thumb in ``docs/estimator.md``, kept separate so the user can see and
+the rules of thumb of the README's "The estimator" section, kept separate so the user can see and
 replace each term.
 """
 

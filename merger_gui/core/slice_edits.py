@@ -6,8 +6,10 @@ when known) bounds them. An edit never yields an empty or reversed range.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
+from .methods import method_spec
 from .recipe import Recipe, Slice, SliceSource, Stage
 
 
@@ -86,9 +88,27 @@ def resize_slice(stage: Stage, slice_index: int, start: int | None = None, end: 
         if i == source:
             sources.append(replace(s, layer_range=(new_start, new_end)))
         else:
-            sources.append(replace(s, layer_range=(max(0, s.start + d_start), max(0, s.end + d_end))))
+            linked_start = max(0, s.start + d_start)
+            sources.append(replace(s, layer_range=(linked_start, max(linked_start + 1, s.end + d_end))))
     slices[slice_index] = replace(slice_, sources=tuple(sources))
     return _with_slices(stage, slices)
+
+
+def set_source_range(stage: Stage, slice_index: int, layer_range: tuple[int, int], *,
+                     source: int = 0, num_layers: int | None = None) -> Stage:
+    """What dragging one source's bar to ``layer_range`` does.
+
+    The same length moves that source alone (:func:`move_slice`); another length resizes
+    it by the end that changed, and the slice's other sources alike (:func:`resize_slice`).
+    """
+    current = stage.slices[slice_index].sources[source] if stage.slices else None
+    if current is None or layer_range == current.layer_range:
+        return stage
+    start, end = layer_range
+    if end - start == current.num_layers:
+        return move_slice(stage, slice_index, start, source=source, num_layers=num_layers)
+    return resize_slice(stage, slice_index, start if start != current.start else None,
+                        end if end != current.end else None, source=source, num_layers=num_layers)
 
 
 def reorder_slice(stage: Stage, slice_index: int, new_index: int) -> Stage:
@@ -167,6 +187,20 @@ def remove_source(stage: Stage, slice_index: int, source_index: int) -> Stage:
         return stage
     slices[slice_index] = replace(slice_, sources=tuple(s for k, s in enumerate(slice_.sources) if k != source_index))
     return _with_slices(stage, slices)
+
+
+def linked_models(stage: Stage, model: str, shown: Sequence[str]) -> tuple[str, ...]:
+    """The models a new slice dragged on ``model`` also takes its layers from (none for passthrough).
+
+    The stage's other models among ``shown`` when it has some, else the other ``shown``
+    models, as many as the merge method takes per slice.
+    """
+    spec = method_spec(stage.merge_method)
+    if spec is None or spec.max_models == 1:
+        return ()
+    own = [m for m in stage.referenced_models if m != model and m in shown]
+    others = own or [m for m in shown if m != model]
+    return tuple(others[:None if spec.max_models is None else spec.max_models - 1])
 
 
 def add_linked_slice(stage: Stage, models: tuple[str, ...], start: int, end: int, *,

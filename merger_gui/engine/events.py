@@ -24,8 +24,6 @@ class StageStarted:
 
 @dataclass(frozen=True)
 class TensorProgress:
-    stage_index: int
-    stage_count: int
     name: str
     index: int  # 1-based position of this tensor within its stage
     count: int  # tensors of the stage
@@ -33,7 +31,6 @@ class TensorProgress:
     overall_count: int
     bytes_written: int  # over every stage being merged
     total_bytes: int
-    elapsed: float  # seconds since the merge started
     eta: float | None  # estimated seconds left
 
 
@@ -63,7 +60,6 @@ class StageFinished:
 @dataclass(frozen=True)
 class MergeDone:
     path: Path
-    stages: int
     tensors: int
     bytes_written: int
     seconds: float

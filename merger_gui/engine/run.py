@@ -31,6 +31,7 @@ from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.output_folders import FINGERPRINT_FILE, overlaps, replace_refusal, stage_folder_name
 from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, stage_slices
+from merger_gui.core.readiness import merge_readiness
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.validation import validate_recipe
 
@@ -133,10 +134,10 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     """
     started = time.monotonic()
     findings = validate_recipe(recipe, donors)
-    errors = [f for f in findings if f.is_error]
-    if errors:
-        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise UserError(f"the recipe is not valid: {errors[0].location}: {errors[0].message}{more}")
+    blockers = merge_readiness(recipe, donors, findings=findings)
+    if blockers:
+        more = f" (and {len(blockers) - 1} more)" if len(blockers) > 1 else ""
+        raise UserError(f"the recipe is not valid: {blockers[0]}{more}")
     device = _device(options.device)
     if options.shard_size <= 0:
         raise UserError("the shard size must be positive")
@@ -149,9 +150,6 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
 
     donors = dict(donors)
     plan = plan_recipe(recipe, donors)
-    used = {m for sp in plan.stages for m in recipe.stages[sp.index].referenced_models if m in donors}
-    for model in sorted(used):
-        _check_local(model, donors[model])
     if any(d.kind == "hub" for d in donors.values()):
         plan = yield from _fetch_hub_donors(recipe, plan, donors, options, cancel)
     for sp in plan.stages:
@@ -176,7 +174,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
                 sources = located[job.plan.index]
                 if sources is None:  # reads an intermediate stage built just now
                     sources = _locate(reader, job, set())
-                yield from _run_stage(job, k, len(jobs), sources, reader, donors, device, options, cancel, progress)
+                yield from _run_stage(job, sources, reader, donors, device, options, cancel, progress)
             if job.stage.name:  # later stages read this output
                 donors[job.stage.name] = inspect_folder(job.target)
                 reader.add_donor(job.stage.name, donors[job.stage.name])
@@ -184,7 +182,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
                                 time.monotonic() - stage_start)
     finally:
         reader.close()
-    yield MergeDone(target, len(jobs), progress.tensors, progress.bytes, time.monotonic() - started)
+    yield MergeDone(target, progress.tensors, progress.bytes, time.monotonic() - started)
 
 
 def _fetch_hub_donors(recipe: Recipe, plan: Plan, donors: dict[str, DonorInfo], options: MergeOptions,
@@ -272,14 +270,6 @@ def _donor_folders(donors: Mapping[str, DonorInfo]) -> list[tuple[str, Path]]:
     return [(model, Path(d.path).absolute().resolve()) for model, d in sorted(donors.items()) if d.path is not None]
 
 
-def _check_local(model: str, donor: DonorInfo) -> None:
-    if donor.kind == "profile":
-        raise UserError(f"donor {model} is a built-in profile ({donor.ref}) without weights; "
-                        f"map it to a model folder or repo with --donor {model}=REF to merge")
-    if donor.kind != "hub" and donor.path is None:
-        raise DonorError(f"donor {model} ({donor.ref}) has no local weights")
-
-
 def _jobs(recipe: Recipe, plan: Plan, donors: Mapping[str, DonorInfo], target: Path,
           options: MergeOptions) -> list[_Job]:
     inter = Path(options.intermediate_dir).absolute() if options.intermediate_dir \
@@ -357,7 +347,7 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, ...]], reader: TensorReader,
+def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: TensorReader,
                donors: Mapping[str, DonorInfo], device: str, options: MergeOptions,
                cancel: threading.Event | None, progress: _Progress) -> Iterator[MergeEvent]:
     stage = job.stage
@@ -392,8 +382,8 @@ def _run_stage(job: _Job, k: int, count: int, located: list[tuple[SourceTensor, 
                 progress.bytes += job.layouts[i].nbytes
                 elapsed = time.monotonic() - progress.started
                 eta = elapsed / progress.bytes * (progress.total_bytes - progress.bytes) if progress.bytes else None
-                yield TensorProgress(k, count, tensor.name, i + 1, len(job.layouts), progress.tensors,
-                                     progress.total_tensors, progress.bytes, progress.total_bytes, elapsed, eta)
+                yield TensorProgress(tensor.name, i + 1, len(job.layouts), progress.tensors,
+                                     progress.total_tensors, progress.bytes, progress.total_bytes, eta)
         writer.close()
         config_donor = donors[job.plan.config_donor]
         write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)

@@ -16,10 +16,11 @@ from merger_gui.core.estimator import (
 )
 from merger_gui.core.runtime_presets import GIB, PRESETS
 from merger_gui.core.plan import Plan
+from merger_gui.core.units import format_count
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
-from .sizes import format_count, format_size
+from .sizes import format_size
 from .themed_plot import ThemedPlotWidget
 
 WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")

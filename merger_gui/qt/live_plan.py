@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QColor
 
 from merger_gui.core.donor import DonorInfo
-from merger_gui.core.errors import RecipeError
-from merger_gui.core.plan import Plan, StagePlan, plan_stage, stage_order
+from merger_gui.core.partial_plan import PartialPlan, plan_partially
+from merger_gui.core.plan import Plan, StagePlan
 from merger_gui.core.validation import Finding, validate_recipe
 
 from .document import RecipeDocument
@@ -18,12 +20,12 @@ DEBOUNCE_MS = 60
 
 
 class LivePlan(QObject):
-    """Recomputes the :class:`Plan` and the findings when the recipe or the donors change.
+    """Recomputes the plan and the findings when the recipe or the donors change.
 
-    Planning is pure and fast, so it runs on the GUI thread, debounced so a burst of
-    changes costs one computation. Stages that can be planned are kept in
-    :attr:`stage_plans` even when another stage cannot (``plan`` is then None and
-    ``error`` says why).
+    Planning (:func:`~merger_gui.core.partial_plan.plan_partially`) is pure and fast, so it
+    runs on the GUI thread, debounced so a burst of changes costs one computation. Stages
+    that can be planned are kept in :attr:`stage_plans` even when another stage cannot
+    (``plan`` is then None and ``error`` says why).
     """
 
     plan_changed = Signal(object)  # Plan | None
@@ -33,11 +35,8 @@ class LivePlan(QObject):
         super().__init__(parent)
         self.document = document
         self.registry = registry
-        self.plan: Plan | None = None
+        self.partial = PartialPlan()
         self.findings: list[Finding] = []
-        self.error: str | None = None
-        self.stage_plans: dict[int, StagePlan] = {}
-        self.known_donors: dict[str, DonorInfo] = {}
         self._colors: dict[str, QColor] = {}
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -54,8 +53,24 @@ class LivePlan(QObject):
     def schedule(self, *_: object) -> None:
         self._timer.start()
 
+    @property
+    def plan(self) -> Plan | None:
+        return self.partial.plan
+
+    @property
+    def error(self) -> str | None:
+        return self.partial.error
+
+    @property
+    def stage_plans(self) -> Mapping[int, StagePlan]:
+        return self.partial.stage_plans
+
+    @property
+    def known_donors(self) -> Mapping[str, DonorInfo]:
+        return self.partial.known_donors
+
     def stage_plan(self, index: int) -> StagePlan | None:
-        return self.stage_plans.get(index)
+        return self.partial.stage_plans.get(index)
 
     def donor_color(self, name: str) -> QColor:
         """A colour per model name, fixed for the session once given."""
@@ -70,29 +85,7 @@ class LivePlan(QObject):
         for stage in recipe.stages:
             for name in stage.referenced_models:
                 self.donor_color(name)
-        known = dict(self.registry.donors)
-        plans: dict[int, StagePlan] = {}
-        errors: list[str] = []
-        try:
-            order = stage_order(recipe)
-        except RecipeError as exc:
-            order, errors = tuple(range(len(recipe.stages))), [str(exc)]
-        for index in order:
-            stage = recipe.stages[index]
-            try:
-                plans[index] = plan_stage(stage, known, index)
-            except Exception as exc:  # noqa: BLE001 - any broken recipe must leave the GUI usable
-                label = f"stage {stage.name!r}" if stage.name else f"stage {index + 1}"
-                errors.append(f"{label}: {exc}" if recipe.is_multi_stage else str(exc))
-                continue
-            if stage.name:
-                known[stage.name] = plans[index].output
-        self.stage_plans = plans
-        self.known_donors = known
-        self.error = errors[0] if errors else None
-        self.plan = Plan(tuple(plans[i] for i in order)) if not errors and plans else None
-        if not plans and not errors:
-            self.error = "the recipe has no models"
+        self.partial = plan_partially(recipe, self.registry.donors)
         try:
             self.findings = validate_recipe(recipe, self.registry.donors, self.registry.errors)
         except Exception as exc:  # noqa: BLE001 - validation must never take the window down

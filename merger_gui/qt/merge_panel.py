@@ -15,9 +15,15 @@ from PySide6.QtWidgets import (
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.output_folders import replace_refusal
+from merger_gui.core.readiness import merge_readiness
+from merger_gui.core.units import format_duration
+from merger_gui.engine.events import (
+    DownloadProgress, MergeDone, MergeEvent, MergeWarning, StageFinished, StageStarted, TensorProgress,
+)
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .live_plan import LivePlan
 from .merge_runner import MergeRunner
 from .sizes import format_size
 
@@ -25,43 +31,11 @@ ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
 
 
-def merge_blockers(document: RecipeDocument, live_plan, registry: DonorRegistry) -> list[str]:
-    """Why the recipe cannot be merged now (empty when it can)."""
-    recipe = document.recipe
-    stage_names = set(recipe.stage_names())
-    reasons: list[str] = []
-    for name in dict.fromkeys(m for s in recipe.stages for m in s.referenced_models if m not in stage_names):
-        donor = registry.donor(name)
-        if donor is None:
-            error = registry.errors.get(name)
-            reasons.append(f"{name}: {error}" if error else f"{name}: no donor chosen yet")
-        elif donor.kind == "profile":
-            reasons.append(f"{name} is a shape profile ({donor.ref}): it has no weights; choose its folder or repo")
-    findings = getattr(live_plan, "findings", None) or []
-    donor_errors = set(registry.errors.values())  # already listed by donor name above
-    reasons += [f"{f.location}: {f.message}" if hasattr(f, "location") else f.message
-                for f in findings if getattr(f, "severity", "") == "error" and f.message not in donor_errors]
-    if not reasons and getattr(live_plan, "plan", None) is None:
-        reasons.append(getattr(live_plan, "error", None) or "the recipe has no layer plan yet")
-    return reasons
-
-
 def default_output_name(document: RecipeDocument) -> str:
     """A folder name for the output: the final stage's name, the file name, or ``merged-model``."""
     stage = document.recipe.stages[-1] if document.recipe.stages else None
     name = (stage.name if stage else None) or (document.path.stem if document.path else "merged-model")
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "merged-model"
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 class MergePanel(QWidget):
@@ -75,7 +49,7 @@ class MergePanel(QWidget):
 
     merge_finished = Signal(object)  # the output Path
 
-    def __init__(self, document: RecipeDocument, live_plan, registry: DonorRegistry,
+    def __init__(self, document: RecipeDocument, live_plan: LivePlan, registry: DonorRegistry,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document = document
@@ -162,7 +136,9 @@ class MergePanel(QWidget):
     # --- state -------------------------------------------------------------------------------
 
     def blockers(self) -> list[str]:
-        return merge_blockers(self.document, self.live_plan, self.registry)
+        """Why the recipe cannot be merged now (empty when it can), from the live plan's findings."""
+        return merge_readiness(self.document.recipe, self.registry.donors, self.registry.errors,
+                               findings=self.live_plan.findings, partial=self.live_plan.partial)
 
     def update_state(self, *_: object) -> None:
         running = self.runner.is_running
@@ -252,27 +228,26 @@ class MergePanel(QWidget):
         if self.output_path is not None:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.output_path)))
 
-    def _on_progress(self, event) -> None:
-        kind = type(event).__name__
-        if kind == "StageStarted":
+    def _on_progress(self, event: MergeEvent) -> None:
+        if isinstance(event, StageStarted):
             title = f"Stage {event.index + 1} of {event.count}: {event.name}" if event.count > 1 else "Merging"
             self.stage_label.setText(title + (" (reused)" if event.reused else ""))
             self.log.appendPlainText(f"{_stage_prefix(event) or 'merging '}{event.tensors} tensors"
                                      f"{' (reused from an earlier run)' if event.reused else ''}")
-        elif kind == "TensorProgress":
+        elif isinstance(event, TensorProgress):
             self.progress_bar.setValue(int(1000 * event.overall_index / max(1, event.overall_count)))
             self.tensor_label.setText(f"{event.name}  ({event.index}/{event.count})")
             if event.eta is not None:
-                self.eta_label.setText(f"{format_seconds(event.eta)} left")
-        elif kind == "DownloadProgress":
+                self.eta_label.setText(f"{format_duration(event.eta)} left")
+        elif isinstance(event, DownloadProgress):
             self.tensor_label.setText(f"downloading {event.model}: {event.file} "
                                       f"{event.downloaded / 2**20:,.0f}/{event.total / 2**20:,.0f} MiB")
-        elif kind == "MergeWarning":
+        elif isinstance(event, MergeWarning):
             self.log.appendPlainText(f"warning: {event.message}")
-        elif kind == "StageFinished":
-            self.log.appendPlainText(f"{_stage_prefix(event)}written to {event.path} in {format_seconds(event.seconds)}")
+        elif isinstance(event, StageFinished):
+            self.log.appendPlainText(f"{_stage_prefix(event)}written to {event.path} in {format_duration(event.seconds)}")
 
-    def _on_finished(self, done) -> None:
+    def _on_finished(self, done: MergeDone | None) -> None:
         self.progress_bar.setValue(1000)
         self.stage_label.setText("Done")
         self.tensor_label.clear()
@@ -280,7 +255,7 @@ class MergePanel(QWidget):
         if done is not None:
             self.output_path = Path(done.path)
             self.log.appendPlainText(f"merged {done.tensors} tensors ({format_size(done.bytes_written)}) "
-                                     f"in {format_seconds(done.seconds)}")
+                                     f"in {format_duration(done.seconds)}")
         self.result_label.setStyleSheet(OK_STYLE)
         self.result_label.setText(f"The merged model is in {self.output_path}")
         self.open_button.show()
@@ -306,6 +281,6 @@ class MergePanel(QWidget):
         super().closeEvent(event)
 
 
-def _stage_prefix(event) -> str:  # noqa: ANN001 - StageStarted | StageFinished
+def _stage_prefix(event: StageStarted | StageFinished) -> str:
     """``stage 2/3 NAME: `` in the log of a multi-stage merge; nothing for a single stage."""
     return f"stage {event.index + 1}/{event.count} {event.name}: " if event.count > 1 else ""

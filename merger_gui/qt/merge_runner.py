@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
 from merger_gui.core.recipe import Recipe
+from merger_gui.engine.events import MergeCancelled, MergeDone
 
 
 class _MergeWorker(QObject):
@@ -35,7 +36,7 @@ class _MergeWorker(QObject):
 
     @Slot()
     def run(self) -> None:
-        from merger_gui.engine.run import MergeCancelled, MergeDone, MergeOptions, run_merge
+        from merger_gui.engine.run import MergeOptions, run_merge
 
         try:
             done = None

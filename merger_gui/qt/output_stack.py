@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.plan import StagePlan
+from merger_gui.core.units import format_count
 
 from .slice_items import HEADER_H, StackGeometry, header_fonts, label_font, label_step, text_on
 from .theme import CanvasColors
@@ -20,20 +21,11 @@ OUTPUT_W = 132.0
 INDEX_GUTTER = 30.0  # output layer numbers, left of the column
 
 
-def format_params(count: int) -> str:
-    """``19_990_000_000`` → ``"19.99 B"``; millions below a billion."""
-    if count >= 1e9:
-        return f"{count / 1e9:.2f} B"
-    if count >= 1e6:
-        return f"{count / 1e6:.1f} M"
-    return f"{count:,}"
-
-
 def plan_summary(stage_plan: StagePlan | None) -> str:
     """``"62 layers · 19.99 B params"`` (or a dash when there is no plan)."""
     if stage_plan is None:
         return "no layer plan"
-    return f"{stage_plan.num_layers} layers · {format_params(stage_plan.params)} params"
+    return f"{stage_plan.num_layers} layers · {format_count(stage_plan.params)} params"
 
 
 class OutputColumnItem(QGraphicsObject):

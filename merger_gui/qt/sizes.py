@@ -1,4 +1,4 @@
-"""Byte counts and parameter counts as the app shows them (binary units, as everywhere in the app)."""
+"""Byte counts as the app shows them (binary units, as everywhere in the app)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,3 @@ MIB = 1 << 20
 def format_size(nbytes: int, digits: int = 1) -> str:
     """``24.2 GiB``; below 0.1 GiB in MiB, so a small model does not read ``0.00 GiB``."""
     return format_gib(nbytes, digits=digits) if nbytes >= GIB // 10 or nbytes == 0 else f"{nbytes / MIB:.1f} MiB"
-
-
-def format_count(count: int) -> str:
-    """``19.99 B`` or, below a billion, ``1.25 M``."""
-    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.2f} M"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QBrush, QContextMenuEvent, QKeySequence, QPainter, QPen, QResizeEvent
 from PySide6.QtWidgets import (
@@ -10,7 +12,7 @@ from PySide6.QtWidgets import (
 
 from merger_gui.core import slice_edits
 from merger_gui.core.methods import method_spec
-from merger_gui.core.recipe import Stage
+from merger_gui.core.recipe import SliceSource, Stage
 from merger_gui.core.slice_edits import layer_range_label
 
 from .document import RecipeDocument
@@ -25,6 +27,8 @@ OUTPUT_GAP = 40.0
 MARGIN = 12.0
 MIN_CELL_H, MAX_CELL_H = 3.0, 22.0
 NOTE_W = 180.0  # width of the "no output plan" note beside the donors
+
+StageEdit = Callable[[Stage], Stage]
 
 
 def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
@@ -176,7 +180,8 @@ class StackView(QGraphicsView):
         self.links: list[SliceLinkItem] = []
         self.output: OutputColumnItem | None = None
         self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, 10.0)
-        self._ghost: SliceBarItem | None = None
+        self.ghosts: list[SliceBarItem] = []  # the new slice's sources while dragging over a column
+        self.preview_stage: Stage | None = None  # the stage a drag would make, drawn while dragging
         self._creating = False
         self._rebuild_pending = False
         self._highlights: list[QGraphicsRectItem] = []
@@ -240,7 +245,7 @@ class StackView(QGraphicsView):
         theme = current_theme().canvas
         scene = self.scene()
         scene.clear()
-        self.columns, self.bars, self.links, self.output, self._ghost = {}, [], [], None, None
+        self.columns, self.bars, self.links, self.output, self.ghosts = {}, [], [], None, []
         self._highlights, self._selection_box = [], None
         self.setBackgroundBrush(QBrush(theme.background))
         stage = self.document.stage
@@ -381,62 +386,68 @@ class StackView(QGraphicsView):
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
         return info.num_layers if info else None
 
+    def _create_edit(self, column: DonorColumnItem, start: int, end: int) -> StageEdit | None:
+        """The edit a drag over ``column``'s layers makes; None for a stage of whole models."""
+        stage = self.document.stage
+        if stage.models is not None:  # mergekit takes slices or models, never both
+            return None
+        models = (column.name, *slice_edits.linked_models(stage, column.name, tuple(self.columns)))
+        layers = {m: n for m in models if (n := self._num_layers(m)) is not None}
+        return lambda s: slice_edits.add_linked_slice(s, models, start, end, num_layers=layers)
+
     def _preview_create(self, column: DonorColumnItem, start: int, end: int) -> None:
+        """Ghost bars where the new slice's sources would be: the edit applied to a scratch stage."""
         self._creating = True
-        if self._ghost is None:
-            self._ghost = SliceBarItem(-1, 0, column.name, (start, end), None, column.color, self.geometry_,
-                                       current_theme().canvas, column.x() + column.lane_x(0),
-                                       width=column.lanes * LANE_W - 4, ghost=True)
-            self.scene().addItem(self._ghost)
-        self._ghost.set_range((start, end))
+        edit = self._create_edit(column, start, end)
+        self.preview_stage = edit(self.document.stage) if edit else None
+        dragged = (SliceSource(column.name, (start, end)),)  # all a stage of whole models shows
+        sources = self.preview_stage.slices[-1].sources if self.preview_stage else dragged
+        if not self.ghosts:
+            for source in sources:
+                owner = self.columns[source.model]
+                ghost = SliceBarItem(-1, 0, owner.name, source.layer_range, None, owner.color, self.geometry_,
+                                     current_theme().canvas, owner.x() + owner.lane_x(0),
+                                     width=owner.lanes * LANE_W - 4, ghost=True)
+                self.scene().addItem(ghost)
+                self.ghosts.append(ghost)
+        for ghost, source in zip(self.ghosts, sources):
+            ghost.set_range(source.layer_range)
         self.sigStatus.emit(f"New slice: {column.title}, {layer_range_label(start, end)} — release to add, "
                             "right-click to cancel")
 
     def _cancel_create(self) -> None:
         self._creating = False
-        if self._ghost is not None:
-            self.scene().removeItem(self._ghost)
-            self._ghost = None
+        self.preview_stage = None
+        for ghost in self.ghosts:
+            self.scene().removeItem(ghost)
+        self.ghosts = []
         self.sigStatus.emit("")
         if self._rebuild_pending:
             self.rebuild()
 
-    def linked_models(self, stage: Stage, model: str) -> tuple[str, ...]:
-        """Donors a slice dragged on ``model`` also takes its layers from (none for passthrough).
-
-        The stage's other models when it has some, else the other donors shown, as many as
-        the merge method takes per slice.
-        """
-        spec = method_spec(stage.merge_method)
-        if spec is None or spec.max_models == 1:
-            return ()
-        own = [m for m in stage.referenced_models if m != model and m in self.columns]
-        others = own or [m for m in self.columns if m != model]
-        return tuple(others[:None if spec.max_models is None else spec.max_models - 1])
-
     def _finish_create(self, column: DonorColumnItem, start: int, end: int) -> None:
+        edit = self._create_edit(column, start, end)
         self._cancel_create()
-        if self.document.stage.models is not None:  # mergekit takes slices or models, never both
+        if edit is None:
             self.sigStatus.emit("This stage merges whole models (models:); edit its YAML to use slices instead")
             return
-        name = column.name
         count = len(self.document.stage.slices or ())
-        models = (name, *self.linked_models(self.document.stage, name))
-        layers = {m: n for m in models if (n := self._num_layers(m)) is not None}
-        self.document.apply_to_stage(lambda s: slice_edits.add_linked_slice(s, models, start, end, num_layers=layers),
-                                     f"Add slice ({column.title} {layer_range_label(start, end)})")
+        self.document.apply_to_stage(edit, f"Add slice ({column.title} {layer_range_label(start, end)})")
         self.document.select_slice(count)
 
+    def _bar_edit(self, bar: SliceBarItem, layer_range: tuple[int, int]) -> StageEdit:
+        """The edit dragging ``bar`` to ``layer_range`` makes (moving it, or resizing its slice)."""
+        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(bar.model)
+        return lambda s: slice_edits.set_source_range(s, i, layer_range, source=k, num_layers=limit)
+
     def _preview_bar(self, bar: SliceBarItem, start: int, end: int) -> None:
-        sources = self.document.stage.slices[bar.slice_index].sources
-        old_start, old_end = sources[bar.source_index].layer_range
-        resizing = end - start != old_end - old_start
-        for other in self.bars:  # resizing one source resizes every source of the slice alike
-            if other.slice_index == bar.slice_index and other is not bar:
-                o_start, o_end = sources[other.source_index].layer_range
-                if resizing:
-                    o_start, o_end = max(0, o_start + start - old_start), o_end + end - old_end
-                other.set_range((o_start, max(o_start + 1, o_end)))
+        """Draw the slice as the edit would leave it, applied to a scratch stage."""
+        preview = self._bar_edit(bar, (start, end))(self.document.stage)
+        self.preview_stage = preview if preview != self.document.stage else None  # None: a cancelled drag
+        sources = preview.slices[bar.slice_index].sources
+        for other in self.bars:
+            if other.slice_index == bar.slice_index:
+                other.set_range(sources[other.source_index].layer_range)
         for link in self.links:
             if link.left.slice_index == bar.slice_index:
                 link.follow()
@@ -444,18 +455,11 @@ class StackView(QGraphicsView):
                             f"[{start}, {end}]")
 
     def _finish_bar(self, bar: SliceBarItem, old: tuple[int, int], new: tuple[int, int]) -> None:
-        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(bar.model)
+        self.preview_stage = None
         self.sigStatus.emit("")
-        if new[1] - new[0] == old[1] - old[0]:
-            self.document.apply_to_stage(
-                lambda s: slice_edits.move_slice(s, i, new[0], source=k, num_layers=limit),
-                f"Move slice {i + 1} to {layer_range_label(*new)}")
-        else:
-            start = new[0] if new[0] != old[0] else None
-            end = new[1] if new[1] != old[1] else None
-            self.document.apply_to_stage(
-                lambda s: slice_edits.resize_slice(s, i, start, end, source=k, num_layers=limit),
-                f"Resize slice {i + 1} to {layer_range_label(*new)}")
+        verb = "Move" if new[1] - new[0] == old[1] - old[0] else "Resize"
+        self.document.apply_to_stage(self._bar_edit(bar, new),
+                                     f"{verb} slice {bar.slice_index + 1} to {layer_range_label(*new)}")
         if self._rebuild_pending:
             self.rebuild()
 
@@ -513,9 +517,6 @@ class StackView(QGraphicsView):
 
     def slice_bar(self, slice_index: int, source_index: int = 0) -> SliceBarItem | None:
         return next((b for b in self.bars if b.slice_index == slice_index and b.source_index == source_index), None)
-
-    def scene_to_viewport(self, x: float, y: float) -> QPoint:
-        return self.mapFromScene(x, y)
 
     def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
         painter.fillRect(rect, current_theme().canvas.background)

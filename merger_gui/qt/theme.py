@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
@@ -115,8 +114,3 @@ def apply_theme(app: QApplication, name: str = "system") -> Theme:
     app.setPalette(_palette(dark))
     app.setStyleSheet(STYLESHEET)
     return _current
-
-
-def donor_colors(names: Iterable[str]) -> dict[str, QColor]:
-    """One colour per donor name, assigned in the given (stable) order."""
-    return {name: QColor(DONOR_HUES[i % len(DONOR_HUES)]) for i, name in enumerate(dict.fromkeys(names))}
