@@ -8,8 +8,16 @@ from typing import Any
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
-from merger_gui.core.plan import OutputLayer, PlannedTensor, StagePlan, plan_recipe, stage_slices
-from merger_gui.core.recipe import FilterRule, Parameters, Recipe, Scalar, Slice, Stage
+from merger_gui.core.parameters import (
+    Resolution,
+    Scope,
+    as_rule_list,
+    planned_slice_indices,
+    resolve_parameter,
+    scope_chain,
+)
+from merger_gui.core.plan import OutputLayer, PlannedTensor, StagePlan, filtered_name, plan_recipe
+from merger_gui.core.recipe import Recipe, Scalar, Stage
 
 from .common import (
     add_donor_argument, add_json_argument, add_recipe_argument, checked_recipe, load_recipe_file, print_json,
@@ -45,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_plan(recipe: Recipe, donors: Mapping[str, DonorInfo], as_json: bool) -> None:
     plan = plan_recipe(recipe, donors)
-    known = dict(donors) | {s.name: s.output for s in plan.stages if s.name}
-    views = [StageView(recipe.stages[s.index], s, known) for s in plan.stages]
+    views = [StageView(recipe.stages[s.index], s) for s in plan.stages]
     if as_json:
         print_json({"stages": [view.to_json() for view in views]})
     else:
@@ -64,28 +71,19 @@ def format_ranges(indices: Sequence[int]) -> str:
     return ", ".join(_span(a, b) for a, b in runs) or "none"
 
 
-def rule_group(scopes: Sequence[Parameters], name: str, tensor: str) -> str:
-    """Label of the value ``tensor`` gets for ``name``: the filter of the rule that gave it, else
-    ``other`` (a fallback rule, a plain value or the method's default)."""
-    for scope in scopes:
-        spec = scope.get(name, ())
-        if _rules(spec):
-            rule = next((r for r in _rules(spec) if r.matches(tensor)), None)
-            if rule is None:
-                continue  # no rule matches: the next scope decides
-            return rule.filter if rule.filter not in (None, "*") else "other"  # type: ignore[return-value]
-        if spec != ():
-            return "other"
-    return "other"
+def rule_group(found: Resolution) -> str:
+    """Label of a resolved value: the filter of the rule that gave it, else ``other`` (a fallback
+    rule, a plain value or the method's default)."""
+    named = found.rule is not None and found.filter not in (None, "*")
+    return found.filter if named else "other"  # type: ignore[return-value]
 
 
 class StageView:
     """One planned stage, summarised per output layer for printing."""
 
-    def __init__(self, stage: Stage, plan: StagePlan, donors: Mapping[str, DonorInfo]) -> None:
+    def __init__(self, stage: Stage, plan: StagePlan) -> None:
         self.stage = stage
         self.plan = plan
-        self.slices: tuple[Slice, ...] = tuple(s for s in stage_slices(stage, donors) if s.sources)
         by_layer: dict[int, list[PlannedTensor]] = {}
         for tensor in plan.tensors:
             if tensor.layer is not None:
@@ -96,19 +94,21 @@ class StageView:
 
     def _parameter_groups(self, layer: OutputLayer, tensors: list[PlannedTensor]) -> ParameterGroups:
         """Values of ``layer``'s tensors by parameter and by the filter (or source model) that gave them."""
-        slice_ = self.slices[layer.slice_index]
-        scopes = (slice_.parameters, self.stage.parameters)
+        recipe_slice = planned_slice_indices(self.stage)[layer.slice_index]
+        chain = scope_chain(self.stage, recipe_slice)
         groups: ParameterGroups = {}
         for tensor in tensors:
             for name, value in tensor.parameters.items():
-                groups.setdefault(name, {})[rule_group(scopes, name, tensor.name)] = value  # type: ignore[assignment]
+                found = resolve_parameter(name, tensor.name, tensor.x, chain)
+                groups.setdefault(name, {})[rule_group(found)] = value  # type: ignore[assignment]
             for source in tensor.sources:
-                source_scopes = tuple(s.parameters for s in slice_.sources if s.model == source.model) + scopes
+                source_chain = scope_chain(self.stage, recipe_slice, source.model)
                 for name, value in source.parameters.items():
-                    group = rule_group(source_scopes, name, source.tensor)
+                    found = resolve_parameter(name, filtered_name(tensor.name, source.tensor), tensor.x, source_chain)
+                    group = rule_group(found)
                     label = source.model if group == "other" else f"{source.model} {group}"
                     groups.setdefault(name, {})[label] = value  # type: ignore[assignment]
-        return {name: _in_rule_order(by_group, scopes, name) for name, by_group in groups.items()}
+        return {name: _in_rule_order(by_group, chain, name) for name, by_group in groups.items()}
 
     def to_json(self) -> dict[str, Any]:
         """``--json`` output of the stage: layers with sources and values, seams, donor usage, notes."""
@@ -180,16 +180,11 @@ class StageView:
         return lines
 
 
-def _in_rule_order(by_group: dict[str, Scalar], scopes: Sequence[Parameters], name: str) -> dict[str, Scalar]:
+def _in_rule_order(by_group: dict[str, Scalar], chain: Sequence[Scope], name: str) -> dict[str, Scalar]:
     """Groups in the order their rules are written, ``other`` last."""
-    filters = [r.filter for scope in scopes for r in _rules(scope.get(name, ()))]
+    filters = [r.filter for scope in chain for r in as_rule_list(scope.parameters.get(name))]
     rank = {f: i for i, f in reversed(list(enumerate(filters)))}
     return dict(sorted(by_group.items(), key=lambda item: rank.get(item[0], len(filters) + (item[0] == "other"))))
-
-
-def _rules(spec: object) -> tuple[FilterRule, ...]:
-    is_rules = isinstance(spec, tuple) and spec and isinstance(spec[0], FilterRule)
-    return spec if is_rules else ()  # type: ignore[return-value]
 
 
 def _stage_title(plan: StagePlan) -> str:

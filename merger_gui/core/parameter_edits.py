@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .parameters import interpolate_gradient
+from .methods import FRACTION, Bounds, parameter_facts
+from .parameters import as_rule_list, interpolate_gradient
 from .recipe import FilterRule, Gradient, Parameters, ParamValue, Scalar, Stage
 
-DEFAULT_BOUNDS = (0.0, 1.0)
-# Weights may exceed 1 or subtract a model; t and densities are fractions.
-PARAMETER_BOUNDS = {"weight": (-1.0, 2.0), "lambda": (0.0, 2.0), "scale": (0.0, 2.0)}
 PRESETS = ("constant", "linear", "v", "smoothstep")
 DECIMALS = 4
 
@@ -38,14 +36,23 @@ class ParamLocation:
 TOP_LEVEL = ParamLocation()
 
 
-def value_bounds(name: str) -> tuple[float, float]:
-    """The range a curve point of parameter ``name`` is clamped to."""
-    return PARAMETER_BOUNDS.get(name, DEFAULT_BOUNDS)
+def value_bounds(method: str, name: str) -> Bounds:
+    """The range ``method``'s parameter ``name`` is edited and drawn in (the spec's edit bounds)."""
+    facts = parameter_facts(method, name)
+    return facts.edit if facts else FRACTION
 
 
-def clamp(value: float, name: str = "t") -> float:
-    """``value`` clamped to the bounds of ``name`` and rounded to a readable precision."""
-    low, high = value_bounds(name)
+def drag_bounds(stage: Stage, loc: ParamLocation, name: str) -> Bounds:
+    """The range points of ``name`` at ``loc`` move in: its edit bounds, widened to the points
+    the recipe already has there so that an out-of-range point can be moved back."""
+    low, high = value_bounds(stage.merge_method, name)
+    values = [v for rule in get_rules(stage, loc, name) for v in points(rule.value)]
+    return min([low, *values]), max([high, *values])
+
+
+def clamp(value: float, bounds: Bounds) -> float:
+    """``value`` clamped to ``bounds`` and rounded to a readable precision."""
+    low, high = bounds
     return round(min(high, max(low, float(value))), DECIMALS)
 
 
@@ -89,7 +96,7 @@ def set_parameter(stage: Stage, loc: ParamLocation, name: str, value: ParamValue
 
 
 def is_rule_list(value: ParamValue | None) -> bool:
-    return isinstance(value, tuple) and bool(value) and isinstance(value[0], FilterRule)
+    return bool(as_rule_list(value))
 
 
 def as_rules(value: ParamValue | None) -> tuple[FilterRule, ...]:
@@ -134,7 +141,7 @@ def set_curve_point(stage: Stage, loc: ParamLocation, name: str, rule_index: int
                     point_index: int, value: float) -> Stage:
     """Set point ``point_index`` of rule ``rule_index`` (a scalar is point 0), clamped."""
     rule = get_rules(stage, loc, name)[rule_index]
-    new = clamp(value, name)
+    new = clamp(value, drag_bounds(stage, loc, name))
     if isinstance(rule.value, tuple):
         values = list(rule.value)
         values[point_index] = new
@@ -238,7 +245,8 @@ def preset_values(preset: str, start: float, end: float, count: int = 5) -> Grad
 def apply_preset(stage: Stage, loc: ParamLocation, name: str, rule_index: int, preset: str,
                  start: float = 0.0, end: float = 1.0, count: int = 5) -> Stage:
     """Replace rule ``rule_index``'s value by a preset gradient (values clamped)."""
-    values = tuple(clamp(v, name) for v in preset_values(preset, start, end, count))
+    bounds = value_bounds(stage.merge_method, name)
+    values = tuple(clamp(v, bounds) for v in preset_values(preset, start, end, count))
     rule = get_rules(stage, loc, name)[rule_index]
     return _replace_rule(stage, loc, name, rule_index, replace(rule, value=values))
 

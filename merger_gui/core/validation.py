@@ -19,11 +19,11 @@ from typing import Literal
 
 from .donor import DonorInfo, known_dtype_code
 from .errors import RecipeError, UserError
-from .methods import METHODS, MethodSpec, method_spec
+from .methods import METHODS, MethodSpec, method_spec, parameter_default, parameter_facts
 from .output_folders import folder_key, stage_folder_name, stage_name_problem
-from .parameters import matching_value
+from .parameters import Scope, as_rule_list, resolve_parameter, scope_chain
 from .plan import PlannedTensor, StagePlan, config_donor_name, plan_stage, stage_order, stage_slices
-from .recipe import FilterRule, Gradient, Parameters, ParamValue, Recipe, Scalar, Slice
+from .recipe import FilterRule, Gradient, Parameters, Recipe, Scalar, Slice
 from .tokenizer_vocab import stage_output_tokens
 
 Severity = Literal["error", "warning"]
@@ -33,20 +33,6 @@ KNOWN_KEYS = (
     "tokenizer_source", "tokenizer", "chat_template", "name",
 )
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-# Parameters whose values must lie in a closed range.
-RANGED_PARAMETERS = {
-    "t": (0.0, 1.0), "density": (0.0, 1.0), "gamma": (0.0, 1.0), "select_topk": (0.0, 1.0), "epsilon": (0.0, 1.0),
-    "max_iter": (1, math.inf), "tol": (0.0, math.inf), "eps": (0.0, math.inf),
-}
-# Where a method reads a parameter differently: nearswap's t is a distance, not a fraction.
-METHOD_RANGES = {("nearswap", "t"): (0.0, math.inf)}
-NUMERIC_PARAMETERS = ("t", "density", "weight", "scale", "lambda", "gamma", "epsilon", "select_topk", "eps",
-                      "max_iter", "tol", "r", "alpha")
-# Counts; mergekit refuses a fractional value (a gradient's too).
-INTEGER_PARAMETERS = ("max_iter",)
-# Switches; mergekit also reads 0 and 1 as false and true.
-BOOLEAN_PARAMETERS = ("normalize", "int8_mask", "rescale", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise",
-                      "normalize_weights")
 # DonorInfo field → words for messages; donors of one stage must agree on all of them.
 ARCHITECTURE_FIELDS = (
     ("hidden_size", "hidden size"),
@@ -158,7 +144,7 @@ class _Scope:
     parameters: Parameters
     slice: int | None
     source: int | None
-    chain: tuple[Parameters, ...]  # this scope, then the less specific ones
+    chain: tuple[Scope, ...]  # where a value of this scope's tensors is looked up, as mergekit does
 
 
 class _StageCheck:
@@ -206,14 +192,13 @@ class _StageCheck:
 
     def scopes(self) -> Iterator[_Scope]:
         stage = self.stage
-        yield _Scope(stage.parameters, None, None, (stage.parameters,))
+        yield _Scope(stage.parameters, None, None, scope_chain(stage, None))
         for si, slice_ in enumerate(stage.slices or ()):
-            yield _Scope(slice_.parameters, si, None, (slice_.parameters, stage.parameters))
+            yield _Scope(slice_.parameters, si, None, scope_chain(stage, si))
             for ki, source in enumerate(slice_.sources):
-                chain = (source.parameters, slice_.parameters, stage.parameters)
-                yield _Scope(source.parameters, si, ki, chain)
+                yield _Scope(source.parameters, si, ki, scope_chain(stage, si, source.model))
         for ki, entry in enumerate(stage.models or ()):
-            yield _Scope(entry.parameters, None, ki, (entry.parameters, stage.parameters))
+            yield _Scope(entry.parameters, None, ki, scope_chain(stage, None, entry.model))
 
     def location_of(self, model: str) -> tuple[int | None, int | None]:
         for si, slice_ in enumerate(self.stage.slices or ()):
@@ -388,8 +373,8 @@ class _StageCheck:
     def check_parameter_values(self, scope: _Scope) -> None:
         for name, spec in scope.parameters.items():
             key = f"parameters.{name}"
-            if _is_rules(spec):
-                rules: tuple[FilterRule, ...] = spec  # type: ignore[assignment]
+            rules = as_rule_list(spec)
+            if rules:
                 for r, rule in enumerate(rules):
                     self.check_range_value(scope, name, rule.value, f"{key}[{r}].value")
                 self.check_shadowing(scope, name, rules, key)
@@ -397,17 +382,19 @@ class _StageCheck:
                 self.check_range_value(scope, name, spec, key)  # type: ignore[arg-type]
 
     def check_range_value(self, scope: _Scope, name: str, value: Scalar | Gradient, key: str) -> None:
+        """Kind and range of each point of a value, as the method's spec of ``name`` says."""
         points = [(f"{key}[{j}]", v) for j, v in enumerate(value)] if isinstance(value, tuple) else [(key, value)]
-        if name in BOOLEAN_PARAMETERS:
+        method = self.stage.merge_method.lower()
+        facts = parameter_facts(method, name)
+        if facts is None:
+            return
+        if facts.kind == "bool":  # mergekit also reads 0 and 1 as false and true
             for point_key, v in points:
                 if not isinstance(v, (bool, int, float)) or not isinstance(v, bool) and v not in (0, 1):
                     self.add("error", "not-a-boolean", f"{name} must be true or false, {point_key} is {v!r}",
                              scope.slice, scope.source, point_key)
             return
-        if name not in NUMERIC_PARAMETERS:
-            return
-        method = self.stage.merge_method.lower()
-        low, high = METHOD_RANGES.get((method, name)) or RANGED_PARAMETERS.get(name, (-math.inf, math.inf))
+        low, high = facts.valid
         for point_key, v in points:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 self.add("error", "not-a-number", f"{name} must be a finite number, {point_key} is {v!r}",
@@ -416,7 +403,7 @@ class _StageCheck:
                 self.add("error", "value-out-of-range",
                          f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
                          scope.source, point_key)
-            elif name in INTEGER_PARAMETERS and not float(v).is_integer():
+            elif facts.kind == "int" and not float(v).is_integer():  # mergekit refuses a fractional count
                 self.add("error", "not-a-whole-number", f"{name} must be a whole number, {point_key} is {v!r}",
                          scope.slice, scope.source, point_key)
             elif method == "nearswap" and name == "t" and v == 0:
@@ -466,7 +453,7 @@ class _StageCheck:
                 base = self.scope_base(scope)
                 if param.non_base and model == base:
                     continue
-                if not any(_has(p, param.name) for p in scope.chain):
+                if not any(_has(p.parameters, param.name) for p in scope.chain):
                     self.add("error", "missing-parameter",
                              f"{spec.name} needs `{param.name}` for every model; {model} has none",
                              scope.slice, scope.source, f"parameters.{param.name}")
@@ -551,9 +538,7 @@ class _StageCheck:
         models = ", ".join(m for m, _ in self.known_models())
         for scope in self.scopes():
             for name, spec in scope.parameters.items():
-                if not _is_rules(spec):
-                    continue
-                for r, rule in enumerate(spec):  # type: ignore[arg-type]
+                for r, rule in enumerate(as_rule_list(spec)):
                     if _is_fallback(rule) or any(rule.filter in t for t in tensor_names):
                         continue
                     self.add("warning", "filter-no-match",
@@ -567,13 +552,11 @@ class _StageCheck:
         if not close:
             return ""
         target = min(t for t in tensor_names if close[0] in t)
-        value = next((v for p in scope.chain if (v := matching_value(p.get(name, ()), target)) is not None), None)
-        if value is not None:
-            gets = _show(value)
+        found = resolve_parameter(name, target, 0.0, scope.chain, parameter_default(self.stage.merge_method, name))
+        if found.setting is not None:
+            gets = _show(found.setting)
         else:
-            param = self.spec.parameter(name) if self.spec else None
-            default = None if param is None or param.required else param.default
-            gets = "no value" if default is None else f"the default {_show(default)}"  # type: ignore[arg-type]
+            gets = "no value" if found.value is None else f"the default {_show(found.value)}"
         return f": {target} gets {gets} instead; did you mean {close[0]!r}?"
 
     def plan_and_check(self) -> None:
@@ -638,7 +621,7 @@ class _StageCheck:
         switch = "normalize_weights" if method == "multislerp" else "normalize"
         fewest = 2 if method == "multislerp" else 1  # multislerp returns a lone model as is
         for tensor in plan.tensors:
-            if not tensor.parameters.get(switch, method in ("linear", "multislerp")):
+            if not tensor.parameters.get(switch, parameter_default(method, switch)):
                 continue
             weights = [s.parameters["weight"] for s in tensor.sources if "weight" in s.parameters]
             if len(weights) >= fewest and all(isinstance(w, (int, float)) for w in weights) \
@@ -651,11 +634,13 @@ class _StageCheck:
 
     def check_della_epsilon(self, plan: StagePlan) -> None:
         """DELLA draws keep-probabilities in density ± epsilon, which must stay inside (0, 1)."""
-        if plan.merge_method.lower() not in ("della", "della_linear"):
+        method = plan.merge_method.lower()
+        if method not in ("della", "della_linear"):
             return
         for tensor in plan.tensors:
             for source in tensor.sources:
-                density, epsilon = source.parameters.get("density", 1.0), source.parameters.get("epsilon", 0.15)
+                density, epsilon = (source.parameters.get(n, parameter_default(method, n))
+                                    for n in ("density", "epsilon"))
                 if not all(isinstance(v, (int, float)) for v in (density, epsilon)) or not 0 < density < 1:
                     continue  # other checks report non-numbers; density 0 or 1 draws nothing
                 if not (density + epsilon < 1 and density - epsilon > 0):
@@ -669,7 +654,8 @@ class _StageCheck:
         """Count parameters a gradient reads as a fraction for some tensor (mergekit refuses them)."""
         if any(f.code == "not-a-whole-number" for f in self.findings):
             return
-        for name in INTEGER_PARAMETERS:
+        counts = [p.name for p in self.spec.parameters if p.kind == "int"] if self.spec else []
+        for name in counts:
             for tensor in plan.tensors:
                 value = tensor.parameters.get(name)
                 if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
@@ -753,10 +739,6 @@ def _layout(donor: DonorInfo, layer: int) -> frozenset[str]:
 
 def _layer_suffix(name: str) -> str:
     return re.sub(r"^.*?\.\d+\.", "", name, count=1)
-
-
-def _is_rules(spec: ParamValue) -> bool:
-    return isinstance(spec, tuple) and bool(spec) and isinstance(spec[0], FilterRule)
 
 
 def _is_fallback(rule: FilterRule) -> bool:

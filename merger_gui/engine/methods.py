@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from merger_gui.core.errors import UserError
-from merger_gui.core.methods import EPSILON, GAMMA
 
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
+from .merge_inputs import MergeInputs
 from .pairwise_methods import arcee_fusion, nearswap
 from .spherical_methods import karcher_method, multislerp_method
 from .task_vector_methods import ram, ramplus_tl, sce, sign_agreement
@@ -77,7 +77,7 @@ def merge_tensors(
     merge = _METHODS.get(method.lower())
     if merge is None:
         raise UserError(f"{tensor_name}: unknown merge method {method!r}")
-    inputs = _Inputs(method.lower(), tensor_name, _promoted(tensors), tuple(models), base_model,
+    inputs = MergeInputs(method.lower(), tensor_name, _promoted(tensors), tuple(models), base_model,
                      shared, tuple(per_model), generator)
     if method.lower() != "passthrough":
         buffer = inputs.non_floating_buffer()
@@ -87,73 +87,6 @@ def merge_tensors(
             return inputs.tensors[0]
     inputs.check_shapes()
     return merge(inputs)
-
-
-class _Inputs:
-    """The inputs of one tensor merge and their parameters, with error reporting."""
-
-    def __init__(self, method: str, name: str, tensors: tuple[torch.Tensor, ...], models: tuple[str, ...],
-                 base_model: str | None, shared: Mapping[str, Any], per_model: tuple[Mapping[str, Any], ...],
-                 generator: torch.Generator | None) -> None:
-        self.method = method
-        self.name = name
-        self.tensors = tensors
-        self.models = models
-        self.base_model = base_model
-        self.shared = shared
-        self.per_model = per_model
-        self.generator = generator
-
-    def fail(self, message: str) -> UserError:
-        return UserError(f"{self.name}: {message}")
-
-    @property
-    def base_index(self) -> int | None:
-        if self.base_model is None or self.base_model not in self.models:
-            return None
-        return self.models.index(self.base_model)
-
-    def require_base(self) -> int:
-        index = self.base_index
-        if index is None:
-            what = "no base_model is set" if self.base_model is None else f"base model {self.base_model} lacks it"
-            raise self.fail(f"{self.method} needs the base model's tensor, but {what}")
-        return index
-
-    def non_base(self) -> list[int]:
-        return [i for i in range(len(self.models)) if i != self.base_index]
-
-    def shared_value(self, key: str) -> Any:
-        value = self.shared.get(key)
-        if value is None:
-            raise self.fail(f"{self.method} parameter {key!r} is not set")
-        return value
-
-    def model_value(self, index: int, key: str, default: Any = None) -> Any:
-        value = self.per_model[index].get(key, default)
-        if value is None:
-            raise self.fail(f"{self.method} parameter {key!r} is not set for {self.models[index]}")
-        return value
-
-    def singleton_copies(self) -> bool:
-        """mergekit copies a tensor only one input has for these methods."""
-        if self.method in ("slerp", "nuslerp", "arcee_fusion"):
-            return True
-        return self.method in ("model_stock", "nearswap") and self.base_index == 0
-
-    def non_floating_buffer(self) -> torch.Tensor | None:
-        if all(t.is_floating_point() for t in self.tensors):
-            return None
-        first = self.tensors[0]
-        if any(t.dtype != first.dtype or not torch.equal(t, first) for t in self.tensors[1:]):
-            raise self.fail("this non-floating-point buffer differs between donors")
-        return first.clone()
-
-    def check_shapes(self) -> None:
-        shapes = [tuple(t.shape) for t in self.tensors]
-        if any(s != shapes[0] for s in shapes[1:]):
-            listed = ", ".join(f"{m} {list(s)}" for m, s in zip(self.models, shapes))
-            raise self.fail(f"shapes differ between donors ({listed})")
 
 
 def _promoted(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -169,10 +102,10 @@ def _work_dtype(t: torch.Tensor) -> torch.dtype:
 
 # --- passthrough -------------------------------------------------------------------------
 
-def _passthrough(inputs: _Inputs) -> torch.Tensor:
+def _passthrough(inputs: MergeInputs) -> torch.Tensor:
     if len(inputs.tensors) != 1:
         raise inputs.fail(f"passthrough takes one source per slice, got {len(inputs.tensors)}")
-    scale = inputs.per_model[0].get("scale")
+    scale = inputs.per_model[0].get("scale")  # no default: unscaled
     tensor = inputs.tensors[0]
     if scale is None or not tensor.is_floating_point():
         return tensor
@@ -181,7 +114,7 @@ def _passthrough(inputs: _Inputs) -> torch.Tensor:
 
 # --- SLERP -------------------------------------------------------------------------------
 
-def _slerp_method(inputs: _Inputs) -> torch.Tensor:
+def _slerp_method(inputs: MergeInputs) -> torch.Tensor:
     if len(inputs.tensors) != 2:
         raise inputs.fail(f"slerp takes exactly two sources, got {len(inputs.tensors)}")
     base = inputs.require_base()
@@ -247,7 +180,7 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
 
 # --- linear ------------------------------------------------------------------------------
 
-def _linear(inputs: _Inputs) -> torch.Tensor:
+def _linear(inputs: MergeInputs) -> torch.Tensor:
     first = inputs.tensors[0]
     dtype = _work_dtype(first)
     weights = [float(inputs.model_value(i, "weight")) for i in range(len(inputs.tensors))]
@@ -256,7 +189,7 @@ def _linear(inputs: _Inputs) -> torch.Tensor:
     result = torch.zeros_like(first, dtype=dtype)
     for tensor, coefficient in zip(inputs.tensors, weight.unbind(0)):
         result.addcmul_(tensor, coefficient.reshape(coefficient_shape))
-    if inputs.shared.get("normalize", True):
+    if inputs.shared_value("normalize"):
         denominator = weight.reshape(1, -1).sum(dim=1)
         if denominator == 0:
             raise inputs.fail("linear weights sum to zero; set normalize: false or change a weight")
@@ -353,29 +286,29 @@ def _rank_keep_mask(rows: torch.Tensor, density: float, epsilon: float, work: to
     return torch.bernoulli(probabilities, generator=generator).to(work)
 
 
-_Sparsifier = Callable[[_Inputs, int, torch.Tensor, bool], torch.Tensor]
+_Sparsifier = Callable[[MergeInputs, int, torch.Tensor, bool], torch.Tensor]
 
 
-def _density(inputs: _Inputs, index: int) -> float:
-    return float(inputs.model_value(index, "density", 1.0))
+def _density(inputs: MergeInputs, index: int) -> float:
+    return float(inputs.model_value(index, "density"))
 
 
-def _keep_largest(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+def _keep_largest(inputs: MergeInputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
     return _magnitude_prune(delta, _density(inputs, index), rescale)
 
 
-def _keep_random(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+def _keep_random(inputs: MergeInputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
     return _random_prune(delta, _density(inputs, index), rescale, inputs.generator)
 
 
-def _keep_below_outliers(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
-    gamma = float(inputs.model_value(index, GAMMA.name, GAMMA.default))
+def _keep_below_outliers(inputs: MergeInputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+    gamma = float(inputs.model_value(index, "gamma"))
     return _outlier_prune(delta, _density(inputs, index), gamma, rescale)
 
 
-def _keep_by_rank(inputs: _Inputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
+def _keep_by_rank(inputs: MergeInputs, index: int, delta: torch.Tensor, rescale: bool) -> torch.Tensor:
     density = _density(inputs, index)
-    epsilon = float(inputs.model_value(index, EPSILON.name, EPSILON.default))
+    epsilon = float(inputs.model_value(index, "epsilon"))
     if 0 < density < 1 and (density + epsilon >= 1 or density - epsilon <= 0):
         raise inputs.fail(f"{inputs.method} needs density ± epsilon within (0, 1), got density {density} "
                           f"and epsilon {epsilon} for {inputs.models[index]}")
@@ -402,14 +335,14 @@ _TASK_ARITHMETIC_RULES: dict[str, _DeltaRule] = {
 }
 
 
-def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
+def _task_arithmetic_family(inputs: MergeInputs) -> torch.Tensor:
     base_index = inputs.require_base()
     base = inputs.tensors[base_index]
     others = inputs.non_base()
     if not others:
         return base
     rule = _TASK_ARITHMETIC_RULES[inputs.method]
-    rescale = bool(inputs.shared.get("rescale", False))
+    rescale = bool(inputs.shared_value("rescale"))
 
     deltas = base.new_empty((len(others), *base.shape))
     for row, i in enumerate(others):
@@ -424,7 +357,7 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
     deltas.mul_(weights)
 
     if rule.consensus:
-        mask_dtype = torch.int8 if inputs.shared.get("int8_mask", False) else base.dtype
+        mask_dtype = torch.int8 if inputs.shared_value("int8_mask") else base.dtype
         # In place on our own tensors: the same products without two more stacks of deltas.
         mask = sign_agreement(deltas, mask_dtype).to(deltas.dtype)
         mixed = deltas.mul_(mask).sum(dim=0)
@@ -435,9 +368,9 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
         divisor = weights.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
 
-    if inputs.shared.get("normalize", False):
+    if inputs.shared_value("normalize"):
         mixed /= divisor
-    scale = float(inputs.shared.get("lambda", 1.0))
+    scale = float(inputs.shared_value("lambda"))
     if scale != 1:
         mixed *= scale
     return (base + mixed).to(base.dtype)
@@ -445,7 +378,7 @@ def _task_arithmetic_family(inputs: _Inputs) -> torch.Tensor:
 
 # --- model stock -------------------------------------------------------------------------
 
-def _model_stock(inputs: _Inputs) -> torch.Tensor:
+def _model_stock(inputs: MergeInputs) -> torch.Tensor:
     base_index = inputs.require_base()
     others = inputs.non_base()
     if len(others) < 2:
@@ -453,7 +386,7 @@ def _model_stock(inputs: _Inputs) -> torch.Tensor:
     w0 = inputs.tensors[base_index]
     ws = [inputs.tensors[i] for i in others]
     out_shape = w0.shape
-    if inputs.shared.get("filter_wise", False):
+    if inputs.shared_value("filter_wise"):
         if w0.dim() == 1:
             w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
     else:
@@ -481,15 +414,15 @@ def _model_stock(inputs: _Inputs) -> torch.Tensor:
 
 # --- NuSLERP -----------------------------------------------------------------------------
 
-def _nuslerp_method(inputs: _Inputs) -> torch.Tensor:
+def _nuslerp_method(inputs: MergeInputs) -> torch.Tensor:
     others = inputs.non_base()
     if len(others) != 2:
         raise inputs.fail(f"nuslerp takes exactly two models besides the base, got {len(others)}")
     w = [float(inputs.model_value(i, "weight")) for i in others]
     total = w[0] + w[1]
     t = 0.5 if abs(total) < 1e-6 else w[1] / total
-    row_wise = bool(inputs.shared.get("nuslerp_row_wise", False))
-    flatten = bool(inputs.shared.get("nuslerp_flatten", True))
+    row_wise = bool(inputs.shared_value("nuslerp_row_wise"))
+    flatten = bool(inputs.shared_value("nuslerp_flatten"))
     a, b = (inputs.tensors[i] for i in others)
     base_index = inputs.base_index
     if base_index is None:
@@ -523,7 +456,7 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, row_wise: bool = Fa
     return result.reshape(out_shape)
 
 
-_METHODS: dict[str, Callable[[_Inputs], torch.Tensor]] = {
+_METHODS: dict[str, Callable[[MergeInputs], torch.Tensor]] = {
     "passthrough": _passthrough,
     "slerp": _slerp_method,
     "linear": _linear,

@@ -9,12 +9,9 @@ generator when None), the draw mergekit makes from its seeded global generator.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from .methods import _Inputs
+from .merge_inputs import MergeInputs
 
 NEARSWAP_MIN_DIFFERENCE = 1e-6
 FUSION_SOFTMAX_EPS = 1e-8
@@ -23,7 +20,7 @@ FUSION_QUANTILE_SAMPLE_SIZE = 1_000_000
 FUSION_OUTLIER_SPREAD = 1.5
 
 
-def _base_and_other(inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+def _base_and_other(inputs: MergeInputs) -> tuple[torch.Tensor, torch.Tensor]:
     base = inputs.require_base()
     if len(inputs.tensors) != 2:
         raise inputs.fail(f"{inputs.method} takes the base and exactly one other model, got {len(inputs.tensors)}")
@@ -32,7 +29,7 @@ def _base_and_other(inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- NearSwap ----------------------------------------------------------------------------
 
-def nearswap(inputs: _Inputs) -> torch.Tensor:
+def nearswap(inputs: MergeInputs) -> torch.Tensor:
     """Take the other model's value where it is within about ``t`` of the base's.
 
     Each entry moves from the base towards the other model by ``t / |base - other|``,
@@ -47,7 +44,7 @@ def nearswap(inputs: _Inputs) -> torch.Tensor:
 
 # --- Arcee Fusion ------------------------------------------------------------------------
 
-def arcee_fusion(inputs: _Inputs) -> torch.Tensor:
+def arcee_fusion(inputs: MergeInputs) -> torch.Tensor:
     """Take the other model's value where its change from the base is an outlier in importance.
 
     Importance is ``|other - base|`` scaled by the KL divergence of the softmaxed rows; the

@@ -10,12 +10,10 @@ float64 inputs), as mergekit does. Reductions run over the same tensor layouts a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .methods import _Inputs
+from .merge_inputs import MergeInputs
 
 __all__ = ["AntipodalInputsError", "karcher_mean", "karcher_method", "multislerp", "multislerp_method"]
 
@@ -26,7 +24,7 @@ class AntipodalInputsError(ValueError):
 
 # --- Multi-SLERP ---------------------------------------------------------------------------
 
-def multislerp_method(inputs: _Inputs) -> torch.Tensor:
+def multislerp_method(inputs: MergeInputs) -> torch.Tensor:
     """Multi-SLERP of the non-base inputs, around the base when the slice has one."""
     if inputs.base_model is not None and inputs.base_index is None:
         raise inputs.fail(f"multislerp needs the base model's tensor, but base model {inputs.base_model} lacks it")
@@ -39,8 +37,8 @@ def multislerp_method(inputs: _Inputs) -> torch.Tensor:
         return multislerp(
             [inputs.tensors[i] for i in others], weights,
             None if base_index is None else inputs.tensors[base_index],
-            normalize_weights=bool(inputs.shared.get("normalize_weights", True)),
-            eps=float(inputs.shared.get("eps", 1e-8)),
+            normalize_weights=bool(inputs.shared_value("normalize_weights")),
+            eps=float(inputs.shared_value("eps")),
         )
     except AntipodalInputsError:
         raise inputs.fail("multislerp cannot merge these tensors: their weighted directions cancel out "
@@ -95,16 +93,16 @@ def multislerp(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: 
 
 # --- Karcher mean --------------------------------------------------------------------------
 
-def karcher_method(inputs: _Inputs) -> torch.Tensor:
+def karcher_method(inputs: MergeInputs) -> torch.Tensor:
     """Karcher mean of every input, the base model included as an ordinary input."""
     count = len(inputs.tensors)
-    max_iter = inputs.shared.get("max_iter", 10)
+    max_iter = inputs.shared_value("max_iter")
     if isinstance(max_iter, float) and max_iter.is_integer():
         max_iter = int(max_iter)  # a gradient's value; mergekit accepts whole floats
     if not isinstance(max_iter, int):
         raise inputs.fail(f"karcher parameter max_iter must be a whole number, got {max_iter!r}")
     return karcher_mean(inputs.tensors, [1.0 / count] * count, max_iter=max_iter,
-                        tol=float(inputs.shared.get("tol", 1e-5)))
+                        tol=float(inputs.shared_value("tol")))
 
 
 def karcher_mean(tensors: Sequence[torch.Tensor], alphas: Sequence[float], *, max_iter: int = 10,

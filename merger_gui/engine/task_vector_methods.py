@@ -12,12 +12,10 @@ None of these methods draws random numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .methods import _Inputs
+from .merge_inputs import MergeInputs
 
 __all__ = ["ram", "ramplus_tl", "sce", "sign_agreement"]
 
@@ -25,7 +23,7 @@ SCE_MIN_DIVISOR = 1e-6
 SCE_MIN_TOTAL_WEIGHT = 1e-6
 
 
-def _stacked_deltas(inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _stacked_deltas(inputs: MergeInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The base and the task vectors of the other models stacked on a leading axis (None
     when the base is the only input)."""
     base = inputs.tensors[inputs.require_base()]
@@ -37,7 +35,7 @@ def _stacked_deltas(inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor | None]
 
 # --- SCE ---------------------------------------------------------------------------------
 
-def sce(inputs: _Inputs) -> torch.Tensor:
+def sce(inputs: MergeInputs) -> torch.Tensor:
     """Select the elements whose deltas vary most across models, weigh each model by its
     mean squared delta, and average the deltas agreeing with the elected sign."""
     base, deltas = _stacked_deltas(inputs)
@@ -113,14 +111,14 @@ class _Contributions:
         return (self.deltas * self.overlap).div_(self.counts.clamp(min=1))  # in place: one full-size copy less
 
 
-def _contributions(inputs: _Inputs) -> tuple[torch.Tensor, _Contributions | None]:
+def _contributions(inputs: MergeInputs) -> tuple[torch.Tensor, _Contributions | None]:
     base, deltas = _stacked_deltas(inputs)
     if deltas is None:
         return base, None
     return base, _Contributions.of(deltas, float(inputs.shared_value("epsilon")))
 
 
-def ram(inputs: _Inputs) -> torch.Tensor:
+def ram(inputs: MergeInputs) -> torch.Tensor:
     """Reinforced agent merging: keep each delta no other model overlaps, and average
     the contributing deltas where models overlap."""
     base, parts = _contributions(inputs)
@@ -130,7 +128,7 @@ def ram(inputs: _Inputs) -> torch.Tensor:
     return base + merged.reshape_as(base)
 
 
-def ramplus_tl(inputs: _Inputs) -> torch.Tensor:
+def ramplus_tl(inputs: MergeInputs) -> torch.Tensor:
     """RAM+ within one tensor: RAM with each model's unique deltas scaled by
     ``1 + r * clamp(shared / unique, 0, alpha)``, from that model's counts of overlapped
     and unique elements."""

@@ -1,175 +1,62 @@
 """The t-curve editor: per-filter parameter curves over the output layers, with draggable points.
 
-Curves are computed with :func:`~merger_gui.core.parameters.evaluate_parameter` on the
-current layer plan, so they show exactly what the merge applies: they restart in every
-slice, more specific scopes win, and non-layer tensors take the gradient's first value.
+What is drawn comes from :mod:`merger_gui.core.curves` (the curve series of a stage, resolved
+as the plan resolves them); this widget only draws them and turns mouse and list actions into
+pure edits of :mod:`merger_gui.core.parameter_edits`, one undo step each.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from PySide6.QtCore import QPointF, QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QPointF, QSignalBlocker, Qt
 from PySide6.QtGui import QAction, QColor
 from PySide6.QtWidgets import (
-    QComboBox, QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton,
-    QStyle, QVBoxLayout, QWidget,
+    QComboBox,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPushButton,
+    QStyle,
+    QVBoxLayout,
+    QWidget,
 )
 import pyqtgraph as pg  # noqa: E402  (after PySide6, so pyqtgraph binds to it)
 
 from merger_gui.core import parameter_edits as edits
-from merger_gui.core.methods import ParameterSpec, method_spec
-from merger_gui.core.parameter_edits import ParamLocation
-from merger_gui.core.parameters import evaluate_parameter, interpolate_gradient
+from merger_gui.core.curves import (
+    CurveTarget,
+    NamesByLayer,
+    RuleSeries,
+    applied_slices,
+    curve_layout,
+    curve_series,
+    curve_targets,
+    rule_warnings,
+    setting_specs,
+)
+from merger_gui.core.methods import method_spec, parameter_default, parameter_facts
+from merger_gui.core.parameters import interpolate_gradient
 from merger_gui.core.plan import OutputLayer, StagePlan
-from merger_gui.core.recipe import FilterRule, Parameters, Slice, SliceSource, Stage
+from merger_gui.core.recipe import FilterRule, Stage
 
+from .curve_handles import CurveHandlesItem
 from .document import RecipeDocument
 from .method_settings import MethodSettings
 from .themed_plot import ThemedPlotWidget
 
-# Amounts that may vary over the layers; the other parameters are settings (switches, counts).
-CURVE_PARAMETERS = ("t", "weight", "density", "lambda", "scale", "gamma", "epsilon", "select_topk", "r", "alpha")
-# Where a curve parameter is a numerical threshold instead (RAM's epsilon is about 1e-5).
-THRESHOLDS = {("ram", "epsilon"), ("ramplus_tl", "epsilon")}
-# Where a method reads a curve parameter on another scale: nearswap's t is a distance, about 1e-4.
-METHOD_BOUNDS = {("nearswap", "t"): (0.0, 0.01)}
-# What the merge does when a parameter without default is left out.
-UNSET_MEANING = {"scale": "the tensors are copied unscaled"}
 RULE_COLOURS = ("#e8684a", "#4a90e2", "#50b86c", "#b36ae2", "#e2b64a", "#4ac6c6", "#e24a9a")
 FALLBACK_COLOUR = "#9a9a9a"
 NON_LAYER_X = -1.0  # where non-layer tensors (embeddings, norm, lm_head) are drawn
 UNPLANNED_SAMPLES = 33
 
 
-@dataclass(frozen=True)
-class CurveTarget:
-    """One editable parameter: its name, where it lives and, for per-model ones, the model."""
-
-    label: str
-    name: str
-    location: ParamLocation
-    model: str | None = None
-
-
-def is_curve(method: str, name: str) -> bool:
-    """Whether parameter ``name`` of ``method`` is edited as a curve (else as a setting)."""
-    return name in CURVE_PARAMETERS and (method.lower(), name) not in THRESHOLDS
-
-
-def curve_bounds(method: str, name: str) -> tuple[float, float]:
-    """The range a curve of ``name`` is drawn and dragged in, for ``method``."""
-    return METHOD_BOUNDS.get((method.lower(), name), edits.value_bounds(name))
-
-
-def setting_specs(stage: Stage) -> tuple[ParameterSpec, ...]:
-    """The shared parameters of the stage's method that are settings, not curves."""
-    spec = method_spec(stage.merge_method)
-    return tuple(p for p in spec.shared_parameters if not is_curve(spec.name, p.name)) if spec else ()
-
-
-def curve_targets(stage: Stage) -> tuple[CurveTarget, ...]:
-    """Every curve parameter of ``stage`` the editor offers, top-level shared ones first."""
-    spec = method_spec(stage.merge_method)
-    if spec is None:
-        return ()
-    targets: list[CurveTarget] = []
-    slices = stage.slices or ()
-    for p in spec.shared_parameters:
-        if not is_curve(spec.name, p.name):
-            continue
-        targets.append(CurveTarget(f"{p.name} (all slices)" if len(slices) > 1 else p.name, p.name, edits.TOP_LEVEL))
-        targets += [CurveTarget(f"{p.name} (slice {i + 1})", p.name, ParamLocation(i))
-                    for i, s in enumerate(slices) if p.name in s.parameters]
-    for p in spec.model_parameters:
-        if not is_curve(spec.name, p.name):
-            continue
-        if stage.models is not None:
-            targets += [CurveTarget(f"{p.name} · {e.model}", p.name, ParamLocation(model_index=k), e.model)
-                        for k, e in enumerate(stage.models) if not (p.non_base and e.model == stage.base_model)]
-        for i, slice_ in enumerate(slices):
-            base = slice_.base_model or stage.base_model
-            suffix = f" (slice {i + 1})" if len(slices) > 1 else ""
-            targets += [CurveTarget(f"{p.name} · {s.model}{suffix}", p.name, ParamLocation(i, j), s.model)
-                        for j, s in enumerate(slice_.sources) if not (p.non_base and s.model == base)]
-    return tuple(targets)
-
-
 def rule_label(rule: FilterRule) -> str:
     return "fallback (every tensor)" if rule.filter in (None, "*") else rule.filter
-
-
-class CurveHandlesItem(pg.ScatterPlotItem):
-    """Control points of the edited rules; each spot's data is ``(rule, point)``.
-
-    Dragging moves every copy of a point (one per slice) vertically, clamped to the
-    parameter's bounds; ``sigPointMoved`` previews, ``sigPointMoveFinished(rule, point,
-    old, new)`` fires once on release; a right click during a drag restores the start.
-    """
-
-    sigPointMoved = Signal(int, int, float)
-    sigPointMoveFinished = Signal(int, int, float, float)
-    sigPointDoubleClicked = Signal(int, int)
-
-    def __init__(self, bounds: tuple[float, float]) -> None:
-        super().__init__(pxMode=True, size=11, hoverable=True, hoverSize=14)
-        self.value_range = bounds
-        self._drag: tuple[int, int, float] | None = None  # rule, point, start value
-
-    def _hit(self, pos: QPointF) -> tuple[int, int] | None:
-        spots = self.pointsAt(pos)
-        return tuple(spots[0].data()) if len(spots) else None  # type: ignore[return-value]
-
-    def _move_copies(self, key: tuple[int, int], value: float) -> None:
-        data = self.data
-        for i in range(len(data)):
-            if tuple(data["data"][i]) == key:
-                data["y"][i] = value
-        self.updateSpots()
-        self.prepareGeometryChange()
-        self.informViewBoundsChanged()
-
-    def mouseDragEvent(self, ev) -> None:  # noqa: N802 (pyqtgraph override)
-        if ev.button() != Qt.MouseButton.LeftButton:
-            ev.ignore()
-            return
-        if ev.isStart():
-            hit = self._hit(ev.buttonDownPos())
-            if hit is None:
-                ev.ignore()
-                return
-            start = float(next(self.data["y"][i] for i in range(len(self.data))
-                               if tuple(self.data["data"][i]) == hit))
-            self._drag = (hit[0], hit[1], start)
-        if self._drag is None:
-            ev.ignore()
-            return
-        ev.accept()
-        rule, point, start = self._drag
-        low, high = self.value_range
-        value = round(min(high, max(low, ev.pos().y())), edits.DECIMALS)
-        self._move_copies((rule, point), value)
-        if ev.isFinish():
-            self._drag = None
-            self.sigPointMoveFinished.emit(rule, point, start, value)
-        else:
-            self.sigPointMoved.emit(rule, point, value)
-
-    def mouseClickEvent(self, ev) -> None:  # noqa: N802
-        if self._drag is not None and ev.button() == Qt.MouseButton.RightButton:
-            rule, point, start = self._drag
-            self._drag = None
-            self._move_copies((rule, point), start)
-            self.sigPointMoved.emit(rule, point, start)
-            ev.accept()
-            return
-        hit = self._hit(ev.pos())
-        if hit is not None and ev.button() == Qt.MouseButton.LeftButton and ev.double():
-            ev.accept()
-            self.sigPointDoubleClicked.emit(*hit)
-            return
-        ev.ignore()
 
 
 class TCurveEditor(QWidget):
@@ -189,6 +76,7 @@ class TCurveEditor(QWidget):
         self.rule_warnings: dict[int, str] = {}
         self.curve_items: dict[int, pg.PlotDataItem] = {}
         self._curve_values: dict[int, list[float]] = {}
+        self._series: tuple[RuleSeries, ...] = ()  # what is drawn over planned layers, for hover texts
         self._curves: list[pg.PlotDataItem] = []
         self._markers: list[pg.PlotDataItem] = []
         self._seams: list[pg.InfiniteLine] = []
@@ -215,6 +103,7 @@ class TCurveEditor(QWidget):
         self.handles.sigPointDoubleClicked.connect(self.remove_point)
         self.plot.addItem(self.handles)
         self.plot_widget.scene().sigMouseClicked.connect(self._scene_clicked)
+        self.plot_widget.scene().sigMouseMoved.connect(self._scene_hovered)
         # The value in effect where the recipe sets none (hidden when it sets one).
         dashed = pg.mkPen(FALLBACK_COLOUR, width=1.5, style=Qt.PenStyle.DashLine)
         self.default_line = pg.InfiniteLine(angle=0, pen=dashed, label="default {value:g}",
@@ -336,7 +225,7 @@ class TCurveEditor(QWidget):
             note = f"Unknown merge method {stage.merge_method!r}: no parameters to show."
         elif not self._targets:
             name = spec.label.split(" (")[0]
-            curves = [p.name for p in spec.parameters if is_curve(spec.name, p.name)]
+            curves = [p.name for p in spec.curve_parameters]
             if curves:  # per-model ones need models to belong to
                 note = f"Add a slice to shape {name}'s {', '.join(dict.fromkeys(curves))} here."
             else:
@@ -354,6 +243,7 @@ class TCurveEditor(QWidget):
         self._reset_items()
         self.curve_items.clear()
         self._curve_values.clear()
+        self._series = ()
         rules = self.rules()
         stage_plan = self._stage_plan()
         if target is None:
@@ -362,44 +252,26 @@ class TCurveEditor(QWidget):
             self._fill_rule_list(())
             return
         assert self._stage is not None
-        low, high = curve_bounds(self._stage.merge_method, target.name)
-        values = [v for rule in rules for v in edits.points(rule.value)]
-        low, high = min([low, *values]), max([high, *values])  # show every point, even out of range
+        low, high = edits.drag_bounds(self._stage, target.location, target.name)  # every point, even out of range
         self.handles.value_range = (low, high)
         self.plot.setLabel("left", target.name)
         self.plot.setYRange(low, high, padding=0.06)
-        layout = self._layout(target, rules, stage_plan)
+        layout = curve_layout(self._stage, stage_plan, target, rules)
         if layout is None:
             self._draw_unplanned(rules)
         else:
             self._draw_planned(target, rules, *layout)
-        default = _default(self._stage, target.name)
+        default = parameter_default(self._stage.merge_method, target.name)
         numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
         self.default_line.setVisible(not rules and numeric_default)
         if not rules:
             if numeric_default:
                 self.default_line.setValue(default)
+            facts = parameter_facts(self._stage.merge_method, target.name)
             uses = f"the merge uses the method's default {default:g}" if numeric_default else \
-                UNSET_MEANING.get(target.name, "the merge goes without it")
+                facts.unset if facts else "the merge goes without it"
             self.summary.setText(f"This recipe sets no {target.name} here, so {uses}. Add a rule to shape it.")
         self._fill_rule_list(rules)
-
-    def _layout(self, target: CurveTarget, rules: tuple[FilterRule, ...], stage_plan: StagePlan | None
-                ) -> tuple[tuple[OutputLayer, ...], dict[int | None, list[str]], str | None] | None:
-        """Output layers, the tensor names per layer (None: non-layer tensors) and, without a
-        full plan, the note why; None when even the recipe's layer ranges give no layers."""
-        if stage_plan is not None and stage_plan.layers:
-            return stage_plan.layers, _tensor_names(stage_plan, target), None
-        assert self._stage is not None
-        layers = layers_from_ranges(self._stage)
-        if not layers:
-            return None
-        # One name per rule that the rule itself matches: each curve shows what its rule gives.
-        names = [rule.filter or "" for rule in rules]
-        error = getattr(self.live_plan, "error", None)
-        note = f"Layers from the recipe's layer ranges: no full plan ({error})." if error else \
-            "Layers from the recipe's layer ranges: the donors are not inspected yet."
-        return layers, {layer.index: names for layer in layers}, note
 
     def _pooled(self, pool: list, index: int):
         """Item ``index`` of a pool, made visible; items are made once and reused, since
@@ -423,7 +295,7 @@ class TCurveEditor(QWidget):
         """Without a layer plan (donors unknown) draw each rule over one slice, x in [0, 1]."""
         xs = [i / (UNPLANNED_SAMPLES - 1) for i in range(UNPLANNED_SAMPLES)]
         spots_x, spots_y, spots_data, brushes = [], [], [], []
-        self.rule_warnings = _structural_warnings(rules)
+        self.rule_warnings = rule_warnings(rules, None)
         for r, rule in enumerate(rules):
             values = edits.points(rule.value)
             if not values:
@@ -444,28 +316,24 @@ class TCurveEditor(QWidget):
         self.summary.setText("Add donors to see the curve over the output layers.")
 
     def _draw_planned(self, target: CurveTarget, rules: tuple[FilterRule, ...], layers: tuple[OutputLayer, ...],
-                      by_layer: dict[int | None, list[str]], note: str | None) -> None:
+                      names: NamesByLayer, planned: bool) -> None:
         stage = self._stage
         assert stage is not None
-        all_names = [n for names in by_layer.values() for n in names]
-        self.rule_warnings = _structural_warnings(rules)
-        for r, rule in enumerate(rules):
-            if note is not None:  # names stand in for tensors: no finding about unmatched rules
-                break
-            if r not in self.rule_warnings and not any(rule.matches(n) for n in all_names):
-                self.rule_warnings[r] = f"“{rule.filter}” matches no tensor of the donors: it is never used"
-            elif r not in self.rule_warnings and not any(_winner(rules, n) == r for n in all_names):
-                self.rule_warnings[r] = "every tensor it matches is taken by an earlier rule"
-
+        # Without a plan, names stand in for tensors: no finding about unmatched rules.
+        self.rule_warnings = rule_warnings(rules, names if planned else None)
+        error = getattr(self.live_plan, "error", None)
+        note = None if planned else f"Layers from the recipe's layer ranges: no full plan ({error})." if error else \
+            "Layers from the recipe's layer ranges: the donors are not inspected yet."
         seams = [layer.index for layer in layers if layer.position == 0]
         for k, seam in enumerate(seams[1:]):
             line = self._pooled(self._seams, k)
             line.setValue(seam - 0.5)
-        curves = self._planned_curves(target, rules, layers, by_layer)
+        series = self._series = curve_series(stage, target, rules, layers, names)
         spots_x, spots_y, spots_data, brushes = [], [], [], []
         for r, rule in enumerate(rules):
             colour = _rule_colour(rule, r)
-            xs, ys, non_layer = curves[r]
+            xs, ys = series[r].layers, series[r].values
+            non_layer = series[r].non_layer.value if series[r].non_layer else None
             self._curve_values[r] = ys
             if all(math.isnan(y) for y in ys):
                 xs, ys = [], []  # this rule takes no layer tensor
@@ -477,7 +345,7 @@ class TCurveEditor(QWidget):
                 marker.setData([NON_LAYER_X], [non_layer], pen=None, symbol="d", symbolSize=10,
                                symbolBrush=colour, symbolPen=pg.mkPen("k", width=0.5))
             values = edits.points(rule.value)
-            for layer_start, length in _applied_slices(layers, target, stage):
+            for layer_start, length in applied_slices(stage, layers, target):
                 for p, v in enumerate(values):
                     frac = p / (len(values) - 1) if len(values) > 1 else 0.0
                     spots_x.append(layer_start + frac * max(0, length - 1))
@@ -485,39 +353,13 @@ class TCurveEditor(QWidget):
                     spots_data.append((r, p))
                     brushes.append(pg.mkBrush(colour))
         self.handles.setData(x=spots_x, y=spots_y, data=spots_data, brush=brushes, pen=pg.mkPen("w", width=1.5))
-        self.plot.setLabel("bottom", "output layer  (◆ −1: embeddings, norm, lm_head)" if note is None else
+        self.plot.setLabel("bottom", "output layer  (◆ −1: embeddings, norm, lm_head)" if planned else
                            "output layer  (by the recipe's layer ranges)")
-        self.plot.setXRange(NON_LAYER_X - 0.5 if note is None else -0.5, max(1, len(layers) - 1) + 0.5, padding=0.02)
-        overridden = len(seams) - len(_applied_slices(layers, target, stage))
+        self.plot.setXRange(NON_LAYER_X - 0.5 if planned else -0.5, max(1, len(layers) - 1) + 0.5, padding=0.02)
+        overridden = len(seams) - len(applied_slices(stage, layers, target))
         extra = f"; {overridden} slice(s) override it with their own value" if overridden > 0 else ""
         self.summary.setText(f"{len(layers)} output layers in {len(seams)} slice(s); "
                              f"the curve restarts in every slice{extra}." + (f"\n{note}" if note else ""))
-
-    def _planned_curves(self, target: CurveTarget, rules: tuple[FilterRule, ...], layers: tuple[OutputLayer, ...],
-                        by_layer: dict[int | None, list[str]]
-                        ) -> dict[int, tuple[list[int], list[float], float | None]]:
-        """Per rule: output layers, the value it gives there (nan: no tensor takes this rule),
-        and the value of the non-layer tensors it takes (None when it takes none)."""
-        stage = self._stage
-        assert stage is not None
-        slices = _planned_slices(stage)
-        default = _default(stage, target.name)
-        curves = {}
-        for r in range(len(rules)):
-            xs, ys = [], []
-            for layer in layers:
-                if layer.slice_index >= len(slices):
-                    continue
-                scopes = _scopes(slices[layer.slice_index], stage, target.model)
-                name = next((n for n in by_layer.get(layer.index, []) if _winner(rules, n) == r), None)
-                value = evaluate_parameter(target.name, name, layer.x, scopes, default) if name else None
-                xs.append(layer.index)
-                ys.append(float(value) if isinstance(value, (int, float)) else float("nan"))
-            non_layer = next((n for n in by_layer.get(None, []) if _winner(rules, n) == r), None)
-            value = evaluate_parameter(target.name, non_layer, 0.0, _scopes(slices[0], stage, target.model),
-                                       default) if non_layer and slices else None
-            curves[r] = (xs, ys, float(value) if isinstance(value, (int, float)) else None)
-        return curves
 
     def _fill_rule_list(self, rules: tuple[FilterRule, ...]) -> None:
         row = self.rule_list.currentRow()
@@ -572,7 +414,8 @@ class TCurveEditor(QWidget):
         target, rules, stage_plan = self.target, self.rules(), self._stage_plan()
         if target is None:
             return
-        layout = self._layout(target, rules, stage_plan)
+        assert self._stage is not None
+        layout = curve_layout(self._stage, stage_plan, target, rules)
         if layout is None:
             xs = [i / (UNPLANNED_SAMPLES - 1) for i in range(UNPLANNED_SAMPLES)]
             for r, rule in enumerate(rules):
@@ -581,7 +424,8 @@ class TCurveEditor(QWidget):
                     self._curve_values[r] = [float(interpolate_gradient(values, x)) for x in xs]
                     self.curve_items[r].setData(xs, self._curve_values[r])
             return
-        for r, (xs, ys, _) in self._planned_curves(target, rules, *layout[:2]).items():
+        for r, series in enumerate(curve_series(self._stage, target, rules, *layout[:2])):
+            xs, ys = series.layers, series.values
             self._curve_values[r] = ys
             if r in self.curve_items and not all(math.isnan(y) for y in ys):
                 self.curve_items[r].setData(xs, ys)
@@ -633,7 +477,7 @@ class TCurveEditor(QWidget):
         values = edits.points(self.rules()[rule].value) or (0.0,)
         start, end = values[0], values[-1]
         if start == end and self._stage is not None:
-            start, end = curve_bounds(self._stage.merge_method, self.target.name if self.target else "t")
+            start, end = edits.value_bounds(self._stage.merge_method, self.target.name if self.target else "t")
             start, end = max(start, 0.0), min(end, 1.0)
         self._edit(lambda s, loc, n: edits.apply_preset(s, loc, n, rule, preset, start, end),
                    f"Shape rule: {preset}")
@@ -688,7 +532,26 @@ class TCurveEditor(QWidget):
     def handle_positions(self, rule: int, point: int) -> list[QPointF]:
         """Data coordinates of every copy of a control point."""
         d = self.handles.data
-        return [QPointF(float(d["x"][i]), float(d["y"][i])) for i in range(len(d)) if tuple(d["data"][i]) == (rule, point)]
+        return [QPointF(float(d["x"][i]), float(d["y"][i])) for i in range(len(d))
+                if tuple(d["data"][i]) == (rule, point)]
+
+    def hover_text(self, layer: int | None) -> str:
+        """What each rule gives at output ``layer`` (None: the non-layer tensors) and where it comes from."""
+        rules = self.rules()
+        lines = []
+        for r, series in enumerate(self._series):
+            point = series.non_layer if layer is None else next((p for p in series.points if p.layer == layer), None)
+            if point is None or point.resolution is None or r >= len(rules):
+                continue
+            lines.append(f"{rule_label(rules[r])}: {point.value:g} from {point.resolution.describe}"
+                         f" ({point.tensor})")
+        title = "embeddings, norm, lm_head" if layer is None else f"output layer {layer}"
+        return "\n".join([title, *lines]) if lines else ""
+
+    def _scene_hovered(self, pos: QPointF) -> None:
+        x = self.plot.getViewBox().mapSceneToView(pos).x()
+        layer = None if round(x) == NON_LAYER_X else int(round(x))
+        self.plot_widget.setToolTip(self.hover_text(layer))
 
     def curve_values(self, rule: int) -> list[float]:
         """The drawn curve of ``rule``, one value per output layer (nan where it gives none)."""
@@ -697,74 +560,3 @@ class TCurveEditor(QWidget):
 
 def _rule_colour(rule: FilterRule, index: int) -> str:
     return FALLBACK_COLOUR if rule.filter in (None, "*") else RULE_COLOURS[index % len(RULE_COLOURS)]
-
-
-def _winner(rules: tuple[FilterRule, ...], name: str) -> int | None:
-    return next((i for i, r in enumerate(rules) if r.matches(name)), None)
-
-
-def _structural_warnings(rules: tuple[FilterRule, ...]) -> dict[int, str]:
-    fallback = edits.fallback_index(rules)
-    if fallback is None:
-        return {}
-    return {r: "shadowed: the fallback rule above it matches every tensor first"
-            for r in range(fallback + 1, len(rules))}
-
-
-def _tensor_names(stage_plan: StagePlan, target: CurveTarget) -> dict[int | None, list[str]]:
-    """Names of the tensors the target's parameter applies to, by output layer (None: non-layer)."""
-    by_layer: dict[int | None, list[str]] = {}
-    for tensor in stage_plan.tensors:
-        names = [tensor.name] if target.model is None else \
-            [s.tensor for s in tensor.sources if s.model == target.model]
-        by_layer.setdefault(tensor.layer, []).extend(names)
-    return by_layer
-
-
-def layers_from_ranges(stage: Stage) -> tuple[OutputLayer, ...]:
-    """The output layers a ``slices:`` stage gives by its layer ranges alone (first source of
-    each slice), as the plan numbers them; empty for a ``models:`` stage."""
-    layers: list[OutputLayer] = []
-    slices = [s for s in stage.slices or () if s.sources]
-    for k, slice_ in enumerate(slices):
-        start, end = slice_.sources[0].layer_range
-        length, first = max(0, end - start), len(layers)
-        layers += [OutputLayer(first + p, k, p, length, ()) for p in range(length)]
-    return tuple(layers)
-
-
-def _planned_slices(stage: Stage):
-    """The slices the plan numbers (``models:`` form: one slice of every entry)."""
-    if stage.slices is not None:
-        return [s for s in stage.slices if s.sources]
-    entries = list(stage.models or ())
-    return [Slice(tuple(SliceSource(e.model, (0, 0), e.parameters) for e in entries))] if entries else []
-
-
-def _scopes(slice_, stage: Stage, model: str | None) -> tuple[Parameters, ...]:
-    own = tuple(s.parameters for s in slice_.sources if s.model == model) if model else ()
-    return own + (slice_.parameters, stage.parameters)
-
-
-def _default(stage: Stage, name: str):
-    spec = method_spec(stage.merge_method)
-    p = spec.parameter(name) if spec else None
-    return None if p is None or p.required else p.default
-
-
-def _applied_slices(layers: tuple[OutputLayer, ...], target: CurveTarget, stage: Stage) -> list[tuple[int, int]]:
-    """(first output layer, length) of each slice where the edited location is the one in effect."""
-    slices = _planned_slices(stage)
-    raw = [i for i, s in enumerate(stage.slices or ()) if s.sources] if stage.slices is not None else [0]
-    result = []
-    for layer in layers:
-        if layer.position != 0 or layer.slice_index >= len(slices):
-            continue
-        slice_ = slices[layer.slice_index]
-        loc = target.location
-        if loc.slice_index is not None and raw[layer.slice_index] != loc.slice_index:
-            continue
-        if loc.is_top_level and target.name in slice_.parameters:
-            continue
-        result.append((layer.index, layer.slice_length))
-    return result

@@ -16,20 +16,6 @@ from merger_gui.core.recipe import Scalar, Stage
 
 from .document import RecipeDocument
 
-# What each setting does, for tooltips (mergekit's meaning).
-SETTING_HELP = {
-    "normalize": "divide the merged deltas by the sum of the weights",
-    "normalize_weights": "divide the weights by their sum",
-    "rescale": "scale the deltas that survive the drop by 1/density, keeping their expected size",
-    "int8_mask": "store the drop masks as int8 to save memory (same result)",
-    "filter_wise": "compute the interpolation ratio per row (filter) instead of per tensor",
-    "nuslerp_flatten": "interpolate each tensor as one flat vector (off: per row or column)",
-    "nuslerp_row_wise": "without flattening, interpolate rows instead of columns",
-    "max_iter": "most iterations of the Karcher mean",
-    "tol": "stop iterating once a step is smaller than this",
-    "eps": "floor that keeps the norms from dividing by zero",
-    "epsilon": "deltas no larger than this count as zero",
-}
 VARIES = "varies per tensor (edit in the YAML tab)"
 
 
@@ -49,7 +35,7 @@ def parse_setting(text: str, spec: ParameterSpec) -> Scalar | None:
         return None
     if not math.isfinite(number):
         return None
-    if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+    if spec.kind == "int":
         return int(number) if number.is_integer() else None
     return number
 
@@ -80,7 +66,7 @@ class MethodSettings(QWidget):
 
     def _add_row(self, spec: ParameterSpec) -> None:
         editor: QCheckBox | QLineEdit
-        if isinstance(spec.default, bool):
+        if spec.kind == "bool":
             editor = QCheckBox()
             editor.clicked.connect(lambda checked, s=spec: self._set(s, bool(checked)))
         else:
@@ -97,8 +83,7 @@ class MethodSettings(QWidget):
         row.addWidget(editor)
         row.addWidget(reset)
         row.addStretch(1)
-        help_text = SETTING_HELP.get(spec.name, "")
-        editor.setToolTip(f"{spec.name}: {help_text} (default {spec.default})" if help_text else spec.name)
+        editor.setToolTip(f"{spec.name}: {spec.help} (default {spec.default})" if spec.help else spec.name)
         self.form.addRow(spec.name, row)
         self.editors[spec.name] = editor
         self.reset_buttons[spec.name] = reset
