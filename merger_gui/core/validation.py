@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from . import quick_fixes as fixes
 from .donor import DonorInfo, known_dtype_code
 from .errors import RecipeError, UserError
 from .methods import METHODS, MethodSpec, method_spec, parameter_default, parameter_facts
 from .output_folders import folder_key, stage_folder_name, stage_name_problem
+from .parameter_edits import ParamLocation
 from .parameters import Scope, as_rule_list, resolve_parameter, scope_chain
 from .plan import PlannedTensor, StagePlan, config_donor_name, plan_stage, stage_order, stage_slices
+from .quick_fixes import Fix
 from .recipe import FilterRule, Gradient, Parameters, Recipe, Scalar, Slice
 from .tokenizer_vocab import stage_output_tokens
 
@@ -56,6 +59,7 @@ class Finding:
     source: int | None = None
     key: str | None = None  # the field at fault: "layer_range", "parameters.t[2].value", …
     stage_name: str | None = None
+    fix: Fix | None = None  # the one edit the message names, when it names one
 
     @property
     def is_error(self) -> bool:
@@ -163,8 +167,8 @@ class _StageCheck:
         self.plan: StagePlan | None = None
 
     def add(self, severity: Severity, code: str, message: str, slice_: int | None = None,
-            source: int | None = None, key: str | None = None) -> None:
-        self.findings.append(Finding(severity, code, message, self.index, slice_, source, key, self.stage.name))
+            source: int | None = None, key: str | None = None, fix: Fix | None = None) -> None:
+        self.findings.append(Finding(severity, code, message, self.index, slice_, source, key, self.stage.name, fix))
 
     def run(self) -> list[Finding]:
         self.check_keys()
@@ -216,8 +220,9 @@ class _StageCheck:
         stage = self.stage
         if self.spec is None:
             hint = _did_you_mean(stage.merge_method.lower(), METHODS) or f" known: {', '.join(METHODS)}"
+            close = _closest(stage.merge_method.lower(), METHODS)
             self.add("error", "unknown-method", f"unknown merge_method {stage.merge_method!r};{hint}",
-                     key="merge_method")
+                     key="merge_method", fix=fixes.method_fix(self.index, close) if close else None)
         for key in stage.extra:
             hint = _did_you_mean(key, KNOWN_KEYS)
             self.add("warning", "unknown-key", f"unknown key {key!r} is ignored by mergekit;{hint or ' remove it'}",
@@ -242,7 +247,8 @@ class _StageCheck:
                 self.reported.add(model)
                 self.add("error", "unknown-stage",
                          f"{model!r} is neither a donor nor a stage of this recipe; did you mean the stage "
-                         f"{close[0]!r}? (mergekit would try to download {model!r})", si, ki, "model")
+                         f"{close[0]!r}? (mergekit would try to download {model!r})", si, ki, "model",
+                         fixes.stage_reference_fix(self.index, model, close[0]))
             elif model in self.donor_errors:
                 self.reported.add(model)
                 self.add("error", "donor-unavailable", self.donor_errors[model], si, ki, "model")
@@ -302,7 +308,7 @@ class _StageCheck:
             self.add("warning", "multislerp-lone-model",
                      f"multislerp with base_model {base!r} and one other model returns that model unchanged "
                      "(the base is only the centre of the sphere); remove base_model to interpolate both",
-                     si, key="base_model")
+                     si, key="base_model", fix=None if slice_.base_model else fixes.base_model_fix(self.index, None))
         repeated = sorted({m for m in models if models.count(m) > 1})
         if spec.name != "passthrough" and repeated:
             self.add("error", "duplicate-source",
@@ -318,7 +324,8 @@ class _StageCheck:
         if start > end:
             self.add("error", "reversed-range",
                      f"layer_range [{start}, {end}] of {model} is reversed (mergekit would write "
-                     f"num_hidden_layers: {end - start}); write it as [{end}, {start}]", si, ki, "layer_range")
+                     f"num_hidden_layers: {end - start}); write it as [{end}, {start}]", si, ki, "layer_range",
+                     fixes.reversed_range_fix(self.index, si, ki, start, end))
             return
         if start < 0:
             self.add("error", "negative-layer", f"layer_range [{start}, {end}] of {model} starts below layer 0",
@@ -341,7 +348,8 @@ class _StageCheck:
             if stage.models is not None or any(not s.base_model for s in stage.slices or ()):
                 self.add("error", "missing-base-model",
                          f"{spec.name} needs a base_model; add `base_model: {config or 'MODEL'}` "
-                         "(one of the merged models)", key="base_model")
+                         "(one of the merged models)", key="base_model",
+                         fix=fixes.base_model_fix(self.index, config) if config else None)
             return
         if not stage.base_model and len(stage.referenced_models) > 1 and config:
             source = f"config.json and the tokenizer come from {config} (the first slice's model; mergekit picks " \
@@ -350,7 +358,9 @@ class _StageCheck:
             advice = f"a base_model would change how {spec.name} merges: make sure the models share their config " \
                 "and tokenizer" if spec is not None and spec.name in ("nuslerp", "multislerp") else \
                 f"add `base_model: {config}` to make it explicit"
-            self.add("warning", "no-base-model", f"no base_model: {source}; {advice}", key="base_model")
+            spherical = spec is not None and spec.name in ("nuslerp", "multislerp")
+            fix = None if spherical else fixes.base_model_fix(self.index, config)
+            self.add("warning", "no-base-model", f"no base_model: {source}; {advice}", key="base_model", fix=fix)
 
     def check_tokenizer(self) -> None:
         stage = self.stage
@@ -418,15 +428,18 @@ class _StageCheck:
                 if _is_fallback(earlier):
                     fix = "move the fallback rule to the end of the list"
                     what = "the fallback (no filter)"
+                    move = (i, len(rules) - 1)
                 elif not _is_fallback(rule) and earlier.filter in rule.filter:  # type: ignore[operator]
                     fix = f"put {rule.filter!r} before {earlier.filter!r}"
                     what = f"filter {earlier.filter!r}"
+                    move = (j, i)
                 else:
                     continue
                 label = "the fallback rule" if _is_fallback(rule) else f"filter {rule.filter!r}"
                 self.add("warning", "shadowed-rule",
                          f"rule {j + 1} of {name} ({label}) never applies: rule {i + 1}, {what}, matches its "
-                         f"tensors first; {fix}", scope.slice, scope.source, f"{key}[{j}]")
+                         f"tensors first; {fix}", scope.slice, scope.source, f"{key}[{j}]",
+                         fixes.move_rule_fix(self.index, _location(scope), name, *move, fix))
                 break
 
     def check_required_parameters(self) -> None:
@@ -508,14 +521,15 @@ class _StageCheck:
                 detail = ", ".join(f"{what} from {m} ({size} rows)" for what, m, size in sizes)
                 self.add("error", "passthrough-vocab-mismatch",
                          f"donors have different vocabulary sizes: {detail}; the output would not load — "
-                         "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source")
+                         "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source",
+                         fix=fixes.tokenizer_base_fix(self.index))
             return
         sizes = [(m, d.vocab_size) for m, d in self.known_models()]
         if len({size for _, size in sizes}) > 1:
             detail = ", ".join(f"{m}: {size}" for m, size in sizes)
             self.add("error", "vocab-size-mismatch",
                      f"donors have different vocabulary sizes ({detail}) and there is no tokenizer section; "
-                     "add `tokenizer_source: base`", key="tokenizer_source")
+                     "add `tokenizer_source: base`", key="tokenizer_source", fix=fixes.tokenizer_base_fix(self.index))
 
     def check_tied_head(self) -> None:
         slices = self.slices()
@@ -541,10 +555,12 @@ class _StageCheck:
                 for r, rule in enumerate(as_rule_list(spec)):
                     if _is_fallback(rule) or any(rule.filter in t for t in tensor_names):
                         continue
+                    close = _closest(rule.filter, candidates)  # type: ignore[arg-type]
+                    fix = fixes.filter_fix(self.index, _location(scope), name, r, rule.filter, close) if close else None
                     self.add("warning", "filter-no-match",
                              f"filter {rule.filter!r} of {name} matches no tensor of {models}, so the rule never "
                              f"applies{self.fallback_note(scope, name, rule.filter, candidates, tensor_names)}",
-                             scope.slice, scope.source, f"parameters.{name}[{r}].filter")
+                             scope.slice, scope.source, f"parameters.{name}[{r}].filter", fix)
 
     def fallback_note(self, scope: _Scope, name: str, filter_: str, candidates: list[str],
                       tensor_names: set[str]) -> str:
@@ -749,9 +765,21 @@ def _has(parameters: Parameters, name: str) -> bool:
     return parameters.get(name, ()) != ()
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def _closest(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" did you mean {close[0]!r}?" if close else ""
+    return close[0] if close else None
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = _closest(word, choices)
+    return f" did you mean {close!r}?" if close else ""
+
+
+def _location(scope: _Scope) -> ParamLocation:
+    """Where a scope's parameters are, as the parameter edits address them."""
+    if scope.slice is None and scope.source is not None:
+        return ParamLocation(model_index=scope.source)  # a ``models:`` entry
+    return ParamLocation(scope.slice, scope.source)
 
 
 def _name_fragments(tensor_names: set[str]) -> list[str]:
