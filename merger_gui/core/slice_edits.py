@@ -61,7 +61,8 @@ def move_slice(stage: Stage, slice_index: int, new_start: int, *,
     length = current.num_layers
     upper = None if num_layers is None else max(0, num_layers - length)
     start = max(0, new_start if upper is None else min(new_start, upper))
-    slices[slice_index] = _with_source(slices[slice_index], source, replace(current, layer_range=(start, start + length)))
+    moved = replace(current, layer_range=(start, start + length))
+    slices[slice_index] = _with_source(slices[slice_index], source, moved)
     return _with_slices(stage, slices)
 
 

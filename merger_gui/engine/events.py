@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from merger_gui.core.errors import UserError
 
@@ -65,4 +64,4 @@ class MergeDone:
     seconds: float
 
 
-MergeEvent = Union[StageStarted, TensorProgress, DownloadProgress, MergeWarning, StageFinished, MergeDone]
+MergeEvent = StageStarted | TensorProgress | DownloadProgress | MergeWarning | StageFinished | MergeDone

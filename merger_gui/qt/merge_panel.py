@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from PySide6.QtCore import QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QCloseEvent, QDesktopServices
 from PySide6.QtWidgets import (
     QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar,
     QPushButton, QVBoxLayout, QWidget,
@@ -245,7 +245,8 @@ class MergePanel(QWidget):
         elif isinstance(event, MergeWarning):
             self.log.appendPlainText(f"warning: {event.message}")
         elif isinstance(event, StageFinished):
-            self.log.appendPlainText(f"{_stage_prefix(event)}written to {event.path} in {format_duration(event.seconds)}")
+            self.log.appendPlainText(f"{_stage_prefix(event)}written to {event.path} "
+                                     f"in {format_duration(event.seconds)}")
 
     def _on_finished(self, done: MergeDone | None) -> None:
         self.progress_bar.setValue(1000)
@@ -276,7 +277,7 @@ class MergePanel(QWidget):
         self.eta_label.clear()
         self.log.appendPlainText("cancelled")
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.runner.shutdown()
         super().closeEvent(event)
 
