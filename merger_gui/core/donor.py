@@ -11,6 +11,10 @@ from typing import Any
 
 LAYER_PATTERN = re.compile(r"^(?P<prefix>.*?\.(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<suffix>.+)$")
 
+# Most layers a model may have: far above any real one (~200), low enough that per-layer
+# lists (plan, estimate, the layer view) stay cheap.
+MAX_LAYERS = 10_000
+
 # Non-parameter buffers some checkpoints carry; never merged, never counted.
 BUFFER_SUFFIXES = ("rotary_emb.inv_freq",)
 

@@ -33,6 +33,7 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 from .donor import DonorInfo, TensorInfo
 from .errors import DonorError
 from .inspect import donor_from_config, natural_order, read_config, read_weight_map
+from .safe_files import INDEX_LIMIT, donor_file, is_present, read_json_file
 from .safetensors_header import parse_safetensors_header, read_safetensors_header
 
 
@@ -131,9 +132,9 @@ def _offline(repo_id: str, revision: str | None, ref: str) -> tuple[dict[str, An
     snapshot = config_path.parent
     sha = snapshot.name
     remembered = _recall(repo_id, sha)
-    if (snapshot / INDEX_FILE).is_file():
+    if is_present(snapshot / INDEX_FILE):
         names = list(dict.fromkeys(read_weight_map(snapshot / INDEX_FILE).values()))
-    elif (snapshot / SINGLE_FILE).is_file():
+    elif is_present(snapshot / SINGLE_FILE):
         names = [SINGLE_FILE]
     else:
         names = list(remembered)
@@ -142,8 +143,8 @@ def _offline(repo_id: str, revision: str | None, ref: str) -> tuple[dict[str, An
     files: dict[str, _WeightFile] = {}
     for name in names:
         local = snapshot / name
-        if local.is_file():
-            files[name] = _WeightFile(read_safetensors_header(local), local.stat().st_size)
+        if is_present(local):
+            files[name] = _WeightFile(read_safetensors_header(local), donor_file(local).stat().st_size)
         elif isinstance(entry := remembered.get(name), dict) and isinstance(entry.get("header"), dict):
             files[name] = _WeightFile(_parse(entry["header"], f"{ref}/{name}", name), int(entry.get("size", 0)))
         else:
@@ -179,9 +180,9 @@ def _remember(repo_id: str, sha: str, files: dict[str, Any]) -> None:
 
 def _recall(repo_id: str, sha: str) -> dict[str, Any]:
     try:
-        data = json.loads(_header_file(repo_id, sha).read_text(encoding="utf-8"))
+        data = read_json_file(_header_file(repo_id, sha), INDEX_LIMIT, "remembered header file")
         files = data["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (DonorError, KeyError, TypeError):
         return {}
     return files if isinstance(files, dict) else {}
 

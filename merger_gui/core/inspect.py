@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .donor import DTYPE_NAMES, DonorInfo, TensorInfo, is_buffer, known_dtype_code, layer_index
+from .donor import DTYPE_NAMES, MAX_LAYERS, DonorInfo, TensorInfo, is_buffer, known_dtype_code, layer_index
 from .errors import DonorError
-from .safetensors_header import read_safetensors_header
+from .safe_files import CONFIG_LIMIT, INDEX_LIMIT, donor_file, is_present, read_json_file
+from .safetensors_header import MAX_TENSORS, read_safetensors_header
 
 # model_type → family; Llama-style decoders share the llama tensor layout.
 FAMILIES = {
@@ -21,6 +21,8 @@ FAMILIES = {
 # transformers' config-class defaults where config.json may omit the key.
 TIED_BY_DEFAULT = {"gemma", "gemma2"}
 DEFAULT_SLIDING_WINDOW = {"mistral": 4096, "gemma2": 4096, "qwen2": 4096}
+MAX_DIMENSION = 2**31 - 1  # bound of config.json sizes other than the layer count
+MAX_DONOR_TENSORS = 4 * MAX_TENSORS
 # config.json key → older / GPT-style aliases accepted for unknown families.
 KEY_ALIASES = {
     "num_hidden_layers": ("n_layer", "num_layers"),
@@ -34,6 +36,7 @@ def _read_bin(path: Path) -> dict[str, TensorInfo]:
     """Tensors of a ``.bin`` checkpoint (its reader is imported on first use: most donors are safetensors)."""
     from .torch_pickle import read_torch_checkpoint
 
+    donor_file(path)  # a regular file, not a link out of the folder
     return read_torch_checkpoint(path)
 
 
@@ -65,13 +68,10 @@ def natural_order(tensors: Iterable[TensorInfo]) -> tuple[TensorInfo, ...]:
 
 
 def read_config(file: Path) -> dict[str, Any]:
-    """The parsed ``config.json``; DonorError when missing or not a JSON object."""
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DonorError(f"{file.parent} has no config.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DonorError(f"cannot read {file}: {exc}") from None
+    """The parsed ``config.json``; DonorError when missing, unsafe or not a JSON object."""
+    if not is_present(file):
+        raise DonorError(f"{file.parent} has no config.json")
+    config = read_json_file(file, CONFIG_LIMIT, "config.json")
     if not isinstance(config, dict):
         raise DonorError(f"{file} is not a JSON object")
     return config
@@ -81,22 +81,24 @@ def read_folder_tensors(folder: Path) -> tuple[str, tuple[TensorInfo, ...]]:
     """(weight format, tensors) of a folder: an index and its shards, else the weight files."""
     for weight_format, index_name, pattern, reader in WEIGHT_FORMATS:
         index = folder / index_name
-        if index.is_file():
+        if is_present(index):
             return weight_format, read_sharded(index, reader)
         files = _weight_files(folder, pattern)
         if files:
             tensors: dict[str, TensorInfo] = {}
             for file in files:
-                tensors.update(reader(file))
+                _add_tensors(tensors, reader(file), folder)
             return weight_format, tuple(tensors.values())
     raise DonorError(f"{folder} has no .safetensors or .bin weights")
 
 
 def _weight_files(folder: Path, pattern: str) -> list[Path]:
-    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    files = sorted(p for p in folder.glob(pattern) if not p.is_dir())
     # Prefer the transformers-named files when a folder also carries other exports.
-    named = [p for p in files if p.name.startswith(("model", "pytorch_model"))]
-    return named or files
+    chosen = [p for p in files if p.name.startswith(("model", "pytorch_model"))] or files
+    for file in chosen:
+        donor_file(file, folder)  # a FIFO or a link out of the folder is an error, not skipped
+    return chosen
 
 
 def read_sharded(index: Path, reader: Callable[[Path], dict[str, TensorInfo]]) -> tuple[TensorInfo, ...]:
@@ -105,9 +107,10 @@ def read_sharded(index: Path, reader: Callable[[Path], dict[str, TensorInfo]]) -
     tensors: dict[str, TensorInfo] = {}
     for shard in dict.fromkeys(weight_map.values()):
         file = index.parent / shard
-        if not file.is_file():
+        if not is_present(file):
             raise DonorError(f"{index.name} lists {shard}, which is missing from {index.parent}")
-        tensors.update(reader(file))
+        donor_file(file, index.parent)
+        _add_tensors(tensors, reader(file), index.parent)
     for name, shard in weight_map.items():
         info = tensors.get(name)
         if info is None or info.file != Path(shard).name:
@@ -115,15 +118,20 @@ def read_sharded(index: Path, reader: Callable[[Path], dict[str, TensorInfo]]) -
     return tuple(tensors.values())
 
 
+def _add_tensors(tensors: dict[str, TensorInfo], new: Mapping[str, TensorInfo], folder: Path) -> None:
+    tensors.update(new)
+    if len(tensors) > MAX_DONOR_TENSORS:
+        raise DonorError(f"{folder} holds more than {MAX_DONOR_TENSORS:,} tensors, far more than any real model")
+
+
 def read_weight_map(index: Path) -> dict[str, str]:
     """The ``weight_map`` of a ``*.index.json`` file."""
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DonorError(f"cannot read {index}: {exc}") from None
+    data = read_json_file(index, INDEX_LIMIT, "weight index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise DonorError(f"{index} has no valid weight_map")
+    if len(weight_map) > MAX_DONOR_TENSORS:
+        raise DonorError(f"{index} lists more than {MAX_DONOR_TENSORS:,} tensors, far more than any real model")
     if any(Path(v).is_absolute() or ".." in Path(v).parts for v in weight_map.values()):
         raise DonorError(f"{index} points outside its folder")
     return weight_map
@@ -157,8 +165,8 @@ def donor_from_config(
     num_layers = _number(facts, "num_hidden_layers", ref, family, _layers_from_names(tensors))
     hidden = _number(facts, "hidden_size", ref, family)
     heads = _number(facts, "num_attention_heads", ref, family)
-    kv_heads = facts.get("num_key_value_heads") or heads
-    head_dim = facts.get("head_dim") or hidden // heads
+    kv_heads = _optional_number(facts, "num_key_value_heads", ref, heads)
+    head_dim = _optional_number(facts, "head_dim", ref, max(1, hidden // heads))
     intermediate = _number(facts, "intermediate_size", ref, family, 0)
     vocab = _number(facts, "vocab_size", ref, family)
     tied = facts.get("tie_word_embeddings")
@@ -169,8 +177,8 @@ def donor_from_config(
     window, layers = sliding_window_layers(facts, model_type, num_layers)
     return DonorInfo(
         ref=ref, kind=kind, architecture=architecture, family=family, model_type=model_type,
-        num_layers=num_layers, hidden_size=hidden, num_heads=heads, num_kv_heads=int(kv_heads),
-        head_dim=int(head_dim), intermediate_size=intermediate, vocab_size=vocab,
+        num_layers=num_layers, hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads,
+        head_dim=head_dim, intermediate_size=intermediate, vocab_size=vocab,
         tie_word_embeddings=bool(tied), dtype=dtype, tensors=tensors, path=path,
         weight_format=weight_format, sliding_window=window, sliding_window_layers=layers,
         config=dict(config), warnings=tuple(warnings), download_bytes=download_bytes,
@@ -182,9 +190,25 @@ def _number(facts: Mapping[str, Any], key: str, ref: str, family: str, fallback:
     if value is None and family == "unknown":
         # Unknown architectures may use GPT-style names, or only reveal a value in tensor names.
         value = next((facts[a] for a in KEY_ALIASES.get(key, ()) if facts.get(a) is not None), fallback)
+    if value is None:
+        raise DonorError(f"{ref}: config.json has no {key}")
     minimum = 0 if family == "unknown" and key == "intermediate_size" else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise DonorError(f"{ref}: config.json has no valid {key}")
+    return _checked(value, key, ref, minimum)
+
+
+def _optional_number(facts: Mapping[str, Any], key: str, ref: str, default: int) -> int:
+    """``facts[key]`` checked like :func:`_number`; ``default`` when absent, null or 0."""
+    value = facts.get(key)
+    return default if value in (None, 0) else _checked(value, key, ref, 1)
+
+
+def _checked(value: Any, key: str, ref: str, minimum: int) -> int:
+    """``value`` when it is a whole number in the plausible range of ``key``, else DonorError."""
+    maximum = MAX_LAYERS if key == "num_hidden_layers" else MAX_DIMENSION
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise DonorError(f"{ref}: config.json has an invalid {key}: {shown} "
+                         f"(expected a whole number from {minimum} to {maximum:,})")
     return value
 
 
@@ -230,5 +254,6 @@ def sliding_window_layers(
         return window, tuple(i % 2 == 0 for i in range(num_layers))
     if model_type == "qwen2":
         first = facts.get("max_window_layers", 28)
+        first = first if isinstance(first, int) else 28  # a malformed value: transformers' default
         return window, tuple(i >= first for i in range(num_layers))
     return window, (True,) * num_layers

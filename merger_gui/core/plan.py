@@ -340,10 +340,8 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
             seams.append(len(layers))
         lead_source = slice_.sources[0]
         lead = donors[lead_source.model]
-        for k in range(length):
+        for k in _in_range_positions(slice_, donors, length):
             src_layers = tuple(LayerSource(s.model, s.start + k) for s in slice_.sources)
-            if any(not 0 <= ls.layer < donors[ls.model].num_layers for ls in src_layers):
-                continue  # out of range: validation reports it
             out_index = len(layers)
             layer = OutputLayer(out_index, slice_i, k, length, src_layers)
             layers.append(layer)
@@ -388,6 +386,17 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
     output = _output_donor(stage, index, config_donor, layers, tensors, vocab)
     return StagePlan(index, stage.name, stage.merge_method, tuple(layers), tuple(tensors), tuple(seams),
                      usage, config_name, vocab, output)
+
+
+def _in_range_positions(slice_: Slice, donors: Mapping[str, DonorInfo], length: int) -> range:
+    """Positions ``k`` of the slice where every source's layer ``start + k`` exists.
+
+    Out-of-range layers are left out (validation reports them) by arithmetic, so a range
+    like ``[0, 1000000000]`` costs nothing.
+    """
+    first = max([0] + [-s.start for s in slice_.sources])
+    end = min([length] + [donors[s.model].num_layers - s.start for s in slice_.sources])
+    return range(first, max(first, end))
 
 
 def _post_source(donor: DonorInfo, name: str) -> str | None:

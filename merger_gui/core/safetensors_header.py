@@ -8,8 +8,8 @@ before anything is read.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +17,11 @@ from typing import Any
 
 from .donor import DTYPE_SIZES, TensorInfo
 from .errors import DonorError
+from .safe_files import open_donor_file, parse_json
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# A real file holds at most a few thousand tensors (sharded giants spread ~100k over many files).
+MAX_TENSORS = 65_536
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
@@ -29,8 +32,8 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     """
     file = Path(path)
     try:
-        size = file.stat().st_size
-        with file.open("rb") as handle:
+        with open_donor_file(file) as handle:
+            size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise DonorError(f"{file}: not a safetensors file (shorter than 8 bytes)")
@@ -65,15 +68,17 @@ def parse_safetensors_header(
         source: The file or URL named in error messages.
         file_name: Stored in each :class:`TensorInfo`'s ``file``.
     """
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DonorError(f"{source}: safetensors header is not valid JSON ({exc})") from None
+    # Every tensor entry is an object: count braces before parsing builds millions of them.
+    if raw.count(b"{") > MAX_TENSORS + 2:
+        raise DonorError(f"{source}: safetensors header describes more than {MAX_TENSORS:,} tensors")
+    header = parse_json(raw, f"{source}: safetensors header")
     if not isinstance(header, dict):
         raise DonorError(f"{source}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not isinstance(metadata, dict):
         raise DonorError(f"{source}: safetensors __metadata__ is not an object")
+    if len(header) > MAX_TENSORS:
+        raise DonorError(f"{source}: safetensors header describes more than {MAX_TENSORS:,} tensors")
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():

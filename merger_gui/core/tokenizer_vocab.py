@@ -10,7 +10,6 @@ the vocabulary lacks are appended. Vocabularies are read without tokenizer libra
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +19,7 @@ from typing import Any
 from .donor import DonorInfo
 from .errors import DonorError, UserError
 from .recipe import Stage
+from .safe_files import TOKENIZER_LIMIT, donor_file, is_present, read_json_file
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -56,11 +56,10 @@ def read_tokenizer_vocabulary(folder: Path) -> tuple[dict[str, int], dict[str, d
         DonorError: when the file is missing or not a tokenizer.json.
     """
     file = Path(folder) / TOKENIZER_FILE
+    if not is_present(file):
+        raise DonorError(f"{folder}: no {TOKENIZER_FILE}; a tokenizer section needs every donor's {TOKENIZER_FILE}")
     try:
-        stat = file.stat()
-    except FileNotFoundError:
-        raise DonorError(f"{folder}: no {TOKENIZER_FILE}; a tokenizer section needs every donor's "
-                         f"{TOKENIZER_FILE}") from None
+        stat = donor_file(file).stat()
     except OSError as exc:
         raise DonorError(f"{file}: not a readable tokenizer ({exc.strerror or exc})") from None
     tokens, added = _read_cached(str(file), stat.st_mtime_ns, stat.st_size)
@@ -71,14 +70,14 @@ def read_tokenizer_vocabulary(folder: Path) -> tuple[dict[str, int], dict[str, d
 def _read_cached(file: str, mtime_ns: int, size: int) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
     """Parse one tokenizer.json; keyed by modification time and size so the plan can re-read cheaply."""
     del mtime_ns, size  # cache key only
+    data = read_json_file(file, TOKENIZER_LIMIT, TOKENIZER_FILE)
     try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
         vocab = data["model"]["vocab"]
         # Unigram vocabularies are [piece, score] lists: the id is the position.
         tokens = dict(vocab) if isinstance(vocab, dict) else {entry[0]: i for i, entry in enumerate(vocab)}
         added = {entry["content"]: entry for entry in data.get("added_tokens") or ()}
         tokens.update({content: int(entry["id"]) for content, entry in added.items()})
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise DonorError(f"{file}: not a readable tokenizer ({exc})") from None
     return tokens, added
 

@@ -15,7 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from merger_gui.core.errors import UserError
+from merger_gui.core.errors import DonorError, UserError
+from merger_gui.core.safe_files import TOKENIZER_LIMIT, is_present, parse_json, read_json_file, read_small_file
 
 JINJA_FILE = "chat_template.jinja"
 JSON_FILE = "chat_template.json"
@@ -115,15 +116,24 @@ def resolve_chat_template(value: str | None, donor_folders: Sequence[Path]) -> s
 def donor_chat_template(folder: Path) -> str | None:
     """The chat template a model folder ships, read like transformers does; None when it has none."""
     folder = Path(folder)
-    if (folder / JINJA_FILE).is_file():
-        return (folder / JINJA_FILE).read_text(encoding="utf-8")
-    for name in (TOKENIZER_CONFIG, JSON_FILE):
+    if is_present(folder / JINJA_FILE):
+        raw = read_small_file(folder / JINJA_FILE, TOKENIZER_LIMIT, "chat template")
         try:
-            template = json.loads((folder / name).read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, ValueError, AttributeError):
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DonorError(f"{folder / JINJA_FILE} is not UTF-8 text") from None
+    for name in (TOKENIZER_CONFIG, JSON_FILE):
+        if not is_present(folder / name):
             continue
+        raw = read_small_file(folder / name, TOKENIZER_LIMIT, name)  # a link out of the folder is an error
+        try:
+            data = parse_json(raw, str(folder / name))
+        except DonorError:
+            continue  # unreadable JSON: transformers would fail too, and the template is optional
+        template = data.get("chat_template") if isinstance(data, dict) else None
         if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
-            template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = {t.get("name"): t.get("template") for t in template
+                        if isinstance(t, dict) and isinstance(t.get("name"), str)}
         if isinstance(template, dict):
             template = template.get("default")
         if isinstance(template, str):
@@ -137,6 +147,8 @@ def write_chat_template(folder: Path, template: str) -> None:
     (folder / JSON_FILE).unlink(missing_ok=True)
     config_file = folder / TOKENIZER_CONFIG
     if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = read_json_file(config_file, TOKENIZER_LIMIT, TOKENIZER_CONFIG)
+        if not isinstance(config, dict):
+            raise DonorError(f"{config_file} is not a JSON object")
         config["chat_template"] = template
         config_file.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -87,10 +87,17 @@ def write_metadata(folder: Path, plan: StagePlan, stage: Stage, config_donor: Do
 
 
 def copy_files(source: Path, target: Path, names: Iterable[str]) -> None:
+    """Copy the files ``names`` that donor folder ``source`` has into ``target``.
+
+    Raises:
+        DonorError: a file is special or a link leading outside the donor (e.g. to /etc/passwd).
+    """
+    from merger_gui.core.safe_files import donor_file, is_present
+
     for name in names:
         file = source / name
-        if file.is_file():
-            shutil.copyfile(file, target / name)
+        if is_present(file):
+            shutil.copyfile(donor_file(file, source), target / name)
 
 
 def model_card(plan: StagePlan, stage: Stage, recipe_text: str) -> str:

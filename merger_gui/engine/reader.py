@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from merger_gui.core.donor import DTYPE_NAMES, DTYPE_SIZES, DonorInfo
 from merger_gui.core.errors import DonorError
 from merger_gui.core.inspect import read_weight_map
+from merger_gui.core.safe_files import donor_file, is_present, open_donor_file
 from merger_gui.core.safetensors_header import check_header_length, parse_safetensors_header
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ class _SafetensorsFile:
 
     def __init__(self, path: Path, model: str) -> None:
         try:
-            self.handle: BinaryIO = path.open("rb", buffering=0)
-            size = path.stat().st_size
+            self.handle: BinaryIO = open_donor_file(path, buffering=0)  # a regular file inside the donor
+            size = os.fstat(self.handle.fileno()).st_size
             prefix = self.handle.read(8)
             if len(prefix) < 8:
                 raise DonorError(f"donor {model}: {path} is not a safetensors file (shorter than 8 bytes)")
@@ -191,7 +192,7 @@ class TensorReader:
     def _weight_map(self, model: str, donor: DonorInfo) -> dict[str, str]:
         if model not in self._weight_maps:
             folder = Path(donor.path or "")
-            index = next((folder / n for n in INDEX_FILES if (folder / n).is_file()), None)
+            index = next((folder / n for n in INDEX_FILES if is_present(folder / n)), None)
             if index is not None:
                 self._weight_maps[model] = read_weight_map(index)
             else:
@@ -211,15 +212,16 @@ class TensorReader:
 
     def _open_safetensors(self, file: Path, model: str) -> _SafetensorsFile:
         if file not in self._safetensors:
-            if not file.is_file():
+            if not is_present(file):
                 raise DonorError(f"donor {model}: weight file {file} is missing")
             self._safetensors[file] = _SafetensorsFile(file, model)
         return self._safetensors[file]
 
     def _open_checkpoint(self, file: Path, model: str) -> Mapping[str, Any]:
         if file not in self._checkpoints:
-            if not file.is_file():
+            if not is_present(file):
                 raise DonorError(f"donor {model}: weight file {file} is missing")
+            donor_file(file)  # a regular file inside the donor, not a link out of it
             import torch
 
             try:

@@ -23,6 +23,7 @@ import torch
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.recipe import Stage, TokenEmbedding
+from merger_gui.core.safe_files import TOKENIZER_LIMIT, donor_file, is_present, read_json_file
 from merger_gui.core.tokenizer_vocab import (
     TOKENIZER_FILE, DonorVocabulary, read_tokenizer_vocabulary, stage_output_tokens,
 )
@@ -158,7 +159,7 @@ class VocabularyPlan:
     def save(self, out_dir: Path) -> None:
         """Write the output tokenizer (tokenizer.json and its companion files) to ``out_dir``."""
         source = self.donors[self.tokenizer_donor]
-        data = json.loads((source.folder / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        data = read_json_file(source.folder / TOKENIZER_FILE, TOKENIZER_LIMIT, TOKENIZER_FILE)
         model_vocab = data["model"]["vocab"]
         kept_added = [e for e in data.get("added_tokens") or () if self.tokens.get(e["content"]) == e["id"]]
         changed = len(kept_added) != len(data.get("added_tokens") or ())
@@ -178,8 +179,8 @@ class VocabularyPlan:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
         for name in COMPANION_FILES + (() if changed else ("tokenizer.model",)):
-            if (source.folder / name).is_file():
-                shutil.copyfile(source.folder / name, out_dir / name)
+            if is_present(source.folder / name):
+                shutil.copyfile(donor_file(source.folder / name), out_dir / name)
         self._update_tokenizer_config(out_dir / "tokenizer_config.json", kept_added)
 
     def _added_entry(self, token: str) -> dict[str, Any]:
@@ -192,8 +193,8 @@ class VocabularyPlan:
     def _update_tokenizer_config(self, file: Path, added: list[dict[str, Any]]) -> None:
         if not file.is_file():
             return
-        config = json.loads(file.read_text(encoding="utf-8"))
-        if "added_tokens_decoder" not in config:
+        config = read_json_file(file, TOKENIZER_LIMIT, file.name)
+        if not isinstance(config, dict) or "added_tokens_decoder" not in config:
             return
         config["added_tokens_decoder"] = {
             str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in added

@@ -1,0 +1,160 @@
+"""Read and open donor files defensively: regular files only, bounded in size, links kept home.
+
+Donor folders come from downloads and other people's disks. A file named like
+``config.json`` may be a FIFO (an open blocks forever), a link to ``/dev/zero`` (a read
+never ends) or a link to ``/etc/passwd`` (which a merge would copy into a model that gets
+uploaded). Every donor file is therefore reached through :func:`donor_file`: a symlink is
+followed only when it resolves inside the donor folder or, for a Hugging Face cache
+snapshot (``snapshots/<rev>/file -> ../../blobs/<hash>``), inside that repo's ``blobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import DonorError
+
+MIB = 1024 * 1024
+CONFIG_LIMIT = 4 * MIB  # config.json, generation_config.json: a few kB in practice
+INDEX_LIMIT = 64 * MIB  # *.index.json: ~10 MB for the largest sharded models
+TOKENIZER_LIMIT = 128 * MIB  # tokenizer.json: 33 MB for Gemma 3's 262k vocabulary
+MAX_JSON_DEPTH = 100  # real files nest < 10 deep; deeper breaks recursive code (json.dumps)
+MAX_INT_DIGITS = 100
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)  # fmt: skip
+
+
+def donor_file(path: str | Path, root: str | Path | None = None) -> Path:
+    """``path`` with its links resolved, when it is a regular file that stays inside ``root``.
+
+    Args:
+        path: The file as the donor names it.
+        root: The donor folder (default: the file's own folder).
+
+    Raises:
+        DonorError: missing, a link leading outside the donor, or not a regular file.
+    """
+    path = Path(path)
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise DonorError(f"{path} is missing" + (" (a broken link)" if path.is_symlink() else "")) from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+        raise DonorError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    roots = allowed_roots(Path(root) if root is not None else path.parent)
+    if not any(real.is_relative_to(r) for r in roots):
+        raise DonorError(f"{path} is a link to {real}, outside the donor folder; "
+                         "copy the file into the folder instead of linking it")
+    try:
+        _check_regular(os.stat(real), path)
+    except OSError as exc:
+        raise DonorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return real
+
+
+def allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where a donor folder's links may lead: the folder, and its Hub cache repo's ``blobs``."""
+    real = folder.resolve()
+    for ancestor in (real, *real.parents):
+        snapshots = ancestor.parent
+        if snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--"):
+            return real, snapshots.parent / "blobs"
+    return (real,)
+
+
+def is_present(path: str | Path) -> bool:
+    """Whether a donor names ``path`` at all: a file, a special file or a link, even a broken one.
+
+    Use it instead of ``Path.is_file`` for optional files, so that an unusable one is reported
+    by :func:`donor_file` rather than silently skipped or followed.
+    """
+    return os.path.lexists(path)
+
+
+def open_donor_file(path: str | Path, root: str | Path | None = None, buffering: int = -1) -> BinaryIO:
+    """Open a donor file for binary reading, checked like :func:`donor_file` (never blocks on a FIFO)."""
+    real = donor_file(path, root)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DonorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        _check_regular(os.fstat(fd), Path(path))  # it may have been swapped since donor_file looked
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_small_file(path: str | Path, limit: int, what: str, root: str | Path | None = None) -> bytes:
+    """The bytes of a donor file of at most ``limit`` bytes.
+
+    Raises:
+        DonorError: see :func:`donor_file`; also when the file is larger than ``limit``.
+    """
+    with open_donor_file(path, root) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise DonorError(f"{path} is {size:,} bytes, more than the {limit:,} a {what} may have")
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise DonorError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:  # it grew while we read
+        raise DonorError(f"{path} is more than the {limit:,} bytes a {what} may have")
+    return data
+
+
+def read_json_file(path: str | Path, limit: int, what: str, root: str | Path | None = None) -> Any:
+    """A donor's JSON file, parsed; see :func:`read_small_file` and :func:`parse_json`."""
+    return parse_json(read_small_file(path, limit, what, root), str(path))
+
+
+def parse_json(raw: bytes, source: str) -> Any:
+    """JSON from an untrusted source; DonorError (naming ``source``) for anything unusable.
+
+    Integers are limited to :data:`MAX_INT_DIGITS` digits and nesting to :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_int=_bounded_int)
+    except UnicodeDecodeError as exc:
+        raise DonorError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise DonorError(f"{source} is not usable JSON: it nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long
+        raise DonorError(f"{source} is not valid JSON: {exc}") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise DonorError(f"{source} is not usable JSON: it nests deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer with {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _check_regular(info: os.stat_result, path: Path) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        raise DonorError(f"{path} is {kind}, not a regular file")
