@@ -22,17 +22,6 @@ from merger_gui.qt.slice_items import CELL_LABEL_W  # noqa: E402
 LLAMA_13B = "profile:llama-2-13b"
 
 
-@pytest.fixture(autouse=True)
-def temporary_settings_names(qapp):
-    """Never touch the user's settings file, whatever a widget does."""
-    org, name = qapp.organizationName(), qapp.applicationName()
-    qapp.setOrganizationName("merger-gui-tests")
-    qapp.setApplicationName(f"designer-{time.monotonic_ns()}")
-    yield
-    qapp.setOrganizationName(org)
-    qapp.setApplicationName(name)
-
-
 @pytest.fixture
 def window(qtbot, tmp_path):
     settings = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
@@ -417,6 +406,17 @@ def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
     assert panel.missing() == [] and panel.tree.topLevelItem(0).text(0) == "Thorns-13B"
 
 
+def test_yaml_that_does_not_parse_is_flagged_in_the_status_bar(window):
+    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: [\n")
+    window.yaml_editor.commit_text()
+    label = window.findings_label
+    assert label.text().startswith("YAML error at line ") and "not applied" in label.text()
+    assert label.toolTip()
+    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: []\n")
+    window.yaml_editor.commit_text()
+    assert "YAML error" not in label.text() and not label.toolTip()
+
+
 def press_and_move(win: MainWindow, start: QPoint, end: QPoint, steps: int = 6) -> None:
     """The first half of :func:`drag`: the button stays down, so the view shows its preview."""
     viewport = win.stack_view.viewport()
@@ -466,14 +466,3 @@ def test_dragging_over_a_donor_previews_every_linked_source(window):
     QTest.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, target)
     assert window.document.stage == preview and view.ghosts == []
     assert [(s.model, s.layer_range) for s in window.document.stage.slices[0].sources] == ghosts
-
-
-def test_yaml_that_does_not_parse_is_flagged_in_the_status_bar(window):
-    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: [\n")
-    window.yaml_editor.commit_text()
-    label = window.findings_label
-    assert label.text().startswith("YAML error at line ") and "not applied" in label.text()
-    assert label.toolTip()
-    window.yaml_editor.editor.setPlainText("merge_method: passthrough\nslices: []\n")
-    window.yaml_editor.commit_text()
-    assert "YAML error" not in label.text() and not label.toolTip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -18,20 +17,6 @@ from merger_gui.qt.main_window import MainWindow  # noqa: E402
 from merger_gui.qt.settings import Settings  # noqa: E402
 from merger_gui.qt.settle import settle  # noqa: E402
 from merger_gui.qt.sizes import format_size  # noqa: E402
-from merger_gui.qt.theme import apply_theme, current_theme  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def temporary_settings_names(qapp):
-    """Never touch the user's settings file, whatever a widget does."""
-    org, name = qapp.organizationName(), qapp.applicationName()
-    qapp.setOrganizationName("merger-gui-tests")
-    qapp.setApplicationName(f"first-use-{time.monotonic_ns()}")
-    theme = current_theme().name
-    yield
-    apply_theme(qapp, theme)
-    qapp.setOrganizationName(org)
-    qapp.setApplicationName(name)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ class Parameters(Mapping[str, ParamValue]):
     """An immutable, hashable, ordered mapping of parameter name to value."""
 
     __slots__ = ("_items",)
+    _items: tuple[tuple[str, ParamValue], ...]
 
     def __init__(self, items: Mapping[str, ParamValue] | tuple[tuple[str, ParamValue], ...] = ()) -> None:
         pairs = tuple(items.items()) if isinstance(items, Mapping) else tuple(items)

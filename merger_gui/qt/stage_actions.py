@@ -18,10 +18,13 @@ class StageActions(QObject):
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.document, self.dialog_parent = document, dialog_parent
-        self.add = QAction("Add stage", self, triggered=self.add_stage)
+        self.add = QAction("Add stage", self)
         self.add.setToolTip("Add an empty stage after the last; earlier stages become its donors")
-        self.remove = QAction("Remove stage", self, triggered=lambda: self.remove_stage(self.document.current_stage))
-        self.rename = QAction("Rename stage…", self, triggered=self._ask_rename)
+        self.add.triggered.connect(self.add_stage)
+        self.remove = QAction("Remove stage", self)
+        self.remove.triggered.connect(lambda: self.remove_stage(self.document.current_stage))
+        self.rename = QAction("Rename stage…", self)
+        self.rename.triggered.connect(self._ask_rename)
         self.actions = (self.add, self.rename, self.remove)
         document.recipe_changed.connect(self.update_enabled)
         self.update_enabled()
