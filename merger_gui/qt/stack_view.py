@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
-from PySide6.QtGui import QAction, QBrush, QContextMenuEvent, QKeySequence, QPainter, QPen, QResizeEvent
+from PySide6.QtGui import (
+    QAction, QBrush, QContextMenuEvent, QKeySequence, QMouseEvent, QPainter, QPen, QResizeEvent,
+)
 from PySide6.QtWidgets import (
-    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem, QGraphicsView, QMenu, QTabBar, QWidget,
+    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem, QGraphicsView, QMenu, QTabBar,
+    QWidget,
 )
 
 from merger_gui.core import slice_edits
+from merger_gui.core.donor import DonorInfo
 from merger_gui.core.donor import MAX_LAYERS
 from merger_gui.core.methods import method_spec
 from merger_gui.core.recipe import SliceSource, Stage
@@ -64,7 +68,8 @@ class SliceActions(QObject):
         document.recipe_changed.connect(self.update_enabled)
         self.update_enabled()
 
-    def _action(self, text: str, shortcut: QKeySequence | QKeySequence.StandardKey, slot) -> QAction:  # noqa: ANN001
+    def _action(self, text: str, shortcut: QKeySequence | QKeySequence.StandardKey,
+                slot: Callable[[], object]) -> QAction:
         action = QAction(text, self)
         action.setShortcut(shortcut)
         action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -95,7 +100,8 @@ class SliceActions(QObject):
     def duplicate_selected(self) -> None:
         index = self._selected()
         if index is not None:
-            self.document.apply_to_stage(lambda s: slice_edits.duplicate_slice(s, index), f"Duplicate slice {index + 1}")
+            self.document.apply_to_stage(lambda s: slice_edits.duplicate_slice(s, index),
+                                         f"Duplicate slice {index + 1}")
             self.document.select_slice(index + 1)
 
     def move_selected(self, delta: int) -> None:
@@ -324,7 +330,7 @@ class StackView(QGraphicsView):
                 self.scene().addItem(link)
                 self.links.append(link)
 
-    def _column_tooltip(self, name: str, info) -> str:  # noqa: ANN001 - DonorInfo | None
+    def _column_tooltip(self, name: str, info: DonorInfo | None) -> str:
         if info is None:
             error = self.registry.errors.get(name)
             return f"{name}\n{error}" if error else f"{name}\n(no donor information yet)"
@@ -402,7 +408,8 @@ class StackView(QGraphicsView):
         edit = self._create_edit(column, start, end)
         self.preview_stage = edit(self.document.stage) if edit else None
         dragged = (SliceSource(column.name, (start, end)),)  # all a stage of whole models shows
-        sources = self.preview_stage.slices[-1].sources if self.preview_stage else dragged
+        added = self.preview_stage.slices if self.preview_stage else None
+        sources = added[-1].sources if added else dragged
         if not self.ghosts:
             for source in sources:
                 owner = self.columns[source.model]
@@ -445,7 +452,7 @@ class StackView(QGraphicsView):
         """Draw the slice as the edit would leave it, applied to a scratch stage."""
         preview = self._bar_edit(bar, (start, end))(self.document.stage)
         self.preview_stage = preview if preview != self.document.stage else None  # None: a cancelled drag
-        sources = preview.slices[bar.slice_index].sources
+        sources = (preview.slices or ())[bar.slice_index].sources
         for other in self.bars:
             if other.slice_index == bar.slice_index:
                 other.set_range(sources[other.source_index].layer_range)
@@ -510,7 +517,7 @@ class StackView(QGraphicsView):
         if event.oldSize() != event.size():
             self.rebuild()
 
-    def mousePressEvent(self, event) -> None:  # noqa: ANN001 - QMouseEvent
+    def mousePressEvent(self, event: QMouseEvent) -> None:
         item = self.itemAt(event.position().toPoint())
         if event.button() == Qt.MouseButton.LeftButton and not isinstance(item, (SliceBarItem, OutputColumnItem)):
             self.document.select_slice(None)  # a click beside the slices clears the selection
