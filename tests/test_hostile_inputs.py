@@ -27,6 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from merger_gui.core.curves import layers_from_ranges
+from merger_gui.core.donor import MAX_LAYERS
 from merger_gui.core.errors import DonorError, RecipeError
 from merger_gui.core.inspect import donor_from_config, inspect_folder
 from merger_gui.core.plan import plan_recipe
@@ -258,6 +260,13 @@ def test_plan_of_an_absurd_range_keeps_the_layers_that_exist(donor):
     assert [layer.sources[0].layer for layer in plan.final.layers] == [2, 3]
 
 
+def test_curve_layers_of_an_absurd_range_without_donors_are_bounded():
+    recipe = load_recipe_text(passthrough_recipe("not-inspected-yet", "[0, 1000000000]"))
+    start = time.monotonic()
+    assert len(layers_from_ranges(recipe.stages[0])) == MAX_LAYERS
+    assert time.monotonic() - start < 1
+
+
 # --------------------------------------------------------------------------- donor files
 
 
@@ -458,7 +467,7 @@ def test_any_config_values_give_a_donor_or_one_line(values):
     except DonorError as error:
         assert "\n" not in str(error)
         return
-    assert 1 <= info.num_layers <= 10_000 and info.num_kv_heads >= 1 and info.head_dim >= 1
+    assert 1 <= info.num_layers <= MAX_LAYERS and info.num_kv_heads >= 1 and info.head_dim >= 1
 
 
 @PROPERTY

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .donor import MAX_LAYERS
 from .methods import ParameterSpec, method_spec, parameter_default
 from .parameter_edits import TOP_LEVEL, ParamLocation, fallback_index, get_rules
 from .parameters import Resolution, planned_slice_indices, resolve_parameter, scope_chain, winning_rule
@@ -104,7 +105,8 @@ def layers_from_ranges(stage: Stage) -> tuple[OutputLayer, ...]:
     layers: list[OutputLayer] = []
     slices = [s for s in stage.slices or () if s.sources]
     for k, slice_ in enumerate(slices):
-        length, first = max(0, min(s.num_layers for s in slice_.sources)), len(layers)
+        # At most MAX_LAYERS: a range like [0, 1000000000] must not build a billion layers.
+        length, first = min(MAX_LAYERS, max(0, min(s.num_layers for s in slice_.sources))), len(layers)
         layers += [OutputLayer(first + p, k, p, length, ()) for p in range(length)]
     return tuple(layers)
 
