@@ -32,7 +32,7 @@ from merger_gui.core.donor import MAX_LAYERS
 from merger_gui.core.errors import DonorError, RecipeError
 from merger_gui.core.inspect import donor_from_config, inspect_folder
 from merger_gui.core.plan import plan_recipe
-from merger_gui.core.recipe_yaml import MAX_RECIPE_BYTES, load_recipe_text
+from merger_gui.core.recipe_yaml import MAX_RECIPE_BYTES, load_recipe_text, read_recipe_text
 from merger_gui.core.safe_files import donor_file, parse_json
 from merger_gui.core.safetensors_header import MAX_TENSORS, parse_safetensors_header
 from merger_gui.core.synthetic import DonorShape, write_donor
@@ -241,6 +241,20 @@ def test_recipe_that_is_no_regular_file(target, tmp_path):
     else:
         recipe.symlink_to(target)
     assert_clean_refusal(run_cli("validate", recipe, cwd=tmp_path), "not a")
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom", "large"])
+def test_reading_a_recipe_never_blocks_or_reads_without_end(target, tmp_path):
+    """What the designer's Open uses (the CLI refuses special files before reading)."""
+    recipe = tmp_path / "recipe.yaml"
+    if target == "fifo":
+        os.mkfifo(recipe)
+    elif target == "large":
+        recipe.write_text("# " + "x" * MAX_RECIPE_BYTES)
+    else:
+        recipe.symlink_to(target)
+    with pytest.raises(RecipeError, match="not a regular file|larger than"):
+        read_recipe_text(recipe)
 
 
 @pytest.mark.parametrize("layer_range", ["[0, 1000000000]", "[-1000000000, -1]", "[-1000000000, 2]",

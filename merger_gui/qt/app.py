@@ -47,10 +47,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 def _recipe_problem(path: Path) -> str | None:
     """Why ``path`` cannot be opened as a recipe, or None when it can."""
     from merger_gui.core.errors import UserError
-    from merger_gui.core.recipe_yaml import load_recipe_text
+    from merger_gui.core.recipe_yaml import load_recipe_text, read_recipe_text
 
     try:
-        load_recipe_text(path.read_text(encoding="utf-8"))
+        load_recipe_text(read_recipe_text(path))
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
     except (UnicodeDecodeError, UserError) as exc:

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.recipe import Recipe, Stage
-from merger_gui.core.recipe_yaml import load_recipe_text, save_recipe
+from merger_gui.core.recipe_yaml import load_recipe_text, read_recipe_text, save_recipe
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
@@ -87,7 +87,7 @@ class RecipeFiles(QObject):
             return False
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_recipe_text(path)  # a regular file of a sane size: never a FIFO or /dev/zero
             recipe = load_recipe_text(text)
         except (OSError, UnicodeDecodeError, UserError) as exc:
             QMessageBox.warning(self.window, "Cannot open recipe", f"{path.name}: {exc}")
