@@ -409,6 +409,16 @@ def test_tokenizer_linked_outside_the_donor_is_never_copied(donor, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer.model", "chat_template.jinja", "generation_config.json"])
+@pytest.mark.parametrize("command", ["validate", "estimate"])
+def test_metadata_file_linked_outside_is_reported_before_merging(name, command, donor, tmp_path):
+    (donor / name).unlink(missing_ok=True)
+    (donor / name).symlink_to("/etc/passwd")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(passthrough_recipe(donor))
+    assert_clean_refusal(run_cli(command, recipe, cwd=tmp_path), "outside the donor")
+
+
 def test_tokenizer_linked_inside_the_donor_is_copied(donor, tmp_path):
     shutil.copy(donor / "tokenizer.json", donor / "real-tokenizer.json")
     run, out = _merge_with_tokenizer_link(donor, tmp_path, donor / "real-tokenizer.json")

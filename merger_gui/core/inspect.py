@@ -13,6 +13,11 @@ from .errors import DonorError
 from .safe_files import CONFIG_LIMIT, INDEX_LIMIT, donor_file, is_present, read_json_file
 from .safetensors_header import MAX_TENSORS, read_safetensors_header
 
+# Files a merge reads or copies besides config.json and the weights.
+METADATA_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "generation_config.json", "chat_template.jinja", "chat_template.json",
+)
 # model_type → family; Llama-style decoders share the llama tensor layout.
 FAMILIES = {
     "llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma": "gemma",
@@ -57,9 +62,20 @@ def inspect_folder(path: str | Path) -> DonorInfo:
         what = "is not a folder" if folder.exists() else "does not exist"
         raise DonorError(f"donor folder {path} {what}")
     config = read_config(folder / "config.json")
+    check_metadata_files(folder)
     weight_format, tensors = read_folder_tensors(folder)
     return donor_from_config(str(path), "folder", config, natural_order(tensors), path=str(folder),
                              weight_format=weight_format)
+
+
+def check_metadata_files(folder: Path) -> None:
+    """Refuse a folder whose tokenizer or generation files are special files or links out of it.
+
+    A merge reads or copies them only at its end; checked here, validate reports them first.
+    """
+    for name in METADATA_FILES:
+        if is_present(folder / name):
+            donor_file(folder / name, folder)
 
 
 def natural_order(tensors: Iterable[TensorInfo]) -> tuple[TensorInfo, ...]:
