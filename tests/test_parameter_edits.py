@@ -6,7 +6,7 @@ import pytest
 
 from merger_gui.core.parameter_edits import (
     TOP_LEVEL, ParamLocation, add_point, add_rule, apply_preset, get_parameter, get_rules, move_rule,
-    preset_values, remove_point, remove_rule, rename_rule, set_curve_point, to_gradient, to_scalar,
+    remove_point, remove_rule, rename_rule, set_curve_point, to_gradient, to_scalar,
 )
 from merger_gui.core.parameters import evaluate_parameter
 from merger_gui.core.recipe import FilterRule, ModelEntry, Parameters, Slice, SliceSource, Stage
@@ -80,16 +80,12 @@ def test_remove_move_rename_rules():
     assert get_parameter(stage, TOP_LEVEL, "t") == (FilterRule(0.5, "mlp"),)
 
 
-def test_presets():
-    assert preset_values("constant", 0.3, 0.9) == (0.3,)
-    assert preset_values("linear", 0.0, 1.0) == (0.0, 1.0)
-    assert preset_values("v", 1.0, 0.0) == (1.0, 0.0, 1.0)
-    smooth = preset_values("smoothstep", 0.0, 1.0, 5)
-    assert smooth[0] == 0.0 and smooth[-1] == 1.0 and smooth[2] == 0.5 and smooth[1] < 0.25
-    with pytest.raises(ValueError):
-        preset_values("zigzag", 0, 1)
+def test_presets_are_clamped_and_exact_over_the_layers():
     stage = apply_preset(slerp_stage(NYXENE_T), TOP_LEVEL, "t", 1, "linear", 0.2, 1.5)
     assert get_rules(stage, TOP_LEVEL, "t")[1] == FilterRule((0.2, 1.0), "mlp")
+    eight = [tuple(i / 7 for i in range(8))]
+    stage = apply_preset(slerp_stage(NYXENE_T), TOP_LEVEL, "t", 2, "constant", 0.3, 0.9, eight)
+    assert get_rules(stage, TOP_LEVEL, "t")[2] == FilterRule(0.3)
 
 
 def test_scalar_gradient_conversion():

@@ -1,4 +1,5 @@
-"""Pure edits of curve parameters (``t``, ``weight``, ``density``…): points, rules, presets.
+"""Pure edits of curve parameters (``t``, ``weight``, ``density``…): points, rules, presets,
+invert, mirror and copy (the shapes and fits themselves live in :mod:`.gradient_fit`).
 
 Every function takes a :class:`Stage` and returns a new one. A parameter is addressed by a
 :class:`ParamLocation` (top level, a slice, a slice's source or a ``models:`` entry) and its
@@ -9,14 +10,14 @@ one fallback rule, and is written back bare while it stays a single fallback.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from .gradient_fit import DECIMALS, insert_anchor, invert, mirror, preset_gradient
 from .methods import FRACTION, Bounds, parameter_facts
 from .parameters import as_rule_list, interpolate_gradient
 from .recipe import FilterRule, Gradient, Parameters, ParamValue, Scalar, Stage
 
-PRESETS = ("constant", "linear", "v", "smoothstep")
-DECIMALS = 4
 
 
 @dataclass(frozen=True)
@@ -227,28 +228,49 @@ def rename_rule(stage: Stage, loc: ParamLocation, name: str, rule_index: int, fi
     return _replace_rule(stage, loc, name, rule_index, rule)
 
 
-def preset_values(preset: str, start: float, end: float, count: int = 5) -> Gradient:
-    """A gradient for ``preset``: ``constant`` [start], ``linear`` [start, end],
-    ``v`` [start, end, start], ``smoothstep`` ``count`` points easing from start to end."""
-    if preset == "constant":
-        return (round(start, DECIMALS),)
-    if preset == "linear":
-        return (round(start, DECIMALS), round(end, DECIMALS))
-    if preset == "v":
-        return (round(start, DECIMALS), round(end, DECIMALS), round(start, DECIMALS))
-    if preset == "smoothstep":
-        steps = [i / (count - 1) for i in range(count)]
-        return tuple(round(start + (end - start) * (3 * s * s - 2 * s * s * s), DECIMALS) for s in steps)
-    raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-
-
 def apply_preset(stage: Stage, loc: ParamLocation, name: str, rule_index: int, preset: str,
-                 start: float = 0.0, end: float = 1.0, count: int = 5) -> Stage:
-    """Replace rule ``rule_index``'s value by a preset gradient (values clamped)."""
+                 low: float = 0.0, high: float = 1.0, slices: Sequence[Sequence[float]] = ()) -> Stage:
+    """Replace rule ``rule_index``'s value by a preset shape from ``low`` to ``high`` (clamped
+    to the edit bounds), the shortest gradient exact at the layer positions ``slices``
+    (see :func:`~merger_gui.core.gradient_fit.preset_gradient`)."""
     bounds = value_bounds(stage.merge_method, name)
-    values = tuple(clamp(v, bounds) for v in preset_values(preset, start, end, count))
+    value = preset_gradient(preset, clamp(low, bounds), clamp(high, bounds), slices)
+    return set_rule_value(stage, loc, name, rule_index, value)
+
+
+def set_rule_value(stage: Stage, loc: ParamLocation, name: str, rule_index: int, value: Scalar | Gradient) -> Stage:
+    """Replace rule ``rule_index``'s value (its filter kept)."""
     rule = get_rules(stage, loc, name)[rule_index]
-    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=values))
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=value))
+
+
+def insert_point(stage: Stage, loc: ParamLocation, name: str, rule_index: int, x: float, value: float) -> Stage:
+    """Give rule ``rule_index`` one more evenly spaced point, its curve passing through
+    ``(x, value)`` (``x`` the position in the slice) and keeping its shape elsewhere."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    bounds = drag_bounds(stage, loc, name)
+    new = insert_anchor(points(rule.value), min(1.0, max(0.0, x)), clamp(value, bounds), bounds)
+    return _replace_rule(stage, loc, name, rule_index, replace(rule, value=new))
+
+
+def invert_rule(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Reflect rule ``rule_index``'s values within the parameter's edit range (``t`` → 1 − t)."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    values = invert(points(rule.value), value_bounds(stage.merge_method, name))
+    return set_rule_value(stage, loc, name, rule_index, values if isinstance(rule.value, tuple) else values[0])
+
+
+def mirror_rule(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
+    """Reverse rule ``rule_index``'s curve over the slice (a scalar stays as is)."""
+    rule = get_rules(stage, loc, name)[rule_index]
+    if not isinstance(rule.value, tuple):
+        return stage
+    return set_rule_value(stage, loc, name, rule_index, mirror(points(rule.value)))
+
+
+def copy_rule_value(stage: Stage, loc: ParamLocation, name: str, from_rule: int, to_rule: int) -> Stage:
+    """Give rule ``to_rule`` the value (scalar or gradient) of rule ``from_rule``."""
+    return set_rule_value(stage, loc, name, to_rule, get_rules(stage, loc, name)[from_rule].value)
 
 
 def to_gradient(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
