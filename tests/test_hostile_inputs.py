@@ -33,9 +33,10 @@ from merger_gui.core.errors import DonorError, RecipeError
 from merger_gui.core.inspect import donor_from_config, inspect_folder
 from merger_gui.core.plan import plan_recipe
 from merger_gui.core.recipe_yaml import MAX_RECIPE_BYTES, load_recipe_text, read_recipe_text
-from merger_gui.core.safe_files import donor_file, parse_json
+from merger_gui.core.safe_files import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, donor_file, parse_json
 from merger_gui.core.safetensors_header import MAX_TENSORS, parse_safetensors_header
 from merger_gui.core.synthetic import DonorShape, write_donor
+from merger_gui.core.tokenizer_vocab import read_tokenizer_vocabulary
 
 MIB = 1024 * 1024
 SECONDS = 10  # the bound per attack, CLI start-up included, on a busy CI machine
@@ -381,6 +382,24 @@ def test_hostile_donor_raises_donor_error_in_process(name, donor):
         inspect_folder(donor)
     assert time.monotonic() - start < SECONDS / 2
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [b"[" + b"[]," * (MAX_JSON_CONTAINERS + 1) + b"[]]",
+                                 b"[" + b"0," * (MAX_JSON_ITEMS + 1) + b"0]"])
+def test_json_of_millions_of_values_is_refused_before_parsing(raw):
+    start = time.monotonic()
+    with pytest.raises(DonorError, match="far more than a real one"):
+        parse_json(raw, "tokenizer.json", small_ints=False)
+    assert time.monotonic() - start < 1
+
+
+def test_tokenizer_with_an_absurd_token_id(donor):
+    file = donor / "tokenizer.json"
+    data = json.loads(file.read_text())
+    data["added_tokens"][0]["id"] = 10**40
+    file.write_text(json.dumps(data))
+    with pytest.raises(DonorError, match="token id"):
+        read_tokenizer_vocabulary(donor)
 
 
 def test_config_of_an_absurd_size_is_refused_before_any_list_is_built():

@@ -21,9 +21,14 @@ from .errors import DonorError
 MIB = 1024 * 1024
 CONFIG_LIMIT = 4 * MIB  # config.json, generation_config.json: a few kB in practice
 INDEX_LIMIT = 64 * MIB  # *.index.json: ~10 MB for the largest sharded models
-TOKENIZER_LIMIT = 128 * MIB  # tokenizer.json: 33 MB for Gemma 3's 262k vocabulary
+TOKENIZER_LIMIT = 64 * MIB  # tokenizer.json: 33 MB for Gemma 3's 262k vocabulary
 MAX_JSON_DEPTH = 100  # real files nest < 10 deep; deeper breaks recursive code (json.dumps)
 MAX_INT_DIGITS = 100
+# Counted in the raw bytes before parsing (brackets and commas in strings count too): a real
+# tokenizer.json holds ~1M lists and ~2M items; 64 MB of `[],` would parse into 3 GB.
+MAX_JSON_CONTAINERS = 2_000_000
+MAX_JSON_ITEMS = 8_000_000
+_CONTAINERS = frozenset((dict, list))
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -113,24 +118,32 @@ def read_small_file(path: str | Path, limit: int, what: str, root: str | Path | 
     return data
 
 
-def read_json_file(path: str | Path, limit: int, what: str, root: str | Path | None = None) -> Any:
+def read_json_file(path: str | Path, limit: int, what: str, root: str | Path | None = None, *,
+                   small_ints: bool = True) -> Any:
     """A donor's JSON file, parsed; see :func:`read_small_file` and :func:`parse_json`."""
-    return parse_json(read_small_file(path, limit, what, root), str(path))
+    return parse_json(read_small_file(path, limit, what, root), str(path), small_ints=small_ints)
 
 
-def parse_json(raw: bytes, source: str) -> Any:
+def parse_json(raw: bytes, source: str, *, small_ints: bool = True) -> Any:
     """JSON from an untrusted source; DonorError (naming ``source``) for anything unusable.
 
-    Integers are limited to :data:`MAX_INT_DIGITS` digits and nesting to :data:`MAX_JSON_DEPTH`.
+    Nesting is limited to :data:`MAX_JSON_DEPTH` levels, size to :data:`MAX_JSON_CONTAINERS`
+    and :data:`MAX_JSON_ITEMS`. With ``small_ints`` (sizes: configs,
+    indexes, headers) integers are limited to :data:`MAX_INT_DIGITS` digits; without (a
+    tokenizer's millions of ids, read at C speed) to Python's 4300.
     """
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_CONTAINERS or raw.count(b",") > MAX_JSON_ITEMS:
+        raise DonorError(f"{source} holds more than {MAX_JSON_CONTAINERS:,} lists and objects or "
+                         f"{MAX_JSON_ITEMS:,} items, far more than a real one")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_int=_bounded_int)
+        data = json.loads(raw.decode("utf-8"), parse_int=_bounded_int if small_ints else None)
     except UnicodeDecodeError as exc:
         raise DonorError(f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
         raise DonorError(f"{source} is not usable JSON: it nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long
-        raise DonorError(f"{source} is not valid JSON: {exc}") from None
+        problem = "an integer of more than 4300 digits" if "integer string conversion" in str(exc) else exc
+        raise DonorError(f"{source} is not valid JSON: {problem}") from None
     if json_depth(data) > MAX_JSON_DEPTH:
         raise DonorError(f"{source} is not usable JSON: it nests deeper than {MAX_JSON_DEPTH} levels")
     return data
@@ -144,7 +157,8 @@ def json_depth(value: Any) -> int:
         item, depth = stack.pop()
         deepest = max(deepest, depth)
         children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        if not _CONTAINERS.isdisjoint(map(type, children)):  # a C-speed pass skips flat lists and maps
+            stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
     return deepest
 
 

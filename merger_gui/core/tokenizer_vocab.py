@@ -22,6 +22,7 @@ from .recipe import Stage
 from .safe_files import TOKENIZER_LIMIT, donor_file, is_present, read_json_file
 
 TOKENIZER_FILE = "tokenizer.json"
+MAX_TOKEN_ID = 2**31  # ids index embedding rows
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def read_tokenizer_vocabulary(folder: Path) -> tuple[dict[str, int], dict[str, d
 def _read_cached(file: str, mtime_ns: int, size: int) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
     """Parse one tokenizer.json; keyed by modification time and size so the plan can re-read cheaply."""
     del mtime_ns, size  # cache key only
-    data = read_json_file(file, TOKENIZER_LIMIT, TOKENIZER_FILE)
+    data = read_json_file(file, TOKENIZER_LIMIT, TOKENIZER_FILE, small_ints=False)
     try:
         vocab = data["model"]["vocab"]
         # Unigram vocabularies are [piece, score] lists: the id is the position.
@@ -79,6 +80,8 @@ def _read_cached(file: str, mtime_ns: int, size: int) -> tuple[dict[str, int], d
         tokens.update({content: int(entry["id"]) for content, entry in added.items()})
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise DonorError(f"{file}: not a readable tokenizer ({exc})") from None
+    if not all(type(i) is int and 0 <= i < MAX_TOKEN_ID for i in tokens.values()):
+        raise DonorError(f"{file}: not a readable tokenizer (a token id is not a whole number below {MAX_TOKEN_ID:,})")
     return tokens, added
 
 

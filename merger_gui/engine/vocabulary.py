@@ -159,7 +159,7 @@ class VocabularyPlan:
     def save(self, out_dir: Path) -> None:
         """Write the output tokenizer (tokenizer.json and its companion files) to ``out_dir``."""
         source = self.donors[self.tokenizer_donor]
-        data = read_json_file(source.folder / TOKENIZER_FILE, TOKENIZER_LIMIT, TOKENIZER_FILE)
+        data = read_json_file(source.folder / TOKENIZER_FILE, TOKENIZER_LIMIT, TOKENIZER_FILE, small_ints=False)
         model_vocab = data["model"]["vocab"]
         kept_added = [e for e in data.get("added_tokens") or () if self.tokens.get(e["content"]) == e["id"]]
         changed = len(kept_added) != len(data.get("added_tokens") or ())
