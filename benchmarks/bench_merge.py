@@ -15,10 +15,13 @@ Run from the repository root (mergekit is a test-only dependency)::
     .venv/bin/python benchmarks/bench_merge.py --layers 8     # quicker, smaller donors
 
 Every command runs ``--repeat`` times (default 2), the rounds interleaved so a change in
-the machine's load hits every command alike; the best wall time and the lowest peak RSS
-are reported, as a markdown table. Before each run the donors are read once, so every
-command finds them in the page cache (some VMs page idle cache out within seconds), and
-the page cache is synced, so no run pays for writing back the previous one's output.
+the machine's load hits every command alike; the best wall time, the least CPU time (user +
+system, steadier than wall time on a busy machine) and the lowest peak RSS are reported, as
+a markdown table. ``--baseline DIR`` runs our merges a second time from another source tree
+(e.g. ``git archive COMMIT | tar -x -C DIR``), interleaved, to measure a change. Before
+each run the donors are read once, so every command finds them in the page cache (some VMs
+page idle cache out within seconds), and the page cache is synced, so no run pays for
+writing back the previous one's output.
 merger_gui's modules are byte-compiled first, as ``pip install`` does (mergekit's are).
 
 Targets (from the issue): passthrough ≥ 3× faster than mergekit and within 1.5× of
@@ -51,14 +54,15 @@ SIZES = {  # name → (layers, hidden, intermediate, vocab)
     "large": (24, 2048, 5632, 32000),
 }
 
-# Runs argv, waits, prints {"wall": s, "rss": bytes} of the finished child tree.
+# Runs argv, waits, prints {"wall": s, "cpu": s, "rss": bytes} of the finished child tree.
 RUNNER = textwrap.dedent("""
     import json, resource, subprocess, sys, time
     start = time.perf_counter()
     code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode
     wall = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"wall": wall, "rss": rss, "code": code}))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(json.dumps({"wall": wall, "cpu": cpu, "rss": usage.ru_maxrss * 1024, "code": code}))
 """)
 
 
@@ -66,6 +70,7 @@ RUNNER = textwrap.dedent("""
 class Measurement:
     label: str
     wall: float
+    cpu: float
     rss: int
     out_bytes: int
 
@@ -153,7 +158,7 @@ def run_once(argv: list[str], out: Path, donors: list[Path]) -> Measurement:
         raise SystemExit(f"failed ({report['code']}): {' '.join(argv)}\n{result.stderr}")
     size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) if out.is_dir() else 0
     shutil.rmtree(out, ignore_errors=True)
-    return Measurement(" ".join(argv), report["wall"], report["rss"], size)
+    return Measurement(" ".join(argv), report["wall"], report["cpu"], report["rss"], size)
 
 
 def measure(commands: dict[str, list[str]], out: Path, donors: list[Path], repeat: int) -> dict[str, Measurement]:
@@ -162,7 +167,8 @@ def measure(commands: dict[str, list[str]], out: Path, donors: list[Path], repea
     for _ in range(repeat):
         for label, argv in commands.items():
             runs[label].append(run_once(argv, out, donors))
-    return {label: Measurement(label, min(r.wall for r in rs), min(r.rss for r in rs), rs[0].out_bytes)
+    return {label: Measurement(label, min(r.wall for r in rs), min(r.cpu for r in rs), min(r.rss for r in rs),
+                               rs[0].out_bytes)
             for label, rs in runs.items()}
 
 
@@ -176,6 +182,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", choices=("passthrough", "slerp"), default=["passthrough", "slerp"],
                         help="which recipes to run (default both)")
     parser.add_argument("--clean", action="store_true", help="delete the donors afterwards")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run our merges from the merger_gui source tree in DIR, to compare")
     args = parser.parse_args()
 
     layers, hidden, intermediate, vocab = SIZES[args.size]
@@ -194,6 +202,9 @@ def main() -> None:
         recipe = args.root / f"{name}.yml"
         recipe.write_text(text)
         commands[f"ours {name}"] = [str(bin_dir / "merger-gui"), "merge", str(recipe), str(out)]
+        if args.baseline:
+            commands[f"baseline {name}"] = ["env", f"PYTHONPATH={args.baseline.resolve()}",
+                                            *commands[f"ours {name}"]]
         if not args.no_mergekit:
             commands[f"mergekit {name}"] = [str(bin_dir / "mergekit-yaml"), str(recipe), str(out),
                                             "--lazy-unpickle", "--allow-crimes", "--quiet"]
@@ -208,15 +219,15 @@ def main() -> None:
 
     print(f"\n{args.size} donors: {donor_bytes / 1e9:.2f} GB each, {layers} layers, hidden {hidden}, "
           f"best of {args.repeat}, {os.cpu_count()} CPUs, load average up to {load:.1f}\n")
-    print("| run | wall s | peak RSS MB | MB/s | vs mergekit (time, RSS) | vs cp |")
-    print("|---|---:|---:|---:|---|---:|")
+    print("| run | wall s | CPU s | peak RSS MB | MB/s | vs mergekit (time, RSS) | vs cp |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for label, m in measured.items():
         versus = ""
         theirs = measured.get(label.replace("ours", "mergekit")) if label.startswith("ours") else None
         if theirs is not None:
             versus = f"{theirs.wall / m.wall:.2f}x faster, {m.rss / theirs.rss:.2f} of the RSS"
-        print(f"| {label} | {m.wall:.2f} | {m.rss / 1e6:.0f} | {m.out_bytes / 1e6 / m.wall:.0f} | {versus} "
-              f"| {m.wall / copy.wall:.2f} |")
+        print(f"| {label} | {m.wall:.2f} | {m.cpu:.2f} | {m.rss / 1e6:.0f} | {m.out_bytes / 1e6 / m.wall:.0f} "
+              f"| {versus} | {m.wall / copy.wall:.2f} |")
 
 
 if __name__ == "__main__":

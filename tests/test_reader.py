@@ -1,8 +1,10 @@
-"""Reading donor tensors: memory-mapped copies that never write back, the copy fallback, truncation."""
+"""Reading donor tensors: copies that never write back, odd offsets, truncation (never a memory map)."""
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -35,23 +37,20 @@ def test_a_read_tensor_is_the_donor_values_and_writes_stay_private(make_donor):
     assert (folder / "model.safetensors").read_bytes() == before
 
 
-def test_without_memory_maps_the_tensor_is_read_as_a_copy(make_donor, monkeypatch):
-    def no_maps(*_args):
-        raise OSError("no mmap on this file system")
+def test_a_tensor_is_read_without_a_memory_map(make_donor, monkeypatch):
+    """A mapped page of a file truncated meanwhile kills the process with SIGBUS."""
+    def no_maps(*_args, **_kwargs):
+        raise AssertionError("a donor was memory-mapped")
 
-    monkeypatch.setattr(reader_module, "_mapped", no_maps)
+    monkeypatch.setattr(mmap, "mmap", no_maps)
     folder = make_donor("a", seed=1)
     reader, tensor = read(folder, NAME)
     assert torch.equal(tensor, load_file(folder / "model.safetensors")[NAME])
     reader.close()
 
 
-def test_a_tensor_misaligned_for_its_dtype_is_read_as_a_copy(tmp_path, monkeypatch):
-    """safetensors lets a float16 tensor start at an odd byte; a memory map would be misaligned."""
-    def unexpected(*_args):
-        raise AssertionError("a misaligned tensor was memory-mapped")
-
-    monkeypatch.setattr(reader_module, "_mapped", unexpected)
+def test_a_tensor_misaligned_for_its_dtype_is_read(tmp_path):
+    """safetensors lets a float16 tensor start at an odd byte."""
     values = torch.tensor([1.5, -2.0, 3.25], dtype=torch.float16)
     header = {"odd": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
               "w": {"dtype": "F16", "shape": [3], "data_offsets": [3, 9]}}
@@ -72,6 +71,19 @@ def test_a_donor_truncated_after_locating_is_reported(make_donor):
     file = folder / "model.safetensors"
     with file.open("r+b") as handle:
         handle.truncate(source.offset + source.nbytes - 1)
+    with pytest.raises(DonorError, match="lm_head.weight.*ends early"):
+        reader.read(source)
+    reader.close()
+
+
+def test_a_donor_truncated_during_the_read_is_reported(make_donor, monkeypatch):
+    folder = make_donor("a", seed=1)
+    reader = TensorReader({"a": inspect_folder(folder)})
+    source = reader.locate("a", "lm_head.weight")
+    size = (folder / "model.safetensors").stat().st_size
+    os.truncate(folder / "model.safetensors", source.offset + 10)
+    real_fstat = os.fstat
+    monkeypatch.setattr(reader_module.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], size, 0, 0, 0)))
     with pytest.raises(DonorError, match="lm_head.weight.*ends early"):
         reader.read(source)
     reader.close()

@@ -6,11 +6,16 @@ import argparse
 import math
 import re
 import shutil
+import signal
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.units import format_duration
+from merger_gui.engine.output import HELD_SIGNALS
 
 from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
 
@@ -53,8 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "merge",
         help="merge a recipe into a model folder (streaming, bounded memory)",
         description="Merge a recipe into OUT_DIR. The output appears only when complete; "
-                    "Ctrl-C cancels and leaves nothing behind. Exit status: 0 on success, 1 on an "
-                    "error, 130 when cancelled.",
+                    "Ctrl-C, SIGTERM and SIGHUP cancel and leave nothing behind (a second signal "
+                    "does not cut the clean-up short; the finished stages of a multi-stage recipe "
+                    "are kept for the next run, which also removes what a killed merge left). "
+                    "Exit status: 0 on success, 1 on an error, 2 on a usage error, 128 + the "
+                    "signal's number when cancelled: 130 (Ctrl-C), 143 (SIGTERM), 129 (SIGHUP).",
     )
     add_recipe_argument(parser)
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to create for the merged model")
@@ -79,21 +87,76 @@ def run(args: argparse.Namespace) -> int:
     donors, errors = donors_for(recipe, args.recipe, args.donor)
     require_donors(errors)
     options = MergeOptions(device=args.device, shard_size=args.shard_size, intermediate_dir=args.intermediate_dir,
-                           overwrite=args.overwrite, copy_tokenizer=args.copy_tokenizer, seed=args.seed)
+                           overwrite=args.overwrite, copy_tokenizer=args.copy_tokenizer, seed=args.seed,
+                           recipe_path=args.recipe)
     display = ProgressDisplay(sys.stderr)
-    events = run_merge(recipe, donors, args.out_dir, options)
+    out = Path(args.out_dir).absolute()
+    before = _identity(out)
+    events = run_merge(recipe, donors, out, options)
     try:
-        for event in events:
-            display.show(event)
-    except KeyboardInterrupt:
+        with _cancelling_signals():
+            for event in events:
+                display.show(event)
+    except KeyboardInterrupt as stop:
         events.close()  # the engine removes its partial output
         display.clear()
-        print("cancelled: nothing was written", file=sys.stderr)
-        return 130
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        print(_cancelled_message(signum, out, _identity(out) != before, display.kept), file=sys.stderr)
+        return 128 + signum
     except UserError:
         display.clear()
         raise
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the first SIGINT, SIGTERM or SIGHUP of a merge."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _cancelling_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP cancel like Ctrl-C: the first raises :class:`Interrupted`; later
+    ones are ignored until the process ends, so the engine's clean-up runs to its end."""
+    caught: list[int] = []
+
+    def cancel(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        for s in HELD_SIGNALS:  # ignored by the system (not only by Python) until the very end of the process
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, cancel) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if not caught:
+                signal.signal(signum, handler)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What tells whether ``path`` was replaced: its device and inode."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _cancelled_message(signum: int, out: Path, written: bool, kept: Sequence[Path]) -> str:
+    """What a cancel left, truly: nothing, the finished stages, or (signalled at the very end) the model."""
+    how = "cancelled" if signum == signal.SIGINT else f"cancelled by {signal.Signals(signum).name}"
+    if written:
+        return f"{how} after the merge had finished: {out} is complete"
+    if kept:
+        folders = ", ".join(str(p) for p in kept)
+        stages = f"stages ({folders}) are" if len(kept) > 1 else f"stage ({folders}) is"
+        return f"{how}: {out} was not written; the finished {stages} kept for the next run"
+    return f"{how}: nothing was written"
 
 
 class ProgressDisplay:
@@ -104,6 +167,7 @@ class ProgressDisplay:
         self.live = stream.isatty()
         self.stage = ""
         self.shown = False
+        self.kept: list[Path] = []  # intermediate stages written by this run
 
     def show(self, event: object) -> None:
         from merger_gui.engine.run import (
@@ -126,6 +190,8 @@ class ProgressDisplay:
             elif event.downloaded == event.total:
                 self.line(f"downloaded {event.model}/{event.file} ({event.total / 1e6:.1f} MB)")
         elif isinstance(event, StageFinished):
+            if not event.reused and event.index < event.count - 1:
+                self.kept.append(event.path)
             what = "reused from an earlier run" if event.reused else f"done in {format_duration(event.seconds)}"
             self.line(f"{self.stage}: {what} → {event.path}")
         elif isinstance(event, MergeDone):

@@ -1,16 +1,28 @@
-"""The output folder: written in a temporary sibling and renamed into place only when complete."""
+"""The output folder: written in a temporary sibling and renamed into place only when complete.
+
+A partial folder is named ``.NAME.partial-<pid>-<random>`` and holds an owner file (pid,
+host, process start time) until it is committed, so a later run can tell a folder whose
+writer was killed (SIGKILL, a crash, a power cut) from one still being written, and
+remove it (:func:`sweep_stale_partials`). Removing a partial folder holds SIGINT, SIGTERM
+and SIGHUP until it is done (:func:`held_signals`), so a second Ctrl-C cannot cut it short.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterable
+import signal
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from merger_gui.core.donor import DTYPE_NAMES, DonorInfo, dtype_code
-from merger_gui.core.errors import UserError
+from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.plan import StagePlan
 from merger_gui.core.recipe import Recipe, Stage
 
@@ -20,14 +32,46 @@ TOKENIZER_FILES = (
 )
 RECIPE_FILE = "mergekit_config.yml"
 PARTIAL_MARK = ".partial-"
+OWNER_FILE = ".merger_gui-owner.json"  # inside a partial folder until it is committed
+PARTIAL_NAME = re.compile(r"^\..+\.partial-([1-9][0-9]{0,9})-[0-9a-f]{8}$")
+COPY_CHUNK = 1024 * 1024
+HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def partial_folder(target: Path) -> Path:
-    """Create and return an empty hidden sibling of ``target`` to write into."""
+    """Create a hidden sibling of ``target`` to write into, named and marked as this process's."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = target.parent / f".{target.name}{PARTIAL_MARK}{os.urandom(4).hex()}"
-    folder.mkdir()
+    folder = target.parent / f".{target.name}{PARTIAL_MARK}{os.getpid()}-{os.urandom(4).hex()}"
+    with held_signals():  # never a folder without its owner file
+        folder.mkdir()
+        (folder / OWNER_FILE).write_text(json.dumps(_owner(os.getpid())))
     return folder
+
+
+def release_partial(folder: Path) -> None:
+    """Remove the owner file of a complete partial folder, just before it is committed."""
+    (folder / OWNER_FILE).unlink(missing_ok=True)
+
+
+def sweep_stale_partials(folders: Iterable[Path]) -> list[Path]:
+    """Remove the partial folders in ``folders`` whose writer process is gone; returns them.
+
+    Only folders named by :func:`partial_folder` are considered; one whose process still
+    runs, or that another host wrote (a shared file system), is left alone.
+    """
+    removed = []
+    for folder in dict.fromkeys(folders):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            match = PARTIAL_NAME.match(entry.name)
+            if match and entry.is_dir(follow_symlinks=False) and _is_stale(path, int(match[1])) \
+                    and remove_folder(path):
+                removed.append(path)
+    return removed
 
 
 def commit_folder(partial: Path, target: Path, overwrite: bool) -> None:
@@ -51,9 +95,83 @@ def commit_folder(partial: Path, target: Path, overwrite: bool) -> None:
     partial.rename(target)
 
 
-def remove_folder(folder: Path) -> None:
-    """Remove a partial folder and everything in it; never fails."""
-    shutil.rmtree(folder, ignore_errors=True)
+def remove_folder(folder: Path) -> bool:
+    """Remove a partial folder and everything in it, signals held until done; whether it is gone."""
+    with held_signals():
+        shutil.rmtree(folder, ignore_errors=True)
+    return not (folder.exists() or folder.is_symlink())
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver the first one that came.
+
+    Only the main thread runs Python's signal handlers (a handler may raise, e.g.
+    KeyboardInterrupt, anywhere in it), so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    # A handler installed outside Python (getsignal gives None) could not be put back: leave it.
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum))
+                for s in HELD_SIGNALS if signal.getsignal(s) is not None}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def _owner(pid: int) -> dict[str, Any]:
+    return {"pid": pid, "host": socket.gethostname(), "started": _start_time(pid)}
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), where /proc tells; a reused pid differs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name in (…) may hold spaces
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _is_stale(folder: Path, pid: int) -> bool:
+    """Whether the process that wrote ``folder`` (``pid`` from its name) is gone.
+
+    The owner file also tells the host and the process' start time (a pid used again by
+    another process is not the owner). Without it (killed before it was written), the pid alone decides.
+    """
+    owner = _read_owner(folder / OWNER_FILE)
+    if owner is None:
+        return not _alive(pid, None)
+    if owner.get("host") != socket.gethostname() or owner.get("pid") != pid:
+        return False
+    return not _alive(pid, owner.get("started"))
+
+
+def _read_owner(file: Path) -> dict[str, Any] | None:
+    try:
+        if file.is_symlink() or not file.is_file() or file.stat().st_size > 4096:
+            return None
+        owner = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _alive(pid: int, started: object) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    now = _start_time(pid)
+    return started is None or now is None or now == started
 
 
 def output_dtype_name(stage: Stage, config_donor: DonorInfo) -> str:
@@ -75,29 +193,65 @@ def output_config(plan: StagePlan, stage: Stage, config_donor: DonorInfo) -> dic
 
 def write_metadata(folder: Path, plan: StagePlan, stage: Stage, config_donor: DonorInfo,
                    copy_tokenizer: bool) -> None:
-    """config.json, the tokenizer files (when ``copy_tokenizer``), the recipe and a model card."""
-    (folder / "config.json").write_text(json.dumps(output_config(plan, stage, config_donor), indent=2) + "\n")
+    """config.json, the tokenizer files (when ``copy_tokenizer``), the recipe and a model card.
+
+    Raises:
+        OSError: a file cannot be written; its ``filename`` is that file, also for a full disk.
+        DonorError: a donor file cannot be read (see :func:`copy_files`).
+    """
+    write_file(folder / "config.json", json.dumps(output_config(plan, stage, config_donor), indent=2) + "\n")
     if copy_tokenizer and config_donor.path:
         copy_files(Path(config_donor.path), folder, TOKENIZER_FILES)
     from merger_gui.core.recipe_yaml import dump_recipe  # the YAML writer is only needed here
 
     recipe_text = dump_recipe(Recipe((stage,)))
-    (folder / RECIPE_FILE).write_text(recipe_text)
-    (folder / "README.md").write_text(model_card(plan, stage, recipe_text))
+    write_file(folder / RECIPE_FILE, recipe_text)
+    write_file(folder / "README.md", model_card(plan, stage, recipe_text))
 
 
 def copy_files(source: Path, target: Path, names: Iterable[str]) -> None:
     """Copy the files ``names`` that donor folder ``source`` has into ``target``.
 
     Raises:
-        DonorError: a file is special or a link leading outside the donor (e.g. to /etc/passwd).
+        DonorError: a file cannot be read, is special or a link leading outside the donor (e.g. to /etc/passwd).
+        OSError: a copy cannot be written; its ``filename`` is the copy, also for a full disk.
     """
     from merger_gui.core.safe_files import donor_file, is_present
 
     for name in names:
         file = source / name
         if is_present(file):
-            shutil.copyfile(donor_file(file, source), target / name)
+            _copy_file(donor_file(file, source), target / name, file)
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``; an error names ``path``, also one raised by a write (a full disk)."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _copy_file(source: Path, target: Path, shown: Path) -> None:
+    """Copy ``source`` (a donor file, named ``shown``) to ``target``, each error naming its own side."""
+    try:
+        reading = source.open("rb")
+    except OSError as exc:
+        raise DonorError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    with reading:
+        try:
+            with target.open("wb") as writing:
+                while chunk := _read_chunk(reading, shown):
+                    writing.write(chunk)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
+
+
+def _read_chunk(handle: BinaryIO, shown: Path) -> bytes:
+    try:
+        return handle.read(COPY_CHUNK)
+    except OSError as exc:
+        raise DonorError(f"cannot read {shown}: {exc.strerror or exc}") from None
 
 
 def model_card(plan: StagePlan, stage: Stage, recipe_text: str) -> str:

@@ -9,7 +9,9 @@ while the next one is merged (:class:`~.write_behind.WriteBehind`), torch comput
 core fewer. Every output (the final one and each intermediate stage's) is written into a hidden
 temporary sibling folder and renamed into place only when complete. Cancelling (the
 ``cancel`` event, checked between tensors) removes the partial folder and raises
-:class:`MergeCancelled`; so does any error, as a one-line :class:`UserError`.
+:class:`MergeCancelled`; so does any error, as a one-line :class:`UserError` naming the file
+read or written. Partial folders left beside the outputs by a merge whose process is gone
+(killed) are removed before the free space is measured.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ from .events import (
 )
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
 from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
-from .output import commit_folder, copy_files, partial_folder, remove_folder, write_metadata
+from .output import (
+    commit_folder, copy_files, held_signals, partial_folder, release_partial, remove_folder, sweep_stale_partials,
+    write_metadata,
+)
 from .reader import ByteRange, SourceTensor, TensorReader
 from .write_behind import WriteBehind
 from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
@@ -163,6 +168,8 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     try:
         stage_names = {j.stage.name for j in jobs if j.stage.name}
         located = {j.plan.index: _locate(reader, j, stage_names) for j in jobs if not j.reused}
+        for folder in sweep_stale_partials(j.target.parent for j in jobs):  # before measuring the free space
+            yield MergeWarning(f"removed {folder}, left by a merge whose process is gone")
         _check_space([(j.target.parent, planned_bytes(j.layouts, options.shard_size) + DISK_MARGIN)
                       for j in jobs if not j.reused])
         progress = _Progress(started, sum(len(j.layouts) for j in jobs if not j.reused),
@@ -365,12 +372,16 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
 
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed)
-    partial = partial_folder(job.target)
-    writer = ShardedWriter(partial, job.layouts, options.shard_size)
     tensors = [(job.plan.tensors[index], located[index]) for index in job.order]
     copies = [_byte_copy(tensor, sources, stage, reader, vocabulary) for tensor, sources in tensors]
     merges = [_merge_bytes(tensor, sources) for (tensor, sources), copy in zip(tensors, copies) if copy is None]
+    partial: Path | None = None
+    writer: ShardedWriter | None = None
+    weights_done = False
     try:
+        with held_signals():  # so that a signal cannot fall between the folder's creation and this name
+            partial = partial_folder(job.target)
+        writer = ShardedWriter(partial, job.layouts, options.shard_size)
         with WriteBehind(writer, max(merges, default=0)) as output, _one_core_for_writing(bool(merges)):
             for i, ((tensor, sources), copy) in enumerate(zip(tensors, copies)):
                 if cancel is not None and cancel.is_set():
@@ -385,6 +396,7 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
                 yield TensorProgress(tensor.name, i + 1, len(job.layouts), progress.tensors,
                                      progress.total_tensors, progress.bytes, progress.total_bytes, eta)
         writer.close()
+        weights_done = True
         config_donor = donors[job.plan.config_donor]
         write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)
         if vocabulary is not None:
@@ -395,22 +407,51 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
             warning = _apply_chat_template(stage, partial, donors)
             if warning:
                 yield MergeWarning(f"{job.plan.label}: {warning}")
-        if job.fingerprint is not None:
-            store_fingerprint(partial, job.fingerprint)
-        commit_folder(partial, job.target, overwrite=options.overwrite or not job.final)
+        with held_signals():  # committed whole or discarded whole
+            release_partial(partial)  # before the fingerprint, which lists the folder's files
+            if job.fingerprint is not None:
+                store_fingerprint(partial, job.fingerprint)
+            commit_folder(partial, job.target, overwrite=options.overwrite or not job.final)
     except OSError as exc:
-        writer.abort()
-        remove_folder(partial)
-        if exc.errno == errno.ENOSPC:
-            needed = planned_bytes(job.layouts, options.shard_size)
-            free = shutil.disk_usage(_existing_ancestor(job.target.parent)).free
-            raise UserError(f"disk full while writing {writer.current_file or job.target}: "
-                            f"{needed / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free") from None
-        raise UserError(f"cannot write {writer.current_file or job.target}: {exc.strerror or exc}") from None
-    except BaseException:
-        writer.abort()
-        remove_folder(partial)
+        shard = writer.current_file if writer is not None and not weights_done else None
+        _discard(writer, partial)
+        raise _os_error(exc, job, partial, shard, options) from None
+    except BaseException as exc:
+        if not _discard(writer, partial):
+            raise UserError(f"{str(exc) or 'stopped'}; the partial folder {partial} could not be removed "
+                            "(the next merge beside it removes it)") from exc
         raise
+
+
+def _discard(writer: ShardedWriter | None, partial: Path | None) -> bool:
+    """Close the open weight file and remove the partial folder, signals held; whether it is gone."""
+    with held_signals():
+        if writer is not None:
+            writer.abort()
+        return partial is None or remove_folder(partial)
+
+
+def _os_error(exc: OSError, job: _Job, partial: Path | None, shard: Path | None, options: MergeOptions) -> UserError:
+    """One line naming the file that failed: the one written (as named in the output) or read."""
+    written = _in_output(exc.filename2, partial, job.target) or _in_output(exc.filename, partial, job.target)
+    if written is None and exc.filename is not None and exc.errno != errno.ENOSPC:
+        return UserError(f"cannot read {exc.filename}: {exc.strerror or exc}")
+    file = written or _in_output(shard, partial, job.target) or job.target
+    if exc.errno == errno.ENOSPC:
+        needed = planned_bytes(job.layouts, options.shard_size)
+        free = shutil.disk_usage(_existing_ancestor(job.target.parent)).free
+        return UserError(f"disk full while writing {file}: {needed / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free")
+    return UserError(f"cannot write {file}: {exc.strerror or exc}")
+
+
+def _in_output(name: str | bytes | os.PathLike[str] | None, partial: Path | None, target: Path) -> Path | None:
+    """``name`` as it is called in ``target`` when it lies in the partial folder (or is the target)."""
+    if name is None or partial is None or isinstance(name, bytes):
+        return None
+    path = Path(name)
+    if path == target:
+        return target
+    return target / path.relative_to(partial) if path.is_relative_to(partial) else None
 
 
 def _apply_chat_template(stage: Stage, folder: Path, donors: Mapping[str, DonorInfo]) -> str | None:
