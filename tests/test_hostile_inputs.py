@@ -337,7 +337,7 @@ DONORS: dict[str, tuple[Callable[[Path], None], str]] = {
     "config_float_hidden_size": (lambda d: _config(d, hidden_size=64.5), "invalid hidden_size"),
     "config_bool_vocab": (lambda d: _config(d, vocab_size=True), "invalid vocab_size"),
     "weights_link_to_dev_zero": (_replace("model.safetensors", lambda p: p.symlink_to("/dev/zero")),
-                                 "outside the donor"),
+                                 "character device"),
     "weights_fifo": (_replace("model.safetensors", os.mkfifo), "FIFO"),
     "header_too_many_tensors": (_header(_zero_size_tensors), f"more than {MAX_TENSORS:,} tensors"),
     "header_long_integer": (_header(b'{"t": {"dtype": "F16", "shape": [' + b"9" * 5000
@@ -530,3 +530,34 @@ def test_any_json_bytes_parse_or_give_one_line(raw):
         parse_json(raw, "config.json")
     except DonorError as error:
         assert "\n" not in str(error) and "config.json" in str(error)
+
+
+def test_weights_kept_on_another_disk_may_be_linked(pristine, tmp_path):
+    """Only tensor data a header describes is read from a weight file, so its link may lead anywhere."""
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    donor = tmp_path / "donor"
+    shutil.copytree(pristine, donor)
+    for shard in donor.glob("*.safetensors"):
+        shutil.move(shard, elsewhere / shard.name)
+        shard.symlink_to(elsewhere / shard.name)
+    assert inspect_folder(donor).num_layers == 4
+    (donor / "config.json").unlink()
+    (donor / "config.json").symlink_to(elsewhere / "config.json")
+    shutil.copy(pristine / "config.json", elsewhere / "config.json")
+    with pytest.raises(DonorError, match="outside the donor"):
+        inspect_folder(donor)
+
+
+def test_local_dir_downloads_linking_into_a_hub_cache_are_followed(pristine, tmp_path):
+    """``huggingface-cli download --local-dir`` (older versions) links each file into the cache's blobs."""
+    blobs = tmp_path / "cache" / "models--org--name" / "blobs"
+    blobs.mkdir(parents=True)
+    donor = tmp_path / "local-dir"
+    donor.mkdir()
+    for file in pristine.iterdir():
+        blob = blobs / hashlib.sha256(file.name.encode()).hexdigest()
+        shutil.copy(file, blob)
+        (donor / file.name).symlink_to(blob)
+    assert inspect_folder(donor).num_layers == 4
+    assert donor_file(donor / "tokenizer.json", donor).parent == blobs

@@ -3,9 +3,12 @@
 Donor folders come from downloads and other people's disks. A file named like
 ``config.json`` may be a FIFO (an open blocks forever), a link to ``/dev/zero`` (a read
 never ends) or a link to ``/etc/passwd`` (which a merge would copy into a model that gets
-uploaded). Every donor file is therefore reached through :func:`donor_file`: a symlink is
-followed only when it resolves inside the donor folder or, for a Hugging Face cache
-snapshot (``snapshots/<rev>/file -> ../../blobs/<hash>``), inside that repo's ``blobs``.
+uploaded). Every donor file is therefore reached through :func:`donor_file`: it must be a
+regular file, and a symlink is followed only when it resolves inside the donor folder or
+inside a Hugging Face cache's ``blobs`` (``snapshots/<rev>/file -> ../../blobs/<hash>``, and
+``--local-dir`` downloads that link into the cache). Weight files may link anywhere (weights
+kept on another disk): only tensor data their header describes is ever read from them, never
+copied whole.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ MAX_INT_DIGITS = 100
 # tokenizer.json holds ~1M lists and ~2M items; 64 MB of `[],` would parse into 3 GB.
 MAX_JSON_CONTAINERS = 2_000_000
 MAX_JSON_ITEMS = 8_000_000
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _CONTAINERS = frozenset((dict, list))
 
 _KINDS = (
@@ -54,7 +58,7 @@ def donor_file(path: str | Path, root: str | Path | None = None) -> Path:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
         raise DonorError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     roots = allowed_roots(Path(root) if root is not None else path.parent)
-    if not any(real.is_relative_to(r) for r in roots):
+    if not (path.name.endswith(WEIGHT_SUFFIXES) or in_hub_blobs(real) or any(real.is_relative_to(r) for r in roots)):
         raise DonorError(f"{path} is a link to {real}, outside the donor folder; "
                          "copy the file into the folder instead of linking it")
     try:
@@ -72,6 +76,11 @@ def allowed_roots(folder: Path) -> tuple[Path, ...]:
         if snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--"):
             return real, snapshots.parent / "blobs"
     return (real,)
+
+
+def in_hub_blobs(real: Path) -> bool:
+    """Whether ``real`` is a file in a Hugging Face cache repo's ``blobs`` (``models--org--name/blobs``)."""
+    return real.parent.name == "blobs" and real.parent.parent.name.startswith(("models--", "datasets--"))
 
 
 def is_present(path: str | Path) -> bool:
