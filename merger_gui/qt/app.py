@@ -125,7 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.screenshot:
         return 0 if save_screenshot(window, args.screenshot, size) else 1
     window.show()
-    return app.exec()
+    from .termination import TerminationSignals
+
+    terminations = TerminationSignals(app)
+    terminations.received.connect(window.terminate)
+    try:
+        return app.exec()
+    finally:
+        terminations.restore()
 
 
 def save_screenshot(window, path: Path, size: tuple[int, int], close: bool = True) -> bool:  # noqa: ANN001

@@ -69,6 +69,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: Settings | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self._terminating = False  # closing because the process was told to stop: no save prompt
         self.settings = settings or Settings()
         self.document = RecipeDocument(parent=self)
         self.registry = DonorRegistry(self)
@@ -327,8 +328,14 @@ class MainWindow(QMainWindow):
             return "donor"
         return "recipe" if path.suffix.lower() in RECIPE_SUFFIXES else None
 
+    def terminate(self) -> None:
+        """Close at once, without asking to save: the process was told to stop (SIGTERM, SIGHUP,
+        Ctrl-C). A running merge is cancelled and its partial folder removed first."""
+        self._terminating = True
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self.files.maybe_save():
+        if not self._terminating and not self.files.maybe_save():
             event.ignore()
             return
         self.settings.window_geometry = self.saveGeometry()
