@@ -1,16 +1,21 @@
-"""The t-curve editor: per-filter parameter curves over the output layers, with draggable points.
+"""The t-curve editor: per-filter parameter curves over the output layers, with draggable points,
+and the per-layer grid beside them.
 
 What is drawn comes from :mod:`merger_gui.core.curves` (the curve series of a stage, resolved
-as the plan resolves them); this widget only draws them and turns mouse and list actions into
-pure edits of :mod:`merger_gui.core.parameter_edits`, one undo step each.
+as the plan resolves them); this widget only draws them and turns mouse, key and menu actions
+into pure edits of :mod:`merger_gui.core.parameter_edits`, one undo step each. Points snap to
+0.05 of the range (Shift: 0.01, Alt: free); double-click inserts a point where clicked; the
+arrow keys move the selected point.
 """
 
 from __future__ import annotations
 
+import html
 import math
+from functools import partial
 
-from PySide6.QtCore import QPointF, QSignalBlocker, Qt
-from PySide6.QtGui import QAction, QColor
+from PySide6.QtCore import QEvent, QObject, QPointF, QSignalBlocker, Qt
+from PySide6.QtGui import QColor, QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QGroupBox,
@@ -21,11 +26,13 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QPushButton,
+    QSplitter,
     QStyle,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
-import pyqtgraph as pg  # noqa: E402  (after PySide6, so pyqtgraph binds to it)
+import pyqtgraph as pg  # after PySide6, so pyqtgraph binds to it
 
 from merger_gui.core import parameter_edits as edits
 from merger_gui.core.curves import (
@@ -39,18 +46,24 @@ from merger_gui.core.curves import (
     rule_warnings,
     setting_specs,
 )
+from merger_gui.core.curve_rows import values_at_layer
+from merger_gui.core.gradient_fit import FREE_STEP, PRESETS, row_positions, snap, step_decimals
 from merger_gui.core.methods import method_spec, parameter_default, parameter_facts
-from merger_gui.core.parameters import interpolate_gradient
+from merger_gui.core.parameters import interpolate_gradient, slice_position
 from merger_gui.core.plan import OutputLayer, StagePlan
 from merger_gui.core.recipe import FilterRule, Stage
 
-from .curve_handles import CurveHandlesItem
+from .curve_grid import CurveGrid
+from .curve_handles import CurveHandlesItem, modifier_step
 from .document import RecipeDocument
 from .method_settings import MethodSettings
+from .settings import Settings
 from .themed_plot import ThemedPlotWidget
 
 RULE_COLOURS = ("#e8684a", "#4a90e2", "#50b86c", "#b36ae2", "#e2b64a", "#4ac6c6", "#e24a9a")
 FALLBACK_COLOUR = "#9a9a9a"
+RULE_SYMBOLS = ("o", "s", "t", "d", "x", "+", "star")  # curves at the same value still tell apart
+LEGEND_MARKS = ("●", "■", "▼", "◆", "✕", "✚", "★")  # the symbols, as text
 NON_LAYER_X = -1.0  # where non-layer tensors (embeddings, norm, lm_head) are drawn
 UNPLANNED_SAMPLES = 33
 
@@ -67,10 +80,15 @@ class TCurveEditor(QWidget):
         live_plan: Emits ``plan_changed(Plan | None)``; curves follow its output layers.
     """
 
-    def __init__(self, document: RecipeDocument, live_plan, parent: QWidget | None = None) -> None:
+    def __init__(self, document: RecipeDocument, live_plan, parent: QWidget | None = None,
+                 settings: Settings | None = None) -> None:
         super().__init__(parent)
         self.document = document
         self.live_plan = live_plan
+        self._settings = settings  # None: the application's settings, read when used
+        self.selected_point: tuple[int, int] | None = None  # (rule, point) the arrow keys move
+        self._layout: tuple[tuple[OutputLayer, ...], NamesByLayer] | None = None
+        self._applied: list[tuple[int, int]] = []  # (first layer, length) of the slices the location sets
         self._targets: tuple[CurveTarget, ...] = ()
         self._stage: Stage | None = None  # what is drawn: the document's stage or a drag preview
         self.rule_warnings: dict[int, str] = {}
@@ -101,7 +119,21 @@ class TCurveEditor(QWidget):
         self.handles.sigPointMoved.connect(self._preview_point)
         self.handles.sigPointMoveFinished.connect(self._commit_point)
         self.handles.sigPointDoubleClicked.connect(self.remove_point)
+        self.handles.sigPointSelected.connect(self.select_point)
         self.plot.addItem(self.handles)
+        self.selection_ring = pg.ScatterPlotItem(size=20, brush=None, pen=pg.mkPen("#ffb000", width=2.5))
+        self.selection_ring.setZValue(9)
+        self.plot.addItem(self.selection_ring)
+        self.readout = pg.TextItem(anchor=(0.5, 1.3), color="#ffffff", fill=pg.mkBrush(40, 40, 40, 200))
+        self.readout.setZValue(20)
+        self.readout.setVisible(False)
+        self.plot.addItem(self.readout)
+        # The legend sits under the plot, not in it, where it would cover points to drag.
+        self.legend = QLabel()
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.plot_widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.plot_widget.installEventFilter(self)
         self.plot_widget.scene().sigMouseClicked.connect(self._scene_clicked)
         self.plot_widget.scene().sigMouseMoved.connect(self._scene_hovered)
         # The value in effect where the recipe sets none (hidden when it sets one).
@@ -115,7 +147,9 @@ class TCurveEditor(QWidget):
         self.rule_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.rule_list.customContextMenuRequested.connect(self._rule_menu)
         self.rule_list.itemChanged.connect(self._rule_renamed)
-        self.rule_list.currentRowChanged.connect(lambda _: self._update_buttons())
+        self.rule_list.currentRowChanged.connect(self._rule_selected)
+        self.grid = CurveGrid(document)
+        self.grid.sigRuleSelected.connect(self.rule_list.setCurrentRow)
 
         self.add_button = QPushButton("Add rule…")
         self.add_button.clicked.connect(self._ask_add_rule)
@@ -125,11 +159,13 @@ class TCurveEditor(QWidget):
         self.up_button.clicked.connect(lambda: self.move_rule(self.rule_list.currentRow(), -1))
         self.down_button = QPushButton("Down")
         self.down_button.clicked.connect(lambda: self.move_rule(self.rule_list.currentRow(), 1))
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItem("Shape…")
-        self.preset_combo.addItems(["Constant", "Linear", "V", "Smoothstep"])
-        self.preset_combo.setToolTip("Replace the selected rule's curve by a preset shape")
-        self.preset_combo.activated.connect(self._preset_chosen)
+        self.shape_button = QToolButton()
+        self.shape_button.setText("Shape")
+        self.shape_button.setToolTip("Presets, invert, mirror, copy and your own shapes for the selected rule")
+        self.shape_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.shape_menu = QMenu(self.shape_button)
+        self.shape_menu.aboutToShow.connect(lambda: self._fill_shape_menu(self.shape_menu, self.rule_list.currentRow()))
+        self.shape_button.setMenu(self.shape_menu)
 
         self.rule_list.setMaximumHeight(120)
         self.rule_list.setMinimumHeight(60)
@@ -138,9 +174,11 @@ class TCurveEditor(QWidget):
         buttons = QHBoxLayout()
         for button in (self.add_button, self.remove_button, self.up_button, self.down_button):
             buttons.addWidget(button)
-        buttons.addWidget(self.preset_combo)
+        buttons.addWidget(self.shape_button)
         buttons.addStretch(1)
-        hint = QLabel("Drag points · double-click the plot to add a point, a point to remove it")
+        hint = QLabel("Drag points (snap 0.05, Shift 0.01, Alt free) · arrow keys move the selected point · "
+                      "double-click the plot to add a point there, a point to remove it · type or paste "
+                      "values in the grid")
         hint.setWordWrap(True)
         hint.setEnabled(False)  # drawn in the muted text colour
         self.no_curves_label = QLabel()
@@ -153,7 +191,15 @@ class TCurveEditor(QWidget):
         curves = QVBoxLayout(self.curve_area)
         curves.setContentsMargins(0, 0, 0, 0)
         curves.addWidget(self.target_combo)
-        curves.addWidget(self.plot_widget, 1)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(self.plot_widget)
+        self.splitter.addWidget(self.grid)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setChildrenCollapsible(False)
+        self.grid.setMinimumHeight(70)
+        curves.addWidget(self.splitter, 1)
+        curves.addWidget(self.legend)
         curves.addWidget(self.summary)
         curves.addWidget(QLabel("<b>Rules</b> (first match wins)"))
         curves.addWidget(self.rule_list)
@@ -244,16 +290,19 @@ class TCurveEditor(QWidget):
         self.curve_items.clear()
         self._curve_values.clear()
         self._series = ()
+        self._layout, self._applied = None, []
         rules = self.rules()
         stage_plan = self._stage_plan()
         if target is None:
             self.handles.setData([], [])
             self.default_line.setVisible(False)
+            self.grid.clear_rows()
             self._fill_rule_list(())
             return
         assert self._stage is not None
         low, high = edits.drag_bounds(self._stage, target.location, target.name)  # every point, even out of range
         self.handles.value_range = (low, high)
+        self.handles.snap_bounds = edits.value_bounds(self._stage.merge_method, target.name)
         self.plot.setLabel("left", target.name)
         self.plot.setYRange(low, high, padding=0.06)
         layout = curve_layout(self._stage, stage_plan, target, rules)
@@ -272,6 +321,7 @@ class TCurveEditor(QWidget):
                 facts.unset if facts else "the merge goes without it"
             self.summary.setText(f"This recipe sets no {target.name} here, so {uses}. Add a rule to shape it.")
         self._fill_rule_list(rules)
+        self._restyle()
 
     def _pooled(self, pool: list, index: int):
         """Item ``index`` of a pool, made visible; items are made once and reused, since
@@ -304,12 +354,13 @@ class TCurveEditor(QWidget):
             ys = [float(interpolate_gradient(values, x)) for x in xs]
             self._curve_values[r] = ys
             self.curve_items[r] = self._pooled(self._curves, r)
-            self.curve_items[r].setData(xs, ys, pen=pg.mkPen(colour, width=2), symbol=None)
+            self.curve_items[r].setData(xs, ys)
             for p, v in enumerate(values):
                 spots_x.append(p / (len(values) - 1) if len(values) > 1 else 0.0)
                 spots_y.append(v)
                 spots_data.append((r, p))
                 brushes.append(pg.mkBrush(colour))
+        self.grid.clear_rows()
         self.plot.setLabel("bottom", "position in slice (no donors yet)")
         self.plot.setXRange(0, 1, padding=0.04)
         self.handles.setData(x=spots_x, y=spots_y, data=spots_data, brush=brushes, pen=pg.mkPen("w"))
@@ -329,6 +380,9 @@ class TCurveEditor(QWidget):
             line = self._pooled(self._seams, k)
             line.setValue(seam - 0.5)
         series = self._series = curve_series(stage, target, rules, layers, names)
+        self._layout, self._applied = (layers, names), applied_slices(stage, layers, target)
+        self.grid.show_rows(stage, target, [rule_label(r) for r in rules],
+                            [_rule_colour(rule, r) for r, rule in enumerate(rules)], layers, names)
         spots_x, spots_y, spots_data, brushes = [], [], [], []
         for r, rule in enumerate(rules):
             colour = _rule_colour(rule, r)
@@ -338,14 +392,13 @@ class TCurveEditor(QWidget):
             if all(math.isnan(y) for y in ys):
                 xs, ys = [], []  # this rule takes no layer tensor
             self.curve_items[r] = self._pooled(self._curves, r)
-            self.curve_items[r].setData(xs, ys, pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=4,
-                                        symbolBrush=colour, symbolPen=None, connect="finite")
+            self.curve_items[r].setData(xs, ys, connect="finite")
             if non_layer is not None:
                 marker = self._pooled(self._markers, r)
                 marker.setData([NON_LAYER_X], [non_layer], pen=None, symbol="d", symbolSize=10,
                                symbolBrush=colour, symbolPen=pg.mkPen("k", width=0.5))
             values = edits.points(rule.value)
-            for layer_start, length in applied_slices(stage, layers, target):
+            for layer_start, length in self._applied:
                 for p, v in enumerate(values):
                     frac = p / (len(values) - 1) if len(values) > 1 else 0.0
                     spots_x.append(layer_start + frac * max(0, length - 1))
@@ -356,10 +409,52 @@ class TCurveEditor(QWidget):
         self.plot.setLabel("bottom", "output layer  (◆ −1: embeddings, norm, lm_head)" if planned else
                            "output layer  (by the recipe's layer ranges)")
         self.plot.setXRange(NON_LAYER_X - 0.5 if planned else -0.5, max(1, len(layers) - 1) + 0.5, padding=0.02)
-        overridden = len(seams) - len(applied_slices(stage, layers, target))
+        overridden = len(seams) - len(self._applied)
         extra = f"; {overridden} slice(s) override it with their own value" if overridden > 0 else ""
         self.summary.setText(f"{len(layers)} output layers in {len(seams)} slice(s); "
                              f"the curve restarts in every slice{extra}." + (f"\n{note}" if note else ""))
+
+    def _restyle(self) -> None:
+        """The selected rule's curve on top and thicker; every curve its own marker; a legend
+        with each rule's values that names curves drawn on top of an earlier one."""
+        rules, selected = self.rules(), self.rule_list.currentRow()
+        planned, entries = self._layout is not None, []
+        for r, item in self.curve_items.items():
+            colour, chosen = _rule_colour(rules[r], r), r == selected
+            item.setPen(pg.mkPen(colour, width=3.5 if chosen else 1.5))
+            item.setSymbol(RULE_SYMBOLS[r % len(RULE_SYMBOLS)] if planned else None)
+            item.setSymbolSize(8 if chosen else 6)
+            item.setSymbolBrush(colour)
+            item.setSymbolPen(None)
+            item.setZValue(6 if chosen else 2)
+            same = next((rule_label(rules[k]) for k in self.curve_items if k < r and
+                         _same_curve(self._curve_values[k], self._curve_values[r])), None)
+            text = html.escape(f"{rule_label(rules[r]).split(' (')[0]}: {_value_summary(rules[r])}" +
+                               (f" (under {same})" if same else ""))
+            mark = LEGEND_MARKS[r % len(LEGEND_MARKS)] if planned else "—"
+            entries.append(f"<span style='color:{colour}'>{mark}</span> " + (f"<b>{text}</b>" if chosen else text))
+        self.legend.setText(" &nbsp; ".join(entries))
+        self.legend.setVisible(len(entries) > 1)
+        self._show_selected_point()
+
+    def _rule_selected(self, row: int) -> None:
+        self._update_buttons()
+        self.grid.select_rule(row)
+        if self.selected_point is not None and self.selected_point[0] != row:
+            self.selected_point = None
+        self._restyle()
+
+    def select_point(self, rule: int, point: int) -> None:
+        """Make point ``point`` of rule ``rule`` the one the arrow keys move (and its rule current)."""
+        self.selected_point = (rule, point)
+        self.plot_widget.setFocus()
+        if self.rule_list.currentRow() != rule:
+            self.rule_list.setCurrentRow(rule)
+        self._show_selected_point()
+
+    def _show_selected_point(self) -> None:
+        where = self.handle_positions(*self.selected_point) if self.selected_point else []
+        self.selection_ring.setData([p.x() for p in where], [p.y() for p in where])
 
     def _fill_rule_list(self, rules: tuple[FilterRule, ...]) -> None:
         row = self.rule_list.currentRow()
@@ -389,7 +484,7 @@ class TCurveEditor(QWidget):
         self.remove_button.setEnabled(0 <= row < count)
         self.up_button.setEnabled(0 < row < count)
         self.down_button.setEnabled(0 <= row < count - 1)
-        self.preset_combo.setEnabled(0 <= row < count)
+        self.shape_button.setEnabled(0 <= row < count)
 
     # --- editing -----------------------------------------------------------------------------
 
@@ -408,6 +503,18 @@ class TCurveEditor(QWidget):
             return
         self._stage = edits.set_curve_point(self.document.stage, target.location, target.name, rule, point, value)
         self._redraw_curves_only()
+        self._show_readout(rule, point, value)
+
+    def _show_readout(self, rule: int, point: int, value: float) -> None:
+        """The value being dragged to, written as it will be stored, above the point."""
+        where = self.handle_positions(rule, point)
+        if not where:
+            return
+        decimals = step_decimals(self.handles.step)
+        name = self.target.name if self.target else "t"
+        self.readout.setText(f"{name} = {value:.{decimals}f}")
+        self.readout.setPos(where[0].x(), value)
+        self.readout.setVisible(True)
 
     def _redraw_curves_only(self) -> None:
         # Only the curves: the handles item is being dragged and moves its own spots.
@@ -431,6 +538,8 @@ class TCurveEditor(QWidget):
                 self.curve_items[r].setData(xs, ys)
 
     def _commit_point(self, rule: int, point: int, old: float, new: float) -> None:
+        self.readout.setVisible(False)
+        self.selected_point = (rule, point)
         self._stage = self.document.stage
         if old == new:
             self._redraw()
@@ -472,15 +581,79 @@ class TCurveEditor(QWidget):
     def rename_rule(self, rule: int, filter_: str | None) -> None:
         self._edit(lambda s, loc, n: edits.rename_rule(s, loc, n, rule, filter_), "Rename rule")
 
-    def apply_preset(self, rule: int, preset: str) -> None:
-        """Give ``rule`` a preset shape from its current first to last value (0 → 1 when flat)."""
+    def _preset_range(self, rule: int) -> tuple[float, float]:
+        """A preset runs between the rule's lowest and highest value (0 → 1 when it is flat)."""
         values = edits.points(self.rules()[rule].value) or (0.0,)
-        start, end = values[0], values[-1]
-        if start == end and self._stage is not None:
-            start, end = edits.value_bounds(self._stage.merge_method, self.target.name if self.target else "t")
-            start, end = max(start, 0.0), min(end, 1.0)
-        self._edit(lambda s, loc, n: edits.apply_preset(s, loc, n, rule, preset, start, end),
-                   f"Shape rule: {preset}")
+        low, high = min(values), max(values)
+        if low == high and self._stage is not None and self.target is not None:
+            low, high = edits.value_bounds(self._stage.merge_method, self.target.name)
+            low, high = max(low, 0.0), min(high, 1.0)
+        return low, high
+
+    def apply_preset(self, rule: int, preset: str) -> None:
+        """Give ``rule`` a preset shape over its current range, exact at the layers it applies to."""
+        low, high = self._preset_range(rule)
+        slices = [row_positions(length) for _, length in self._applied]
+        self._edit(lambda s, loc, n: edits.apply_preset(s, loc, n, rule, preset, low, high, slices),
+                   f"Shape rule: {PRESETS[preset].label}")
+
+    def invert_rule(self, rule: int) -> None:
+        self._edit(lambda s, loc, n: edits.invert_rule(s, loc, n, rule), "Invert rule")
+
+    def mirror_rule(self, rule: int) -> None:
+        self._edit(lambda s, loc, n: edits.mirror_rule(s, loc, n, rule), "Mirror rule")
+
+    def copy_rule(self, rule: int, to_rule: int) -> None:
+        """Give rule ``to_rule`` the curve of rule ``rule``."""
+        self._edit(lambda s, loc, n: edits.copy_rule_value(s, loc, n, rule, to_rule),
+                   f"Copy curve to {rule_label(self.rules()[to_rule])}")
+
+    @property
+    def user_settings(self) -> Settings:
+        return self._settings or Settings()
+
+    def save_user_preset(self, rule: int, name: str) -> None:
+        """Keep ``rule``'s values as user preset ``name`` (for every recipe)."""
+        self.user_settings.save_curve_preset(name, edits.points(self.rules()[rule].value))
+
+    def apply_user_preset(self, rule: int, name: str) -> None:
+        values = self.user_settings.curve_presets[name]
+        target, stage = self.target, self._stage
+        if target is None or stage is None:
+            return
+        bounds = edits.value_bounds(stage.merge_method, target.name)
+        clamped = tuple(edits.clamp(v, bounds) for v in values)
+        value = clamped if len(clamped) > 1 else clamped[0]
+        self._edit(lambda s, loc, n: edits.set_rule_value(s, loc, n, rule, value), f"Shape rule: {name}")
+
+    def _fill_shape_menu(self, menu: QMenu, rule: int) -> None:
+        menu.clear()
+        if not 0 <= rule < len(self.rules()):
+            return
+        for key, shape in PRESETS.items():
+            menu.addAction(shape.label, partial(self.apply_preset, rule, key))
+        menu.addSeparator()
+        menu.addAction("Invert", lambda: self.invert_rule(rule))
+        menu.addAction("Mirror (first layer ↔ last)", lambda: self.mirror_rule(rule))
+        copy = menu.addMenu("Copy curve to")
+        for other, target_rule in enumerate(self.rules()):
+            if other != rule:
+                copy.addAction(rule_label(target_rule), partial(self.copy_rule, rule, other))
+        copy.setEnabled(len(self.rules()) > 1)
+        menu.addSeparator()
+        presets = self.user_settings.curve_presets
+        for name in presets:
+            menu.addAction(f"★ {name}", partial(self.apply_user_preset, rule, name))
+        menu.addAction("Save as my preset…", lambda: self._ask_save_preset(rule))
+        if presets:
+            remove = menu.addMenu("Remove my preset")
+            for name in presets:
+                remove.addAction(name, partial(self.user_settings.remove_curve_preset, name))
+
+    def _ask_save_preset(self, rule: int) -> None:
+        name, ok = QInputDialog.getText(self, "Save preset", "Name of the shape (kept for every recipe):")
+        if ok and name.strip():
+            self.save_user_preset(rule, name.strip())
 
     def convert_rule(self, rule: int) -> None:
         """Toggle a rule between a scalar and a gradient."""
@@ -499,12 +672,6 @@ class TCurveEditor(QWidget):
         if ok:
             self.add_rule(text.strip() or None)
 
-    def _preset_chosen(self, index: int) -> None:
-        row = self.rule_list.currentRow()
-        if index > 0 and row >= 0:
-            self.apply_preset(row, edits.PRESETS[index - 1])
-        self.preset_combo.setCurrentIndex(0)
-
     def _rule_menu(self, pos) -> None:
         row = self.rule_list.indexAt(pos).row()
         menu = QMenu(self)
@@ -513,11 +680,7 @@ class TCurveEditor(QWidget):
             menu.addAction("Add point", lambda: self.add_point(row))
             is_gradient = isinstance(self.rules()[row].value, tuple)
             menu.addAction("Make constant" if is_gradient else "Make gradient", lambda: self.convert_rule(row))
-            shapes = menu.addMenu("Shape")
-            for preset in edits.PRESETS:
-                action = QAction(preset.capitalize(), shapes)
-                action.triggered.connect(lambda _=False, p=preset: self.apply_preset(row, p))
-                shapes.addAction(action)
+            self._fill_shape_menu(menu.addMenu("Shape"), row)
             menu.addAction("Remove rule", lambda: self.remove_rule(row))
         menu.exec(self.rule_list.viewport().mapToGlobal(pos))
 
@@ -525,7 +688,53 @@ class TCurveEditor(QWidget):
         if ev.double() and not ev.isAccepted() and ev.button() == Qt.MouseButton.LeftButton:
             row = self.rule_list.currentRow()
             if row >= 0:
-                self.add_point(row)
+                pos = self.plot.getViewBox().mapSceneToView(ev.scenePos())
+                self.insert_point(row, pos.x(), pos.y(), modifier_step(ev.modifiers(), self.handles.snap_bounds))
+
+    def slice_x(self, x: float) -> float:
+        """The position in its slice of plot coordinate ``x`` (a layer, or [0, 1] without layers),
+        in the nearest slice the edited location sets."""
+        if self._layout is None:
+            return min(1.0, max(0.0, x))
+        if not self._applied:
+            return 0.0
+        start, length = min(self._applied, key=lambda a: 0 if a[0] - 0.5 <= x <= a[0] + a[1] - 0.5
+                            else min(abs(x - a[0]), abs(x - a[0] - a[1] + 1)))
+        if length <= 1:
+            return slice_position(0, length)
+        return min(1.0, max(0.0, (x - start) / (length - 1)))
+
+    def insert_point(self, rule: int, x: float, value: float, step: float = FREE_STEP) -> None:
+        """Add a point to ``rule`` so its curve passes through (``x``, ``value``) in plot
+        coordinates, ``value`` snapped to ``step`` (one undo step)."""
+        new = snap(value, step)
+        at = self.slice_x(x)
+        self._edit(lambda s, loc, n: edits.insert_point(s, loc, n, rule, at, new), f"Add curve point at {new:g}")
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.plot_widget and event.type() == QEvent.Type.KeyPress:
+            assert isinstance(event, QKeyEvent)
+            return self._key(event)
+        return super().eventFilter(watched, event)
+
+    def _key(self, event: QKeyEvent) -> bool:
+        """Up/Down move the selected point a snapping step (Shift fine, Alt free), Left/Right
+        select the rule's previous or next point."""
+        key, selected = event.key(), self.selected_point
+        if selected is None or selected[0] >= len(self.rules()):
+            return False
+        rule, point = selected
+        count = len(edits.points(self.rules()[rule].value))
+        if key in (Qt.Key.Key_Left, Qt.Key.Key_Right):
+            self.select_point(rule, max(0, min(count - 1, point + (1 if key == Qt.Key.Key_Right else -1))))
+            return True
+        if key not in (Qt.Key.Key_Up, Qt.Key.Key_Down) or point >= count:
+            return False
+        step = modifier_step(event.modifiers(), self.handles.snap_bounds)
+        value = edits.points(self.rules()[rule].value)[point]
+        new = snap(value + (step if key == Qt.Key.Key_Up else -step), step)
+        self._edit(lambda s, loc, n: edits.set_curve_point(s, loc, n, rule, point, new), f"Move point to {new:g}")
+        return True
 
     # --- geometry, for tests and tooltips ------------------------------------------------------
 
@@ -546,6 +755,11 @@ class TCurveEditor(QWidget):
             lines.append(f"{rule_label(rules[r])}: {point.value:g} from {point.resolution.describe}"
                          f" ({point.tensor})")
         title = "embeddings, norm, lm_head" if layer is None else f"output layer {layer}"
+        stage_plan, target = self._stage_plan(), self.target
+        if layer is not None and stage_plan is not None and 0 <= layer < stage_plan.num_layers and self._stage:
+            others = [f"{v.parameter} ({v.rule}): {v.value:g}" for v in values_at_layer(self._stage, stage_plan, layer)
+                      if target is None or v.parameter != target.label]
+            lines += ["other curves here:", *others] if others else []
         return "\n".join([title, *lines]) if lines else ""
 
     def _scene_hovered(self, pos: QPointF) -> None:
@@ -560,3 +774,16 @@ class TCurveEditor(QWidget):
 
 def _rule_colour(rule: FilterRule, index: int) -> str:
     return FALLBACK_COLOUR if rule.filter in (None, "*") else RULE_COLOURS[index % len(RULE_COLOURS)]
+
+
+def _value_summary(rule: FilterRule) -> str:
+    values = edits.points(rule.value)
+    if len(values) <= 3:
+        return " → ".join(f"{v:g}" for v in values)
+    return f"{values[0]:g} … {values[-1]:g} ({len(values)} points)"
+
+
+def _same_curve(a: list[float], b: list[float]) -> bool:
+    """Whether two drawn curves lie on top of each other (and are drawn at all)."""
+    drawn = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) and math.isnan(y))]
+    return bool(drawn) and all(math.isclose(x, y, abs_tol=1e-9) for x, y in drawn)

@@ -61,10 +61,10 @@ class Settings:
         recent = {str(p) for p in self.recent_files} | {str(Path(recipe).resolve())}
         self._qs.setValue("recipes/donors", json.dumps({k: v for k, v in data.items() if k in recent and v}))
 
-    def last_folder(self, kind: str) -> str:
-        """Last folder used for ``kind`` (``"recipe"``, ``"donor"``); home when unknown."""
+    def last_folder(self, kind: str, default: Path | None = None) -> str:
+        """Last folder used for ``kind`` (``"recipe"``, ``"donor"``); ``default`` (home) when unknown."""
         folder = self._str(f"folders/{kind}")
-        return folder if folder and Path(folder).is_dir() else str(Path.home())
+        return folder if folder and Path(folder).is_dir() else str(default or Path.home())
 
     def set_last_folder(self, kind: str, folder: Path | str) -> None:
         self._qs.setValue(f"folders/{kind}", str(folder))
@@ -94,6 +94,29 @@ class Settings:
     @theme.setter
     def theme(self, value: str) -> None:
         self._qs.setValue("appearance/theme", value)
+
+    @property
+    def curve_presets(self) -> dict[str, tuple[float, ...]]:
+        """The user's own curve shapes (name → gradient values), shared by every recipe."""
+        try:
+            data = json.loads(self._str("curves/presets", "{}"))
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): tuple(float(x) for x in v) for k, v in data.items()
+                if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)}
+
+    def save_curve_preset(self, name: str, values: tuple[float, ...]) -> None:
+        """Keep ``values`` as user preset ``name`` (replacing one of that name)."""
+        presets = self.curve_presets
+        presets[name] = values
+        self._qs.setValue("curves/presets", json.dumps({k: list(v) for k, v in presets.items()}))
+
+    def remove_curve_preset(self, name: str) -> None:
+        presets = self.curve_presets
+        presets.pop(name, None)
+        self._qs.setValue("curves/presets", json.dumps({k: list(v) for k, v in presets.items()}))
 
     def sync(self) -> None:
         self._qs.sync()
