@@ -194,10 +194,10 @@ class TCurveEditor(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.plot_widget)
         self.splitter.addWidget(self.grid)
-        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setChildrenCollapsible(False)
-        self.grid.setMinimumHeight(70)
+        self.grid.setMinimumHeight(130)  # four rules and the scroll bar
         curves.addWidget(self.splitter, 1)
         curves.addWidget(self.legend)
         curves.addWidget(self.summary)

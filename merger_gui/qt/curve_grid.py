@@ -33,7 +33,7 @@ from merger_gui.core.recipe import Stage
 
 from .document import RecipeDocument
 
-CELL_WIDTH = 46
+CELL_WIDTH = 56  # "0.7393" unelided
 SEAM_ROLE = Qt.ItemDataRole.UserRole + 1  # a cell that starts a slice
 
 
