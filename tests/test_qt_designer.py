@@ -179,7 +179,7 @@ def test_repeated_and_skipped_layers_and_seams(qtbot, window):
     load(window, passthrough(("A", 0, 10), ("A", 5, 15)), {"A": LLAMA_13B})
     column = window.stack_view.columns["A"]
     assert column.counts[0] == 1 and column.counts[7] == 2 and column.counts[20] == 0
-    assert window.stack_view.output.stage_plan.seams == (10,)
+    assert window.stack_view.output.layer_map.seams == (10,)
     assert window.stack_view.output.repeated[("A", 7)] == 2
 
 

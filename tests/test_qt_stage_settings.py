@@ -125,7 +125,7 @@ def test_rose_to_slerp_and_back(qtbot, window):
     settle(qtbot, window)
     plan = window.live_plan.stage_plan(0)
     assert plan.num_layers == 62 and [s.model for s in plan.layers[20].sources] == ["Noromaid", "Thorns"]
-    assert len(window.stack_view.output.stage_plan.layers[0].sources) == 2  # split output cells
+    assert len(window.stack_view.output.layer_map.layers[0].sources) == 2  # split output cells
     assert window.stack_view.slice_bar(1, 1).model == "Thorns"  # linked bar in the other column
     assert bar.base_combo.currentData() == "Thorns"  # the bar follows the document
     choose(bar.method_combo, "passthrough")
@@ -285,7 +285,7 @@ def test_models_form_recipe_renders_in_stack_and_weight_editor(qtbot, window, de
     assert {A, B} <= set(window.stack_view.columns) and window.stack_view.bars == []
     output = window.stack_view.output
     assert output is not None and output.num_layers == 8
-    assert all([s.model for s in layer.sources] == [A, B] for layer in output.stage_plan.layers)
+    assert all([s.model for s in layer.sources] == [A, B] for layer in output.layer_map.layers)
     editor = window.curve_editor
     labels = [editor.target_combo.itemText(i) for i in range(editor.target_combo.count())]
     assert labels == [f"weight · {A}", f"weight · {B}"]

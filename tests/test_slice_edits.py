@@ -2,8 +2,8 @@
 
 from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
 from merger_gui.core.slice_edits import (
-    add_slice, clamp_range, delete_slice, duplicate_slice, layer_range_label, move_slice,
-    rename_model, reorder_slice, resize_slice, set_slice_model,
+    add_slice, clamp_range, delete_slice, duplicate_slice, layer_range_label, move_slice, nudge_slice,
+    nudge_slice_end, rename_model, reorder_slice, resize_slice, set_slice_model,
 )
 
 
@@ -70,3 +70,14 @@ def test_set_model_and_rename():
     renamed = rename_model(recipe, "a", "z")
     assert "a" not in renamed.stages[0].referenced_models + renamed.stages[1].referenced_models
     assert renamed.stages[1].base_model == "z"
+
+
+def test_nudges_move_a_slice_or_one_end_inside_its_donors():
+    stage = Stage("slerp", slices=(Slice((SliceSource("a", (4, 8)), SliceSource("b", (0, 4)))),))
+    layers = {"a": 10, "b": 40}
+    assert nudge_slice(stage, 0, -1) == stage  # b cannot go below layer 0: the pair stays paired
+    moved = nudge_slice(stage, 0, 5, num_layers=layers).slices[0].sources
+    assert [s.layer_range for s in moved] == [(6, 10), (2, 6)]  # cut short at a's last layer
+    ended = nudge_slice_end(stage, 0, "end", 1, num_layers=layers).slices[0].sources
+    assert [s.layer_range for s in ended] == [(4, 9), (0, 5)]
+    assert ranges(nudge_slice_end(rose(), 0, "start", 20))[0] == ("a", (15, 16))  # never empty

@@ -112,6 +112,19 @@ class DonorUsage:
 
 
 @dataclass(frozen=True)
+class LayerMap:
+    """The output layers of a stage without its tensors: all the designer draws of a plan."""
+
+    layers: tuple[OutputLayer, ...]
+    seams: tuple[int, ...]  # output layer indices where a new slice starts
+    donor_usage: tuple[DonorUsage, ...]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+@dataclass(frozen=True)
 class StagePlan:
     index: int  # position of the stage in the recipe file
     name: str | None
@@ -308,10 +321,8 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
         raise RecipeError("the recipe has no models")
     vocab = output_vocab_size(stage, donors, config_donor)
 
-    layers: list[OutputLayer] = []
+    layer_map = plan_layers(stage, donors)
     tensors: list[PlannedTensor] = []
-    seams: list[int] = []
-    counts = {m: [0] * donors[m].num_layers for m in stage.referenced_models}
 
     def add_tensor(info: TensorInfo, out_name: str, sources: tuple[tuple[str, str], ...],
                    slice_i: int, slice_: Slice, x: float, layer: int | None, note: str | None = None) -> None:
@@ -334,27 +345,17 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
                 srcs = tuple((s.model, info.name) for s in first.sources if donors[s.model].tensor(info.name))
                 add_tensor(info, info.name, srcs, 0, first, 0.0, None)
 
-    for slice_i, slice_ in enumerate(slices):
-        length = max(0, min(s.num_layers for s in slice_.sources))
-        if layers:
-            seams.append(len(layers))
+    for layer in layer_map.layers:
+        slice_ = slices[layer.slice_index]
         lead_source = slice_.sources[0]
-        lead = donors[lead_source.model]
-        for k in _in_range_positions(slice_, donors, length):
-            src_layers = tuple(LayerSource(s.model, s.start + k) for s in slice_.sources)
-            out_index = len(layers)
-            layer = OutputLayer(out_index, slice_i, k, length, src_layers)
-            layers.append(layer)
-            for ls in src_layers:
-                counts[ls.model][ls.layer] += 1
-            for info in lead.layer_tensors(lead_source.start + k):
-                srcs = []
-                for s, ls in zip(slice_.sources, src_layers):
-                    name = with_layer_index(info.name, ls.layer)
-                    if donors[s.model].tensor(name):
-                        srcs.append((s.model, name))
-                add_tensor(info, with_layer_index(info.name, out_index), tuple(srcs),
-                           slice_i, slice_, layer.x, out_index)
+        for info in donors[lead_source.model].layer_tensors(lead_source.start + layer.position):
+            srcs = []
+            for s, ls in zip(slice_.sources, layer.sources):
+                name = with_layer_index(info.name, ls.layer)
+                if donors[s.model].tensor(name):
+                    srcs.append((s.model, name))
+            add_tensor(info, with_layer_index(info.name, layer.index), tuple(srcs),
+                       layer.slice_index, slice_, layer.x, layer.index)
 
     # Post-weights (final norm, lm_head) come from the last slice, at x = 0.
     if slices:
@@ -382,10 +383,34 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
                 add_tensor(embed, "lm_head.weight", srcs, len(slices) - 1, last, 0.0, None,
                            note=f"{tail.display_name} ties lm_head to its embeddings; copied as lm_head")
 
+    output = _output_donor(stage, index, config_donor, list(layer_map.layers), tensors, vocab)
+    return StagePlan(index, stage.name, stage.merge_method, layer_map.layers, tuple(tensors), layer_map.seams,
+                     layer_map.donor_usage, config_name, vocab, output)
+
+
+def plan_layers(stage: Stage, donors: Mapping[str, DonorInfo]) -> LayerMap:
+    """The output layers of ``stage``, by arithmetic on layer ranges (cheap enough for every mouse move).
+
+    Raises:
+        DonorError: when a referenced model is not in ``donors``.
+    """
+    missing = [m for m in stage.referenced_models if m not in donors]
+    if missing:
+        raise DonorError(f"no donor information for {', '.join(missing)}")
+    layers: list[OutputLayer] = []
+    seams: list[int] = []
+    counts = {m: [0] * donors[m].num_layers for m in stage.referenced_models}
+    for slice_i, slice_ in enumerate(s for s in stage_slices(stage, donors) if s.sources):
+        length = max(0, min(s.num_layers for s in slice_.sources))
+        if layers:
+            seams.append(len(layers))
+        for k in _in_range_positions(slice_, donors, length):
+            sources = tuple(LayerSource(s.model, s.start + k) for s in slice_.sources)
+            layers.append(OutputLayer(len(layers), slice_i, k, length, sources))
+            for source in sources:
+                counts[source.model][source.layer] += 1
     usage = tuple(DonorUsage(m, len(c), tuple(c)) for m, c in counts.items() if donors[m].num_layers)
-    output = _output_donor(stage, index, config_donor, layers, tensors, vocab)
-    return StagePlan(index, stage.name, stage.merge_method, tuple(layers), tuple(tensors), tuple(seams),
-                     usage, config_name, vocab, output)
+    return LayerMap(tuple(layers), tuple(seams), usage)
 
 
 def _in_range_positions(slice_: Slice, donors: Mapping[str, DonorInfo], length: int) -> range:

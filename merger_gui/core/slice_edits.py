@@ -6,8 +6,9 @@ when known) bounds them. An edit never yields an empty or reversed range.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Literal
 
 from .methods import method_spec
 from .recipe import Recipe, Slice, SliceSource, Stage
@@ -216,3 +217,34 @@ def add_linked_slice(stage: Stage, models: tuple[str, ...], start: int, end: int
     sources = [SliceSource(models[0], first)]
     sources += [SliceSource(m, fit_range(*first, layers.get(m))) for m in models[1:]]
     return _with_slices(stage, [*_slices(stage), Slice(tuple(sources))])
+
+
+def nudge_slice(stage: Stage, slice_index: int, delta: int, *,
+                num_layers: Mapping[str, int | None] | None = None) -> Stage:
+    """Move every source of a slice by ``delta`` layers, as a block that stays inside its donors.
+
+    The move is cut short where a source would leave its donor (``num_layers``, by model),
+    so the sources stay paired layer for layer; a slice that cannot move is returned as is.
+    """
+    limits = num_layers or {}
+    sources = stage.slices[slice_index].sources if stage.slices else ()
+    if delta > 0:
+        delta = min([delta] + [max(0, n - s.end) for s in sources if (n := limits.get(s.model)) is not None])
+    else:
+        delta = max([delta] + [-s.start for s in sources])
+    if not sources or delta == 0:
+        return stage
+    slices = _slices(stage)
+    moved = tuple(replace(s, layer_range=(s.start + delta, s.end + delta)) for s in sources)
+    slices[slice_index] = replace(slices[slice_index], sources=moved)
+    return _with_slices(stage, slices)
+
+
+def nudge_slice_end(stage: Stage, slice_index: int, end: Literal["start", "end"], delta: int, *,
+                    num_layers: Mapping[str, int | None] | None = None) -> Stage:
+    """Move the start or the end of a slice by ``delta`` layers (every source alike, see :func:`resize_slice`)."""
+    first = stage.slices[slice_index].sources[0]
+    limit = (num_layers or {}).get(first.model)
+    if end == "start":
+        return resize_slice(stage, slice_index, start=first.start + delta, num_layers=limit)
+    return resize_slice(stage, slice_index, end=first.end + delta, num_layers=limit)

@@ -27,6 +27,7 @@ from .merge_panel import MergePanel
 from .output_stack import plan_summary
 from .recipe_files import RecipeFiles
 from .settings import Settings
+from .slice_inspector import SliceInspector
 from .stack_view import StackView, StageBar
 from .stage_actions import StageActions
 from .stage_settings import StageSettingsBar
@@ -81,6 +82,7 @@ class MainWindow(QMainWindow):
         self.stage_bar.menu_actions = self.stage_actions.actions
         self.stage_settings = StageSettingsBar(self.document, self.registry, self.live_plan)
         self.stack_view = StackView(self.document, self.live_plan, self.registry)
+        self.slice_inspector = SliceInspector(self.document, self.stack_view)
         self.yaml_editor = YamlEditor(self.document)
         self.findings_view = FindingsView(self.document, self.live_plan)
         self.donor_panel = DonorPanel(self.document, self.registry, self.inspector, self.live_plan, self.settings)
@@ -97,6 +99,7 @@ class MainWindow(QMainWindow):
         designer_layout.addWidget(self.stage_bar)
         designer_layout.addWidget(self.stage_settings)
         designer_layout.addWidget(self.stack_view, 1)
+        designer_layout.addWidget(self.slice_inspector)
         self.pages = QStackedWidget()
         self.pages.addWidget(_scrolling(self.welcome))
         self.pages.addWidget(designer)

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (
     QStyleOptionGraphicsItem, QWidget,
 )
 
-from merger_gui.core.plan import StagePlan
+from merger_gui.core.plan import LayerMap, StagePlan
 from merger_gui.core.units import format_count
 
 from .slice_items import HEADER_H, StackGeometry, header_fonts, label_font, label_step, text_on
@@ -31,28 +31,47 @@ def plan_summary(stage_plan: StagePlan | None) -> str:
 class OutputColumnItem(QGraphicsObject):
     """Cells of the output stack; seams are drawn as bold lines between slices.
 
-    Hovering a cell emits :attr:`sigHovered` (output layer or -1) so the view can light
-    up its source cell; clicking one emits :attr:`sigClicked` with its slice index.
+    Draws a :class:`LayerMap` (a stage plan, or the layers a drag would make) and takes a new
+    one with :meth:`set_layer_map` (one repaint; the item is kept). Hovering a cell emits
+    :attr:`sigHovered` (output layer or -1) so the view can light up its source cell;
+    clicking one emits :attr:`sigClicked` with its slice index.
     """
 
     sigHovered = Signal(int)
     sigClicked = Signal(int)
 
-    def __init__(self, stage_plan: StagePlan, colors_by_model: Mapping[str, QColor],
+    def __init__(self, layer_map: LayerMap | StagePlan, summary: str, colors_by_model: Mapping[str, QColor],
                  geometry: StackGeometry, colors: CanvasColors, title: str = "Output") -> None:
         super().__init__()
-        self.stage_plan = stage_plan
+        self.layer_map, self.summary = layer_map, summary
         self.colors_by_model = colors_by_model
         self.geometry, self.colors, self.title = geometry, colors, title
-        self.repeated = {(u.model, i): u.counts[i] for u in stage_plan.donor_usage for i in u.repeated}
+        self.repeated = self._repeated(layer_map)
         self.setAcceptHoverEvents(True)
-        self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        # Painted row by row where exposed (no cache): a drag changes the cells at every layer step.
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self._hovered = -1
 
+    @staticmethod
+    def _repeated(layer_map: LayerMap | StagePlan) -> dict[tuple[str, int], int]:
+        return {(u.model, i): u.counts[i] for u in layer_map.donor_usage for i in u.repeated}
+
     @property
     def num_layers(self) -> int:
-        return self.stage_plan.num_layers
+        return self.layer_map.num_layers
+
+    def set_layer_map(self, layer_map: LayerMap | StagePlan, summary: str) -> None:
+        """Draw ``layer_map`` instead (a drag's preview, or the plan once it is made)."""
+        if summary != self.summary or layer_map.layers != self.layer_map.layers or \
+                layer_map.seams != self.layer_map.seams:
+            if layer_map.num_layers != self.num_layers:
+                self.prepareGeometryChange()
+            self.layer_map, self.summary = layer_map, summary
+            self.repeated = self._repeated(layer_map)
+            self.update()
+        else:
+            self.layer_map = layer_map  # the same cells: no repaint
 
     def boundingRect(self) -> QRectF:
         g = self.geometry
@@ -75,11 +94,14 @@ class OutputColumnItem(QGraphicsObject):
         painter.setFont(sub_font)
         painter.setPen(c.muted_text)
         painter.drawText(center.adjusted(-40, 0, 40, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
-                         plan_summary(self.stage_plan))
+                         self.summary)
         font = label_font(g.cell_h)
         painter.setFont(font)
         step = label_step(g.cell_h)
-        for layer in self.stage_plan.layers:
+        exposed = option.exposedRect
+        first = max(0, int(g.layer_at(exposed.top())) - 1)
+        last = min(self.num_layers, int(g.layer_at(exposed.bottom())) + 2)
+        for layer in self.layer_map.layers[first:last]:
             cell = self.cell_rect(layer.index)
             part_w = OUTPUT_W / len(layer.sources)
             for k, source in enumerate(layer.sources):
@@ -100,10 +122,10 @@ class OutputColumnItem(QGraphicsObject):
                                  Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, str(layer.index))
         if g.cell_h >= 5:
             painter.setPen(QPen(c.background, 0))
-            for i in range(1, self.num_layers):
+            for i in range(max(1, first), last):
                 painter.drawLine(QPointF(0, g.y(i)), QPointF(OUTPUT_W, g.y(i)))
         painter.setPen(QPen(c.seam, 2.5))
-        for seam in self.stage_plan.seams:
+        for seam in self.layer_map.seams:
             y = g.y(seam)
             painter.drawLine(QPointF(-6, y), QPointF(OUTPUT_W + 6, y))
         painter.setPen(QPen(c.cell_border, 1))
@@ -121,7 +143,7 @@ class OutputColumnItem(QGraphicsObject):
         if index != self._hovered:
             self._hovered = index
             if index >= 0:
-                layer = self.stage_plan.layers[index]
+                layer = self.layer_map.layers[index]
                 sources = ", ".join(f"{s.model} layer {s.layer}" for s in layer.sources)
                 self.setToolTip(f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}")
             else:
@@ -135,7 +157,7 @@ class OutputColumnItem(QGraphicsObject):
     def mousePressEvent(self, event: QGraphicsSceneMouseEvent) -> None:
         index = self.layer_at(event.pos())
         if event.button() == Qt.MouseButton.LeftButton and index >= 0:
-            self.sigClicked.emit(self.stage_plan.layers[index].slice_index)
+            self.sigClicked.emit(self.layer_map.layers[index].slice_index)
             event.accept()
         else:
             event.ignore()

@@ -24,6 +24,9 @@ HEADER_H = 54.0  # room above a column for its name (up to two lines) and layer 
 TITLE_LINE_H = 14.0
 CELL_LABEL_W = 40.0  # the layer-number part of a donor column
 LANE_W = 32.0  # one lane of slice bars; overlapping slices get more lanes
+MIN_LANE_W = 10.0  # lanes share the column's width down to this, so an overlap rarely widens it
+LEGIBLE_FONT_PX = 10  # layer numbers are never drawn smaller; small cells get fewer of them
+LABEL_PITCH = 12.0  # vertical room a layer number needs
 EDGE_GRIP = 5.0  # pixels at a bar's ends that resize instead of move
 LINK_DY = 7.0  # links join a slice's bars this far below their tops, past the rounded corner
 DRAG_THRESHOLD = 3.0
@@ -54,8 +57,9 @@ class StackGeometry:
 
 
 def label_font(cell_h: float, bold: bool = False) -> QFont:
+    """The font of layer numbers: legible at any zoom (small cells label fewer layers instead)."""
     font = QFont()
-    font.setPixelSize(int(max(8, min(11, cell_h - 2))))
+    font.setPixelSize(int(max(LEGIBLE_FONT_PX, min(11, cell_h - 2))))
     font.setBold(bold)
     return font
 
@@ -89,8 +93,17 @@ def title_width(title: str, metrics: QFontMetrics) -> float:
 
 
 def label_step(cell_h: float) -> int:
-    """Label every layer when cells are tall enough, else every 5th or 10th."""
-    return 1 if cell_h >= 9 else 5 if cell_h >= 3 else 10
+    """Label every layer when cells are tall enough for a legible number, else every 2nd, 5th, 10th…"""
+    return next((step for step in (1, 2, 5, 10, 20, 50) if step * cell_h >= LABEL_PITCH), 100)
+
+
+def column_width(title: str, lanes: int, compact: bool) -> float:
+    """Width of a donor column: room for its title, its layer numbers and ``lanes`` lanes of bars."""
+    metrics = QFontMetrics(header_fonts()[0])
+    title_w = min(COMPACT_TITLE_W, title_width(title, metrics) + 8) if compact else \
+        min(MAX_COLUMN_W, metrics.horizontalAdvance(title) + 10)
+    least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
+    return max(least, title_w, CELL_LABEL_W + lanes * MIN_LANE_W + 4)
 
 
 class DonorColumnItem(QGraphicsObject):
@@ -111,11 +124,8 @@ class DonorColumnItem(QGraphicsObject):
         self.name, self.title, self.subtitle = name, title, subtitle
         self.num_layers, self.known, self.counts = num_layers, known, counts
         self.color, self.lanes, self.geometry, self.colors = color, lanes, geometry, colors
-        metrics = QFontMetrics(header_fonts()[0])
-        title_w = min(COMPACT_TITLE_W, title_width(title, metrics) + 8) if compact else \
-            min(MAX_COLUMN_W, metrics.horizontalAdvance(title) + 10)
-        least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
-        self.width = max(least, title_w, CELL_LABEL_W + lanes * LANE_W + 4)
+        self.width = column_width(title, lanes, compact)
+        self.lane_w = min(LANE_W, (self.width - CELL_LABEL_W - 4) / lanes)
         self._drag_start: int | None = None
         self._drag_range: tuple[int, int] | None = None
         self._press_y = 0.0
@@ -131,7 +141,13 @@ class DonorColumnItem(QGraphicsObject):
         return QRectF(0, g.top, self.width, self.num_layers * g.cell_h)
 
     def lane_x(self, lane: int) -> float:
-        return self.width - (self.lanes - lane) * LANE_W
+        return self.width - (self.lanes - lane) * self.lane_w
+
+    def set_counts(self, counts: tuple[int, ...] | None) -> None:
+        """Tint the cells by ``counts`` (a drag's preview, or the plan's)."""
+        if counts != self.counts:
+            self.counts = counts
+            self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
         g, c = self.geometry, self.colors
@@ -164,8 +180,8 @@ class DonorColumnItem(QGraphicsObject):
         for layer in range(self.num_layers):
             cell = QRectF(0, g.y(layer), self.width, g.cell_h)
             count = self.counts[layer] if self.counts and layer < len(self.counts) else None
-            if count == 0:
-                painter.fillRect(cell, hatch)
+            if count == 0:  # hatched right of the layer numbers, so they stay readable
+                painter.fillRect(cell.adjusted(CELL_LABEL_W - 2, 0, 0, 0), hatch)
             elif count:
                 tint.setAlpha(70 if count == 1 else 150)
                 painter.fillRect(cell, tint)
@@ -173,10 +189,10 @@ class DonorColumnItem(QGraphicsObject):
                 painter.setPen(c.text if count else c.muted_text)
                 text_rect = QRectF(2, cell.top() - 6, CELL_LABEL_W - 6, g.cell_h + 12)
                 painter.drawText(text_rect, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, str(layer))
-            if count and count > 1 and g.cell_h >= 9:
+            if count and count > 1 and g.cell_h >= 9:  # beside the number: the bars cover the right side
                 painter.setPen(c.text)
-                painter.drawText(cell.adjusted(0, 0, -3, 0), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                                 f"×{count}")
+                painter.drawText(cell.adjusted(CELL_LABEL_W - 2, 0, 0, 0),
+                                 Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"×{count}")
         if g.cell_h >= 5:
             painter.setPen(QPen(c.cell_border, 0))
             for layer in range(1, self.num_layers):
@@ -424,3 +440,45 @@ class SliceLinkItem(QGraphicsLineItem):
         """Join the bars where they are now (a drag moves them before the recipe changes)."""
         y_left, y_right = self.left.bar_rect().top() + LINK_DY, self.right.bar_rect().top() + LINK_DY
         self.setLine(self.left.x() + self.left.width, y_left, self.right.x(), y_right)
+
+
+class RangeTipItem(QGraphicsObject):
+    """The range a drag would give, next to the cursor: ``"layers 12–39 (28 layers)"``."""
+
+    PAD = 4.0
+
+    def __init__(self, colors: CanvasColors) -> None:
+        super().__init__()
+        self.colors = colors
+        self.text = ""
+        self.font = QFont()
+        self.font.setPixelSize(12)
+        self.font.setBold(True)
+        self.setZValue(50)
+        self.setAcceptedMouseButtons(Qt.MouseButton.NoButton)
+
+    @staticmethod
+    def describe(start: int, end: int) -> str:
+        count = end - start
+        return f"{layer_range_label(start, end)} ({count} layer{'s' if count != 1 else ''})"
+
+    def show_range(self, start: int, end: int, at: QPointF) -> None:
+        text = self.describe(start, end)
+        if text != self.text:
+            self.prepareGeometryChange()
+            self.text = text
+        self.setPos(at + QPointF(16, -8))
+        self.setVisible(True)
+
+    def boundingRect(self) -> QRectF:
+        width = QFontMetrics(self.font).horizontalAdvance(self.text)
+        return QRectF(0, 0, width + 2 * self.PAD, 18)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        rect = self.boundingRect()
+        painter.setPen(QPen(self.colors.muted_text, 1))
+        painter.setBrush(self.colors.background)
+        painter.drawRoundedRect(rect.adjusted(0.5, 0.5, -0.5, -0.5), 3, 3)
+        painter.setFont(self.font)
+        painter.setPen(self.colors.text)
+        painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, self.text)

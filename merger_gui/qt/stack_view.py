@@ -4,33 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QPoint, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
-    QAction, QBrush, QContextMenuEvent, QKeySequence, QMouseEvent, QPainter, QPen, QResizeEvent,
+    QAction, QBrush, QContextMenuEvent, QKeySequence, QMouseEvent, QPainter, QPen, QResizeEvent, QWheelEvent,
 )
 from PySide6.QtWidgets import (
-    QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem, QGraphicsView, QMenu, QTabBar,
-    QWidget,
+    QApplication, QGraphicsItem, QGraphicsRectItem, QGraphicsScene, QGraphicsSimpleTextItem, QGraphicsTextItem,
+    QGraphicsView, QMenu, QTabBar, QWidget,
 )
 
 from merger_gui.core import slice_edits
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.donor import MAX_LAYERS
 from merger_gui.core.methods import method_spec
+from merger_gui.core.plan import LayerMap, plan_layers
 from merger_gui.core.recipe import SliceSource, Stage
 from merger_gui.core.slice_edits import layer_range_label
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
-from .output_stack import INDEX_GUTTER, OutputColumnItem
-from .slice_items import HEADER_H, LANE_W, DonorColumnItem, SliceBarItem, SliceLinkItem, StackGeometry
+from .output_stack import INDEX_GUTTER, OUTPUT_W, OutputColumnItem, plan_summary
+from .slice_items import (
+    HEADER_H, DonorColumnItem, RangeTipItem, SliceBarItem, SliceLinkItem, StackGeometry, column_width,
+)
 from .theme import CanvasColors, current_theme
 
 COLUMN_GAP = 22.0
 OUTPUT_GAP = 40.0
 MARGIN = 12.0
-MIN_CELL_H, MAX_CELL_H = 3.0, 22.0
+LEGIBLE_CELL_H = 12.0  # the readable scale never goes below this: layer numbers stay at 10 px or more
+MAX_CELL_H = 22.0
+MIN_ZOOM_CELL_H, MAX_ZOOM_CELL_H = 2.0, 40.0  # what an explicit zoom may choose
+ZOOM_STEP = 1.25
+DEFAULT_DONOR_LAYERS = 32  # the readable scale's guess while no donor's layer count is known
+AUTOSCROLL_EDGE = 28.0  # pixels from the viewport's top or bottom where a drag scrolls the stacks
+AUTOSCROLL_MS = 30
 NOTE_W = 180.0  # width of the "no output plan" note beside the donors
 
 StageEdit = Callable[[Stage], Stage]
@@ -53,17 +62,31 @@ def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
 
 
 class SliceActions(QObject):
-    """Delete / duplicate / move up / move down of the selected slice, as shared ``QAction`` s."""
+    """Delete / duplicate / reorder / nudge the selected slice, as shared ``QAction`` s.
 
-    def __init__(self, document: RecipeDocument, parent: QObject | None = None) -> None:
+    Nudges move the selected slice by one layer (Up/Down), or its start (Ctrl+Up/Down) or its
+    end (Shift+Up/Down); each is one undo step.
+    """
+
+    def __init__(self, document: RecipeDocument, num_layers: Callable[[str], int | None],
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.document = document
+        self.num_layers = num_layers
         self.delete = self._action("Delete slice", QKeySequence.StandardKey.Delete, self.delete_selected)
         self.duplicate = self._action("Duplicate slice", QKeySequence("Ctrl+D"), self.duplicate_selected)
         self.move_up = self._action("Move slice up", QKeySequence("Alt+Up"), lambda: self.move_selected(-1))
         self.move_down = self._action("Move slice down", QKeySequence("Alt+Down"), lambda: self.move_selected(1))
         self.actions = (self.move_up, self.move_down, self.duplicate, self.delete)
         self.delete.setToolTip("Remove the selected slice from the output (Delete)")
+        self.nudges = (
+            self._nudge("Take one layer earlier", "Up", lambda: self.nudge_selected(None, -1)),
+            self._nudge("Take one layer later", "Down", lambda: self.nudge_selected(None, 1)),
+            self._nudge("Start one layer earlier", "Ctrl+Up", lambda: self.nudge_selected("start", -1)),
+            self._nudge("Start one layer later", "Ctrl+Down", lambda: self.nudge_selected("start", 1)),
+            self._nudge("End one layer earlier", "Shift+Up", lambda: self.nudge_selected("end", -1)),
+            self._nudge("End one layer later", "Shift+Down", lambda: self.nudge_selected("end", 1)),
+        )
         document.selection_changed.connect(self.update_enabled)
         document.recipe_changed.connect(self.update_enabled)
         self.update_enabled()
@@ -74,6 +97,11 @@ class SliceActions(QObject):
         action.setShortcut(shortcut)
         action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         action.triggered.connect(slot)
+        return action
+
+    def _nudge(self, text: str, keys: str, slot: Callable[[], object]) -> QAction:
+        action = self._action(text, QKeySequence(keys), slot)
+        action.setToolTip(f"{text}: the selected slice's layers ({keys})")
         return action
 
     def _selected(self) -> int | None:
@@ -90,6 +118,8 @@ class SliceActions(QObject):
         self.duplicate.setEnabled(index is not None)
         self.move_up.setEnabled(index is not None and index > 0)
         self.move_down.setEnabled(index is not None and index < count - 1)
+        for action in self.nudges:
+            action.setEnabled(index is not None)
 
     def delete_selected(self) -> None:
         index = self._selected()
@@ -111,6 +141,21 @@ class SliceActions(QObject):
             self.document.apply_to_stage(lambda s: slice_edits.reorder_slice(s, index, index + delta),
                                          f"Move slice {index + 1} {'up' if delta < 0 else 'down'}")
             self.document.select_slice(index + delta)
+
+    def nudge_selected(self, end: str | None, delta: int) -> None:
+        """Move the selected slice (``end`` None), or its ``"start"`` or ``"end"``, by ``delta`` layers."""
+        index = self._selected()
+        if index is None:
+            return
+        limits = {s.model: self.num_layers(s.model) for s in self.document.stage.slices[index].sources}
+        if end is None:
+            self.document.apply_to_stage(lambda s: slice_edits.nudge_slice(s, index, delta, num_layers=limits),
+                                         f"Nudge slice {index + 1} {'up' if delta < 0 else 'down'}")
+        else:
+            side = "start" if end == "start" else "end"
+            self.document.apply_to_stage(
+                lambda s: slice_edits.nudge_slice_end(s, index, side, delta, num_layers=limits),
+                f"Nudge the {side} of slice {index + 1}")
 
 
 class StageBar(QTabBar):
@@ -163,18 +208,29 @@ class StackView(QGraphicsView):
     """Donor columns with draggable slice bars, and the output column.
 
     Drag over a donor's cells to add a slice, drag a bar to move it, drag its top or bottom
-    end to resize it; each finished drag is one undo step. Hover an output layer to see
-    where it comes from; click it to select its slice.
+    end to resize it; each finished drag is one undo step, and the output follows the drag.
+    Hover an output layer to see where it comes from; click it to select its slice.
+
+    The scale (pixels per layer) is the readable fit of the donors to the view, or what the
+    user zoomed to (Ctrl+wheel, Ctrl+plus/minus, Ctrl+0 to fit); edits never change it, nor
+    the order of the columns. Items are kept across rebuilds and replaced only when they change.
     """
 
     sigStatus = Signal(str)  # what a drag would do, for the status bar
+    sigScaleChanged = Signal(float)  # pixels per layer
 
     def __init__(self, document: RecipeDocument, live_plan: LivePlan, registry: DonorRegistry,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document, self.live_plan, self.registry = document, live_plan, registry
-        self.actions_ = SliceActions(document, self)
-        for action in self.actions_.actions:
+        self.actions_ = SliceActions(document, self.num_layers, self)
+        self.zoom_in = self._view_action("Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.zoom_by(ZOOM_STEP))
+        self.zoom_in.setShortcuts([QKeySequence(QKeySequence.StandardKey.ZoomIn), QKeySequence("Ctrl+=")])
+        self.zoom_out = self._view_action("Zoom out", QKeySequence.StandardKey.ZoomOut,
+                                          lambda: self.zoom_by(1 / ZOOM_STEP))
+        self.zoom_fit = self._view_action("Fit to view", QKeySequence("Ctrl+0"), self.fit)
+        self.zoom_actions = (self.zoom_in, self.zoom_out, self.zoom_fit)
+        for action in (*self.actions_.actions, *self.actions_.nudges, *self.zoom_actions):
             self.addAction(action)
         self.setScene(QGraphicsScene(self))
         self.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -186,19 +242,42 @@ class StackView(QGraphicsView):
         self.bars: list[SliceBarItem] = []
         self.links: list[SliceLinkItem] = []
         self.output: OutputColumnItem | None = None
-        self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, 10.0)
+        self.layer_map: LayerMap | None = None  # the current stage's output layers, drawn by the output column
+        self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, LEGIBLE_CELL_H)
         self.ghosts: list[SliceBarItem] = []  # the new slice's sources while dragging over a column
         self.preview_stage: Stage | None = None  # the stage a drag would make, drawn while dragging
+        self.tip = RangeTipItem(current_theme().canvas)  # the dragged range, next to the cursor
+        self.tip.setVisible(False)
+        self.scene().addItem(self.tip)
+        self._zoom: float | None = None  # pixels per layer chosen by the user; None: the readable fit
+        self._order: list[str] = []  # donor columns in the order they were first shown
+        self._compact: bool | None = None  # narrow columns; None: decide at the next rebuild
+        self._summary = ""
+        self._specs: dict[object, tuple] = {}  # what each kept item was built from
+        self._others: list[QGraphicsItem] = []  # the hint or the "no output plan" note
         self._creating = False
         self._rebuild_pending = False
         self._highlights: list[QGraphicsRectItem] = []
         self._selection_box: QGraphicsRectItem | None = None
+        self._cursor = QPointF()  # last mouse position in the viewport, for autoscroll and the range tip
+        self._autoscroll = QTimer(self)
+        self._autoscroll.setInterval(AUTOSCROLL_MS)
+        self._autoscroll.timeout.connect(self._autoscroll_step)
         document.recipe_changed.connect(self.rebuild)
-        document.current_stage_changed.connect(self.rebuild)
-        document.selection_changed.connect(self.update_selection)
+        document.current_stage_changed.connect(self._new_layout)
+        document.selection_changed.connect(self._on_selection)
         live_plan.plan_changed.connect(self.rebuild)
-        registry.changed.connect(self.rebuild)
+        registry.changed.connect(self._donors_changed)
         self.rebuild()
+
+    def _view_action(self, text: str, shortcut: QKeySequence | QKeySequence.StandardKey,
+                     slot: Callable[[], object]) -> QAction:
+        action = QAction(text, self)
+        action.setShortcut(shortcut)
+        action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        action.setToolTip(f"{text} ({QKeySequence(shortcut).toString(QKeySequence.SequenceFormat.NativeText)})")
+        action.triggered.connect(slot)
+        return action
 
     # ---- building -------------------------------------------------------------------------
 
@@ -207,16 +286,21 @@ class StackView(QGraphicsView):
         return self._creating or any(bar.is_dragging for bar in self.bars)
 
     def column_names(self, stage: Stage) -> list[str]:
-        """Donors shown for the stage: its models, then earlier stages and unused donors."""
+        """Donors shown for the stage (its models, earlier stages, unused donors), in a stable order.
+
+        A column keeps its place while the recipe is edited: the order is that of first
+        appearance in the recipe, then the donor list, as the columns were first shown.
+        """
         recipe = self.document.recipe
         index = self.document.current_stage
-        names = list(stage.referenced_models)
         used = {m for s in recipe.stages for m in s.referenced_models}
-        for i, other in enumerate(recipe.stages[:index]):
-            if other.name and other.name not in names and i in self.live_plan.stage_plans:
-                names.append(other.name)
-        names += [n for n in self.registry.refs if n not in names and n not in used]
-        return names
+        earlier = [other.name for i, other in enumerate(recipe.stages[:index])
+                   if other.name and i in self.live_plan.stage_plans]
+        shown = {*stage.referenced_models, *earlier, *(n for n in self.registry.refs if n not in used)}
+        for name in [*(m for s in recipe.stages for m in s.referenced_models), *self.registry.refs, *earlier]:
+            if name in shown and name not in self._order:
+                self._order.append(name)
+        return [n for n in self._order if n in shown]
 
     def _layers_of(self, name: str, stage: Stage) -> tuple[int, bool]:
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
@@ -233,92 +317,233 @@ class StackView(QGraphicsView):
             return "not found — map it"
         return "inspecting…" if name in self.registry.refs or not known else "no donor"
 
+    def _plan_layers(self, stage: Stage) -> LayerMap | None:
+        """The output layers of ``stage`` (None while a donor is unknown or the stage is broken)."""
+        donors = {**self.live_plan.known_donors, **self.registry.donors}
+        try:
+            return plan_layers(stage, donors)
+        except Exception:  # noqa: BLE001 - a recipe being edited may be broken in any way; validation says how
+            return None
+
+    def _available(self) -> tuple[float, float]:
+        """Room for the stacks: the view less its frame and scroll bars (so they never change the fit)."""
+        frame = 2 * self.frameWidth()
+        bar = self.style().pixelMetric(self.style().PixelMetric.PM_ScrollBarExtent)
+        return max(100.0, self.width() - frame - bar), max(100.0, self.height() - frame - bar)
+
+    def _fit_cell_h(self, tallest: int, least: float) -> float:
+        room = self._available()[1] - HEADER_H - 2 * MARGIN - 4
+        return max(least, min(MAX_CELL_H, room / max(1, tallest)))
+
+    def _cell_h(self, layers: dict[str, tuple[int, bool]]) -> float:
+        """The user's zoom, else the readable fit of the known donors (never the output, which edits change)."""
+        if self._zoom is not None:
+            return self._zoom
+        tallest = max((n for n, known in layers.values() if known), default=DEFAULT_DONOR_LAYERS)
+        return self._fit_cell_h(tallest, LEGIBLE_CELL_H)
+
+    def _is_compact(self, names: list[str], lanes: dict[str, int]) -> bool:
+        if self._compact is None:
+            wide = sum(column_width(self._title(n), lanes[n], False) + COLUMN_GAP for n in names)
+            wide += OUTPUT_GAP + INDEX_GUTTER + OUTPUT_W + 40 + 2 * MARGIN
+            self._compact = wide > self._available()[0]
+        return self._compact
+
+    @staticmethod
+    def _title(name: str) -> str:
+        return name.rstrip("/").split("/")[-1]
+
+    def _new_layout(self, *_: object) -> None:
+        """Another stage or another recipe: columns in their natural order, widths decided again."""
+        self._order, self._compact = [], None
+        self.rebuild()
+
+    def _donors_changed(self, *_: object) -> None:
+        self._compact = None
+        self.rebuild()
+
     def rebuild(self, *_: object) -> None:
-        """Recreate every item from the document and the live plan (never during a drag)."""
+        """Bring every item up to date with the document and the live plan (never during a drag)."""
         if self.is_dragging:
             self._rebuild_pending = True
             return
         self._rebuild_pending = False
-        self._build(compact=False)
-        if self.sceneRect().width() > self.viewport().width():
-            self._build(compact=True)  # narrower columns before shrinking everything
-        # Still too wide: shrink to fit rather than hide the output behind a scroll bar.
-        scale = min(1.0, self.viewport().width() / max(1.0, self.sceneRect().width()))
-        self.resetTransform()
-        self.scale(scale, scale)
-        self.update_selection()
-
-    def _build(self, compact: bool) -> None:
-        theme = current_theme().canvas
-        scene = self.scene()
-        scene.clear()
-        self.columns, self.bars, self.links, self.output, self.ghosts = {}, [], [], None, []
-        self._highlights, self._selection_box = [], None
-        self.setBackgroundBrush(QBrush(theme.background))
+        self._clear_transient()
         stage = self.document.stage
-        stage_plan = self.live_plan.stage_plan(self.document.current_stage)
         names = self.column_names(stage)
+        theme = current_theme().canvas
+        self.setBackgroundBrush(QBrush(theme.background))
+        self.tip.colors = theme
         if not names:
-            hint = QGraphicsSimpleTextItem("Add a donor on the left, or open a recipe —\n"
-                                           "then drag over a donor's layers to create a slice.")
-            hint.setBrush(theme.muted_text)
-            scene.addItem(hint)
-            scene.setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
+            self._sync_columns({}, theme)
+            self._sync_bars([], theme)
+            self._set_output(None, theme, 0.0)
+            self._show_hint(theme)
+            self.layer_map = None
             return
         layers = {n: self._layers_of(n, stage) for n in names}
-        usage = {u.model: u.counts for u in stage_plan.donor_usage} if stage_plan else {}
-        sources = [(si, ki, src) for si, s in enumerate(stage.slices or ()) for ki, src in enumerate(s.sources)]
-        out_layers = stage_plan.num_layers if stage_plan else 0
-        tallest = max([out_layers, *(n for n, _ in layers.values())], default=1)
-        available = max(100.0, self.viewport().height() - HEADER_H - 2 * MARGIN - 4)
-        cell_h = max(MIN_CELL_H, min(MAX_CELL_H, available / max(1, tallest)))
-        self.geometry_ = g = StackGeometry(HEADER_H + MARGIN, cell_h)
+        cell_h = self._cell_h(layers)
+        if cell_h != self.geometry_.cell_h:
+            self.sigScaleChanged.emit(cell_h)
+        self.geometry_ = StackGeometry(HEADER_H + MARGIN, cell_h)
+        self.layer_map = self._plan_layers(stage)
+        stage_plan = self.live_plan.stage_plan(self.document.current_stage)
+        if self.layer_map is None:
+            self._summary = ""
+        elif stage_plan is not None and stage_plan.layers == self.layer_map.layers:
+            self._summary = plan_summary(stage_plan)
+        else:
+            self._summary = f"{self.layer_map.num_layers} layers"
+        bars = self._bar_specs(stage, names, layers)
+        lanes = {n: max([1, *(spec[-1] + 1 for spec in bars if spec[2] == n)]) for n in names}
+        compact = self._is_compact(names, lanes)
+        usage = {u.model: u.counts for u in self.layer_map.donor_usage} if self.layer_map else {}
+        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme)
+        self._sync_bars(bars, theme)
+        self._draw_links(theme)
+        self._set_output(self.layer_map, theme, x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER)
+        if self.layer_map is None and self.live_plan.error and stage.slices:
+            note = QGraphicsTextItem(f"No output plan yet: {self.live_plan.error}")
+            note.setTextWidth(NOTE_W)  # wrapped: a long reason must not widen the whole view
+            note.setDefaultTextColor(theme.muted_text)
+            note.setPos(x - COLUMN_GAP + OUTPUT_GAP, self.geometry_.top)
+            self.scene().addItem(note)
+            self._others.append(note)
+        self._update_scene_rect()
+        self.update_selection()
+
+    def _clear_transient(self) -> None:
+        for item in [*self._others, *self._highlights]:
+            self.scene().removeItem(item)
+        self._others, self._highlights = [], []
+
+    def _show_hint(self, theme: CanvasColors) -> None:
+        hint = QGraphicsSimpleTextItem("Add a donor on the left, or open a recipe —\n"
+                                       "then drag over a donor's layers to create a slice.")
+        hint.setBrush(theme.muted_text)
+        self.scene().addItem(hint)
+        self._others.append(hint)
+        self.scene().setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
+
+    def _sync_columns(self, columns: dict[str, tuple[tuple[int, bool], int, tuple[int, ...] | None, bool]],
+                      theme: CanvasColors) -> float:
+        """Keep, replace or drop donor columns; returns the x after the last one."""
+        for name in [n for n in self.columns if n not in columns]:
+            self._drop(self.columns.pop(name))
         x = MARGIN
+        for name, ((count, known), lanes, counts, compact) in columns.items():
+            info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+            spec = (self._subtitle(name, count, known), count, known, self.live_plan.donor_color(name).rgba(), lanes,
+                    self.geometry_, theme, self._column_tooltip(name, info), compact)
+            column = self.columns.get(name)
+            if column is None or self._specs.get(column) != spec:
+                if column is not None:
+                    self._drop(column)
+                column = self._new_column(name, spec, counts, theme)
+            column.set_counts(counts)
+            column.setPos(x, 0)
+            x += column.width + COLUMN_GAP
+        self.columns = {n: self.columns[n] for n in columns}
+        return x
+
+    def _new_column(self, name: str, spec: tuple, counts: tuple[int, ...] | None,
+                    theme: CanvasColors) -> DonorColumnItem:
+        subtitle, count, known, _, lanes, geometry, _, tooltip, compact = spec
+        column = DonorColumnItem(name, self._title(name), subtitle, count, known, counts,
+                                 self.live_plan.donor_color(name), lanes, geometry, theme, tooltip, compact)
+        self.scene().addItem(column)
+        self._specs[column] = spec
+        self.columns[name] = column
+        column.sigCreateChanged.connect(lambda s, e, c=column: self._preview_create(c, s, e))
+        column.sigCreateFinished.connect(lambda s, e, c=column: self._finish_create(c, s, e))
+        column.sigCreateCancelled.connect(self._cancel_create)
+        return column
+
+    def _drop(self, item: QGraphicsItem) -> None:
+        self._specs.pop(item, None)
+        self.scene().removeItem(item)
+
+    def _bar_specs(self, stage: Stage, names: list[str], layers: dict[str, tuple[int, bool]]) -> list[tuple]:
+        """(slice, source, model, range, limit, linked, lane) of every source shown."""
+        specs = []
+        sources = [(si, ki, src) for si, s in enumerate(stage.slices or ()) for ki, src in enumerate(s.sources)]
         for name in names:
             own = [(si, ki, src) for si, ki, src in sources if src.model == name]
-            lanes = _assign_lanes([src.layer_range for _, _, src in own])
             count, known = layers[name]
-            info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
-            column = DonorColumnItem(
-                name, name.rstrip("/").split("/")[-1], self._subtitle(name, count, known), count, known,
-                usage.get(name), self.live_plan.donor_color(name), max([1, *(lane + 1 for lane in lanes)]), g, theme,
-                self._column_tooltip(name, info), compact)
-            column.setPos(x, 0)
-            scene.addItem(column)
-            self.columns[name] = column
-            column.sigCreateChanged.connect(lambda s, e, c=column: self._preview_create(c, s, e))
-            column.sigCreateFinished.connect(lambda s, e, c=column: self._finish_create(c, s, e))
-            column.sigCreateCancelled.connect(self._cancel_create)
-            for (si, ki, src), lane in zip(own, lanes):
+            for (si, ki, src), lane in zip(own, _assign_lanes([src.layer_range for _, _, src in own])):
                 linked = tuple(f"{o.model} {layer_range_label(*o.layer_range)}"
                                for k, o in enumerate(stage.slices[si].sources) if k != ki)
-                bar = SliceBarItem(si, ki, name, src.layer_range, count if known else None,
-                                   self.live_plan.donor_color(name), g, theme, x + column.lane_x(lane), linked=linked)
-                scene.addItem(bar)
-                self.bars.append(bar)
-                bar.sigPressed.connect(lambda b=bar: self.document.select_slice(b.slice_index))
-                bar.sigChanged.connect(lambda s, e, b=bar: self._preview_bar(b, s, e))
-                bar.sigChangeFinished.connect(lambda old, new, b=bar: self._finish_bar(b, old, new))
-                bar.sigContextMenu.connect(lambda pos, b=bar: self._bar_menu(b, pos))
-            x += column.width + COLUMN_GAP
-        self._draw_links(theme)
-        if stage_plan is not None:
-            self.output = OutputColumnItem(stage_plan, {n: self.live_plan.donor_color(n) for n in names}, g, theme,
-                                           "Output" if not stage.name else stage.name.split("/")[-1])
-            self.output.setPos(x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER, 0)
-            scene.addItem(self.output)
+                specs.append((si, ki, name, src.layer_range, count if known else None, linked, lane))
+        return specs
+
+    def _sync_bars(self, specs: list[tuple], theme: CanvasColors) -> None:
+        """Keep the bars that did not change, replace the others."""
+        kept = {(b.slice_index, b.source_index): b for b in self.bars}
+        self.bars = []
+        for si, ki, name, layer_range, limit, linked, lane in specs:
+            column = self.columns[name]
+            x = column.x() + column.lane_x(lane)
+            spec = (name, layer_range, limit, linked, column.color.rgba(), self.geometry_, theme, x, column.lane_w)
+            bar = kept.pop((si, ki), None)
+            if bar is None or self._specs.get(bar) != spec:
+                if bar is not None:
+                    self._drop(bar)
+                bar = self._new_bar(si, ki, spec, theme)
+            self.bars.append(bar)
+        for bar in kept.values():
+            self._drop(bar)
+
+    def _new_bar(self, si: int, ki: int, spec: tuple, theme: CanvasColors) -> SliceBarItem:
+        name, layer_range, limit, linked, _, geometry, _, x, lane_w = spec
+        bar = SliceBarItem(si, ki, name, layer_range, limit, self.columns[name].color, geometry, theme, x,
+                           width=lane_w - 4, linked=linked)
+        self.scene().addItem(bar)
+        self._specs[bar] = spec
+        bar.sigPressed.connect(lambda b=bar: self.document.select_slice(b.slice_index))
+        bar.sigChanged.connect(lambda s, e, b=bar: self._preview_bar(b, s, e))
+        bar.sigChangeFinished.connect(lambda old, new, b=bar: self._finish_bar(b, old, new))
+        bar.sigContextMenu.connect(lambda pos, b=bar: self._bar_menu(b, pos))
+        return bar
+
+    def _set_output(self, layer_map: LayerMap | None, theme: CanvasColors, x: float) -> None:
+        """Show ``layer_map`` in the output column (kept when only its layers change)."""
+        if layer_map is None:
+            if self.output is not None:
+                self._drop(self.output)
+                self.output = None
+            return
+        stage = self.document.stage
+        colors = {n: self.live_plan.donor_color(n) for n in self.columns}
+        spec = (tuple((n, c.rgba()) for n, c in colors.items()), self.geometry_, theme,
+                "Output" if not stage.name else stage.name.split("/")[-1])
+        if self.output is not None and self._specs.get(self.output) == spec:
+            self.output.set_layer_map(layer_map, self._summary)
+        else:
+            if self.output is not None:
+                self._drop(self.output)
+            self.output = OutputColumnItem(layer_map, self._summary, colors, self.geometry_, theme, spec[-1])
+            self.scene().addItem(self.output)
+            self._specs[self.output] = spec
             self.output.sigHovered.connect(self._hover_output)
             self.output.sigClicked.connect(self.document.select_slice)
-        elif self.live_plan.error and stage.slices:
-            note = QGraphicsTextItem(f"No output plan yet: {self.live_plan.error}")
-            note.setTextWidth(NOTE_W)  # wrapped: a long reason must not shrink the whole view
-            note.setDefaultTextColor(theme.muted_text)
-            note.setPos(x - COLUMN_GAP + OUTPUT_GAP, g.top)
-            scene.addItem(note)
-        scene.setSceneRect(scene.itemsBoundingRect().adjusted(-MARGIN, -MARGIN / 2, MARGIN, MARGIN))
+        self.output.setPos(x, 0)
+
+    def _update_scene_rect(self) -> None:
+        """The scene covers every column at its full height (a drag's longer output included)."""
+        g = self.geometry_
+        tallest = max([c.num_layers for c in self.columns.values()] + [self.output.num_layers if self.output else 0])
+        right = max([c.x() + c.width for c in self.columns.values()] +
+                    [self.output.x() + OUTPUT_W + 40 if self.output else 0] +
+                    [i.x() + NOTE_W for i in self._others])
+        rect = QRectF(0, 0, right + MARGIN, g.y(tallest) + 2 * MARGIN)
+        if rect != self.sceneRect():
+            self.scene().setSceneRect(rect)
 
     def _draw_links(self, theme: CanvasColors) -> None:
         """A dashed line joins the sources of one slice, column to column, at their tops."""
+        for link in self.links:
+            self.scene().removeItem(link)
+        self.links = []
         by_slice: dict[int, list[SliceBarItem]] = {}
         for bar in self.bars:
             by_slice.setdefault(bar.slice_index, []).append(bar)
@@ -341,6 +566,21 @@ class StackView(QGraphicsView):
 
     # ---- selection and hover --------------------------------------------------------------
 
+    def _on_selection(self, *_: object) -> None:
+        self.update_selection()
+        selection = self.document.selection
+        if selection is not None and not self.is_dragging:
+            self.ensure_slice_visible(selection[1])
+
+    def ensure_slice_visible(self, slice_index: int) -> None:
+        """Scroll to the slice's first bar when none of it is in view."""
+        bar = self.slice_bar(slice_index)
+        if bar is None:
+            return
+        rect = bar.sceneBoundingRect()
+        if not self.mapToScene(self.viewport().rect()).boundingRect().intersects(rect):
+            self.ensureVisible(rect.adjusted(0, 0, 0, min(0.0, 3 * self.geometry_.cell_h - rect.height())), 20, 40)
+
     def update_selection(self, *_: object) -> None:
         selection = self.document.selection
         selected = selection[1] if selection and selection[0] == self.document.current_stage else None
@@ -350,7 +590,7 @@ class StackView(QGraphicsView):
             self.scene().removeItem(self._selection_box)
             self._selection_box = None
         if self.output is not None and selected is not None:
-            rows = [layer.index for layer in self.output.stage_plan.layers if layer.slice_index == selected]
+            rows = [layer.index for layer in self.output.layer_map.layers if layer.slice_index == selected]
             if rows:
                 rect = self.output.cell_rect(rows[0]).united(self.output.cell_rect(rows[-1]))
                 box = QGraphicsRectItem(self.output.mapRectToScene(rect).adjusted(-3, -1, 3, 1))
@@ -368,7 +608,7 @@ class StackView(QGraphicsView):
         g = self.geometry_
         pen = QPen(current_theme().canvas.highlight, 2.5)
         rects = [self.output.mapRectToScene(self.output.cell_rect(index))]
-        for source in self.output.stage_plan.layers[index].sources:
+        for source in self.output.layer_map.layers[index].sources:
             column = self.columns.get(source.model)
             if column is not None:
                 rects.append(QRectF(column.x(), g.y(source.layer), column.width, g.cell_h))
@@ -389,9 +629,26 @@ class StackView(QGraphicsView):
 
     # ---- drags ----------------------------------------------------------------------------
 
-    def _num_layers(self, name: str) -> int | None:
+    def num_layers(self, name: str) -> int | None:
+        """Layers of donor ``name`` (a stage output too), None while unknown."""
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
         return info.num_layers if info else None
+
+    def _show_preview(self, stage: Stage | None, layer_range: tuple[int, int] | None = None) -> None:
+        """The output and the donors' tints as ``stage`` would make them (the document's when None),
+        and the dragged ``layer_range`` next to the cursor."""
+        layer_map = self.layer_map if stage is None else self._plan_layers(stage)
+        if layer_map is not None and self.output is not None:
+            summary = self._summary if stage is None else f"{layer_map.num_layers} layers"
+            self.output.set_layer_map(layer_map, summary)
+        usage = {u.model: u.counts for u in layer_map.donor_usage} if layer_map else {}
+        for name, column in self.columns.items():
+            column.set_counts(usage.get(name))
+        self._update_scene_rect()
+        if layer_range is None:
+            self.tip.setVisible(False)
+        else:
+            self.tip.show_range(*layer_range, self.mapToScene(self._cursor.toPoint()))
 
     def _create_edit(self, column: DonorColumnItem, start: int, end: int) -> StageEdit | None:
         """The edit a drag over ``column``'s layers makes; None for a stage of whole models."""
@@ -399,7 +656,7 @@ class StackView(QGraphicsView):
         if stage.models is not None:  # mergekit takes slices or models, never both
             return None
         models = (column.name, *slice_edits.linked_models(stage, column.name, tuple(self.columns)))
-        layers = {m: n for m in models if (n := self._num_layers(m)) is not None}
+        layers = {m: n for m in models if (n := self.num_layers(m)) is not None}
         return lambda s: slice_edits.add_linked_slice(s, models, start, end, num_layers=layers)
 
     def _preview_create(self, column: DonorColumnItem, start: int, end: int) -> None:
@@ -415,11 +672,12 @@ class StackView(QGraphicsView):
                 owner = self.columns[source.model]
                 ghost = SliceBarItem(-1, 0, owner.name, source.layer_range, None, owner.color, self.geometry_,
                                      current_theme().canvas, owner.x() + owner.lane_x(0),
-                                     width=owner.lanes * LANE_W - 4, ghost=True)
+                                     width=owner.lanes * owner.lane_w - 4, ghost=True)
                 self.scene().addItem(ghost)
                 self.ghosts.append(ghost)
         for ghost, source in zip(self.ghosts, sources):
             ghost.set_range(source.layer_range)
+        self._show_preview(self.preview_stage, (start, end))
         self.sigStatus.emit(f"New slice: {column.title}, {layer_range_label(start, end)} — release to add, "
                             "right-click to cancel")
 
@@ -429,7 +687,12 @@ class StackView(QGraphicsView):
         for ghost in self.ghosts:
             self.scene().removeItem(ghost)
         self.ghosts = []
+        self._end_drag()
+
+    def _end_drag(self) -> None:
+        self._autoscroll.stop()
         self.sigStatus.emit("")
+        self._show_preview(None)
         if self._rebuild_pending:
             self.rebuild()
 
@@ -445,11 +708,11 @@ class StackView(QGraphicsView):
 
     def _bar_edit(self, bar: SliceBarItem, layer_range: tuple[int, int]) -> StageEdit:
         """The edit dragging ``bar`` to ``layer_range`` makes (moving it, or resizing its slice)."""
-        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(bar.model)
+        i, k, limit = bar.slice_index, bar.source_index, self.num_layers(bar.model)
         return lambda s: slice_edits.set_source_range(s, i, layer_range, source=k, num_layers=limit)
 
     def _preview_bar(self, bar: SliceBarItem, start: int, end: int) -> None:
-        """Draw the slice as the edit would leave it, applied to a scratch stage."""
+        """Draw the slice as the edit would leave it, applied to a scratch stage, and the output with it."""
         preview = self._bar_edit(bar, (start, end))(self.document.stage)
         self.preview_stage = preview if preview != self.document.stage else None  # None: a cancelled drag
         sources = (preview.slices or ())[bar.slice_index].sources
@@ -459,11 +722,14 @@ class StackView(QGraphicsView):
         for link in self.links:
             if link.left.slice_index == bar.slice_index:
                 link.follow()
+        self._show_preview(self.preview_stage, (start, end) if bar.is_dragging else None)
         self.sigStatus.emit(f"Slice {bar.slice_index + 1}: {bar.model}, {layer_range_label(start, end)} "
                             f"[{start}, {end}]")
 
     def _finish_bar(self, bar: SliceBarItem, old: tuple[int, int], new: tuple[int, int]) -> None:
         self.preview_stage = None
+        self._autoscroll.stop()
+        self.tip.setVisible(False)
         self.sigStatus.emit("")
         verb = "Move" if new[1] - new[0] == old[1] - old[0] else "Resize"
         self.document.apply_to_stage(self._bar_edit(bar, new),
@@ -496,7 +762,7 @@ class StackView(QGraphicsView):
 
     def add_source(self, slice_index: int, model: str) -> None:
         """Give a slice one more source, ``model`` at the slice's layer range."""
-        limit = self._num_layers(model)
+        limit = self.num_layers(model)
         self.document.apply_to_stage(lambda s: slice_edits.add_source(s, slice_index, model, num_layers=limit),
                                      f"Add source {model} to slice {slice_index + 1}")
 
@@ -506,22 +772,83 @@ class StackView(QGraphicsView):
                                      f"Remove source {model} from slice {slice_index + 1}")
 
     def _set_model(self, bar: SliceBarItem, model: str) -> None:
-        i, k, limit = bar.slice_index, bar.source_index, self._num_layers(model)
+        i, k, limit = bar.slice_index, bar.source_index, self.num_layers(model)
         self.document.apply_to_stage(lambda s: slice_edits.set_slice_model(s, i, model, source=k, num_layers=limit),
                                      f"Take slice {i + 1} from {model}")
+
+    def _autoscroll_step(self) -> None:
+        """While a drag holds the cursor near the top or bottom edge, scroll, and let the drag follow."""
+        y, height = self._cursor.y(), self.viewport().height()
+        depth = AUTOSCROLL_EDGE - y if y < AUTOSCROLL_EDGE else y - (height - AUTOSCROLL_EDGE)
+        if not self.is_dragging or depth <= 0:
+            self._autoscroll.stop()
+            return
+        step = int(min(40.0, max(4.0, depth / 2)))
+        scroll = self.verticalScrollBar()
+        before = scroll.value()
+        scroll.setValue(before + (step if y > AUTOSCROLL_EDGE else -step))
+        if scroll.value() != before:  # the cursor now points at other layers: tell the dragged item
+            move = QMouseEvent(QEvent.Type.MouseMove, self._cursor, self.viewport().mapToGlobal(self._cursor),
+                               Qt.MouseButton.NoButton, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+            QApplication.sendEvent(self.viewport(), move)
+
+    # ---- zoom -----------------------------------------------------------------------------
+
+    def set_scale(self, cell_h: float | None, anchor: float | None = None) -> None:
+        """Show ``cell_h`` pixels per layer (None: the readable fit), keeping the layer at
+        viewport height ``anchor`` (default: the middle) where it is."""
+        anchor = self.viewport().height() / 2 if anchor is None else anchor
+        layer = self.geometry_.layer_at(self.mapToScene(QPoint(0, int(anchor))).y())
+        self._zoom = None if cell_h is None else max(MIN_ZOOM_CELL_H, min(MAX_ZOOM_CELL_H, cell_h))
+        self.rebuild()
+        top = self.geometry_.y(layer) - anchor
+        self.verticalScrollBar().setValue(int(top - self.sceneRect().top()))
+
+    def zoom_by(self, factor: float, anchor: float | None = None) -> None:
+        self.set_scale(self.geometry_.cell_h * factor, anchor)
+
+    def fit(self) -> None:
+        """Every stack, the output's too, in the height of the view (layer numbers thinned out)."""
+        tallest = max([c.num_layers for c in self.columns.values()] + [self.output.num_layers if self.output else 1])
+        self.set_scale(self._fit_cell_h(tallest, MIN_ZOOM_CELL_H))
 
     # ---- Qt overrides ---------------------------------------------------------------------
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         if event.oldSize() != event.size():
+            self._compact = None
             self.rebuild()
 
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            steps = event.angleDelta().y() / 120
+            if steps:
+                self.zoom_by(ZOOM_STEP ** steps, event.position().y())
+            event.accept()
+            return
+        super().wheelEvent(event)
+
     def mousePressEvent(self, event: QMouseEvent) -> None:
+        self._cursor = event.position()
         item = self.itemAt(event.position().toPoint())
         if event.button() == Qt.MouseButton.LeftButton and not isinstance(item, (SliceBarItem, OutputColumnItem)):
             self.document.select_slice(None)  # a click beside the slices clears the selection
         super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        self._cursor = event.position()
+        super().mouseMoveEvent(event)
+        y = self._cursor.y()
+        near_edge = y < AUTOSCROLL_EDGE or y > self.viewport().height() - AUTOSCROLL_EDGE
+        if self.is_dragging and near_edge and not self._autoscroll.isActive():
+            self._autoscroll.start()
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        super().mouseReleaseEvent(event)
+        if not self.is_dragging:
+            self._autoscroll.stop()
+            self.tip.setVisible(False)
 
     def slice_bar(self, slice_index: int, source_index: int = 0) -> SliceBarItem | None:
         return next((b for b in self.bars if b.slice_index == slice_index and b.source_index == source_index), None)
