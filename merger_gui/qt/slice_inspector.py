@@ -99,7 +99,7 @@ class SliceInspector(QWidget):
     def refresh(self, *_: object) -> None:
         selected = self._selected()
         if selected is None:
-            self.title.setText("No slice selected: click a slice, or drag over a donor's layers to add one")
+            self.title.setText("No slice selected: click one, or drag over a donor's layers")
             self._set_source_count(0)
             return
         index, slice_ = selected
