@@ -46,8 +46,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from merger_gui.core.donor import TensorInfo  # noqa: E402
 from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_shapes, tokenizer_files  # noqa: E402
-from merger_gui.engine.writer import ShardedWriter, TensorLayout  # noqa: E402
+from merger_gui.engine.writer import ShardedWriter  # noqa: E402
 
 SIZES = {  # name → (layers, hidden, intermediate, vocab)
     "small": (24, 1024, 2816, 32000),
@@ -98,7 +99,7 @@ def write_streamed_donor(folder: Path, shape: DonorShape, seed: int) -> None:
     for name, content in tokenizer_files(shape.vocab_size).items():
         (folder / name).write_text(json.dumps(content))
     rng = np.random.default_rng(seed)
-    layouts = [TensorLayout(n, "F16", s) for n, s in donor_tensor_shapes(shape).items()]
+    layouts = [TensorInfo(n, s, "F16") for n, s in donor_tensor_shapes(shape).items()]
     writer = ShardedWriter(folder, layouts)
     for layout in layouts:
         values = rng.standard_normal(layout.shape, dtype=np.float32)

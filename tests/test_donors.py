@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from merger_gui.core.donor import TensorInfo, dtype_code, layer_index
+from merger_gui.core.donor import TensorInfo, layer_index
+from merger_gui.core.dtypes import dtype_code
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import donor_from_config, inspect_folder, sliding_window_layers
 from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage

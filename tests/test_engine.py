@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from merger_gui.cli import main as cli_main
+from merger_gui.core.donor import TensorInfo
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.profiles import load_profile
@@ -25,7 +26,7 @@ from merger_gui.engine import writer as writer_module
 from merger_gui.engine.run import (
     MergeCancelled, MergeDone, MergeOptions, MergeWarning, StageFinished, TensorProgress, run_merge,
 )
-from merger_gui.engine.writer import ShardedWriter, TensorLayout
+from merger_gui.engine.writer import ShardedWriter
 
 INTERLEAVE = """
 merge_method: passthrough
@@ -173,7 +174,7 @@ def test_small_shard_size_writes_an_index(pair, tmp_path):
 
 
 def test_writer_keeps_shards_under_the_limit(tmp_path):
-    layouts = [TensorLayout(f"t{i}", "F32", (100,)) for i in range(10)]
+    layouts = [TensorInfo(f"t{i}", (100,), "F32") for i in range(10)]
     writer = ShardedWriter(tmp_path, layouts, shard_size=1000)
     for layout in layouts:
         writer.write(layout.name, memoryview(torch.full((100,), float(layout.name[1:])).numpy()))
@@ -398,7 +399,7 @@ def test_peak_memory_stays_bounded(tmp_path):
     (donor / "config.json").write_text(json.dumps(donor_config(shape)))
     from merger_gui.core.synthetic import donor_tensor_shapes
 
-    layouts = [TensorLayout(n, "F16", s) for n, s in donor_tensor_shapes(shape).items()]
+    layouts = [TensorInfo(n, s, "F16") for n, s in donor_tensor_shapes(shape).items()]
     writer = ShardedWriter(donor, layouts)
     for layout in layouts:
         writer.write(layout.name, memoryview(torch.randn(layout.shape, dtype=torch.float16).reshape(-1)

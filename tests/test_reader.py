@@ -70,7 +70,7 @@ def test_a_donor_truncated_after_locating_is_reported(make_donor):
     source = reader.locate("a", "lm_head.weight")
     file = folder / "model.safetensors"
     with file.open("r+b") as handle:
-        handle.truncate(source.offset + source.nbytes - 1)
+        handle.truncate(source.offset + source.info.nbytes - 1)
     with pytest.raises(DonorError, match="lm_head.weight.*ends early"):
         reader.read(source)
     reader.close()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from merger_gui.core.donor import TensorInfo
 from merger_gui.engine import writer as writer_module
-from merger_gui.engine.writer import ShardedWriter, TensorLayout
+from merger_gui.engine.writer import ShardedWriter
 
 # Odd offsets and lengths, one range longer than the pipe, so every chunking path is taken.
 RANGES = [(13, 5), (4099, 3 * 1024 * 1024 + 7), (1, 4096), (200_000, 1)]
@@ -96,7 +97,7 @@ def test_copy_past_the_end_raises_eof(source, tmp_path, monkeypatch, refused):
 
 def test_copied_shards_are_valid_and_leave_no_open_files(tmp_path):
     values = {f"t{i}": np.arange(i * 1000, i * 1000 + 777, dtype=np.float16) for i in range(6)}
-    layouts = [TensorLayout(name, "F16", v.shape) for name, v in values.items()]
+    layouts = [TensorInfo(name, v.shape, "F16") for name, v in values.items()]
     (tmp_path / "donor").mkdir()
     donor = ShardedWriter(tmp_path / "donor", layouts)
     for layout in layouts:
@@ -164,7 +165,7 @@ def test_a_pipe_that_cannot_grow_still_copies(source, tmp_path, monkeypatch):
 
 def small_model(tmp_path):
     values = {f"t{i}": np.arange(i * 100, i * 100 + 50, dtype=np.float16) for i in range(4)}
-    return values, [TensorLayout(name, "F16", v.shape) for name, v in values.items()]
+    return values, [TensorInfo(name, v.shape, "F16") for name, v in values.items()]
 
 
 def fake_fallocate(code, calls):

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .dtypes import BY_CODE
+
 LAYER_PATTERN = re.compile(r"^(?P<prefix>.*?\.(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<suffix>.+)$")
 
 # Most layers a model may have: far above any real one (~200), low enough that per-layer
@@ -17,39 +19,6 @@ MAX_LAYERS = 10_000
 
 # Non-parameter buffers some checkpoints carry; never merged, never counted.
 BUFFER_SUFFIXES = ("rotary_emb.inv_freq",)
-
-# Bytes per element of safetensors dtype codes.
-DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-}
-# safetensors dtype code <-> torch-style dtype name used in recipes and config.json.
-DTYPE_NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}
-DTYPE_CODES = {name: code for code, name in DTYPE_NAMES.items()} | {
-    "fp32": "F32", "float": "F32", "fp16": "F16", "half": "F16", "bf16": "BF16",
-}
-
-
-def dtype_code(name: str) -> str:
-    """safetensors code (``BF16``) of a dtype name (``bfloat16``, ``bf16``, ``BF16``)."""
-    if name in DTYPE_SIZES:
-        return name
-    try:
-        return DTYPE_CODES[name.lower().removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}") from None
-
-
-def known_dtype_code(name: str) -> str | None:
-    """Like :func:`dtype_code`, but None for a name that is no known dtype."""
-    try:
-        return dtype_code(name)
-    except ValueError:
-        return None
 
 
 def layer_index(tensor_name: str) -> int | None:
@@ -72,7 +41,11 @@ def is_buffer(tensor_name: str) -> bool:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor's name, shape and storage dtype (a safetensors code such as ``BF16``)."""
+    """One tensor's name, shape and storage dtype (a safetensors code such as ``BF16``).
+
+    The one description of a tensor: a donor's, a located source's (engine reader) and an
+    output's as the writer lays it out; ``file`` is the donor weight file it is in, if known.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -85,7 +58,8 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * DTYPE_SIZES[self.dtype]
+        """Bytes of the tensor's data: the one byte count of a tensor in the app."""
+        return self.numel * BY_CODE[self.dtype].size
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from .donor import DTYPE_SIZES, DonorInfo, known_dtype_code
+from .donor import DonorInfo
+from .dtypes import BY_CODE, known_dtype_code
 from .errors import UserError
 from .methods import method_spec
 from .plan import Plan, PlannedTensor, StagePlan
@@ -404,14 +405,19 @@ def _merge_bytes_per_element(stage: StagePlan, tensor: PlannedTensor,
     k = len(tensor.sources)
     widened = spec is not None and spec.float32_result and k > 1
     working = (known_dtype_code(stage.output.dtype) or tensor.dtype) if widened else tensor.dtype
-    w = DTYPE_SIZES[working]
-    read = max((DTYPE_SIZES[code] for code in _source_dtypes(tensor, donors) if code != working), default=0)
-    scratch = max(p.bytes_per_element(k, w, 2 if working == "BF16" else 4) for p in phases)
-    result_code = "F32" if widened and w < 4 else working
-    result = 0 if _returns_input(stage, tensor) else DTYPE_SIZES[result_code]
+    w = BY_CODE[working].size
+    read = max((BY_CODE[code].size for code in _source_dtypes(tensor, donors) if code != working), default=0)
+    scratch = max(p.bytes_per_element(k, w, _mask_size(working)) for p in phases)
+    result_code = "F32" if widened and w < BY_CODE["F32"].size else working
+    result = 0 if _returns_input(stage, tensor) else BY_CODE[result_code].size
     if result_code != tensor.dtype:
-        result += DTYPE_SIZES[tensor.dtype]
+        result += BY_CODE[tensor.dtype].size
     return k * w + max(read, scratch, result), w
+
+
+def _mask_size(working: str) -> int:
+    """Element size of the dtype DARE draws its masks in: bfloat16 for bfloat16, else float32."""
+    return BY_CODE["BF16" if working == "BF16" else "F32"].size
 
 
 def _source_dtypes(tensor: PlannedTensor, donors: Mapping[str, DonorInfo]) -> list[str]:

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .donor import DTYPE_NAMES, MAX_LAYERS, DonorInfo, TensorInfo, is_buffer, known_dtype_code, layer_index
+from .donor import MAX_LAYERS, DonorInfo, TensorInfo, is_buffer, layer_index
+from .dtypes import known_dtype_code, torch_name
 from .errors import DonorError
 from .safe_files import CONFIG_LIMIT, INDEX_LIMIT, donor_file, is_present, read_json_file
 from .safetensors_header import MAX_TENSORS, read_safetensors_header
@@ -238,10 +239,10 @@ def _dtype(facts: Mapping[str, Any], tensors: tuple[TensorInfo, ...], ref: str, 
     for info in tensors:
         if not is_buffer(info.name):
             weights[info.dtype] += info.numel
-    stored = DTYPE_NAMES[weights.most_common(1)[0][0]] if weights else None
+    stored = torch_name(weights.most_common(1)[0][0]) if weights else None
     declared = facts.get("torch_dtype") or facts.get("dtype")
     code = known_dtype_code(str(declared)) if declared else None
-    name = DTYPE_NAMES[code] if code else None
+    name = torch_name(code) if code else None
     if name and stored and name != stored:
         warnings.append(f"{ref}: config.json declares {name} but the weights are stored as {stored}")
     if name or stored:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from .donor import DonorInfo, TensorInfo, known_dtype_code, with_layer_index
+from .donor import DonorInfo, TensorInfo, with_layer_index
+from .dtypes import is_float_code, known_dtype_code, promoted_dtype_code
 from .errors import DonorError, RecipeError, UserError
 from .methods import MethodSpec, method_spec
 from .parameters import planned_slice_indices, resolve_parameter, scope_chain, slice_position
@@ -79,11 +80,13 @@ class PlannedTensor:
     note: str | None = None  # why a tensor was added that mergekit would not write
 
     @property
+    def info(self) -> TensorInfo:
+        """Name, shape and dtype: the tensor as the writer lays it out."""
+        return TensorInfo(self.name, self.shape, self.dtype)
+
+    @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return self.info.numel
 
     @property
     def is_vocab(self) -> bool:
@@ -243,18 +246,6 @@ def _evaluate(spec: MethodSpec | None, stage: Stage, slice_index: int | None, te
     return shared, tuple(planned)
 
 
-def promoted_dtype_code(codes: list[str]) -> str:
-    """The common dtype of float inputs, as torch promotes them (F16 with BF16 gives F32)."""
-    distinct = list(dict.fromkeys(codes))
-    if len(distinct) == 1 or any(c not in _FLOAT_RANKS for c in distinct):
-        return distinct[0]
-    top = max(distinct, key=_FLOAT_RANKS.__getitem__)
-    return "F32" if _FLOAT_RANKS[top] == 1 else top
-
-
-_FLOAT_RANKS = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
-
-
 def _output_dtype(stage: Stage, input_codes: list[str], float32_result: bool = False) -> str:
     """``out_dtype``, else what mergekit stores: the working dtype (``dtype``, else the inputs'
     promoted one), widened to float32 for a method whose result is float32 (``float32_result``)."""
@@ -262,7 +253,7 @@ def _output_dtype(stage: Stage, input_codes: list[str], float32_result: bool = F
     if out:
         return out
     working = (known_dtype_code(stage.dtype) if stage.dtype else None) or promoted_dtype_code(input_codes)
-    if float32_result and working in _FLOAT_RANKS:
+    if float32_result and is_float_code(working):
         return promoted_dtype_code([working, "F32"])
     return working
 
@@ -473,4 +464,3 @@ def plan_recipe(recipe: Recipe, donors: Mapping[str, DonorInfo]) -> Plan:
         if recipe.stages[i].name:
             known[recipe.stages[i].name] = stage_plan.output
     return Plan(tuple(stages))
-

@@ -13,7 +13,8 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
-from .donor import DonorInfo, TensorInfo, dtype_code
+from .donor import DonorInfo, TensorInfo
+from .dtypes import dtype_code
 from .errors import DonorError
 from .inspect import donor_from_config
 

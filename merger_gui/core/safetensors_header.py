@@ -8,14 +8,14 @@ before anything is read.
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .donor import DTYPE_SIZES, TensorInfo
+from .donor import TensorInfo
+from .dtypes import BY_CODE
 from .errors import DonorError
 from .safe_files import open_donor_file, parse_json
 
@@ -93,7 +93,7 @@ def _tensor_entry(name: str, entry: Any, source: str, file_name: str | None) -> 
     if not isinstance(entry, Mapping):
         raise DonorError(f"{source}: tensor {name!r} has no dtype/shape/offsets entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if dtype not in BY_CODE:
         raise DonorError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise DonorError(f"{source}: tensor {name!r} has an invalid shape {shape!r}")
@@ -102,12 +102,12 @@ def _tensor_entry(name: str, entry: Any, source: str, file_name: str | None) -> 
     begin, end = offsets
     if end < begin:
         raise DonorError(f"{source}: tensor {name!r} ends before it begins")
-    expected = math.prod(shape) * DTYPE_SIZES[dtype]
-    if end - begin != expected:
+    info = TensorInfo(name, tuple(shape), dtype, file_name)
+    if end - begin != info.nbytes:
         raise DonorError(
-            f"{source}: tensor {name!r} spans {end - begin} bytes but {dtype} {tuple(shape)} needs {expected}"
+            f"{source}: tensor {name!r} spans {end - begin} bytes but {dtype} {tuple(shape)} needs {info.nbytes}"
         )
-    return TensorInfo(name, tuple(shape), dtype, file_name), begin, end
+    return info, begin, end
 
 
 def _is_count(value: Any) -> bool:

@@ -14,7 +14,6 @@ from .methods import METHODS, MethodSpec, method_spec
 from .recipe import Parameters, Recipe, Slice, SliceSource, Stage
 from .slice_edits import fit_range
 
-DTYPES = ("float16", "bfloat16", "float32")
 TOKENIZER_SOURCES = ("base", "union")
 # Values a required shared parameter gets when a method switch introduces it, by method.
 # nearswap's ``t`` is a distance threshold (mergekit's reference merge uses 0.0001), not a ratio.

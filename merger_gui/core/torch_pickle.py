@@ -8,7 +8,6 @@ shape, and refuses every other global, so a hostile file cannot execute code.
 
 from __future__ import annotations
 
-import math
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .donor import DTYPE_NAMES, DTYPE_SIZES, TensorInfo
+from .donor import TensorInfo
+from .dtypes import BY_CODE, DTYPES
 from .errors import DonorError
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
@@ -28,7 +28,7 @@ STORAGE_CODES = {
     "ByteStorage": "U8", "BoolStorage": "BOOL",
 }
 # torch dtype globals used by the v3 layout (untyped storage + explicit dtype): torch.<name>.
-DTYPE_GLOBALS = {name: code for code, name in DTYPE_NAMES.items()}
+DTYPE_GLOBALS = {d.torch_name: d.code for d in DTYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +173,11 @@ def _check_storage(name: str, tensor: _Tensor, entries: dict[str, zipfile.ZipInf
     record = entries.get(f"{prefix}/data/{tensor.storage.key}")
     if record is None:
         raise DonorError(f"tensor {name!r} refers to a missing storage {tensor.storage.key!r}")
-    item = DTYPE_SIZES[tensor.dtype]
+    item = BY_CODE[tensor.dtype].size
     unit = 1 if tensor.storage.code is None else item
     if record.file_size != tensor.storage.numel * unit:
         raise DonorError(f"storage of tensor {name!r} has the wrong size")
-    if math.prod(tensor.shape) == 0:
+    if 0 in tensor.shape:  # no element to bound
         return
     last = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride))
     if (last + 1) * item > record.file_size:

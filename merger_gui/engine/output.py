@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from merger_gui.core.donor import DTYPE_NAMES, DonorInfo, dtype_code
+from merger_gui.core.donor import DonorInfo
+from merger_gui.core.dtypes import dtype_of
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.plan import StagePlan
 from merger_gui.core.recipe import Recipe, Stage
@@ -177,7 +178,7 @@ def _alive(pid: int, started: object) -> bool:
 def output_dtype_name(stage: Stage, config_donor: DonorInfo) -> str:
     """torch-style name (``bfloat16``) of the dtype the output's weights are stored in."""
     name = stage.out_dtype or stage.dtype or config_donor.dtype
-    return DTYPE_NAMES[dtype_code(name)]
+    return dtype_of(name).torch_name
 
 
 def output_config(plan: StagePlan, stage: Stage, config_donor: DonorInfo) -> dict[str, Any]:

@@ -20,7 +20,6 @@ byte-for-byte copy never imports it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from merger_gui.core.donor import DTYPE_NAMES, DTYPE_SIZES, DonorInfo
+from merger_gui.core.donor import DonorInfo, TensorInfo
+from merger_gui.core.dtypes import DTYPES, torch_name
 from merger_gui.core.errors import DonorError
 from merger_gui.core.inspect import read_weight_map
 from merger_gui.core.safe_files import donor_file, is_present, open_donor_file
@@ -44,7 +44,7 @@ def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (``BF16`` → ``torch.bfloat16``)."""
     import torch
 
-    return getattr(torch, DTYPE_NAMES[code])
+    return getattr(torch, torch_name(code))
 
 
 @dataclass(frozen=True)
@@ -58,22 +58,16 @@ class ByteRange:
 
 @dataclass(frozen=True)
 class SourceTensor:
-    """One donor tensor, located but not read: its file, dtype and shape."""
+    """One donor tensor, located but not read: what it is, and where its bytes lie."""
 
     model: str
-    name: str
+    info: TensorInfo  # name, shape and stored dtype, as the file's header (or archive) says
     file: Path
-    dtype: str  # safetensors code
-    shape: tuple[int, ...]
     offset: int | None  # absolute byte offset in a safetensors file; None for .bin
 
     @property
     def label(self) -> str:
-        return f"{self.name!r} of donor {self.model}"
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+        return f"{self.info.name!r} of donor {self.model}"
 
 
 class _SafetensorsFile:
@@ -92,7 +86,8 @@ class _SafetensorsFile:
         except OSError as exc:
             raise DonorError(f"donor {model}: cannot read {path}: {exc.strerror or exc}") from None
         # Validates dtypes, shapes and that the offsets tile the data exactly (a truncated file fails).
-        self.infos = parse_safetensors_header(raw, size - 8 - length, f"donor {model}: {path}")
+        self.infos = parse_safetensors_header(raw, size - 8 - length, f"donor {model}: {path}",
+                                               file_name=path.name)
         header = json.loads(raw)
         base = 8 + length
         self.offsets = {name: base + entry["data_offsets"][0]
@@ -135,22 +130,22 @@ class TensorReader:
             info = entry.infos.get(name)
             if info is None:
                 raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
-            return SourceTensor(model, name, file, info.dtype, info.shape, entry.offsets[name])
+            return SourceTensor(model, info, file, entry.offsets[name])
         import torch  # .bin checkpoints are torch archives
 
         tensor = self._open_checkpoint(file, model).get(name)
         if not isinstance(tensor, torch.Tensor):
             raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
-        code = next((c for c, n in DTYPE_NAMES.items() if getattr(torch, n) == tensor.dtype), None)
+        code = next((d.code for d in DTYPES if getattr(torch, d.torch_name, None) == tensor.dtype), None)
         if code is None:
             raise DonorError(f"donor {model}: tensor {name!r} has unsupported dtype {tensor.dtype}")
-        return SourceTensor(model, name, file, code, tuple(tensor.shape), None)
+        return SourceTensor(model, TensorInfo(name, tuple(tensor.shape), code, file.name), file, None)
 
     def byte_range(self, source: SourceTensor) -> ByteRange | None:
         """The raw bytes of a safetensors tensor, for a copy without conversion; None for ``.bin``."""
         if source.offset is None:
             return None
-        return ByteRange(self._safetensors[source.file].handle, source.offset, source.nbytes)
+        return ByteRange(self._safetensors[source.file].handle, source.offset, source.info.nbytes)
 
     def read(self, source: SourceTensor) -> torch.Tensor:
         """The tensor itself, in its stored dtype, in CPU memory of its own (writes to it never
@@ -161,10 +156,10 @@ class TensorReader:
         """
         offset = source.offset
         if offset is None:
-            return self._checkpoints[source.file][source.name].clone()
+            return self._checkpoints[source.file][source.info.name].clone()
         handle = self._safetensors[source.file].handle
         try:
-            if os.fstat(handle.fileno()).st_size < offset + source.nbytes:
+            if os.fstat(handle.fileno()).st_size < offset + source.info.nbytes:
                 raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
             return _read_copy(handle, offset, source)
         except OSError as exc:
@@ -235,7 +230,7 @@ def _read_copy(handle: BinaryIO, offset: int, source: SourceTensor) -> torch.Ten
     """``source`` (at ``offset``) read into a fresh tensor."""
     import torch
 
-    tensor = torch.empty(source.shape, dtype=torch_dtype(source.dtype))
+    tensor = torch.empty(source.info.shape, dtype=torch_dtype(source.info.dtype))
     view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
     handle.seek(offset)
     done = 0

@@ -28,7 +28,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from merger_gui.core.donor import DTYPE_SIZES, DonorInfo, dtype_code
+from merger_gui.core.donor import DonorInfo, TensorInfo
+from merger_gui.core.dtypes import dtype_code
 from merger_gui.core.errors import DonorError, UserError
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.output_folders import FINGERPRINT_FILE, overlaps, replace_refusal, stage_folder_name
@@ -50,7 +51,7 @@ from .output import (
 )
 from .reader import ByteRange, SourceTensor, TensorReader
 from .write_behind import WriteBehind
-from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, TensorLayout, planned_bytes
+from .writer import DEFAULT_SHARD_SIZE, ShardedWriter, planned_bytes
 
 if TYPE_CHECKING:  # torch, the tensor math and the Hub client are imported only when needed
     import torch
@@ -103,9 +104,9 @@ class _Job:
     order: tuple[int, ...]  # plan indices of the tensors in merge (and write) order
 
     @cached_property
-    def layouts(self) -> tuple[TensorLayout, ...]:
+    def layouts(self) -> tuple[TensorInfo, ...]:
         tensors = self.plan.tensors
-        return tuple(TensorLayout(tensors[i].name, tensors[i].dtype, tensors[i].shape) for i in self.order)
+        return tuple(tensors[i].info for i in self.order)
 
 
 @dataclass
@@ -326,9 +327,9 @@ def _locate(reader: TensorReader, job: _Job, pending: set[str]) -> list[tuple[So
         for source in sources:
             expected = tensor.shape
             if vocab_rows_may_differ and tensor.is_vocab:
-                expected = source.shape[:1] + tensor.shape[1:]
-            if source.shape != expected:
-                raise DonorError(f"shape mismatch: tensor {source.label} is {list(source.shape)}, "
+                expected = source.info.shape[:1] + tensor.shape[1:]
+            if source.info.shape != expected:
+                raise DonorError(f"shape mismatch: tensor {source.label} is {list(source.info.shape)}, "
                                  f"the merge needs {list(expected)} for {tensor.name!r}")
         located.append(sources)
     return located
@@ -499,7 +500,7 @@ def _passes_through(tensor: PlannedTensor, sources: Sequence[SourceTensor], stag
 def _byte_copy(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: Stage, reader: TensorReader,
                vocabulary: VocabularyPlan | None) -> ByteRange | None:
     """The donor bytes to copy file to file as ``tensor``, bit-identical; None when it needs torch."""
-    if _passes_through(tensor, sources, stage, vocabulary) and sources[0].dtype == tensor.dtype \
+    if _passes_through(tensor, sources, stage, vocabulary) and sources[0].info.dtype == tensor.dtype \
             and _working_code(stage, sources) == tensor.dtype:
         return reader.byte_range(sources[0])
     return None
@@ -507,7 +508,7 @@ def _byte_copy(tensor: PlannedTensor, sources: Sequence[SourceTensor], stage: St
 
 def _merge_bytes(tensor: PlannedTensor, sources: Sequence[SourceTensor]) -> int:
     """The bytes of one merge's inputs and output."""
-    return sum(s.nbytes for s in sources) + DTYPE_SIZES[tensor.dtype] * tensor.numel
+    return sum(s.info.nbytes for s in sources) + tensor.info.nbytes
 
 
 def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteRange | None, stage: Stage,
@@ -553,14 +554,14 @@ def _working_code(stage: Stage, sources: Sequence[SourceTensor]) -> str:
     """dtype code of the recipe's ``dtype``, else of the common dtype of the inputs."""
     if stage.dtype:
         return dtype_code(stage.dtype)
-    codes = {s.dtype for s in sources}
+    codes = {s.info.dtype for s in sources}
     if len(codes) == 1:
         return codes.pop()
     import torch
 
     from .reader import torch_dtype
 
-    working = torch_dtype(sources[0].dtype)
+    working = torch_dtype(sources[0].info.dtype)
     for source in sources[1:]:
-        working = torch.promote_types(working, torch_dtype(source.dtype))
+        working = torch.promote_types(working, torch_dtype(source.info.dtype))
     return dtype_code(str(working))

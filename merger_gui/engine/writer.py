@@ -28,7 +28,6 @@ import errno
 import fcntl
 import functools
 import json
-import math
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from merger_gui.core.donor import DTYPE_SIZES
+from merger_gui.core.donor import TensorInfo
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -50,22 +49,9 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, er
 
 
 @dataclass(frozen=True)
-class TensorLayout:
-    """One output tensor as the writer places it."""
-
-    name: str
-    dtype: str  # safetensors code
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-
-
-@dataclass(frozen=True)
 class Shard:
     file: str
-    tensors: tuple[TensorLayout, ...]
+    tensors: tuple[TensorInfo, ...]
 
     @property
     def data_bytes(self) -> int:
@@ -83,12 +69,12 @@ class Shard:
         return struct.pack("<Q", len(raw)) + raw
 
 
-def plan_shards(tensors: Sequence[TensorLayout], shard_size: int) -> tuple[Shard, ...]:
+def plan_shards(tensors: Sequence[TensorInfo], shard_size: int) -> tuple[Shard, ...]:
     """Split ``tensors`` (in order) into shards of at most ``shard_size`` data bytes each.
 
     A tensor larger than ``shard_size`` gets a shard of its own, as in mergekit.
     """
-    groups: list[list[TensorLayout]] = []
+    groups: list[list[TensorInfo]] = []
     size = 0
     for t in tensors:
         if not groups or (size + t.nbytes > shard_size and groups[-1]):
@@ -102,7 +88,7 @@ def plan_shards(tensors: Sequence[TensorLayout], shard_size: int) -> tuple[Shard
     return tuple(Shard(f"model-{k + 1:05d}-of-{n:05d}.safetensors", tuple(g)) for k, g in enumerate(groups))
 
 
-def planned_bytes(tensors: Sequence[TensorLayout], shard_size: int) -> int:
+def planned_bytes(tensors: Sequence[TensorInfo], shard_size: int) -> int:
     """Bytes the weight files will take on disk, headers included."""
     return sum(len(s.header()) + s.data_bytes for s in plan_shards(tensors, shard_size))
 
@@ -238,7 +224,7 @@ class ShardedWriter:
     Call :meth:`write` or :meth:`copy` once per tensor in layout order, then :meth:`close`.
     """
 
-    def __init__(self, folder: str | Path, tensors: Sequence[TensorLayout],
+    def __init__(self, folder: str | Path, tensors: Sequence[TensorInfo],
                  shard_size: int = DEFAULT_SHARD_SIZE) -> None:
         self.folder = Path(folder)
         self.shards = plan_shards(tensors, shard_size)
@@ -292,7 +278,7 @@ class ShardedWriter:
         """Close the open file without completing it (the caller removes the folder)."""
         self._close_handle()
 
-    def _start(self, name: str) -> TensorLayout:
+    def _start(self, name: str) -> TensorInfo:
         if self._next >= len(self._queue) or self._queue[self._next][1].name != name:
             expected = self._queue[self._next][1].name if self._next < len(self._queue) else "nothing"
             raise ValueError(f"tensor {name!r} written out of order; expected {expected!r}")

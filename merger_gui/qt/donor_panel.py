@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.donor import DonorInfo
+from merger_gui.core.dtypes import dtype_label
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 from merger_gui.core.slice_edits import rename_model
 
@@ -24,7 +25,6 @@ from .settings import Settings
 from .sizes import format_size
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
-SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
 
@@ -137,7 +137,7 @@ class DonorPanel(QWidget):
                 item.setText(2, format_size(info.weight_bytes))
                 item.setTextAlignment(1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                tip.append(f"{info.architecture} · {info.num_layers} layers · {SHORT_DTYPES.get(info.dtype, info.dtype)} · "
+                tip.append(f"{info.architecture} · {info.num_layers} layers · {dtype_label(info.dtype)} · "
                            f"hidden {info.hidden_size} · "
                            f"{info.num_heads} heads · vocab {info.vocab_size}")
                 tip += list(info.warnings)

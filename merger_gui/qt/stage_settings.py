@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QSizePolicy, QWidget
 
 from merger_gui.core import stage_edits
+from merger_gui.core.dtypes import PICKABLE_NAMES
 from merger_gui.core.methods import METHODS, MethodSpec
 
 from .document import RecipeDocument
@@ -142,7 +143,7 @@ class StageSettingsBar(QWidget):
             method = self.method_combo.count() - 1
         self.method_combo.setCurrentIndex(method)
         _set_items(self.base_combo, [(NONE, None), *((d, d) for d in donors)], stage.base_model)
-        dtypes = [(DEFAULT, None), *((d, d) for d in stage_edits.DTYPES)]
+        dtypes = [(DEFAULT, None), *((d, d) for d in PICKABLE_NAMES)]
         _set_items(self.dtype_combo, dtypes, stage.dtype)
         _set_items(self.out_dtype_combo, dtypes, stage.out_dtype)
         tokenizer = stage.tokenizer.source if stage.tokenizer is not None else stage.tokenizer_source

@@ -5,12 +5,11 @@ from __future__ import annotations
 import difflib
 
 from .. import quick_fixes as fixes
-from ..donor import known_dtype_code
+from ..dtypes import is_float_code, known_dtype_code
 from ..methods import METHODS
 from ..plan import config_donor_name
 from .context import StageContext, closest, did_you_mean
 
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 KNOWN_KEYS = (
     "merge_method", "slices", "models", "base_model", "parameters", "dtype", "out_dtype",
     "tokenizer_source", "tokenizer", "chat_template", "name",
@@ -29,7 +28,7 @@ def check_keys(ctx: StageContext) -> None:
         ctx.add("warning", "unknown-key", f"unknown key {key!r} is ignored by mergekit;{hint or ' remove it'}",
                  key=key)
     for key, value in (("dtype", stage.dtype), ("out_dtype", stage.out_dtype)):
-        if value is not None and known_dtype_code(value) not in FLOAT_DTYPES:
+        if value is not None and not is_float_code(known_dtype_code(value)):
             ctx.add("error", "unknown-dtype",
                      f"{key} {value!r} is not a float dtype; use bfloat16, float16 or float32", key=key)
     if stage.slices is not None and stage.models is not None:
