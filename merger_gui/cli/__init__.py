@@ -14,7 +14,7 @@ from merger_gui.cli.common import CommandLineParser
 from merger_gui.core.errors import UserError
 
 # Subcommand name -> module in this package exposing ``add_parser(subparsers)``.
-COMMANDS = ("validate", "plan", "estimate", "merge")
+COMMANDS = ("validate", "plan", "estimate", "merge", "export-gguf")
 
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in commands:
-        importlib.import_module(f"merger_gui.cli.{name}_command").add_parser(subparsers)
+        module = name.replace("-", "_")  # export-gguf -> export_gguf_command
+        importlib.import_module(f"merger_gui.cli.{module}_command").add_parser(subparsers)
     return parser
 
 

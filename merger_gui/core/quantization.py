@@ -9,8 +9,9 @@ importance matrix and default quantizer options.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .donor import DonorInfo, TensorInfo, is_buffer, layer_index
 from .errors import UserError
@@ -155,7 +156,10 @@ def _use_more_bits(i: int, n: int) -> bool:
 
 
 def gguf_tensor_type(name: str, shape: tuple[int, ...], file_type: str, ctx: GGUFContext) -> str:
-    """The ggml type llama.cpp's quantizer gives tensor ``name`` for ``file_type`` (no imatrix)."""
+    """The ggml type llama.cpp's quantizer gives tensor ``name`` for ``file_type`` (no imatrix);
+    for the types ``export-gguf`` writes (Q8_0, Q4_0) the type that export gives it."""
+    if file_type in ("Q8_0", "Q4_0"):
+        return gguf_export_tensor_type(name, shape, file_type.lower(), not ctx.has_output)
     role = gguf_role(name)
     if len(shape) < 2 or role in ("norm", "bias", "ffn_gate_inp"):
         return "F32"  # convert_hf_to_gguf stores these as F32; the quantizer leaves them
@@ -261,6 +265,8 @@ def parameter_tensors(model: DonorInfo) -> Iterable[TensorInfo]:
 
 def weight_bytes(model: DonorInfo, fmt: WeightFormat = STORED) -> int:
     """Bytes of the model's parameters in ``fmt`` (tensor data only, no file headers)."""
+    if fmt.kind == "gguf" and fmt.name.lower() in GGUF_EXPORT_TYPES:
+        return gguf_export_bytes(model, fmt.name.lower())
     ctx = GGUFContext.of(model)
     return sum(_tensor_bytes(t, fmt, ctx) for t in parameter_tensors(model))
 
@@ -272,3 +278,57 @@ def host_embedding_bytes(model: DonorInfo, fmt: WeightFormat) -> int:
     ctx = GGUFContext.of(model)
     return sum(_tensor_bytes(t, fmt, ctx) for t in parameter_tensors(model)
                if gguf_role(t.name) == "token_embd")
+
+
+# What ``merger-gui export-gguf --type`` writes (engine/gguf_export.py) -> ggml type of its matrices.
+GGUF_EXPORT_TYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+GGUF_EXTRA_TENSORS = {"llama3": "rope_freqs.weight"}  # rope type -> the F32 tensor llama.cpp adds
+
+
+def gguf_export_tensor_type(name: str, shape: tuple[int, ...], export_type: str, tied: bool) -> str:
+    """The ggml type ``export-gguf --type export_type`` writes tensor ``name`` (a Hugging Face name) in.
+
+    As llama.cpp's convert_hf_to_gguf.py: 1-D tensors, norms, biases and MoE routers in F32,
+    matrices in the chosen type, and F16 for a matrix whose rows are not whole blocks. q4_0
+    keeps the output projection (the token embeddings when tied, ``tied``) in Q8_0, where
+    llama-quantize uses Q6_K, which gguf-py cannot write.
+    """
+    role = gguf_role(name)
+    if len(shape) < 2 or role in ("norm", "bias", "ffn_gate_inp"):
+        return "F32"
+    chosen = GGUF_EXPORT_TYPES[export_type]
+    if chosen == "Q4_0" and (role == "output" or (role == "token_embd" and tied)):
+        chosen = "Q8_0"
+    return chosen if shape[-1] % GGML_TYPES[chosen].block_size == 0 else "F16"
+
+
+def gguf_rope_type(config: Mapping[str, Any]) -> str:
+    """The config's RoPE scaling type, lower case (``llama3``, ``linear``, ``yarn``…; empty for none)."""
+    scaling = config.get("rope_scaling") or config.get("rope_parameters")
+    kind = (scaling.get("rope_type") or scaling.get("type")) if isinstance(scaling, Mapping) else None
+    return "" if kind in (None, "default") else str(kind).lower()
+
+
+def gguf_export_tensors(model: DonorInfo) -> tuple[TensorInfo, ...]:
+    """The tensors ``export-gguf`` writes, by Hugging Face name, in file order.
+
+    The parameters (Gemma's ``lm_head``, which llama.cpp never reads, left out), then the F32
+    tensor llama.cpp generates for Llama-3.1-style RoPE scaling (``rope_freqs.weight``).
+    """
+    tensors = [t for t in parameter_tensors(model)
+               if not (model.family.startswith("gemma") and t.name == "lm_head.weight")]
+    extra = GGUF_EXTRA_TENSORS.get(gguf_rope_type(model.config))
+    if extra and model.family == "llama":
+        tensors.append(TensorInfo(extra, (model.head_dim // 2,), "F32"))
+    return tuple(tensors)
+
+
+def gguf_export_bytes(model: DonorInfo, export_type: str) -> int:
+    """Bytes of tensor data ``export-gguf --type export_type`` writes for ``model``: exact."""
+    tied = not model.has_lm_head
+    total = 0
+    for info in gguf_export_tensors(model):
+        ggml = GGML_TYPES[gguf_export_tensor_type(info.name, info.shape, export_type, tied)]
+        rows = info.numel // info.shape[-1]
+        total += rows * ggml.row_bytes(info.shape[-1])
+    return total
