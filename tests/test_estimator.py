@@ -12,7 +12,7 @@ import pytest
 from merger_gui.cli import main
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    COPY_ENGINE_BYTES, METHOD_SCRATCH, TORCH_ENGINE_BYTES, EstimateOptions, estimate_model, estimate_plan, format_gib,
+    COPY_ENGINE_BYTES, METHOD_SCRATCH, TORCH_ENGINE_BYTES, EstimateOptions, estimate_model, estimate_plan,
     kv_cache, solve_max_context,
 )
 from merger_gui.core.methods import METHODS
@@ -21,6 +21,7 @@ from merger_gui.core.profiles import load_profile, profile_entry
 from merger_gui.core.quantization import GGUFContext, gguf_tensor_type, parse_weight_format, weight_bytes
 from merger_gui.core.resolve import resolve_donor
 from merger_gui.core.synthetic import DonorShape, donor_config
+from merger_gui.core.units import format_size
 
 KIB = 1024
 GIB = 2**30
@@ -59,7 +60,7 @@ def test_rose_20b_layers_params_and_kv(seed_recipe_path):
     assert (rose.num_layers, rose.params) == (62, 19_994_362_880)
     assert rose.kv.bytes_per_token == 1240 * KIB
     assert rose.kv_cache_bytes == 1240 * KIB * 4096
-    assert format_gib(rose.kv_cache_bytes) == "4.84 GiB"
+    assert format_size(rose.kv_cache_bytes, 2) == "4.84 GiB"
     assert rose.stored_bytes == 2 * 19_994_362_880  # float16 output
     thorns = result.donors[0]
     assert thorns.name == "Thorns-13B" and thorns.estimate.params == 13_015_864_320
@@ -126,9 +127,9 @@ def test_peak_ram_counts_the_heap_left_by_tensors_under_32_mib():
 
 def test_llama_3_8b_gguf_sizes_match_llama_cpp():
     model = load_profile("llama-3-8b")
-    assert format_gib(weight_bytes(model, parse_weight_format("Q4_K_M"))) == "4.58 GiB"
-    assert format_gib(weight_bytes(model, parse_weight_format("Q5_K_M"))) == "5.33 GiB"
-    assert format_gib(weight_bytes(model, parse_weight_format("Q8_0"))) == "7.95 GiB"
+    assert format_size(weight_bytes(model, parse_weight_format("Q4_K_M")), 2) == "4.58 GiB"
+    assert format_size(weight_bytes(model, parse_weight_format("Q5_K_M")), 2) == "5.33 GiB"
+    assert format_size(weight_bytes(model, parse_weight_format("Q8_0")), 2) == "7.95 GiB"
 
 
 def test_mixture_rule_depends_on_depth():

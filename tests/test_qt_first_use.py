@@ -11,12 +11,11 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings, QThreadPool  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from merger_gui.core.units import format_count  # noqa: E402
+from merger_gui.core.units import format_count, format_size  # noqa: E402
 from merger_gui.demo import create_demo_donors  # noqa: E402
 from merger_gui.qt.main_window import MainWindow  # noqa: E402
 from merger_gui.qt.settings import Settings  # noqa: E402
 from merger_gui.qt.settle import settle  # noqa: E402
-from merger_gui.qt.sizes import format_size  # noqa: E402
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from merger_gui.cli.common import (
 )
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    GIB_NOTE, Estimate, EstimateOptions, RecipeEstimate, estimate_model, estimate_plan, format_gib,
-    gib_to_bytes,
+    GIB_NOTE, Estimate, EstimateOptions, RecipeEstimate, estimate_model, estimate_plan, gib_to_bytes,
 )
 from merger_gui.core.plan import plan_recipe
 from merger_gui.core.quantization import parse_weight_format
 from merger_gui.core.resolve import resolve_donor
-from merger_gui.core.runtime_presets import GIB, PRESETS
+from merger_gui.core.runtime_presets import PRESETS
+from merger_gui.core.units import GIB, format_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -179,10 +179,10 @@ def render(result: Estimate | RecipeEstimate, title: str | None = None) -> str:
         lines += ["", "Stages:"]
         for estimate, label in zip(result.stages, result.stage_labels):
             lines.append(f"  {label:<32} {estimate.num_layers:>4} layers  {estimate.params:>16,} params  "
-                         f"{format_gib(estimate.total_bytes):>11}")
+                         f"{format_size(estimate.total_bytes, 2):>11}")
     if result.donors:
         lines += ["", "Compared with donors (same options):"]
-        lines += [f"  {c.describe()}  ({c.estimate.num_layers} layers, {format_gib(c.estimate.total_bytes)})"
+        lines += [f"  {c.describe()}  ({c.estimate.num_layers} layers, {format_size(c.estimate.total_bytes, 2)})"
                   for c in result.donors]
     merge = result.merge
     lines += [
@@ -197,7 +197,7 @@ def render(result: Estimate | RecipeEstimate, title: str | None = None) -> str:
 
 
 def _row(label: str, nbytes: int, signed: bool = False) -> str:
-    return f"  {label:<52} {format_gib(nbytes, signed):>12}"
+    return f"  {label:<52} {format_size(nbytes, 2, signed=signed):>12}"
 
 
 def _estimate_lines(e: Estimate, title: str) -> list[str]:
@@ -218,7 +218,7 @@ def _estimate_lines(e: Estimate, title: str) -> list[str]:
         counted, other, value = (("windowed", "every position", kv.full_bytes) if e.kv_counts_window
                                  else ("full", "the window only", kv.windowed_bytes))
         lines.append(f"    {kv.windowed_layer_count} sliding-window layers, counted {counted}; "
-                     f"{other}: {format_gib(value)}")
+                     f"{other}: {format_size(value, 2)}")
     lines += [
         _row(e.compute_label, e.compute_buffer_bytes),
         _row(e.overhead_label, e.overhead_bytes),
@@ -227,7 +227,7 @@ def _estimate_lines(e: Estimate, title: str) -> list[str]:
     if o.gpu_memory_bytes is not None:
         fits = "no limit below 128M tokens" if e.max_context is None else (
             "does not fit" if e.max_context == 0 else f"{e.max_context:,} tokens")
-        lines.append(f"  {'largest context in ' + format_gib(o.gpu_memory_bytes):<52} {fits:>12}")
+        lines.append(f"  {'largest context in ' + format_size(o.gpu_memory_bytes):<52} {fits:>12}")
         if e.trained_context and (e.max_context is None or e.max_context > e.trained_context):
             lines.append(f"  {'context the model is trained for':<52} {f'{e.trained_context:,} tokens':>12}")
     return lines + ["", *_file_size_lines(e)]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from merger_gui.core.errors import UserError
-from merger_gui.core.units import format_duration
+from merger_gui.core.units import format_duration, format_size
 from merger_gui.engine.output import HELD_SIGNALS
 
 from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
@@ -188,7 +188,7 @@ class ProgressDisplay:
             if self.live:
                 self.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file}", None)
             elif event.downloaded == event.total:
-                self.line(f"downloaded {event.model}/{event.file} ({event.total / 1e6:.1f} MB)")
+                self.line(f"downloaded {event.model}/{event.file} ({format_size(event.total)})")
         elif isinstance(event, StageFinished):
             if not event.reused and event.index < event.count - 1:
                 self.kept.append(event.path)
@@ -196,7 +196,7 @@ class ProgressDisplay:
             self.line(f"{self.stage}: {what} → {event.path}")
         elif isinstance(event, MergeDone):
             self.clear()
-            print(f"merged {event.tensors} tensors ({event.bytes_written / 1e9:.2f} GB) into {event.path} "
+            print(f"merged {event.tensors} tensors ({format_size(event.bytes_written)}) into {event.path} "
                   f"in {format_duration(event.seconds)}")
 
     def bar(self, done: int, total: int, detail: str, eta: float | None) -> None:

@@ -1,7 +1,7 @@
 """Size and memory of a planned merge, of each stage and of its donors, before any download.
 
-Every figure is in bytes; :func:`format_gib` shows GiB (2^30 bytes). The estimate works on
-a :class:`DonorInfo` — a donor, or the ``output`` of a planned stage — so a recipe's
+Every figure is in bytes; :func:`units.format_size` shows them in GiB (2^30 bytes) or MiB.
+The estimate works on a :class:`DonorInfo` — a donor, or the ``output`` of a planned stage — so a recipe's
 result and its donors are measured the same way:
 
 - parameters and file sizes are summed over the exact (planned) tensor list;
@@ -27,9 +27,10 @@ from .plan import Plan, PlannedTensor, StagePlan
 from .quantization import (
     GGML_TYPES, GGMLType, STORED, WeightFormat, host_embedding_bytes, parse_weight_format, weight_bytes,
 )
-from .runtime_presets import GIB, MIB, RuntimePreset, runtime_preset
+from .runtime_presets import RuntimePreset, runtime_preset
+from .units import GIB, MIB, format_size
 
-GIB_NOTE = "GiB = 2^30 bytes"
+GIB_NOTE = "GiB = 2^30 bytes, MiB = 2^20 bytes"
 COPY_ENGINE_BYTES = 28 * MIB  # Python and the engine copying bytes file to file (no torch; measured 19 MiB)
 TORCH_ENGINE_BYTES = 240 * MIB  # Python, torch and the engine (measured 233 MiB with the CPU build of torch 2)
 HEAP_BLOCK_LIMIT = 32 * MIB  # glibc's largest mmap threshold: smaller blocks stay in the heap once freed
@@ -276,7 +277,8 @@ class DonorComparison:
 
     def describe(self) -> str:
         """``+4.20 GiB vs Thorns-13B at 4k``."""
-        return f"{format_gib(self.delta_bytes, signed=True)} vs {self.name} at {format_context(self.estimate.options.context)}"
+        delta = format_size(self.delta_bytes, 2, signed=True)
+        return f"{delta} vs {self.name} at {format_context(self.estimate.options.context)}"
 
 
 @dataclass(frozen=True)
@@ -474,12 +476,6 @@ def estimate_plan(plan: Plan, donors: Mapping[str, DonorInfo],
         peak_ram_bytes=max(stage_peak_ram_bytes(s, known) for s in plan.stages),
     )
     return RecipeEstimate(stages, tuple(s.label for s in plan.stages), tuple(comparisons), merge)
-
-
-def format_gib(nbytes: int, signed: bool = False, digits: int = 2) -> str:
-    """``4.84 GiB`` (GiB = 2^30 bytes); ``signed`` adds ``+`` to positive values."""
-    sign = "+" if signed and nbytes > 0 else ""
-    return f"{sign}{nbytes / GIB:.{digits}f} GiB"
 
 
 def format_context(tokens: int) -> str:

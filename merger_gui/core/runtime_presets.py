@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from .donor import DonorInfo
 from .errors import UserError
-
-MIB = 2**20
-GIB = 2**30
+from .units import GIB, MIB
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,18 @@
-"""Durations and counts as the window and the CLI show them."""
+"""Sizes, durations and counts as the window and the CLI show them."""
 
 from __future__ import annotations
+
+MIB = 2**20
+GIB = 2**30
+
+
+def format_size(nbytes: int, digits: int = 1, *, signed: bool = False) -> str:
+    """``24.2 GiB`` (binary units, GiB = 2^30 bytes); below 0.1 GiB in MiB, so a small model does not
+    read ``0.0 GiB``. ``digits`` are the GiB decimals; ``signed`` adds ``+`` to positive sizes."""
+    sign = "+" if signed and nbytes > 0 else ""
+    if abs(nbytes) >= GIB // 10 or nbytes == 0:
+        return f"{sign}{nbytes / GIB:.{digits}f} GiB"
+    return f"{sign}{nbytes / MIB:.1f} MiB"
 
 
 def format_duration(seconds: float) -> str:

@@ -36,6 +36,7 @@ from merger_gui.core.output_folders import FINGERPRINT_FILE, overlaps, replace_r
 from merger_gui.core.plan import Plan, PlannedTensor, StagePlan, plan_recipe, stage_slices
 from merger_gui.core.readiness import merge_readiness
 from merger_gui.core.recipe import Recipe, Stage
+from merger_gui.core.units import format_size
 from merger_gui.core.validation import validate_recipe
 
 from .chat_template import check_chat_template, resolve_chat_template, write_chat_template
@@ -63,7 +64,6 @@ __all__ = [
     "StageFinished", "StageStarted", "TensorProgress", "run_merge",
 ]
 
-GIB = 1024**3
 DISK_MARGIN = 16 * 1024 * 1024  # config, tokenizer and recipe files beside the weights
 
 
@@ -345,8 +345,8 @@ def _check_space(needs: Sequence[tuple[Path, int]], purpose: str = "for the outp
     for needed, folder in by_device.values():
         free = shutil.disk_usage(folder).free
         if needed > free:
-            raise UserError(f"not enough disk space {purpose} {folder}: {needed / GIB:.1f} GiB needed, "
-                            f"{free / GIB:.1f} GiB free")
+            raise UserError(f"not enough disk space {purpose} {folder}: {format_size(needed)} needed, "
+                            f"{format_size(free)} free")
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -441,7 +441,7 @@ def _os_error(exc: OSError, job: _Job, partial: Path | None, shard: Path | None,
     if exc.errno == errno.ENOSPC:
         needed = planned_bytes(job.layouts, options.shard_size)
         free = shutil.disk_usage(_existing_ancestor(job.target.parent)).free
-        return UserError(f"disk full while writing {file}: {needed / GIB:.1f} GiB needed, {free / GIB:.1f} GiB free")
+        return UserError(f"disk full while writing {file}: {format_size(needed)} needed, {format_size(free)} free")
     return UserError(f"cannot write {file}: {exc.strerror or exc}")
 
 

@@ -16,13 +16,13 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.dtypes import dtype_label
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 from merger_gui.core.slice_edits import rename_model
+from merger_gui.core.units import format_size
 
 from .document import Companion, RecipeDocument
 from .donor_registry import DonorRegistry
 from .inspection import DonorInspector
 from .live_plan import LivePlan
 from .settings import Settings
-from .sizes import format_size
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
 # DonorInfo field → words; donors that disagree on one cannot be merged together.

@@ -12,15 +12,14 @@ import pyqtgraph as pg  # noqa: E402  (after PySide6)
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    GIB_NOTE, EstimateOptions, RecipeEstimate, estimate_plan, format_context, format_gib, gib_to_bytes, kv_cache,
+    GIB_NOTE, EstimateOptions, RecipeEstimate, estimate_plan, format_context, gib_to_bytes, kv_cache,
 )
-from merger_gui.core.runtime_presets import GIB, PRESETS
+from merger_gui.core.runtime_presets import PRESETS
 from merger_gui.core.plan import Plan
-from merger_gui.core.units import format_count
+from merger_gui.core.units import GIB, format_count, format_size
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
-from .sizes import format_size
 from .themed_plot import ThemedPlotWidget
 
 WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
@@ -216,7 +215,7 @@ class EstimatePanel(QWidget):
         labels["compute"].setText(f"{_size(final.compute_buffer_bytes)} ({final.compute_label})")
         labels["overhead"].setText(f"{_size(final.overhead_bytes)} ({final.overhead_label})")
         labels["total"].setText(_size(final.total_bytes))
-        budget = format_gib(options.gpu_memory_bytes or 0, digits=1)
+        budget = format_size(options.gpu_memory_bytes or 0)
         if final.max_context is None:
             labels["max_context"].setText(f"more than 128M tokens fit in {budget}")
         elif final.max_context == 0:

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.output_folders import replace_refusal
 from merger_gui.core.readiness import merge_readiness
-from merger_gui.core.units import format_duration
+from merger_gui.core.units import format_duration, format_size
 from merger_gui.engine.events import (
     DownloadProgress, MergeDone, MergeEvent, MergeWarning, StageFinished, StageStarted, TensorProgress,
 )
@@ -25,7 +25,6 @@ from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
 from .merge_runner import MergeRunner
-from .sizes import format_size
 
 ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
