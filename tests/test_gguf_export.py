@@ -268,3 +268,26 @@ def test_cli_exports_with_json_and_refuses_in_one_line(donors: dict[str, Path], 
     assert result["file_bytes"] == out.stat().st_size
     assert main(["export-gguf", str(donors["qwen2"]), str(out)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_merge_tab_row_exports_with_the_predicted_size(donors: dict[str, Path], tmp_path: Path, qtbot) -> None:
+    from merger_gui.core.units import format_size
+    from merger_gui.qt.gguf_export_row import GGUFExportRow
+
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    for file in donors["llama"].iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    row = GGUFExportRow()
+    qtbot.addWidget(row)
+    row.set_model_folder(folder)
+    row.type_combo.setCurrentText("q4_0")
+    predicted = gguf_export_bytes(inspect_folder(folder), "q4_0")
+    assert row.size_label.text() == f"≈ {format_size(predicted)}"
+    with qtbot.waitSignal(row.exported, timeout=60_000) as blocker:
+        assert row.start_export()
+    assert blocker.args[0] == tmp_path / "merged-q4_0.gguf" and row.result_path == blocker.args[0]
+    assert str(blocker.args[0]) in row.result_label.text()
+    qtbot.waitUntil(lambda: not row.is_running)
+    reader = gguf.GGUFReader(blocker.args[0])
+    assert sum(int(t.n_bytes) for t in reader.tensors) == predicted

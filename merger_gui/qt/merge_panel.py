@@ -23,6 +23,7 @@ from merger_gui.engine.events import (
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .gguf_export_row import GGUFExportRow
 from .live_plan import LivePlan
 from .merge_runner import MergeRunner
 
@@ -114,6 +115,9 @@ class MergePanel(QWidget):
         layout.addLayout(status)
         layout.addWidget(self.tensor_label)
         layout.addWidget(self.result_label)
+        self.gguf_row = GGUFExportRow(self)  # export the result (or any folder) to GGUF
+        self.merge_finished.connect(self.gguf_row.set_model_folder)
+        layout.addWidget(self.gguf_row)
         layout.addWidget(self.log, 1)
 
         self.runner.progress.connect(self._on_progress)

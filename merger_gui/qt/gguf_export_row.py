@@ -1,0 +1,204 @@
+"""The Merge tab's "Export GGUF" row: a model folder (the merge's output, or any) to one .gguf file.
+
+The export runs :func:`merger_gui.engine.gguf_export.export_gguf` (imported lazily: it imports
+gguf-py and torch) on a worker thread, as :mod:`.merge_runner` runs a merge, with progress and
+cancel. The predicted size is the estimator's exact figure for the chosen type.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import (
+    QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout,
+    QWidget,
+)
+
+from merger_gui.core.errors import UserError
+from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.quantization import GGUF_EXPORT_TYPES, gguf_export_bytes
+from merger_gui.core.units import format_size
+
+
+class _ExportWorker(QObject):
+    progress = Signal(int, int)  # bytes written, total
+    outcome = Signal(str, object)  # "finished" ((path, file bytes)) | "failed" (message) | "cancelled" (None)
+
+    def __init__(self, model: Path, out: Path, export_type: str, cancel: threading.Event) -> None:
+        super().__init__()
+        self._args = (model, out, export_type)
+        self._cancel = cancel
+
+    @Slot()
+    def run(self) -> None:
+        from merger_gui.engine.gguf_export import ExportCancelled, ExportDone, ExportProgress, export_gguf
+
+        try:
+            model, out, export_type = self._args
+            for event in export_gguf(model, out, export_type, overwrite=True, cancel=self._cancel):
+                if isinstance(event, ExportProgress):
+                    self.progress.emit(event.bytes_written, event.total_bytes)
+                elif isinstance(event, ExportDone):
+                    self.outcome.emit("finished", (event.path, event.file_bytes))
+        except ExportCancelled:
+            self.outcome.emit("cancelled", None)
+        except UserError as exc:
+            self.outcome.emit("failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must still reach the user, not kill the thread
+            self.outcome.emit("failed", f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            self.thread().quit()
+
+
+class GGUFExportRow(QWidget):
+    """Model folder, type, predicted size, Export GGUF / Cancel, progress and the result's path."""
+
+    exported = Signal(object)  # the .gguf Path
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: _ExportWorker | None = None
+        self._outcome: tuple[str, object] | None = None
+        self._cancel = threading.Event()
+        self.result_path: Path | None = None
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("model folder to export, e.g. the merge's output")
+        self.folder_edit.editingFinished.connect(self.update_estimate)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self.type_combo = QComboBox()
+        self.type_combo.addItems(list(GGUF_EXPORT_TYPES))
+        self.type_combo.setToolTip("Matrices in this type; norms and biases stay f32. For K-quants (Q4_K_M…) "
+                                   "quantise the f16 file with llama.cpp's llama-quantize.")
+        self.type_combo.currentTextChanged.connect(self.update_estimate)
+        self.size_label = QLabel()
+        self.export_button = QPushButton("Export GGUF")
+        self.export_button.clicked.connect(self.start_export)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.result_label = QLabel()
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row = QHBoxLayout()
+        for widget, stretch in ((QLabel("GGUF"), 0), (self.folder_edit, 1), (browse, 0), (self.type_combo, 0),
+                                (self.size_label, 0), (self.export_button, 0), (self.cancel_button, 0)):
+            row.addWidget(widget, stretch)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.result_label)
+        self.progress_bar.hide()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+        self._set_running(False)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None
+
+    def set_model_folder(self, folder: object) -> None:
+        """Offer ``folder`` (a merge's output) for export."""
+        if folder is not None and not self.is_running:
+            self.folder_edit.setText(str(folder))
+            self.update_estimate()
+
+    def output_file(self) -> Path:
+        """``<folder>-<type>.gguf`` beside the model folder."""
+        folder = Path(self.folder_edit.text().strip()).expanduser()
+        return folder.parent / f"{folder.name}-{self.type_combo.currentText()}.gguf"
+
+    def update_estimate(self, *_: object) -> None:
+        """The exact tensor data of the chosen type, from the folder's headers (nothing read beyond them)."""
+        text = self.folder_edit.text().strip()
+        try:
+            nbytes = gguf_export_bytes(inspect_folder(text), self.type_combo.currentText()) if text else None
+        except UserError as exc:
+            self.size_label.setText("")
+            self.size_label.setToolTip(str(exc))
+            nbytes = None
+        if nbytes is not None:
+            self.size_label.setText(f"≈ {format_size(nbytes)}")
+            self.size_label.setToolTip("Tensor data of the GGUF file (exact; the header adds the vocabulary)")
+        self._set_running(False)
+
+    def start_export(self) -> bool:
+        """Export the folder on a worker thread; False when nothing to export or one is running."""
+        if self.is_running or not self.folder_edit.text().strip():
+            return False
+        self._cancel = threading.Event()
+        out = self.output_file()
+        thread = QThread()
+        thread.setObjectName("gguf-export")
+        worker = _ExportWorker(Path(self.folder_edit.text().strip()).expanduser(), out,
+                               self.type_combo.currentText(), self._cancel)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        worker.progress.connect(self._on_progress)
+        worker.outcome.connect(self._on_outcome)
+        thread.finished.connect(self._thread_finished)
+        self._thread, self._worker = thread, worker
+        self.result_label.setText(f"Exporting to {out}…")
+        self.progress_bar.setValue(0)
+        self.progress_bar.show()
+        self._set_running(True)
+        thread.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running export between tensors; nothing is left behind."""
+        self._cancel.set()
+
+    def shutdown(self) -> None:
+        """Cancel and wait for the thread (closing the window)."""
+        if self._thread is not None:
+            self._cancel.set()
+            self._thread.wait()
+
+    def _browse(self) -> None:
+        start = self.folder_edit.text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Model folder to export", start)
+        if folder:
+            self.set_model_folder(folder)
+
+    def _set_running(self, running: bool) -> None:
+        self.export_button.setEnabled(not running and bool(self.folder_edit.text().strip()))
+        self.cancel_button.setEnabled(running)
+        self.folder_edit.setEnabled(not running)
+        self.type_combo.setEnabled(not running)
+
+    @Slot(int, int)
+    def _on_progress(self, written: int, total: int) -> None:
+        self.progress_bar.setValue(int(1000 * written / max(1, total)))
+
+    @Slot(str, object)
+    def _on_outcome(self, kind: str, value: object) -> None:
+        self._outcome = (kind, value)
+
+    @Slot()
+    def _thread_finished(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.wait()
+        self._thread = None
+        if self._worker is not None:
+            self._worker.deleteLater()
+            self._worker = None
+        kind, value = self._outcome or ("failed", "the export stopped without a result")
+        self._outcome = None
+        self.progress_bar.hide()
+        self._set_running(False)
+        if kind == "finished" and isinstance(value, tuple):
+            self.result_path = Path(value[0])
+            self.result_label.setText(f"GGUF written: {self.result_path} ({format_size(value[1])})")
+            self.exported.emit(self.result_path)
+        elif kind == "cancelled":
+            self.result_label.setText("Export cancelled; nothing was written")
+        else:
+            self.result_label.setText(f"Export failed: {value}")
