@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from merger_gui.core.errors import RecipeError
 
+from .check_panel import CheckPanel
 from .curve_editor import TCurveEditor
 from .document import RecipeDocument
 from .donor_panel import DonorPanel
@@ -89,6 +90,7 @@ class MainWindow(QMainWindow):
         self.curve_editor = TCurveEditor(self.document, self.live_plan)
         self.estimate_panel = EstimatePanel(self.document, self.live_plan, self.registry)
         self.merge_panel = MergePanel(self.document, self.live_plan, self.registry)
+        self.check_panel = CheckPanel(self.document, self.registry, self.merge_panel)
         self.welcome = WelcomePage()
         self.files = RecipeFiles(self, self.document, self.registry, self.inspector, self.yaml_editor, self.settings)
 
@@ -111,6 +113,7 @@ class MainWindow(QMainWindow):
         self.tools.addTab(self.curve_editor, "t-curves")
         self.tools.addTab(self.estimate_panel, "Estimate")
         self.merge_tab = self.tools.addTab(_scrolling(self.merge_panel), "Merge")
+        self.tools.addTab(_scrolling(self.check_panel), "Check")  # perplexity, agreement, a prompt, sweeps
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
         self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -347,4 +350,5 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.inspector.shutdown()
         self.merge_panel.close()  # stops a running merge and waits for its thread
+        self.check_panel.close()  # the same for a running check or sweep
         event.accept()
