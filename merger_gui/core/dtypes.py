@@ -94,7 +94,8 @@ def torch_name(code: str) -> str:
 
 def is_float_code(code: str | None) -> bool:
     """Whether ``code`` is a float dtype a merge computes in (F16, BF16, F32, F64)."""
-    return code in BY_CODE and BY_CODE[code].is_float
+    dtype = BY_CODE.get(code) if code else None
+    return dtype is not None and dtype.is_float
 
 
 def promoted_dtype_code(codes: list[str]) -> str:

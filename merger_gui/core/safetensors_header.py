@@ -93,7 +93,7 @@ def _tensor_entry(name: str, entry: Any, source: str, file_name: str | None) -> 
     if not isinstance(entry, Mapping):
         raise DonorError(f"{source}: tensor {name!r} has no dtype/shape/offsets entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in BY_CODE:
+    if not isinstance(dtype, str) or dtype not in BY_CODE:
         raise DonorError(f"{source}: tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise DonorError(f"{source}: tensor {name!r} has an invalid shape {shape!r}")
