@@ -10,6 +10,7 @@ from ..donor import DonorInfo
 from ..plan import StagePlan, config_donor_name
 from .context import StageContext
 
+# DonorInfo field → words for messages; donors of one stage must agree on all of them.
 ARCHITECTURE_FIELDS = (
     ("hidden_size", "hidden size"),
     ("num_heads", "attention head count"),
@@ -29,15 +30,15 @@ def check_architecture(ctx: StageContext) -> None:
     if ctx.stage.models is not None and len({d.num_layers for _, d in known}) > 1:
         detail = ", ".join(f"{m} {d.num_layers}" for m, d in known)
         ctx.add("error", "layer-count-mismatch",
-                 f"the models have different layer counts ({detail}); the models form merges every layer "
-                 "of each, so use slices with equal layer ranges instead", key="models")
+                f"the models have different layer counts ({detail}); the models form merges every layer "
+                "of each, so use slices with equal layer ranges instead", key="models")
     for model, donor in known[1:]:
         for field, words in ARCHITECTURE_FIELDS:
             a, b = getattr(ref, field), getattr(donor, field)
             if a != b:
                 ctx.add("error", "architecture-mismatch",
-                         f"{words} differs: {ref_model} has {a}, {model} has {b}; these donors cannot "
-                         "be combined into one model", key=field)
+                        f"{words} differs: {ref_model} has {a}, {model} has {b}; these donors cannot "
+                        "be combined into one model", key=field)
 
 
 def check_tied_head(ctx: StageContext) -> None:
@@ -50,9 +51,9 @@ def check_tied_head(ctx: StageContext) -> None:
     if tail is None or config is None or tail.has_lm_head or config.tie_word_embeddings:
         return
     ctx.add("warning", "tied-embeddings-last",
-             f"{tail_model} (last slice) has no lm_head, it ties it to its embeddings, but the output "
-             f"config from {config_model} has tie_word_embeddings: false; mergekit would leave lm_head "
-             f"random at load — we copy {tail_model}'s embeddings as lm_head", len(slices) - 1, 0, "model")
+            f"{tail_model} (last slice) has no lm_head, it ties it to its embeddings, but the output "
+            f"config from {config_model} has tie_word_embeddings: false; mergekit would leave lm_head "
+            f"random at load — we copy {tail_model}'s embeddings as lm_head", len(slices) - 1, 0, "model")
 
 
 def check_planned_inputs(ctx: StageContext, plan: StagePlan) -> None:
@@ -61,7 +62,7 @@ def check_planned_inputs(ctx: StageContext, plan: StagePlan) -> None:
         if any(f.is_error and f.key == "layer_range" for f in ctx.findings):
             return  # a reversed or out-of-range layer_range, already reported
         ctx.add("error", "no-layers", "the output has no layers: every layer_range is empty "
-                 "(the end is exclusive: [k, k + 1] is layer k)", key="layer_range")
+                "(the end is exclusive: [k, k + 1] is layer k)", key="layer_range")
         return
     slices = ctx.slices()
     for tensor in plan.tensors:
@@ -69,13 +70,13 @@ def check_planned_inputs(ctx: StageContext, plan: StagePlan) -> None:
         lacking = [s.model for s in slices[tensor.slice_index].sources if s.model not in given]
         if lacking:
             ctx.add("error", "missing-tensor",
-                     f"{lacking[0]} has no tensor for {tensor.name}, which the merge needs from every source "
-                     "of its slice; the donor is incomplete or of another architecture", tensor.slice_index)
+                    f"{lacking[0]} has no tensor for {tensor.name}, which the merge needs from every source "
+                    "of its slice; the donor is incomplete or of another architecture", tensor.slice_index)
             return
     for model, layer, missing in _incomplete_layers(plan, ctx.donors):
         ctx.add("error", "missing-tensor",
-                 f"layer {layer} of {model} has no {missing} (its other layers have it); "
-                 "the donor is incomplete, the output would lack that tensor", key="layer_range")
+                f"layer {layer} of {model} has no {missing} (its other layers have it); "
+                "the donor is incomplete, the output would lack that tensor", key="layer_range")
         return
     config = ctx.donors.get(plan.config_donor)
     expected = {_layout(config, i) for i in range(config.num_layers)} if config and config.tensors else set()
@@ -88,8 +89,8 @@ def check_planned_inputs(ctx: StageContext, plan: StagePlan) -> None:
                 extra, lacking = sorted(layout - other), sorted(other - layout)
                 what = f"has {extra[0]}" if extra else f"lacks {lacking[0]}"
                 ctx.add("error", "layer-layout-mismatch",
-                         f"layer {layer} of {usage.model} {what}, unlike the layers of {plan.config_donor} "
-                         "(the config donor); these donors are of different architectures", key="layer_range")
+                        f"layer {layer} of {usage.model} {what}, unlike the layers of {plan.config_donor} "
+                        "(the config donor); these donors are of different architectures", key="layer_range")
                 return
 
 

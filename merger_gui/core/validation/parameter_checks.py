@@ -37,25 +37,25 @@ def check_range_value(ctx: StageContext, scope: ParamScope, name: str, value: Sc
         for point_key, v in points:
             if not isinstance(v, (bool, int, float)) or not isinstance(v, bool) and v not in (0, 1):
                 ctx.add("error", "not-a-boolean", f"{name} must be true or false, {point_key} is {v!r}",
-                         scope.slice, scope.source, point_key)
+                        scope.slice, scope.source, point_key)
         return
     low, high = facts.valid
     for point_key, v in points:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             ctx.add("error", "not-a-number", f"{name} must be a finite number, {point_key} is {v!r}",
-                     scope.slice, scope.source, point_key)
+                    scope.slice, scope.source, point_key)
         elif not low <= v <= high:
             ctx.add("error", "value-out-of-range",
-                     f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
-                     scope.source, point_key)
+                    f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
+                    scope.source, point_key)
         elif facts.kind == "int" and not float(v).is_integer():  # mergekit refuses a fractional count
             ctx.add("error", "not-a-whole-number", f"{name} must be a whole number, {point_key} is {v!r}",
-                     scope.slice, scope.source, point_key)
+                    scope.slice, scope.source, point_key)
         elif method == "nearswap" and name == "t" and v == 0:
             ctx.add("warning", "nearswap-zero-t",
-                     f"t = 0 at {point_key}: nearswap divides t by the models' difference, which gives NaN "
-                     "where they are equal (as in mergekit); use a small positive t", scope.slice,
-                     scope.source, point_key)
+                    f"t = 0 at {point_key}: nearswap divides t by the models' difference, which gives NaN "
+                    "where they are equal (as in mergekit); use a small positive t", scope.slice,
+                    scope.source, point_key)
 
 
 def check_shadowing(ctx: StageContext, scope: ParamScope, name: str, rules: tuple[FilterRule, ...], key: str) -> None:
@@ -73,9 +73,9 @@ def check_shadowing(ctx: StageContext, scope: ParamScope, name: str, rules: tupl
                 continue
             label = "the fallback rule" if _is_fallback(rule) else f"filter {rule.filter!r}"
             ctx.add("warning", "shadowed-rule",
-                     f"rule {j + 1} of {name} ({label}) never applies: rule {i + 1}, {what}, matches its "
-                     f"tensors first; {fix}", scope.slice, scope.source, f"{key}[{j}]",
-                     fixes.move_rule_fix(ctx.index, _location(scope), name, *move, fix))
+                    f"rule {j + 1} of {name} ({label}) never applies: rule {i + 1}, {what}, matches its "
+                    f"tensors first; {fix}", scope.slice, scope.source, f"{key}[{j}]",
+                    fixes.move_rule_fix(ctx.index, _location(scope), name, *move, fix))
             break
 
 
@@ -93,8 +93,8 @@ def check_required_parameters(ctx: StageContext) -> None:
                 for s in stage.slices or ())
             if not present:
                 ctx.add("error", "missing-parameter",
-                         f"{spec.name} needs `{param.name}` and the recipe gives none; add it under parameters",
-                         key=f"parameters.{param.name}")
+                        f"{spec.name} needs `{param.name}` and the recipe gives none; add it under parameters",
+                        key=f"parameters.{param.name}")
             continue
         for scope in ctx.scopes():
             if scope.source is None:
@@ -105,8 +105,8 @@ def check_required_parameters(ctx: StageContext) -> None:
                 continue
             if not any(_has(p.parameters, param.name) for p in scope.chain):
                 ctx.add("error", "missing-parameter",
-                         f"{spec.name} needs `{param.name}` for every model; {model} has none",
-                         scope.slice, scope.source, f"parameters.{param.name}")
+                        f"{spec.name} needs `{param.name}` for every model; {model} has none",
+                        scope.slice, scope.source, f"parameters.{param.name}")
 
 
 def check_filters(ctx: StageContext, tensor_names: set[str]) -> None:
@@ -122,9 +122,9 @@ def check_filters(ctx: StageContext, tensor_names: set[str]) -> None:
                 close = closest(rule.filter, candidates)  # type: ignore[arg-type]
                 fix = fixes.filter_fix(ctx.index, _location(scope), name, r, rule.filter, close) if close else None
                 ctx.add("warning", "filter-no-match",
-                         f"filter {rule.filter!r} of {name} matches no tensor of {models}, so the rule never "
-                         f"applies{fallback_note(ctx, scope, name, rule.filter, candidates, tensor_names)}",
-                         scope.slice, scope.source, f"parameters.{name}[{r}].filter", fix)
+                        f"filter {rule.filter!r} of {name} matches no tensor of {models}, so the rule never "
+                        f"applies{fallback_note(ctx, scope, name, rule.filter, candidates, tensor_names)}",
+                        scope.slice, scope.source, f"parameters.{name}[{r}].filter", fix)
 
 
 def fallback_note(ctx: StageContext, scope: ParamScope, name: str, filter_: str, candidates: list[str],
@@ -156,8 +156,8 @@ def check_planned_parameters(ctx: StageContext, plan: StagePlan) -> None:
                     if param.name not in s.parameters and not (param.non_base and s.model == ctx.base_of(t))]
         if gaps:
             ctx.add("error", "missing-parameter",
-                     f"`{param.name}` has no value for {len(gaps)} tensor(s), e.g. {gaps[0]}: no rule matches "
-                     f"them; add a fallback rule without filter at the end", key=f"parameters.{param.name}")
+                    f"`{param.name}` has no value for {len(gaps)} tensor(s), e.g. {gaps[0]}: no rule matches "
+                    f"them; add a fallback rule without filter at the end", key=f"parameters.{param.name}")
 
 
 def check_normalized_weights(ctx: StageContext, plan: StagePlan) -> None:
@@ -174,9 +174,9 @@ def check_normalized_weights(ctx: StageContext, plan: StagePlan) -> None:
         if len(weights) >= fewest and all(isinstance(w, (int, float)) for w in weights) \
                 and abs(sum(weights)) < 1e-8:
             ctx.add("error", "weights-sum-to-zero",
-                     f"the weights of {tensor.name} sum to zero and {switch}: true divides by their sum "
-                     f"(mergekit writes inf/NaN); change a weight or set {switch}: false",
-                     key="parameters.weight")
+                    f"the weights of {tensor.name} sum to zero and {switch}: true divides by their sum "
+                    f"(mergekit writes inf/NaN); change a weight or set {switch}: false",
+                    key="parameters.weight")
             return
 
 
@@ -193,9 +193,9 @@ def check_della_epsilon(ctx: StageContext, plan: StagePlan) -> None:
                 continue  # other checks report non-numbers; density 0 or 1 draws nothing
             if not (density + epsilon < 1 and density - epsilon > 0):
                 ctx.add("error", "della-epsilon",
-                         f"{source.model} at {tensor.name}: density {density:g} ± epsilon {epsilon:g} leaves "
-                         "(0, 1); DELLA needs density - epsilon > 0 and density + epsilon < 1",
-                         key="parameters.epsilon")
+                        f"{source.model} at {tensor.name}: density {density:g} ± epsilon {epsilon:g} leaves "
+                        "(0, 1); DELLA needs density - epsilon > 0 and density + epsilon < 1",
+                        key="parameters.epsilon")
                 return
 
 
@@ -209,9 +209,9 @@ def check_whole_numbers(ctx: StageContext, plan: StagePlan) -> None:
             value = tensor.parameters.get(name)
             if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
                 ctx.add("error", "not-a-whole-number",
-                         f"{name} must be a whole number, but its gradient gives {value!r} for {tensor.name}; "
-                         "use a gradient whose values at every layer are whole, or filter rules",
-                         key=f"parameters.{name}")
+                        f"{name} must be a whole number, but its gradient gives {value!r} for {tensor.name}; "
+                        "use a gradient whose values at every layer are whole, or filter rules",
+                        key=f"parameters.{name}")
                 return
 
 

@@ -22,15 +22,15 @@ def check_keys(ctx: StageContext) -> None:
         hint = did_you_mean(stage.merge_method.lower(), METHODS) or f" known: {', '.join(METHODS)}"
         close = closest(stage.merge_method.lower(), METHODS)
         ctx.add("error", "unknown-method", f"unknown merge_method {stage.merge_method!r};{hint}",
-                 key="merge_method", fix=fixes.method_fix(ctx.index, close) if close else None)
+                key="merge_method", fix=fixes.method_fix(ctx.index, close) if close else None)
     for key in stage.extra:
         hint = did_you_mean(key, KNOWN_KEYS)
         ctx.add("warning", "unknown-key", f"unknown key {key!r} is ignored by mergekit;{hint or ' remove it'}",
-                 key=key)
+                key=key)
     for key, value in (("dtype", stage.dtype), ("out_dtype", stage.out_dtype)):
         if value is not None and not is_float_code(known_dtype_code(value)):
             ctx.add("error", "unknown-dtype",
-                     f"{key} {value!r} is not a float dtype; use bfloat16, float16 or float32", key=key)
+                    f"{key} {value!r} is not a float dtype; use bfloat16, float16 or float32", key=key)
     if stage.slices is not None and stage.models is not None:
         ctx.add("error", "slices-and-models", "the stage has both slices and models; keep one of them")
     if not stage.slices and not stage.models:
@@ -47,9 +47,9 @@ def check_models(ctx: StageContext) -> None:
         if close and "/" not in model and not model.startswith("profile:"):
             ctx.reported.add(model)
             ctx.add("error", "unknown-stage",
-                     f"{model!r} is neither a donor nor a stage of this recipe; did you mean the stage "
-                     f"{close[0]!r}? (mergekit would try to download {model!r})", si, ki, "model",
-                     fixes.stage_reference_fix(ctx.index, model, close[0]))
+                    f"{model!r} is neither a donor nor a stage of this recipe; did you mean the stage "
+                    f"{close[0]!r}? (mergekit would try to download {model!r})", si, ki, "model",
+                    fixes.stage_reference_fix(ctx.index, model, close[0]))
         elif model in ctx.donor_errors:
             ctx.reported.add(model)
             ctx.add("error", "donor-unavailable", ctx.donor_errors[model], si, ki, "model")
@@ -61,9 +61,9 @@ def check_base(ctx: StageContext) -> None:
     if spec is not None and spec.needs_base and not stage.base_model:
         if stage.models is not None or any(not s.base_model for s in stage.slices or ()):
             ctx.add("error", "missing-base-model",
-                     f"{spec.name} needs a base_model; add `base_model: {config or 'MODEL'}` "
-                     "(one of the merged models)", key="base_model",
-                     fix=fixes.base_model_fix(ctx.index, config) if config else None)
+                    f"{spec.name} needs a base_model; add `base_model: {config or 'MODEL'}` "
+                    "(one of the merged models)", key="base_model",
+                    fix=fixes.base_model_fix(ctx.index, config) if config else None)
         return
     if not stage.base_model and len(stage.referenced_models) > 1 and config:
         source = f"config.json and the tokenizer come from {config} (the first slice's model; mergekit picks " \

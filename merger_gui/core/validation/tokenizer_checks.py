@@ -18,13 +18,13 @@ def check_tokenizer(ctx: StageContext) -> None:
     pad = stage.tokenizer.pad_to_multiple_of if stage.tokenizer is not None else None
     if pad is not None and pad < 0:
         ctx.add("error", "negative-padding",
-                 f"tokenizer.pad_to_multiple_of must be a positive number of rows, not {pad}",
-                 key="tokenizer.pad_to_multiple_of")
+                f"tokenizer.pad_to_multiple_of must be a positive number of rows, not {pad}",
+                key="tokenizer.pad_to_multiple_of")
     for field, source in named:
         if source is not None and source not in ("base", "union") and source not in stage.referenced_models:
             ctx.add("error", "tokenizer-source-not-in-stage",
-                     f"{field} {source!r} is not a model of this stage; use base, union or one of: {models}",
-                     key=field)
+                    f"{field} {source!r} is not a model of this stage; use base, union or one of: {models}",
+                    key=field)
 
 
 def check_vocab(ctx: StageContext) -> None:
@@ -41,16 +41,16 @@ def check_vocab(ctx: StageContext) -> None:
         if len({size for _, _, size in sizes}) > 1:
             detail = ", ".join(f"{what} from {m} ({size} rows)" for what, m, size in sizes)
             ctx.add("error", "passthrough-vocab-mismatch",
-                     f"donors have different vocabulary sizes: {detail}; the output would not load — "
-                     "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source",
-                     fix=fixes.tokenizer_base_fix(ctx.index))
+                    f"donors have different vocabulary sizes: {detail}; the output would not load — "
+                    "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source",
+                    fix=fixes.tokenizer_base_fix(ctx.index))
         return
     sizes = [(m, d.vocab_size) for m, d in ctx.known_models()]
     if len({size for _, size in sizes}) > 1:
         detail = ", ".join(f"{m}: {size}" for m, size in sizes)
         ctx.add("error", "vocab-size-mismatch",
-                 f"donors have different vocabulary sizes ({detail}) and there is no tokenizer section; "
-                 "add `tokenizer_source: base`", key="tokenizer_source", fix=fixes.tokenizer_base_fix(ctx.index))
+                f"donors have different vocabulary sizes ({detail}) and there is no tokenizer section; "
+                "add `tokenizer_source: base`", key="tokenizer_source", fix=fixes.tokenizer_base_fix(ctx.index))
 
 
 def check_token_overrides(ctx: StageContext) -> None:
@@ -69,10 +69,10 @@ def check_token_overrides(ctx: StageContext) -> None:
             continue
         if entry.kind == "model_token" and entry.token_id is None and entry.token not in vocab.tokens:
             ctx.add("error", "unknown-token",
-                     f"tokenizer token {token!r} takes the row of {entry.token!r}, which {entry.source} "
-                     "does not have", key=key)
+                    f"tokenizer token {token!r} takes the row of {entry.token!r}, which {entry.source} "
+                    "does not have", key=key)
         elif entry.kind == "model_token" and entry.token_id is not None \
                 and not 0 <= entry.token_id < vocab.rows:
             ctx.add("error", "unknown-token",
-                     f"tokenizer token {token!r} takes row {entry.token_id} of {entry.source}, which has "
-                     f"{vocab.rows} rows", key=key)
+                    f"tokenizer token {token!r} takes row {entry.token_id} of {entry.source}, which has "
+                    f"{vocab.rows} rows", key=key)
