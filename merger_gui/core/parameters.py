@@ -19,7 +19,7 @@ from typing import Literal
 
 from .recipe import FilterRule, Gradient, Parameters, ParamValue, Scalar, Stage
 
-ScopeKind = Literal["source", "slice", "stage"]
+ScopeKind = Literal["source", "slice", "module", "stage"]
 _MISSING = object()
 
 
@@ -42,7 +42,7 @@ class Scope:
         if self.source_index is not None:
             parts.append(f"source {self.source_index + 1}" if self.slice_index is not None
                          else f"model {self.source_index + 1}")
-        return " ".join(parts) or "stage"
+        return " ".join(parts) or ("module" if self.kind == "module" else "stage")
 
 
 @dataclass(frozen=True)
@@ -189,5 +189,7 @@ def scope_chain(stage: Stage, slice_index: int | None, model: str | None = None)
     elif model is not None:
         chain += [Scope("source", e.parameters, None, k) for k, e in enumerate(stage.models or ())
                   if e.model == model]
+    if stage.module is not None:  # the ``modules:`` form: the module's parameters, then the stage's
+        chain.append(Scope("module", stage.module.parameters))
     chain.append(Scope("stage", stage.parameters))
     return tuple(chain)

@@ -84,6 +84,7 @@ class SliceSource:
     model: str
     layer_range: tuple[int, int]
     parameters: Parameters = EMPTY_PARAMETERS
+    extra: Parameters = EMPTY_PARAMETERS  # keys mergekit ignores, kept for the round-trip and its warning
 
     @property
     def start(self) -> int:
@@ -105,6 +106,7 @@ class Slice:
     sources: tuple[SliceSource, ...]
     parameters: Parameters = EMPTY_PARAMETERS
     base_model: str | None = None
+    extra: Parameters = EMPTY_PARAMETERS  # keys mergekit ignores (``residual_weight`` among them)
 
     @property
     def num_layers(self) -> int:
@@ -118,6 +120,20 @@ class ModelEntry:
 
     model: str
     parameters: Parameters = EMPTY_PARAMETERS
+    extra: Parameters = EMPTY_PARAMETERS  # keys mergekit ignores
+
+
+@dataclass(frozen=True)
+class ModuleForm:
+    """How a stage written as ``modules: {name: {slices|models, parameters}}`` names its module.
+
+    The stage's ``slices`` / ``models`` are the module's; ``parameters`` rank between the
+    slices' and the stage's own, as mergekit's ConfigReader orders them.
+    """
+
+    name: str = "default"
+    parameters: Parameters = EMPTY_PARAMETERS
+    extra: Parameters = EMPTY_PARAMETERS  # keys mergekit ignores
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ class Stage:
     tokenizer: TokenizerSpec | None = None
     chat_template: str | None = None
     name: str | None = None
+    module: ModuleForm | None = None  # set when written in the ``modules:`` form
     extra: Parameters = EMPTY_PARAMETERS
     """Unknown top-level keys, kept so a round-trip does not lose them (nested mappings as
     :class:`Parameters`, lists as tuples)."""

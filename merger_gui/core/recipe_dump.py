@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -13,7 +14,9 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarfloat import ScalarFloat
 
-from .recipe import FilterRule, ModelEntry, Parameters, Slice, SliceSource, Stage, TokenEmbedding, TokenizerSpec
+from .recipe import (
+    EMPTY_PARAMETERS, FilterRule, ModelEntry, Parameters, Slice, SliceSource, Stage, TokenEmbedding, TokenizerSpec,
+)
 from .recipe_parse import STR_TAG, is_scalar, yaml11_tag
 
 
@@ -71,9 +74,23 @@ def _flow(values: Iterable[Any]) -> CommentedSeq:
     return seq
 
 
+@dataclass(frozen=True)
+class _ModuleBody:
+    """One module of the ``modules:`` form as written: its slices or models and parameters."""
+
+    slices: tuple[Slice, ...] | None
+    models: tuple[ModelEntry, ...] | None
+    parameters: Parameters = EMPTY_PARAMETERS
+    extra: Parameters = EMPTY_PARAMETERS
+
+
 def _stage_fields(stage: Stage) -> dict[str, Any]:
     """The keys a stage writes, in mergekit's documented order, with their model values."""
     fields: dict[str, Any] = {"name": stage.name, "slices": stage.slices, "models": stage.models}
+    if stage.module is not None:
+        module = stage.module
+        body = _ModuleBody(stage.slices, stage.models, module.parameters, module.extra)
+        fields = {"name": stage.name, "modules": Parameters({module.name: body})}
     fields["merge_method"] = stage.merge_method
     fields["base_model"] = stage.base_model
     fields["parameters"] = stage.parameters or None
@@ -83,17 +100,24 @@ def _stage_fields(stage: Stage) -> dict[str, Any]:
     return {**_present(fields), **extra}  # an unknown key may well be null
 
 
+def _module_fields(body: _ModuleBody) -> dict[str, Any]:
+    fields = {"slices": body.slices, "models": body.models, "parameters": body.parameters or None}
+    return {**_present(fields), **dict(body.extra.items())}
+
+
 def _slice_fields(slice_: Slice) -> dict[str, Any]:
     parameters = slice_.parameters or None
-    return _present({"sources": slice_.sources, "base_model": slice_.base_model, "parameters": parameters})
+    fields = {"sources": slice_.sources, "base_model": slice_.base_model, "parameters": parameters}
+    return {**_present(fields), **dict(slice_.extra.items())}
 
 
 def _source_fields(source: SliceSource) -> dict[str, Any]:
-    return _present({"model": source.model, "layer_range": source.layer_range, "parameters": source.parameters or None})
+    fields = {"model": source.model, "layer_range": source.layer_range, "parameters": source.parameters or None}
+    return {**_present(fields), **dict(source.extra.items())}
 
 
 def _model_fields(entry: ModelEntry) -> dict[str, Any]:
-    return _present({"model": entry.model, "parameters": entry.parameters or None})
+    return {**_present({"model": entry.model, "parameters": entry.parameters or None}), **dict(entry.extra.items())}
 
 
 def _rule_fields(rule: FilterRule) -> dict[str, Any]:
@@ -126,6 +150,7 @@ def _present(fields: dict[str, Any]) -> dict[str, Any]:
 # (None: every key; otherwise keys outside the tuple are the user's and are kept).
 SCHEMA: dict[type, tuple[Callable[[Any], dict[str, Any]], tuple[str, ...] | None]] = {
     Stage: (_stage_fields, None),
+    _ModuleBody: (_module_fields, ("slices", "models", "parameters")),
     Slice: (_slice_fields, ("sources", "base_model", "parameters")),
     SliceSource: (_source_fields, ("model", "layer_range", "parameters")),
     ModelEntry: (_model_fields, ("model", "parameters")),

@@ -17,6 +17,7 @@ from .recipe import (
     EMPTY_PARAMETERS,
     FilterRule,
     ModelEntry,
+    ModuleForm,
     Parameters,
     ParamValue,
     Scalar,
@@ -28,7 +29,7 @@ from .recipe import (
 )
 
 _STAGE_KEYS = (
-    "name", "slices", "models", "merge_method", "base_model", "parameters", "dtype",
+    "name", "modules", "slices", "models", "merge_method", "base_model", "parameters", "dtype",
     "out_dtype", "tokenizer_source", "tokenizer", "chat_template",
 )  # fmt: skip
 STR_TAG = "tag:yaml.org,2002:str"
@@ -109,22 +110,13 @@ def is_scalar(value: Any) -> bool:
 def parse_stage(doc: CommentedMap, line: int | None) -> Stage:
     _mapping(doc, "a recipe document", line)
     merge_method = _text(doc, "merge_method", line, required=True)
-    has_slices, has_models = doc.get("slices") is not None, doc.get("models") is not None
-    if not has_slices and not has_models:
-        raise RecipeError("the recipe needs either slices or models", line)
-    slices = models = None
-    if has_slices:
-        slices_line = _value_line(doc, "slices", line)
-        items = _sequence(doc["slices"], "slices", slices_line)
-        slices = tuple(_parse_slice(item, _item_line(items, i, slices_line)) for i, item in enumerate(items))
-    if has_models:
-        models_line = _value_line(doc, "models", line)
-        items = _sequence(doc["models"], "models", models_line)
-        models = tuple(_parse_model_entry(item, _item_line(items, i, models_line)) for i, item in enumerate(items))
-    if slices and models:
-        raise RecipeError("give either slices or models, not both", _value_line(doc, "models", line))
-    if has_slices and has_models:  # one of them is an empty list: keep the other
-        slices, models = (slices, None) if slices else (None, models)
+    module = None
+    if doc.get("modules") is not None:
+        if doc.get("slices") or doc.get("models"):
+            raise RecipeError("give one of models, slices or modules, not several", _value_line(doc, "modules", line))
+        module, slices, models = _parse_module(doc, line)
+    else:
+        slices, models = _parse_inputs(doc, line, "the recipe")
     tokenizer = None
     if doc.get("tokenizer") is not None:
         tokenizer = _parse_tokenizer(doc["tokenizer"], _value_line(doc, "tokenizer", line))
@@ -141,8 +133,53 @@ def parse_stage(doc: CommentedMap, line: int | None) -> Stage:
         tokenizer=tokenizer,
         chat_template=_text(doc, "chat_template", line),
         name=_text(doc, "name", line),
+        module=module,
         extra=Parameters(extra),
     )
+
+
+_MODULE_KEYS = ("slices", "models", "parameters")
+
+
+def _parse_module(doc: CommentedMap, line: int | None) -> tuple[ModuleForm, tuple | None, tuple | None]:
+    """The one ``default`` module of the ``modules:`` form: its name, slices and models.
+
+    mergekit's single-module architectures (every one we merge) have one module, ``default``;
+    several modules, or another name, are what multi-module models (vision towers) need.
+    """
+    modules_line = _value_line(doc, "modules", line)
+    modules = _mapping(doc["modules"], "modules", modules_line)
+    names = list(modules)
+    if names != ["default"]:
+        raise RecipeError(
+            f"modules: only the single `default` module is supported (the one module of a single-module "
+            f"architecture), not {', '.join(map(repr, names)) or 'none'}", modules_line)
+    body_line = _value_line(modules, "default", modules_line)
+    body = _mapping(modules["default"], "the module default", body_line)
+    slices, models = _parse_inputs(body, body_line, "the module default")
+    extra = tuple((key, _freeze(body[key])) for key in body if key not in _MODULE_KEYS)
+    return ModuleForm("default", _parse_parameters(body, body_line), Parameters(extra)), slices, models
+
+
+def _parse_inputs(node: CommentedMap, line: int | None, what: str) -> tuple[tuple | None, tuple | None]:
+    """The ``slices`` or the ``models`` of a document or module (exactly one of them)."""
+    has_slices, has_models = node.get("slices") is not None, node.get("models") is not None
+    if not has_slices and not has_models:
+        raise RecipeError(f"{what} needs either slices or models", line)
+    slices = models = None
+    if has_slices:
+        slices_line = _value_line(node, "slices", line)
+        items = _sequence(node["slices"], "slices", slices_line)
+        slices = tuple(_parse_slice(item, _item_line(items, i, slices_line)) for i, item in enumerate(items))
+    if has_models:
+        models_line = _value_line(node, "models", line)
+        items = _sequence(node["models"], "models", models_line)
+        models = tuple(_parse_model_entry(item, _item_line(items, i, models_line)) for i, item in enumerate(items))
+    if slices and models:
+        raise RecipeError("give either slices or models, not both", _value_line(node, "models", line))
+    if has_slices and has_models:  # one of them is an empty list: keep the other
+        slices, models = (slices, None) if slices else (None, models)
+    return slices, models
 
 
 def _parse_slice(value: Any, line: int | None) -> Slice:
@@ -153,7 +190,8 @@ def _parse_slice(value: Any, line: int | None) -> Slice:
     sources_line = _value_line(node, "sources", line)
     items = _sequence(node["sources"], "sources", sources_line)
     sources = tuple(_parse_source(item, _item_line(items, i, sources_line)) for i, item in enumerate(items))
-    return Slice(sources=sources, parameters=_parse_parameters(node, line), base_model=_text(node, "base_model", line))
+    return Slice(sources=sources, parameters=_parse_parameters(node, line), base_model=_text(node, "base_model", line),
+                 extra=_extra(node, ("sources", "base_model", "parameters")))
 
 
 def _parse_source(value: Any, line: int | None) -> SliceSource:
@@ -175,6 +213,7 @@ def _parse_source(value: Any, line: int | None) -> SliceSource:
         model=_text(node, "model", line, required=True),
         layer_range=(int(layer_range[0]), int(layer_range[1])),
         parameters=_parse_parameters(node, line),
+        extra=_extra(node, ("model", "layer_range", "parameters")),
     )
 
 
@@ -183,7 +222,13 @@ def _parse_model_entry(value: Any, line: int | None) -> ModelEntry:
     line = node_line(node) or line
     if node.get("model") is None:
         raise RecipeError("a models entry needs a model", line)
-    return ModelEntry(model=_text(node, "model", line, required=True), parameters=_parse_parameters(node, line))
+    return ModelEntry(model=_text(node, "model", line, required=True), parameters=_parse_parameters(node, line),
+                      extra=_extra(node, ("model", "parameters")))
+
+
+def _extra(node: CommentedMap, known: tuple[str, ...]) -> Parameters:
+    """The keys of ``node`` outside ``known``: mergekit ignores them, we keep them to warn and round-trip."""
+    return Parameters(tuple((key, _freeze(node[key])) for key in node if key not in known))
 
 
 def _parse_parameters(owner: CommentedMap, line: int | None) -> Parameters:

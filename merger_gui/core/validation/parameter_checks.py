@@ -12,11 +12,12 @@ from ..parameter_edits import ParamLocation
 from ..parameters import as_rule_list, resolve_parameter
 from ..plan import StagePlan
 from ..recipe import FilterRule, Gradient, Parameters, Scalar
-from .context import ParamScope, StageContext, closest
+from .context import ParamScope, StageContext, closest, did_you_mean
 
 def check_parameter_values(ctx: StageContext, scope: ParamScope) -> None:
     for name, spec in scope.parameters.items():
         key = f"parameters.{name}"
+        check_known_parameter(ctx, scope, name)
         rules = as_rule_list(spec)
         if rules:
             for r, rule in enumerate(rules):
@@ -24,6 +25,22 @@ def check_parameter_values(ctx: StageContext, scope: ParamScope) -> None:
             check_shadowing(ctx, scope, name, rules, key)
         else:
             check_range_value(ctx, scope, name, spec, key)  # type: ignore[arg-type]
+
+
+def check_known_parameter(ctx: StageContext, scope: ParamScope, name: str) -> None:
+    """A parameter the stage's method does not read: mergekit ignores it without a word."""
+    spec = ctx.spec
+    if spec is None or spec.parameter(name) is not None:
+        return
+    own = [p.name for p in spec.parameters]
+    if spec.name == "model_stock" and name == "weight":
+        advice = " model_stock weighs the models itself, from the angles between their deltas to the base"
+    elif own:
+        advice = did_you_mean(name, own) or f" its parameters are {', '.join(own)}"
+    else:
+        advice = f" {spec.name} takes no parameters"
+    ctx.add("warning", "unknown-parameter", f"{spec.name} has no parameter {name!r}, so mergekit ignores it;{advice}",
+            scope.slice, scope.source, f"parameters.{name}")
 
 
 def check_range_value(ctx: StageContext, scope: ParamScope, name: str, value: Scalar | Gradient, key: str) -> None:

@@ -22,6 +22,12 @@ def check_tokenizer(ctx: StageContext) -> None:
                 key="tokenizer.pad_to_multiple_of")
     for field, source in named:
         if source is not None and source not in ("base", "union") and source not in stage.referenced_models:
+            bare = source.removeprefix("model:").strip()
+            if source.startswith("model:") and bare in stage.referenced_models:
+                ctx.add("error", "tokenizer-source-prefix",
+                        f"{field} {source!r}: mergekit reads the `model:` prefix as part of the name; write "
+                        f"`{field.rsplit('.', 1)[-1]}: {bare}`", key=field)
+                continue
             ctx.add("error", "tokenizer-source-not-in-stage",
                     f"{field} {source!r} is not a model of this stage; use base, union or one of: {models}",
                     key=field)
