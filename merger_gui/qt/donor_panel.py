@@ -15,16 +15,19 @@ from PySide6.QtWidgets import (
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.dtypes import dtype_label
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
+from merger_gui.core.quick_fixes import Fix
 from merger_gui.core.slice_edits import rename_model
 from merger_gui.core.units import format_size
 
 from .document import Companion, RecipeDocument
 from .donor_registry import DonorRegistry
-from .inspection import DonorInspector
+from .findings_view import apply_quick_fix
+from .inspection import DonorInspector, error_label
 from .live_plan import LivePlan
 from .settings import Settings
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+ERROR_COLOR, MISNAMED_COLOR = QColor("#dc2626"), QColor("#b45309")
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
 
@@ -103,18 +106,24 @@ class DonorPanel(QWidget):
         registry.changed.connect(self.refresh)
         document.recipe_changed.connect(self.refresh)
         inspector.pending_changed.connect(self.refresh)
-        live_plan.plan_changed.connect(self.refresh)
+        live_plan.findings_changed.connect(self.refresh)  # right after plan_changed, with the misnamed stages
         self.refresh()
 
     # ---- contents -------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Models of the recipe that are not its own stages, then donors added by hand."""
+        """Models of the recipe that are not its own stages, then donors added by hand (misnamed
+        stage references are not donors: see :meth:`misnamed_stages`)."""
         recipe = self.document.recipe
-        stage_names = set(recipe.stage_names())
+        stage_names = set(recipe.stage_names()) | set(self.misnamed_stages())
         names = [m for s in recipe.stages for m in s.referenced_models if m not in stage_names]
-        names += list(self.registry.refs)
+        names += [n for n in self.registry.refs if n not in stage_names]
         return list(dict.fromkeys(names))
+
+    def misnamed_stages(self) -> dict[str, Fix]:
+        """Model names that validation takes for a misspelt stage name → the fix naming the stage."""
+        return {str(f.fix.args[0]): f.fix for f in self.live_plan.findings
+                if f.code == "unknown-stage" and f.fix is not None and self.registry.donor(str(f.fix.args[0])) is None}
 
     def missing(self) -> list[str]:
         """Names with no donor information and no inspection under way."""
@@ -153,16 +162,26 @@ class DonorPanel(QWidget):
             else:
                 item.setIcon(0, self._error)
                 error = self.registry.errors.get(name)
-                item.setText(1, "not found" if error else "not mapped")
-                item.setForeground(1, QColor("#dc2626"))
+                label = error_label(ref, error) if error else "not mapped"
+                item.setText(1, label.partition(":")[0])
+                item.setForeground(1, ERROR_COLOR)
                 tip.append(error or "no donor chosen yet")
                 tip.append("Right-click › Map to… to choose a folder, repo or profile")
+                if ":" in label:  # the reason, on a line of its own under the name
+                    reason = QTreeWidgetItem(item, [label])
+                    reason.setFirstColumnSpanned(True)
+                    reason.setForeground(0, ERROR_COLOR)
+                    reason.setToolTip(0, error)
             tooltip = "\n".join(tip)
             for column in range(len(self.COLUMNS)):
                 item.setToolTip(column, tooltip)
             self.tree.addTopLevelItem(item)
             if info is None and name not in pending:
                 self._add_map_button(item, name)
+        for name, fix in self.misnamed_stages().items():
+            self._add_misnamed_row(name, fix)
+        self.tree.expandAll()
+        misnamed = len(self.misnamed_stages())
         missing = len(self.missing())
         known = sum(self.registry.donor(n) is not None for n in names)
         text = f"{known} of {len(names)} donors ready" if names else "No donors yet"
@@ -170,7 +189,25 @@ class DonorPanel(QWidget):
             text += f" · inspecting {len(pending)}"
         elif missing:
             text += f" · {missing} to map"
+        if misnamed:
+            text += f" · {misnamed} misnamed stage{'s' * (misnamed > 1)}"
         self.status.setText(text)
+
+    def _add_misnamed_row(self, name: str, fix: Fix) -> None:
+        """A model name that is a misspelt stage name: not a donor to map, a reference to fix."""
+        item = QTreeWidgetItem([name, "stage name?", ""])
+        item.setIcon(0, self._warning)
+        item.setForeground(1, MISNAMED_COLOR)
+        tip = f"{name!r} is no donor: it looks like a misspelt stage name ({fix.label})"
+        for column in range(len(self.COLUMNS)):
+            item.setToolTip(column, tip)
+        self.tree.addTopLevelItem(item)
+        button = QToolButton(self.tree)
+        button.setText("Fix")
+        button.setAutoRaise(True)
+        button.setToolTip(f"{fix.label[0].upper()}{fix.label[1:]} (one undo step)")
+        button.clicked.connect(lambda: apply_quick_fix(self.document, fix, self.registry))
+        self.tree.setItemWidget(item, 2, button)
 
     def _add_map_button(self, item: QTreeWidgetItem, name: str) -> None:
         button = QToolButton(self.tree)
@@ -245,6 +282,8 @@ class DonorPanel(QWidget):
         if item is None:
             return
         name = item.data(0, NAME_ROLE)
+        if name is None:  # a reason line or a misnamed stage reference
+            return
         menu = QMenu(self)
         mapping = self._source_menu(name, menu)
         mapping.setTitle("Map to")

@@ -50,6 +50,19 @@ class DonorRegistry(QObject):
                 table[new] = table.pop(old)
         self.changed.emit()
 
+    def entry(self, name: str) -> tuple[str | None, DonorInfo | None, str | None]:
+        """What is known under ``name`` (reference, donor, error), to :meth:`restore` later."""
+        return self.refs.get(name), self.donors.get(name), self.errors.get(name)
+
+    def restore(self, name: str, entry: tuple[str | None, DonorInfo | None, str | None]) -> None:
+        """Put back what :meth:`entry` returned for ``name``."""
+        for table, value in zip((self.refs, self.donors, self.errors), entry):
+            if value is None:
+                table.pop(name, None)
+            else:
+                table[name] = value  # type: ignore[assignment]
+        self.changed.emit()
+
     def unique_name(self, stem: str) -> str:
         """``stem``, or ``stem-2``, ``stem-3``… when a donor already has that name."""
         taken = set(self.refs) | set(self.donors) | set(self.errors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
-    QBoxLayout, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QSpinBox, QVBoxLayout,
+    QBoxLayout, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QSpinBox, QVBoxLayout,
     QWidget,
 )
 import pyqtgraph as pg  # noqa: E402  (after PySide6)
@@ -20,6 +20,7 @@ from merger_gui.core.units import GIB, format_count, format_size
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .eliding_combo import ElidingComboBox
 from .themed_plot import ThemedPlotWidget
 
 WEIGHT_FORMATS = ("stored", "bf16", "fp16", "fp8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS")
@@ -27,6 +28,7 @@ KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
 DEBOUNCE_MS = 120
 CHART_POINTS = 48
 SIDE_BY_SIDE_WIDTH = 900
+FITS_COLOR, TOO_BIG_COLOR = "#15803d", "#dc2626"
 
 
 def _size(nbytes: int) -> str:
@@ -57,13 +59,13 @@ class EstimatePanel(QWidget):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.recompute)
 
-        self.weights_combo = QComboBox()
+        self.weights_combo = ElidingComboBox(6)
         self.weights_combo.addItems(WEIGHT_FORMATS)
         self.weights_combo.setCurrentText("fp16")
         self.weights_combo.setToolTip("Weight format: a float dtype or a GGUF quantisation mixture")
-        self.kv_combo = QComboBox()
+        self.kv_combo = ElidingComboBox(6)
         self.kv_combo.addItems(KV_TYPES)
-        self.runtime_combo = QComboBox()
+        self.runtime_combo = ElidingComboBox(6)
         self.runtime_combo.addItems(list(PRESETS))
         self.context_spin = QSpinBox()
         self.context_spin.setRange(1, 1 << 21)
@@ -114,6 +116,10 @@ class EstimatePanel(QWidget):
             grid.addWidget(value, row, 1)
             self.figure_labels[key] = value
         grid.setColumnStretch(1, 1)
+        self.fit_label = QLabel()
+        self.fit_label.setObjectName("estimate_fit")
+        self.fit_label.setWordWrap(True)
+        self.fit_label.hide()
         self.donor_label = QLabel()
         self.donor_label.setWordWrap(True)
         self.status_label = QLabel()
@@ -141,6 +147,7 @@ class EstimatePanel(QWidget):
         self.top.addWidget(figures, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(self.top)
+        layout.addWidget(self.fit_label)
         layout.addWidget(self.donor_label)
         layout.addWidget(self.status_label)
         layout.addWidget(self.chart, 1)
@@ -193,6 +200,7 @@ class EstimatePanel(QWidget):
             for label in labels.values():
                 label.setText("—")
             self.donor_label.setText("")
+            self._show_fit(None, 0)
             self.memory_curve.setData([], [])
             gpu = self.gpu_spin.value()  # empty axes at a sensible scale, not pyqtgraph's ±0.5
             self.budget_line.setValue(gpu)
@@ -215,6 +223,7 @@ class EstimatePanel(QWidget):
         labels["compute"].setText(f"{_size(final.compute_buffer_bytes)} ({final.compute_label})")
         labels["overhead"].setText(f"{_size(final.overhead_bytes)} ({final.overhead_label})")
         labels["total"].setText(_size(final.total_bytes))
+        self._show_fit(final.total_bytes, options.gpu_memory_bytes or 0)
         budget = format_size(options.gpu_memory_bytes or 0)
         if final.max_context is None:
             labels["max_context"].setText(f"more than 128M tokens fit in {budget}")
@@ -232,6 +241,23 @@ class EstimatePanel(QWidget):
         self.donor_label.setText("<br>".join(f"<b>{c.describe()}</b> (donor total {_size(c.estimate.total_bytes)})"
                                              for c in self.estimate.donors))
         self._draw_chart()
+
+    def _show_fit(self, total: int | None, budget: int) -> None:
+        """Say in words and colour whether the total fits the GPU; the total turns red when not."""
+        fits = total is None or not budget or total <= budget
+        self.figure_labels["total"].setStyleSheet("" if fits else f"color: {TOO_BIG_COLOR};")
+        if total is None or not budget:
+            self.fit_label.hide()
+            return
+        gpu = f"the {format_size(budget)} GPU"
+        if fits:
+            text = f"Fits {gpu}, with {_size(budget - total)} to spare."
+        else:
+            text = (f"Does not fit {gpu}: {_size(total - budget)} too much. Try a smaller weight format, "
+                    "a shorter context or a quantised KV cache.")
+        self.fit_label.setText(text)
+        self.fit_label.setStyleSheet(f"color: {FITS_COLOR if fits else TOO_BIG_COLOR}; font-weight: bold;")
+        self.fit_label.show()
 
     def _draw_chart(self) -> None:
         assert self.estimate is not None

@@ -14,6 +14,24 @@ from merger_gui.core.resolve import resolve_donor
 from .donor_registry import DonorRegistry
 
 
+def error_label(ref: str | None, message: str) -> str:
+    """How a donor that failed inspection is labelled: ``"unreadable: REASON"`` when its folder is
+    there but its files are broken, ``"not found"`` when its reference names nothing, else
+    ``"unavailable: REASON"`` (a Hub repo that cannot be reached, a LoRA reference…)."""
+    folder = Path(ref).expanduser() if ref and not ref.startswith(PROFILE_PREFIX) else None
+    if folder is not None and folder.exists():
+        return f"unreadable: {_reason(message.replace(f'{folder}/', '').replace(str(folder), folder.name))}"
+    return "not found" if "not found" in message else f"unavailable: {_reason(message)}"
+
+
+def _reason(message: str) -> str:
+    """The message without the donor name or path it starts with (the row shows the donor)."""
+    parts = message.split(": ")
+    while len(parts) > 1 and (parts[0].startswith("donor ") or "/" in parts[0] or "\\" in parts[0]):
+        parts.pop(0)
+    return ": ".join(parts)
+
+
 class _Relay(QObject):
     """Lives on the GUI thread; a worker emits on it and Qt queues the call across threads."""
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import (
-    QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShowEvent, QUndoStack,
+    QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QResizeEvent, QShowEvent,
+    QUndoStack,
 )
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget, QToolBar,
@@ -33,11 +35,21 @@ from .stack_view import StackView, StageBar
 from .stage_actions import StageActions
 from .stage_settings import StageSettingsBar
 from .theme import apply_theme
-from .welcome import WelcomePage
+from .welcome import WelcomePage, seed_recipes
 from .yaml_editor import YamlEditor
 
 APP_TITLE = "Merger GUI"
 RECIPE_SUFFIXES = (".yaml", ".yml")
+COMPACT_WIDTH = 1200  # narrower, the donor list becomes a tab beside the recipe tools: the stacks keep their room
+
+
+def redo_shortcuts() -> list[QKeySequence]:
+    """The platform's redo keys, and Ctrl+Y where that is the usual one too (not on macOS)."""
+    keys = QKeySequence.keyBindings(QKeySequence.StandardKey.Redo)
+    ctrl_y = QKeySequence("Ctrl+Y")
+    if sys.platform != "darwin" and ctrl_y not in keys:
+        keys.append(ctrl_y)
+    return keys
 
 
 def _scrolling(widget: QWidget) -> QScrollArea:
@@ -85,7 +97,7 @@ class MainWindow(QMainWindow):
         self.stack_view = StackView(self.document, self.live_plan, self.registry)
         self.slice_inspector = SliceInspector(self.document, self.stack_view)
         self.yaml_editor = YamlEditor(self.document)
-        self.findings_view = FindingsView(self.document, self.live_plan)
+        self.findings_view = FindingsView(self.document, self.live_plan, self.registry)
         self.donor_panel = DonorPanel(self.document, self.registry, self.inspector, self.live_plan, self.settings)
         self.curve_editor = TCurveEditor(self.document, self.live_plan)
         self.estimate_panel = EstimatePanel(self.document, self.live_plan, self.registry)
@@ -111,7 +123,7 @@ class MainWindow(QMainWindow):
         self.tools.setDocumentMode(True)
         self.tools.addTab(self.yaml_editor, "YAML")
         self.tools.addTab(self.curve_editor, "t-curves")
-        self.tools.addTab(self.estimate_panel, "Estimate")
+        self.tools.addTab(_scrolling(self.estimate_panel), "Estimate")  # scrolls only in a short window
         self.merge_tab = self.tools.addTab(_scrolling(self.merge_panel), "Merge")
         self.tools.addTab(_scrolling(self.check_panel), "Check")  # perplexity, agreement, a prompt, sweeps
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
@@ -138,6 +150,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(self.settings.window_geometry)
         self._restored = self.settings.window_state is not None and self.restoreState(self.settings.window_state)
         self._dock_shown = {dock: not dock.isHidden() for dock in (self.donor_dock, self.tools_dock, self.findings_dock)}
+        self._compact = False  # the donor dock was made a tab of the recipe tools' dock for a narrow window
         self._update_title()
         self._update_summary()
         self.show_welcome()
@@ -156,12 +169,18 @@ class MainWindow(QMainWindow):
         undo = self.document.undo_stack.createUndoAction(self, "&Undo")
         undo.setShortcut(QKeySequence.StandardKey.Undo)
         redo = self.document.undo_stack.createRedoAction(self, "&Redo")
-        redo.setShortcut(QKeySequence.StandardKey.Redo)
+        redo.setShortcuts(redo_shortcuts())
         self.undo_action, self.redo_action = undo, redo
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
 
         menu = self.menuBar().addMenu("&File")
-        menu.addActions([files.new, files.open])
+        menu.addAction(files.new)
+        examples = menu.addMenu("New from &Example")
+        for seed in seed_recipes():
+            examples.addAction(seed.title, lambda s=seed: self.welcome.open_seed(s))
+        examples.addSeparator()
+        examples.addAction("Demo merge (two small models)…", self._start_demo)
+        menu.addAction(files.open)
         menu.addMenu(files.recent_menu)
         menu.addSeparator()
         menu.addActions([files.save, files.save_as])
@@ -190,6 +209,7 @@ class MainWindow(QMainWindow):
             group.addAction(action)
 
         menu = self.menuBar().addMenu("&Help")
+        menu.addAction("&Welcome", self.show_welcome)
         menu.addAction("&About", self._about)
 
         toolbar = QToolBar("Main", self)
@@ -216,7 +236,8 @@ class MainWindow(QMainWindow):
         self.yaml_editor.error_changed.connect(self._update_yaml_error)
         self.stack_view.sigStatus.connect(self.drag_label.setText)
         self.inspector.busy_changed.connect(self._update_summary)
-        self.files.opened.connect(lambda _: self.show_designer())
+        self.files.opened.connect(self._on_opened)
+        self.welcome.back.connect(self.show_designer)
         self.welcome.open_recipe.connect(self.files.open_recipe)
         self.welcome.open_file.connect(self.files.open_path)
         self.welcome.open_dialog.connect(self.files.open_dialog)
@@ -224,6 +245,16 @@ class MainWindow(QMainWindow):
         self.welcome.demo_opened.connect(self._show_merge_tab)
 
     # ---- reactions ------------------------------------------------------------------------
+
+    def _on_opened(self, _path: object) -> None:
+        """A new or opened recipe: the last merge's result belongs to the one before."""
+        self.merge_panel.reset()
+        self.show_designer()
+
+    def _start_demo(self) -> None:
+        """The demo merge, from the menu: the start page shows its progress."""
+        self.show_welcome()
+        self.welcome.start_demo()
 
     def _show_merge_tab(self) -> None:
         """The demo is there to be merged: show the Merge button at once."""
@@ -234,6 +265,7 @@ class MainWindow(QMainWindow):
 
     def show_welcome(self) -> None:
         self.welcome.set_recent_files(self.settings.recent_files)
+        self.welcome.set_can_go_back(bool(self.pages.property("designer_seen")))
         self._show_page(0)
 
     def _show_page(self, index: int) -> None:
@@ -244,6 +276,7 @@ class MainWindow(QMainWindow):
         if self.pages.currentIndex() == 1 and self.pages.property("shown"):
             self._dock_shown = {dock: not dock.isHidden() for dock in docks}
         self.pages.setProperty("shown", True)
+        self.pages.setProperty("designer_seen", bool(self.pages.property("designer_seen")) or index == 1)
         self.pages.setCurrentIndex(index)
         for dock in docks:
             dock.setVisible(index == 1 and self._dock_shown.get(dock, True))
@@ -307,7 +340,32 @@ class MainWindow(QMainWindow):
             self.resizeDocks([self.donor_dock, self.tools_dock],
                              [max(220, min(360, width * 23 // 100)), max(420, min(860, width * 40 // 100))],
                              Qt.Orientation.Horizontal)
-            self.resizeDocks([self.findings_dock], [max(90, self.height() // 7)], Qt.Orientation.Vertical)
+            self.resizeDocks([self.findings_dock], [max(120, self.height() // 5)], Qt.Orientation.Vertical)
+        self._fit_docks()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_docks()
+
+    def _fit_docks(self) -> None:
+        """In a narrow window the donor dock becomes a tab of the recipe tools' dock, and comes
+        back to the left when the window is wide again (docks the user moved are left alone)."""
+        compact = self.width() < COMPACT_WIDTH
+        if compact == self._compact:
+            return
+        left = Qt.DockWidgetArea.LeftDockWidgetArea
+        if compact and self.dockWidgetArea(self.donor_dock) == left and not self.donor_dock.isFloating() \
+                and not self.tools_dock.isFloating():
+            self.tabifyDockWidget(self.tools_dock, self.donor_dock)
+            self.tools_dock.raise_()
+            self._compact = True
+        elif not compact and self.donor_dock in self.tabifiedDockWidgets(self.tools_dock):
+            self.addDockWidget(left, self.donor_dock)
+            self.resizeDocks([self.donor_dock], [max(220, min(360, self.width() * 23 // 100))],
+                             Qt.Orientation.Horizontal)
+            self._compact = False
+        else:
+            self._compact = compact
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if any(self._dropped_kind(url.toLocalFile()) for url in event.mimeData().urls()):

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.output_folders import replace_refusal
 from merger_gui.core.readiness import merge_readiness
+from merger_gui.core.recipe import Recipe
 from merger_gui.core.units import format_duration, format_size
 from merger_gui.engine.events import (
     DownloadProgress, MergeDone, MergeEvent, MergeWarning, StageFinished, StageStarted, TensorProgress,
@@ -26,9 +27,11 @@ from .donor_registry import DonorRegistry
 from .gguf_export_row import GGUFExportRow
 from .live_plan import LivePlan
 from .merge_runner import MergeRunner
+from .user_folders import user_folder
 
 ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
+NOTE_STYLE = "color: #b45309;"
 
 
 def default_output_name(document: RecipeDocument) -> str:
@@ -97,6 +100,12 @@ class MergePanel(QWidget):
         self.tensor_label = QLabel()
         self.tensor_label.setStyleSheet("color: palette(mid);")
         self.eta_label = QLabel()
+        self.running_note = QLabel("The running merge uses the recipe as it was when it started; "
+                                   "your edits since then apply to the next merge.")
+        self.running_note.setWordWrap(True)
+        self.running_note.setStyleSheet(NOTE_STYLE)
+        self.running_note.hide()
+        self._started_recipe: Recipe | None = None  # what the running merge merges
         self.result_label = QLabel()
         self.result_label.setWordWrap(True)
         self.log = QPlainTextEdit()
@@ -111,6 +120,7 @@ class MergePanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.blocker_label)
         layout.addLayout(buttons)
+        layout.addWidget(self.running_note)
         layout.addWidget(self.progress_bar)
         layout.addLayout(status)
         layout.addWidget(self.tensor_label)
@@ -152,6 +162,7 @@ class MergePanel(QWidget):
         self.blocker_label.setText("Cannot merge yet:\n• " + "\n• ".join(shown) if reasons else "")
         self.blocker_label.setVisible(bool(reasons))
         self.merge_button.setEnabled(not running and not reasons)
+        self.running_note.setVisible(running and self.document.recipe != self._started_recipe)
         self.cancel_button.setEnabled(running)
         self.folder_edit.setEnabled(not running)
         self.device_combo.setEnabled(not running)
@@ -164,10 +175,8 @@ class MergePanel(QWidget):
         self.folder_edit.setText(self._suggested)
 
     def _suggested_parent(self) -> Path:
-        if self.document.path is not None:
-            return self.document.path.parent
-        local = [Path(d.path) for d in self.registry.donors.values() if d.kind == "folder" and d.path]
-        return local[0].parent if local else Path.home()
+        local = [Path(d.path).parent for d in self.registry.donors.values() if d.kind == "folder" and d.path]
+        return user_folder(self.document.path.parent if self.document.path else None, *local)
 
     def _browse(self) -> None:
         start = str(Path(self.folder_edit.text()).expanduser().parent) if self.folder_edit.text() else str(Path.home())
@@ -210,6 +219,7 @@ class MergePanel(QWidget):
         if overwrite and not self.confirm_overwrite(path, donors):
             return False
         self.output_path = path
+        self._started_recipe = self.document.recipe
         self._replacing = overwrite
         self.log.clear()
         self.result_label.clear()
@@ -221,6 +231,18 @@ class MergePanel(QWidget):
         self.runner.start(self.document.recipe, donors, path, overwrite=overwrite,
                           device=self.device_combo.currentText(), recipe_path=self.document.path)
         return True
+
+    def reset(self) -> None:
+        """Forget the last merge's result and log (a new recipe); a running merge is left alone."""
+        if self.runner.is_running:
+            return
+        self.output_path = None
+        for label in (self.stage_label, self.tensor_label, self.eta_label, self.result_label):
+            label.clear()
+        self.log.clear()
+        self.progress_bar.setValue(0)
+        self.open_button.hide()
+        self._suggest_folder()
 
     def cancel_merge(self) -> None:
         if self.runner.is_running:

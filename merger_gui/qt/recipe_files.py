@@ -16,6 +16,7 @@ from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .inspection import DonorInspector
 from .settings import Settings
+from .user_folders import documents_folder, is_inside_package, user_folder
 from .yaml_editor import YamlEditor
 
 YAML_FILTER = "Merge recipes (*.yaml *.yml);;All files (*)"
@@ -76,8 +77,7 @@ class RecipeFiles(QObject):
     def open_dialog(self) -> bool:
         if not self.maybe_save():
             return False
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open recipe", self.settings.last_folder("recipe"),
-                                              YAML_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self.window, "Open recipe", str(self.recipe_folder()), YAML_FILTER)
         return bool(path) and self.open_path(Path(path), ask=False)
 
     def open_path(self, path: Path, overrides: dict[str, str] | None = None, *, ask: bool = True) -> bool:
@@ -127,13 +127,24 @@ class RecipeFiles(QObject):
 
     # ---- saving ---------------------------------------------------------------------------
 
+    def recipe_folder(self) -> Path:
+        """Where recipe dialogs start: the folder last used, else Documents; never the installed app."""
+        return user_folder(self.settings.last_folder("recipe", documents_folder()))
+
+    def save_path_suggestion(self) -> Path:
+        """Where Save As starts: the recipe's own file, unless it is one shipped inside the app."""
+        path = self.document.path
+        if path is not None and not is_inside_package(path):
+            return path
+        return self.recipe_folder() / (path.name if path is not None else "recipe.yaml")
+
     def save_recipe(self) -> bool:
-        if self.document.path is None:
-            return self.save_recipe_as()
+        if self.document.path is None or is_inside_package(self.document.path):
+            return self.save_recipe_as()  # a seed recipe is saved as the user's own copy
         return self.write(self.document.path)
 
     def save_recipe_as(self) -> bool:
-        start = str(self.document.path or Path(self.settings.last_folder("recipe")) / "recipe.yaml")
+        start = str(self.save_path_suggestion())
         path, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", start, YAML_FILTER)
         if not path:
             return False

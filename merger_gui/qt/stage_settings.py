@@ -15,6 +15,7 @@ from merger_gui.core.methods import METHODS, MethodSpec
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
+from .eliding_combo import ElidingComboBox
 from .flow_layout import FlowLayout
 from .live_plan import LivePlan
 
@@ -115,9 +116,7 @@ class StageSettingsBar(QWidget):
 
     @staticmethod
     def _model_combo() -> QComboBox:
-        combo = QComboBox()
-        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        combo.setMinimumContentsLength(COMBO_CHARS)
+        combo = ElidingComboBox(COMBO_CHARS)  # a long model name elides instead of being cut off
         combo.view().setMinimumWidth(220)  # the open list shows names whole
         return combo
 

@@ -77,6 +77,7 @@ class WelcomePage(QWidget):
         open_dialog(): "Open recipe…" was clicked.
         new_recipe(): "New empty recipe" was clicked.
         demo_opened(): the demo recipe was opened (after ``open_recipe``): time to offer Merge.
+        back(): "Back to the recipe" was clicked (shown once a recipe is open).
 
     Args:
         demo_folder: Where the demo donors are written (default: the app's data folder).
@@ -89,6 +90,7 @@ class WelcomePage(QWidget):
     new_recipe = Signal()
     demo_failed = Signal(str)
     demo_opened = Signal()
+    back = Signal()
 
     def __init__(self, parent: QWidget | None = None, *, demo_folder: Path | None = None,
                  pool: QThreadPool | None = None) -> None:
@@ -129,6 +131,10 @@ class WelcomePage(QWidget):
         self.open_button.clicked.connect(self.open_dialog)
         self.new_button = QPushButton("New empty recipe")
         self.new_button.clicked.connect(self.new_recipe)
+        self.back_button = QPushButton("Back to the recipe")
+        self.back_button.setToolTip("Return to the designer with the open recipe as it is")
+        self.back_button.clicked.connect(self.back)
+        self.back_button.hide()
         self.recent_label = QLabel()
         self.recent_label.setTextFormat(Qt.TextFormat.RichText)
         self.recent_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
@@ -142,6 +148,7 @@ class WelcomePage(QWidget):
         buttons.setSpacing(6)
         buttons.addWidget(self.open_button)
         buttons.addWidget(self.new_button)
+        buttons.addWidget(self.back_button)
         buttons.addStretch(1)
         own.addLayout(buttons, 1, 0)
         own.addWidget(self.recent_label, 1, 1)
@@ -164,6 +171,10 @@ class WelcomePage(QWidget):
         label = QLabel(f"<b>{text}</b>")
         label.setObjectName("sectionTitle")
         return label
+
+    def set_can_go_back(self, can: bool) -> None:
+        """Offer the way back to the designer (once a recipe has been open)."""
+        self.back_button.setVisible(can)
 
     def set_recent_files(self, paths: Sequence[Path]) -> None:
         """List ``paths`` (the existing ones) as links that emit ``open_file``."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 
-from PySide6.QtCore import Qt, QTimer, Signal
+import sys
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
-    QColor, QFontDatabase, QSyntaxHighlighter, QTextCharFormat, QTextCursor, QTextDocument, QTextFormat,
+    QColor, QFontDatabase, QKeyEvent, QKeySequence, QSyntaxHighlighter, QTextCharFormat, QTextCursor, QTextDocument,
+    QTextFormat,
 )
 from PySide6.QtWidgets import QLabel, QPlainTextEdit, QTextEdit, QVBoxLayout, QWidget
 
@@ -100,8 +103,28 @@ class YamlEditor(QWidget):
         self._timer.setInterval(TYPING_PAUSE_MS)
         self._timer.timeout.connect(self.commit_text)
         self.editor.textChanged.connect(self._on_text_changed)
+        self.editor.installEventFilter(self)  # Ctrl+Z: the recipe's undo unless typing is pending
         document.recipe_changed.connect(self._on_recipe_changed)
         self._on_recipe_changed(document.recipe)
+
+    @property
+    def has_pending_change(self) -> bool:
+        """Typing not applied to the recipe yet (waiting for the pause, or not parsing)."""
+        return self._timer.isActive() or self.error is not None
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Undo and redo keys in the editor undo the recipe edit, unless the editor has its own
+        pending change (then they undo its typing, as in any text field)."""
+        if watched is self.editor and isinstance(event, QKeyEvent) and event.type() == QEvent.Type.KeyPress \
+                and not self.has_pending_change:
+            stack = self.document.undo_stack
+            if event.matches(QKeySequence.StandardKey.Undo):
+                stack.undo()
+                return True
+            if event.matches(QKeySequence.StandardKey.Redo) or _is_ctrl_y(event):
+                stack.redo()
+                return True
+        return super().eventFilter(watched, event)
 
     @property
     def error_line(self) -> int | None:
@@ -176,3 +199,9 @@ class YamlEditor(QWidget):
             self.error_label.hide()
         self.editor.setExtraSelections(selections)
         self.error_changed.emit(error)
+
+
+def _is_ctrl_y(event: QKeyEvent) -> bool:
+    """Ctrl+Y, redo where the platform uses it (not macOS)."""
+    return sys.platform != "darwin" and event.key() == Qt.Key.Key_Y \
+        and event.modifiers() == Qt.KeyboardModifier.ControlModifier
