@@ -14,7 +14,7 @@ from merger_gui.cli.common import CommandLineParser
 from merger_gui.core.errors import UserError
 
 # Subcommand name -> module in this package exposing ``add_parser(subparsers)``.
-COMMANDS = ("validate", "plan", "estimate", "merge", "evaluate", "sweep", "export-gguf")
+COMMANDS = ("validate", "plan", "estimate", "merge", "evaluate", "sweep", "export-gguf", "analyze")
 
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
