@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "resources" / "recipes"
 OUT = ROOT / "docs" / "screenshots"
 SIZE = (1280, 800)
+SMALL = (1024, 640)  # a small laptop window: docks give way, the Problems dock offers its quick fixes
 ROSE_DONORS = {"Thorns-13B": "profile:llama-2-13b", "Noromaid-13B": "profile:llama-2-13b"}
 NYXENE_DONORS = {name: "profile:mistral-7b" for name in (
     "fblgit/una-cybertron-7b-v2", "chargoddard/loyal-piano-m7-cdpo",
@@ -48,7 +49,7 @@ def new_window(scratch: Path) -> MainWindow:
 
 
 def designer_shot(scratch: Path, recipe: Path, donors: dict[str, str], tab: str, png: str,
-                  stage: int | None = None, weights: str | None = None) -> None:
+                  stage: int | None = None, weights: str | None = None, size: tuple[int, int] = SIZE) -> None:
     window = new_window(scratch)
     if weights is not None:
         window.estimate_panel.weights_combo.setCurrentText(weights)
@@ -57,7 +58,7 @@ def designer_shot(scratch: Path, recipe: Path, donors: dict[str, str], tab: str,
     if stage is not None:
         window.document.set_current_stage(stage)
     window.tools.setCurrentIndex(TOOL_TABS.index(tab))
-    save_screenshot(window, OUT / png, SIZE)
+    save_screenshot(window, OUT / png, size)
 
 
 def fixed_nyxene(scratch: Path) -> Path:
@@ -112,9 +113,11 @@ def main() -> int:
         designer_shot(scratch, RECIPES / "rose-20b.yaml", ROSE_DONORS, "estimate", "rose-20b.png",
                       weights=ROSE_WEIGHTS)
         designer_shot(scratch, fixed_nyxene(scratch), NYXENE_DONORS, "t-curves", "nyxene-curves.png", stage=2)
+        designer_shot(scratch, RECIPES / "nyxene-11b.yaml", NYXENE_DONORS, "merge", "small-window.png", stage=2,
+                      size=SMALL)  # as published: its misnamed stage and filter, with their fixes
         merge_shot(scratch, "merge.png")
         save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
-    for png in ("rose-20b.png", "nyxene-curves.png", "merge.png", "welcome.png"):
+    for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "merge.png", "welcome.png"):
         print(OUT / png)
     return 0
 
