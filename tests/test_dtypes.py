@@ -106,14 +106,17 @@ def test_validation_accepts_exactly_the_float_dtypes():
 
 
 def test_byte_count_has_one_expression():
-    """Only TensorInfo multiplies a shape out (numel × element size); the others ask it."""
+    """Only TensorInfo multiplies an element count by a dtype's size; every other byte count asks it."""
+    import re
     from pathlib import Path
 
     import merger_gui
 
+    product = re.compile(r"(numel|prod\().*BY_CODE|BY_CODE.*(numel|prod\()|DTYPE_SIZES")
     root = Path(merger_gui.__file__).parent
-    hits = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "math.prod(" in p.read_text())
-    assert hits == ["core/donor.py"]
+    hits = sorted(f"{p.relative_to(root)}: {line.strip()}" for p in root.rglob("*.py")
+                  for line in p.read_text().splitlines() if product.search(line))
+    assert hits == ["core/donor.py: return self.numel * BY_CODE[self.dtype].size"]
 
 
 def _donor(folder, info: TensorInfo):
