@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["AnalysisCancelled", "LayerSimilarity", "SimilarityDone", "SimilarityProgress", "compare_layers",
            "layer_kinds"]
 
-CHUNK_BYTES = 64 * 2**20  # float32 bytes of one donor's stacked block
+CHUNK_BYTES = 32 * 2**20  # float32 bytes of one donor's stacked block
 
 
 class AnalysisCancelled(UserError):
@@ -138,7 +138,7 @@ class _Sums:
         for name, info in self.donors:
             stack = _stacked(reader, name, info, kind, rows)
             if base is not None:
-                stack -= base
+                stack -= base  # in place: a task vector costs no second block
             stacks.append(stack)
             self.norms[len(stacks) - 1] += stack.square().sum(dim=1, dtype=stack.dtype).double()
         if len(stacks) == 2:
@@ -202,9 +202,14 @@ def _stacked(reader: TensorReader, name: str, info: DonorInfo, kind: str, rows: 
     import torch
 
     prefix = _prefix(info)
-    parts = [_read_rows(reader, reader.locate(name, f"{prefix}.{layer}.{kind}"), rows)
-             for layer in range(info.num_layers)]
-    return torch.stack(parts)
+    stack: torch.Tensor | None = None
+    for layer in range(info.num_layers):
+        row = _read_rows(reader, reader.locate(name, f"{prefix}.{layer}.{kind}"), rows)
+        if stack is None:  # filled in place: no list of parts beside the stack
+            stack = torch.empty(info.num_layers, row.numel(), dtype=torch.float32)
+        stack[layer] = row
+    assert stack is not None  # every donor has at least one layer (layer_kinds)
+    return stack
 
 
 def _prefix(info: DonorInfo) -> str:
