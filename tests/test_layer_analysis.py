@@ -119,7 +119,8 @@ def test_identity_layer_has_the_smallest_distance_and_matches_transformers(make_
 
 def test_a_seam_in_natural_order_is_no_jump_and_its_best_partner_is_the_next_layer(make_donor):
     a, b = make_donor("a", seed=1), make_donor("b", seed=2)
-    seams = [Seam("s", 2, LayerSource("a", 1), LayerSource("a", 2)), Seam("s", 3, LayerSource("a", 1), LayerSource("b", 3))]
+    seams = [Seam("s", 2, LayerSource("a", 1), LayerSource("a", 2)),
+             Seam("s", 3, LayerSource("a", 1), LayerSource("b", 3))]
     done = list(analyze_seams(seams, {"a": a, "b": b}, ActivationOptions(text=TEXT)))[-1]
     assert isinstance(done, SeamsDone)
     natural, jump = done.seams

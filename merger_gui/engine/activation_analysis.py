@@ -170,8 +170,9 @@ def analyze_seams(seams: Sequence[Seam], folders: Mapping[str, str | Path],
                 trackers[model] = event.tracker
             else:
                 yield event
-    results = tuple(SeamDistance(s, distances[s][s.target.layer] if s.target.layer < len(distances[s]) else float("nan"),
-                                 min(range(len(distances[s])), key=distances[s].__getitem__)) for s in seams)
+    results = tuple(SeamDistance(s, distances[s][s.target.layer], min(range(len(distances[s])),
+                                                                      key=distances[s].__getitem__))
+                    for s in seams)
     yield SeamsDone(results, tuple(t.result(m) for m, t in trackers.items()))
 
 
