@@ -48,7 +48,8 @@ for job in json.loads(sys.argv[1]):
             text = text.replace(stage, path)
         target = job["out"] if k == len(docs) - 1 else os.path.join(job["out"] + ".stages", name)
         options = MergeOptions(allow_crimes=True, lazy_unpickle=True, random_seed=job["seed"],
-                               quiet=True, write_model_card=False, copy_tokenizer=True)
+                               quiet=True, write_model_card=False, copy_tokenizer=True,
+                               lora_merge_cache=job["out"] + ".lora")
         run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), target, options=options)
         if name:
             outputs[name] = target

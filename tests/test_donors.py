@@ -329,8 +329,10 @@ def test_resolve_donor_kinds(make_donor):
         resolve_donor("Thorns-13B", name="Thorns-13B")
     with pytest.raises(DonorError, match=r"^donor 'm': Hub repo org/absent@main is not in the local Hugging Face cache"):
         resolve_donor("org/absent@main", name="m")  # HF_HUB_OFFLINE=1 and an empty cache
-    with pytest.raises(DonorError, match=r"a model with a LoRA adapter \(MODEL\+LORA\).*merge_and_unload"):
-        resolve_donor(f"{folder}+org/some-lora")  # mergekit's model+lora form
+    with pytest.raises(DonorError, match=r"cannot look up LoRA adapter org/some-lora on the Hub"):
+        resolve_donor(f"{folder}+org/some-lora")  # mergekit's model+lora form, offline
+    with pytest.raises(DonorError, match=r"LoRA adapter './no-adapter' not found"):
+        resolve_donor(f"{folder}+./no-adapter")
     plus_folder = make_donor("a+b")  # a real folder whose name has a plus is just a folder
     assert resolve_donor(str(plus_folder)).kind == "folder"
     folder_without_config = make_donor("broken")

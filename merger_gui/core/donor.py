@@ -88,6 +88,7 @@ class DonorInfo:
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     warnings: tuple[str, ...] = ()
     download_bytes: int = 0  # weight bytes still to fetch for a Hub donor not in the cache
+    adapter: str | None = None  # MODEL+LORA: the PEFT LoRA adapter (folder or Hub repo id) applied to the weights
     file_sizes: tuple[tuple[str, int], ...] = ()  # Hub donors: (weight file, bytes) of the repo
 
     @cached_property

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .donor import DonorInfo
 from .errors import DonorError, UserError
 from .inspect import inspect_folder
+from .lora_config import ADAPTER_WEIGHTS, read_lora_config, split_lora_reference
 from .profiles import PROFILE_PREFIX, load_profile
 from .recipe import Recipe
 
@@ -49,9 +51,7 @@ def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:
     path = Path(ref).expanduser()
     if not ref.startswith(PROFILE_PREFIX) and not path.exists():
         if "+" in ref:
-            raise DonorError(f"{who} is a model with a LoRA adapter (MODEL+LORA), which merger_gui does not "
-                             "apply; merge the adapter into its model first (peft's merge_and_unload) and "
-                             "use that folder")
+            return _resolve_with_adapter(ref, name, who)
         if _looks_like_path(ref):
             raise DonorError(f"{who} not found (no such folder)")
         if not REPO_ID.match(ref):
@@ -69,6 +69,38 @@ def resolve_donor(ref: str, *, name: str | None = None) -> DonorInfo:
         if renamed:  # the message names the folder, repo or profile, not the recipe's model
             raise DonorError(f"donor {name!r}: {exc}") from None
         raise
+
+
+def _resolve_with_adapter(ref: str, name: str | None, who: str) -> DonorInfo:
+    """``MODEL+LORA``: the model's facts (a LoRA changes no shape) with the adapter to apply, and
+    the adapter's weights counted in the download when it comes from the Hub."""
+    model_ref, adapter = split_lora_reference(ref)
+    assert adapter is not None
+    donor = resolve_donor(model_ref, name=name)
+    folder = Path(adapter).expanduser()
+    if folder.is_dir():
+        read_lora_config(folder, who)
+        return replace(donor, adapter=str(folder.absolute()))
+    if _looks_like_path(adapter) or not REPO_ID.match(adapter):
+        raise DonorError(f"{who}: LoRA adapter {adapter!r} not found (not a folder, not an org/name Hub repo id)")
+    return replace(donor, adapter=adapter, download_bytes=donor.download_bytes + _hub_adapter_bytes(adapter, who))
+
+
+def _hub_adapter_bytes(adapter: str, who: str) -> int:
+    """Bytes of a Hub adapter's weights still to download (0 when in the Hub cache)."""
+    import huggingface_hub  # only needed for Hub adapters
+
+    repo_id, _, revision = adapter.partition("@")
+    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, ADAPTER_WEIGHTS, revision=revision or None), str):
+        return 0
+    try:
+        infos = huggingface_hub.HfApi().get_paths_info(repo_id, [ADAPTER_WEIGHTS], revision=revision or None)
+    except Exception as exc:  # noqa: BLE001 — network and Hub errors come in many types
+        raise DonorError(f"{who}: cannot look up LoRA adapter {adapter} on the Hub: "
+                         f"{' '.join(str(exc).split())[:200]}") from None
+    if not infos:
+        raise DonorError(f"{who}: Hub repo {repo_id} has no {ADAPTER_WEIGHTS}")
+    return int(getattr(infos[0], "size", 0) or 0)
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -94,11 +126,15 @@ def resolve_recipe_donors(
     for name in names:
         ref = overrides.get(name, name)
         if name not in overrides and base_dir is not None and not ref.startswith(PROFILE_PREFIX):
-            local = Path(base_dir) / Path(ref).expanduser()
-            if not Path(ref).expanduser().is_absolute() and local.is_dir():
-                ref = str(local)
+            ref = "+".join(_local_to(base_dir, part) for part in ([ref] if Path(ref).exists() else ref.split("+")))
         try:
             donors[name] = resolve_donor(ref, name=name)
         except DonorError as exc:
             errors[name] = str(exc)
     return donors, errors
+
+
+def _local_to(base_dir: Path, ref: str) -> str:
+    """``ref`` as a folder next to the recipe when it is a relative path to one there."""
+    local = Path(base_dir) / Path(ref).expanduser()
+    return str(local) if not Path(ref).expanduser().is_absolute() and local.is_dir() else ref

@@ -105,7 +105,10 @@ class TensorReader:
     """
 
     def __init__(self, donors: Mapping[str, DonorInfo]) -> None:
+        from .lora import donor_adapters
+
         self._donors = dict(donors)
+        self._adapters = donor_adapters(donors)  # MODEL+LORA donors: applied to each tensor read
         self._safetensors: dict[Path, _SafetensorsFile] = {}
         self._checkpoints: dict[Path, Mapping[str, torch.Tensor]] = {}
         self._weight_maps: dict[str, dict[str, str]] = {}
@@ -143,17 +146,23 @@ class TensorReader:
 
     def byte_range(self, source: SourceTensor) -> ByteRange | None:
         """The raw bytes of a safetensors tensor, for a copy without conversion; None for ``.bin``."""
-        if source.offset is None:
+        adapter = self._adapters.get(source.model)
+        if source.offset is None or adapter is not None and adapter.targets(source.info.name):
             return None
         return ByteRange(self._safetensors[source.file].handle, source.offset, source.info.nbytes)
 
     def read(self, source: SourceTensor) -> torch.Tensor:
         """The tensor itself, in its stored dtype, in CPU memory of its own (writes to it never
-        reach the donor).
+        reach the donor); a MODEL+LORA donor's with its adapter merged in.
 
         Raises:
             DonorError: the file cannot be read (e.g. truncated since it was inspected).
         """
+        tensor = self._read_stored(source)
+        adapter = self._adapters.get(source.model)
+        return adapter.apply(source.info.name, tensor) if adapter is not None else tensor
+
+    def _read_stored(self, source: SourceTensor) -> torch.Tensor:
         offset = source.offset
         if offset is None:
             return self._checkpoints[source.file][source.info.name].clone()

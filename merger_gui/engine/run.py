@@ -303,8 +303,11 @@ def _jobs(recipe: Recipe, plan: Plan, donors: Mapping[str, DonorInfo], target: P
 
 
 def _donor_fingerprint(donor: DonorInfo) -> str:
-    """What identifies a donor's weights: its folder's files, else its reference."""
-    return folder_fingerprint(donor.path) if donor.path else f"{donor.kind}:{donor.ref}"
+    """What identifies a donor's weights: its folder's files, else its reference (and its LoRA adapter's)."""
+    weights = folder_fingerprint(donor.path) if donor.path else f"{donor.kind}:{donor.ref}"
+    if donor.adapter and Path(donor.adapter).is_dir():
+        return f"{weights}+{folder_fingerprint(donor.adapter)}"
+    return f"{weights}+{donor.adapter}" if donor.adapter else weights
 
 
 def _merge_order(stage: Stage, plan: StagePlan) -> tuple[int, ...]:
