@@ -130,3 +130,26 @@ def test_resolve_profile_reference():
 def test_guess_profile(model_name, profile):
     assert guess_profile(model_name) == profile
     assert profile is None or profile in profile_names()
+
+
+# Rounded counts as published (Hugging Face model pages); exact ones where known are in the entries.
+PUBLISHED_BILLIONS = {
+    "yi-34b": 34.4, "mistral-nemo-12b": 12.2, "mistral-small-22b": 22.2, "mistral-small-24b": 23.6,
+    "qwen2.5-32b": 32.8, "qwen2.5-72b": 72.7, "llama-3.2-1b": 1.24, "llama-3.2-3b": 3.21,
+    "llama-3.3-70b": 70.6, "deepseek-coder-33b": 33.3,
+}
+
+
+@pytest.mark.parametrize("name,billions", PUBLISHED_BILLIONS.items())
+def test_bases_people_merge_today_match_their_published_size(name, billions):
+    entry = profile_entry(name)
+    assert entry["params_published_billions"] == billions and entry["source"].endswith("/config.json")
+    assert abs(load_profile(name).param_count / 1e9 - billions) <= 0.05
+
+
+def test_new_profiles_shapes():
+    nemo = load_profile("mistral-nemo-12b")  # head_dim 128 although hidden / heads is 160
+    assert nemo.tensor("model.layers.0.self_attn.q_proj.weight").shape == (4096, 5120)
+    small = load_profile("llama-3.2-1b")  # tied: no lm_head tensor
+    assert small.tie_word_embeddings and small.tensor("lm_head.weight") is None
+    assert load_profile("qwen2.5-72b").tensor("model.layers.0.self_attn.k_proj.bias").shape == (1024,)
