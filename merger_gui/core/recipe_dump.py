@@ -84,13 +84,21 @@ class _ModuleBody:
     extra: Parameters = EMPTY_PARAMETERS
 
 
+@dataclass(frozen=True)
+class _Modules:
+    """The ``modules:`` mapping: the one module's name and body."""
+
+    name: str
+    body: _ModuleBody
+
+
 def _stage_fields(stage: Stage) -> dict[str, Any]:
     """The keys a stage writes, in mergekit's documented order, with their model values."""
     fields: dict[str, Any] = {"name": stage.name, "slices": stage.slices, "models": stage.models}
     if stage.module is not None:
         module = stage.module
         body = _ModuleBody(stage.slices, stage.models, module.parameters, module.extra)
-        fields = {"name": stage.name, "modules": Parameters({module.name: body})}
+        fields = {"name": stage.name, "modules": _Modules(module.name, body)}
     fields["merge_method"] = stage.merge_method
     fields["base_model"] = stage.base_model
     fields["parameters"] = stage.parameters or None
@@ -150,6 +158,7 @@ def _present(fields: dict[str, Any]) -> dict[str, Any]:
 # (None: every key; otherwise keys outside the tuple are the user's and are kept).
 SCHEMA: dict[type, tuple[Callable[[Any], dict[str, Any]], tuple[str, ...] | None]] = {
     Stage: (_stage_fields, None),
+    _Modules: (lambda modules: {modules.name: modules.body}, None),
     _ModuleBody: (_module_fields, ("slices", "models", "parameters")),
     Slice: (_slice_fields, ("sources", "base_model", "parameters")),
     SliceSource: (_source_fields, ("model", "layer_range", "parameters")),

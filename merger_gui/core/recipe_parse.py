@@ -139,9 +139,11 @@ def parse_stage(doc: CommentedMap, line: int | None) -> Stage:
 
 
 _MODULE_KEYS = ("slices", "models", "parameters")
+_Slices = tuple[Slice, ...] | None
+_Models = tuple[ModelEntry, ...] | None
 
 
-def _parse_module(doc: CommentedMap, line: int | None) -> tuple[ModuleForm, tuple | None, tuple | None]:
+def _parse_module(doc: CommentedMap, line: int | None) -> tuple[ModuleForm, _Slices, _Models]:
     """The one ``default`` module of the ``modules:`` form: its name, slices and models.
 
     mergekit's single-module architectures (every one we merge) have one module, ``default``;
@@ -161,12 +163,13 @@ def _parse_module(doc: CommentedMap, line: int | None) -> tuple[ModuleForm, tupl
     return ModuleForm("default", _parse_parameters(body, body_line), Parameters(extra)), slices, models
 
 
-def _parse_inputs(node: CommentedMap, line: int | None, what: str) -> tuple[tuple | None, tuple | None]:
+def _parse_inputs(node: CommentedMap, line: int | None, what: str) -> tuple[_Slices, _Models]:
     """The ``slices`` or the ``models`` of a document or module (exactly one of them)."""
     has_slices, has_models = node.get("slices") is not None, node.get("models") is not None
     if not has_slices and not has_models:
         raise RecipeError(f"{what} needs either slices or models", line)
-    slices = models = None
+    slices: _Slices = None
+    models: _Models = None
     if has_slices:
         slices_line = _value_line(node, "slices", line)
         items = _sequence(node["slices"], "slices", slices_line)
