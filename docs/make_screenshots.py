@@ -16,16 +16,16 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from PySide6.QtCore import QSettings  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication
 
-from merger_gui.demo import create_demo_donors  # noqa: E402
-from merger_gui.engine.events import TensorProgress  # noqa: E402
-from merger_gui.qt.app import TOOL_TABS, app_icon, save_screenshot  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
-from merger_gui.qt.settle import settle  # noqa: E402
-from merger_gui.qt.theme import apply_theme  # noqa: E402
+from merger_gui.demo import create_demo_donors
+from merger_gui.engine.events import TensorProgress
+from merger_gui.qt.app import TOOL_TABS, app_icon, save_screenshot
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
+from merger_gui.qt.settle import settle
+from merger_gui.qt.theme import apply_theme
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "resources" / "recipes"

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # QSettings (native format) lives under XDG_CONFIG_HOME: never the user's own settings.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="merger-gui-tests-config-")
 
-from merger_gui.core.synthetic import DonorShape, write_donor  # noqa: E402
+from merger_gui.core.synthetic import DonorShape, write_donor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_RECIPES = REPO_ROOT / "resources" / "recipes"

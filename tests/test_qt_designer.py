@@ -8,16 +8,16 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QThreadPool, QUrl  # noqa: E402
-from PySide6.QtGui import QDropEvent, QGuiApplication  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QMessageBox  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QThreadPool, QUrl
+from PySide6.QtGui import QDropEvent, QGuiApplication
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QMessageBox
 
-from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
-from merger_gui.core.resolve import resolve_donor  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
-from merger_gui.qt.slice_items import CELL_LABEL_W  # noqa: E402
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
+from merger_gui.qt.slice_items import CELL_LABEL_W
 
 LLAMA_13B = "profile:llama-2-13b"
 

@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from merger_gui.core.profiles import load_profile  # noqa: E402
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.qt.document import RecipeDocument  # noqa: E402
-from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
-from merger_gui.qt.estimate_panel import EstimatePanel  # noqa: E402
-from merger_gui.qt.live_plan import LivePlan  # noqa: E402
+from merger_gui.core.profiles import load_profile
+from merger_gui.core.recipe_yaml import load_recipe_text
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.donor_registry import DonorRegistry
+from merger_gui.qt.estimate_panel import EstimatePanel
+from merger_gui.qt.live_plan import LivePlan
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_rose_figures_match_the_published_counts(rose):
 
 def test_panel_follows_a_slice_edit(rose, qtbot):
     document, panel = rose
-    drop_last = lambda stage: replace(stage, slices=stage.slices[:-1])  # noqa: E731
+    drop_last = lambda stage: replace(stage, slices=stage.slices[:-1])
     with qtbot.waitSignal(panel.estimate_changed, timeout=5000):
         document.apply_to_stage(drop_last, "Remove slice")
     assert panel.figure("layers") == "47"  # 62 - 15

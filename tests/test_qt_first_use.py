@@ -8,14 +8,14 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, QThreadPool  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QSettings, QThreadPool
+from PySide6.QtWidgets import QApplication
 
-from merger_gui.core.units import format_count, format_size  # noqa: E402
-from merger_gui.demo import create_demo_donors  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
-from merger_gui.qt.settle import settle  # noqa: E402
+from merger_gui.core.units import format_count, format_size
+from merger_gui.demo import create_demo_donors
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
+from merger_gui.qt.settle import settle
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from merger_gui.core.profiles import load_profile  # noqa: E402
-from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
-from merger_gui.core.synthetic import DonorShape  # noqa: E402
-from merger_gui.qt.document import RecipeDocument  # noqa: E402
-from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
-from merger_gui.qt.merge_panel import MergePanel  # noqa: E402
-from merger_gui.qt.live_plan import LivePlan  # noqa: E402
+from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.profiles import load_profile
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
+from merger_gui.core.synthetic import DonorShape
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.donor_registry import DonorRegistry
+from merger_gui.qt.merge_panel import MergePanel
+from merger_gui.qt.live_plan import LivePlan
 
 SHAPE = DonorShape(num_layers=6)
 

@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QSettings, QThreadPool  # noqa: E402
+from PySide6.QtCore import QSettings, QThreadPool
 
-from merger_gui.core.recipe_yaml import dump_recipe, load_recipe_text  # noqa: E402
-from merger_gui.core.resolve import resolve_donor  # noqa: E402
-from merger_gui.core.slice_edits import move_slice  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
+from merger_gui.core.recipe_yaml import dump_recipe, load_recipe_text
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.core.slice_edits import move_slice
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
 
 TEXT = textwrap.dedent("""\
     modules:

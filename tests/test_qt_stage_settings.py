@@ -7,19 +7,19 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt, QThreadPool  # noqa: E402
-from PySide6.QtGui import QMouseEvent  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QApplication, QComboBox  # noqa: E402
-import pyqtgraph as pg  # noqa: E402
+from PySide6.QtCore import QEvent, QPoint, QPointF, QSettings, Qt, QThreadPool
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QComboBox
+import pyqtgraph as pg
 
-from merger_gui.core.methods import METHODS  # noqa: E402
-from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
-from merger_gui.core.resolve import resolve_donor  # noqa: E402
-from merger_gui.demo import DEMO_MODELS, create_demo_donors  # noqa: E402
-from merger_gui.qt.main_window import MainWindow  # noqa: E402
-from merger_gui.qt.settings import Settings  # noqa: E402
-from merger_gui.qt.slice_items import CELL_LABEL_W, LINK_DY  # noqa: E402
+from merger_gui.core.methods import METHODS
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.demo import DEMO_MODELS, create_demo_donors
+from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.settings import Settings
+from merger_gui.qt.slice_items import CELL_LABEL_W, LINK_DY
 
 LLAMA_13B = "profile:llama-2-13b"
 A, B = DEMO_MODELS
@@ -159,7 +159,7 @@ def test_slerp_from_scratch_with_one_drag_then_a_t_point(qtbot, window, demo_ref
         return editor.plot_widget.mapFromScene(editor.plot.getViewBox().mapViewToScene(QPointF(x, y)))
 
     start, end = at(point.x(), 0.5), at(point.x(), 0.8)
-    move = lambda pos, buttons: QApplication.sendEvent(viewport, QMouseEvent(  # noqa: E731
+    move = lambda pos, buttons: QApplication.sendEvent(viewport, QMouseEvent(
         QEvent.Type.MouseMove, QPointF(pos), QPointF(viewport.mapToGlobal(pos)), Qt.MouseButton.NoButton, buttons,
         Qt.KeyboardModifier.NoModifier))
     move(start, Qt.MouseButton.NoButton)

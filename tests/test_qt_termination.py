@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage  # noqa: E402
-from merger_gui.core.recipe_yaml import dump_recipe  # noqa: E402
-from merger_gui.core.synthetic import DonorShape  # noqa: E402
-from merger_gui.qt.termination import TerminationSignals  # noqa: E402
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
+from merger_gui.core.recipe_yaml import dump_recipe
+from merger_gui.core.synthetic import DonorShape
+from merger_gui.qt.termination import TerminationSignals
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -6,13 +6,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QThreadPool  # noqa: E402
+from PySide6.QtCore import QThreadPool
 
-from merger_gui.core.inspect import inspect_folder  # noqa: E402
-from merger_gui.core.plan import plan_recipe  # noqa: E402
-from merger_gui.core.resolve import resolve_donor  # noqa: E402
-from merger_gui.core.validation import validate_recipe  # noqa: E402
-from merger_gui.qt.welcome import WelcomePage, seed_recipes  # noqa: E402
+from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.plan import plan_recipe
+from merger_gui.core.resolve import resolve_donor
+from merger_gui.core.validation import validate_recipe
+from merger_gui.qt.welcome import WelcomePage, seed_recipes
 
 
 def test_seeds_list_every_donor_with_a_profile():

@@ -13,8 +13,14 @@ import tempfile
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .display_check import display_problem
+
+if TYPE_CHECKING:  # Qt is imported lazily, once the command line is read
+    from PySide6.QtGui import QIcon
+
+    from .main_window import MainWindow
 
 ORGANIZATION = "merger-gui"
 APPLICATION = "Merger GUI"
@@ -58,7 +64,7 @@ def _recipe_problem(path: Path) -> str | None:
     return None
 
 
-def app_icon():  # noqa: ANN201 - QIcon (Qt imported lazily)
+def app_icon() -> QIcon:
     from PySide6.QtGui import QIcon
 
     icon = QIcon()
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"merger-gui: error: {problem}", file=sys.stderr)  # Qt would abort, blaming the installation
         return 1
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "merger-gui"])
+    assert isinstance(app, QApplication)  # the window needs widgets, never a bare QCoreApplication
     if not app.organizationName():
         app.setOrganizationName(ORGANIZATION)
     if not app.applicationName() or app.applicationName() == Path(sys.argv[0] if sys.argv else "").name:
@@ -114,10 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .main_window import MainWindow
 
     window = MainWindow(settings)
-    if args.recipe is not None:
-        if not window.files.open_path(args.recipe, overrides, ask=False):
-            if args.screenshot:
-                return 1
+    if args.recipe is not None and not window.files.open_path(args.recipe, overrides, ask=False) and args.screenshot:
+        return 1
     if args.stage is not None:
         window.document.set_current_stage(args.stage - 1)
     if args.tab is not None:
@@ -135,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminations.restore()
 
 
-def save_screenshot(window, path: Path, size: tuple[int, int], close: bool = True) -> bool:  # noqa: ANN001
+def save_screenshot(window: MainWindow, path: Path, size: tuple[int, int], close: bool = True) -> bool:
     """Show ``window`` at ``size``, wait until donors are inspected and every debounced view
     has refreshed, and save it to ``path``; closes it (without a save prompt) unless told not to."""
     from .settle import settle

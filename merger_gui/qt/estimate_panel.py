@@ -8,7 +8,7 @@ from PySide6.QtWidgets import (
     QBoxLayout, QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QSpinBox, QVBoxLayout,
     QWidget,
 )
-import pyqtgraph as pg  # noqa: E402  (after PySide6)
+import pyqtgraph as pg  # after PySide6, so pyqtgraph binds to it
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
@@ -136,8 +136,9 @@ class EstimatePanel(QWidget):
         chart_item.setLabel("bottom", "context (k tokens)")
         chart_item.setLabel("left", "GiB")
         self.memory_curve = chart_item.plot([], [], pen=pg.mkPen("#4a90e2", width=2), name="total")
-        self.budget_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#e8684a", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine),
-                                           label="GPU {value:.1f} GiB", labelOpts={"position": 0.12, "color": "#e8684a"})
+        budget_pen = pg.mkPen("#e8684a", width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine)
+        self.budget_line = pg.InfiniteLine(angle=0, pen=budget_pen, label="GPU {value:.1f} GiB",
+                                           labelOpts={"position": 0.12, "color": "#e8684a"})
         self.context_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888", width=1))
         chart_item.addItem(self.budget_line)
         chart_item.addItem(self.context_line)
@@ -212,7 +213,8 @@ class EstimatePanel(QWidget):
         options = final.options
         labels["params"].setText(f"{final.params:,} ({format_count(final.params)})")
         stages = self.estimate.stage_labels
-        labels["layers"].setText(str(final.num_layers) + (f"  (final of {len(stages)} stages)" if len(stages) > 1 else ""))
+        of_stages = f"  (final of {len(stages)} stages)" if len(stages) > 1 else ""
+        labels["layers"].setText(str(final.num_layers) + of_stages)
         host = f", {_size(final.host_weights_bytes)} of it in system RAM" if final.host_weights_bytes else ""
         labels["weights"].setText(f"{_size(final.weights_bytes)} ({final.weights_label}{host})")
         per_token = final.kv.bytes_per_token

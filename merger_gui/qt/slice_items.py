@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import (
-    QGraphicsItem, QGraphicsLineItem, QGraphicsObject, QGraphicsSceneHoverEvent, QGraphicsSceneMouseEvent,
-    QStyleOptionGraphicsItem, QWidget,
+    QGraphicsItem, QGraphicsLineItem, QGraphicsObject, QGraphicsSceneContextMenuEvent, QGraphicsSceneHoverEvent,
+    QGraphicsSceneMouseEvent, QStyleOptionGraphicsItem, QWidget,
 )
 
 from merger_gui.core.slice_edits import layer_range_label
@@ -159,8 +159,8 @@ class DonorColumnItem(QGraphicsObject):
         lines = title_lines(self.title, QFontMetrics(title_font), self.width)
         for k, line in enumerate(reversed(lines)):  # bottom line first, just above the subtitle
             bottom = -16 - k * TITLE_LINE_H
-            painter.drawText(header.adjusted(0, 0, 0, bottom), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom,
-                             line)
+            painter.drawText(header.adjusted(0, 0, 0, bottom),
+                             Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, line)
         painter.setFont(sub_font)
         painter.setPen(c.muted_text)
         metrics = QFontMetrics(sub_font)
@@ -329,7 +329,8 @@ class SliceBarItem(QGraphicsObject):
         else:
             title = f"#{self.slice_index + 1}"
         if rect.height() >= 14:
-            painter.drawText(rect.adjusted(0, 2, 0, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, title)
+            painter.drawText(rect.adjusted(0, 2, 0, 0), Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+                             title)
         if not self.ghost and rect.height() >= 70:
             painter.save()
             painter.translate(rect.center())
@@ -420,7 +421,7 @@ class SliceBarItem(QGraphicsObject):
         if self.range != self._start_range:
             self.sigChangeFinished.emit(self._start_range, self.range)
 
-    def contextMenuEvent(self, event) -> None:  # noqa: ANN001 - QGraphicsSceneContextMenuEvent
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:
         if self._mode is None and not self.ghost:
             self.sigContextMenu.emit(event.screenPos())
             event.accept()

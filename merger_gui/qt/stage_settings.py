@@ -6,12 +6,15 @@ document with its signals blocked, so showing a change never echoes back as an e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QSizePolicy, QWidget
 
 from merger_gui.core import stage_edits
 from merger_gui.core.dtypes import PICKABLE_NAMES
 from merger_gui.core.methods import METHODS, MethodSpec
+from merger_gui.core.recipe import Stage
 
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
@@ -155,7 +158,7 @@ class StageSettingsBar(QWidget):
         for widget in widgets:
             widget.blockSignals(False)
 
-    def _edit(self, edit, combo: QComboBox, text: str) -> None:  # noqa: ANN001 - (Stage, str | None) -> Stage
+    def _edit(self, edit: Callable[[Stage, str | None], Stage], combo: QComboBox, text: str) -> None:
         value = combo.currentData()
         self.document.apply_to_stage(lambda s: edit(s, value), f"{text} to {value or 'default'}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QWidget
-import pyqtgraph as pg  # noqa: E402  (after PySide6)
+import pyqtgraph as pg  # after PySide6, so pyqtgraph binds to it
 
 from .theme import current_theme
 
