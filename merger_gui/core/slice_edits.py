@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from .methods import method_spec
 from .recipe import Recipe, Slice, SliceSource, Stage
+
+# A model name, or an optional one (a base model): swapping keeps which.
+_Name = TypeVar("_Name", str, "str | None")
 
 
 def layer_range_label(start: int, end: int) -> str:
@@ -148,7 +151,7 @@ def set_slice_model(stage: Stage, slice_index: int, model: str, *, source: int =
 def rename_model(recipe: Recipe, old: str, new: str) -> Recipe:
     """Replace every reference to model ``old`` by ``new`` in every stage."""
 
-    def swap(name: str | None) -> str | None:
+    def swap(name: _Name) -> _Name:
         return new if name == old else name
 
     stages = []
@@ -248,3 +251,41 @@ def nudge_slice_end(stage: Stage, slice_index: int, end: Literal["start", "end"]
     if end == "start":
         return resize_slice(stage, slice_index, start=first.start + delta, num_layers=limit)
     return resize_slice(stage, slice_index, end=first.end + delta, num_layers=limit)
+
+
+def drop_layers(stage: Stage, model: str, start: int, end: int) -> Stage:
+    """Remove ``model``'s layers ``[start, end)`` from the stage: each slice whose first source is
+    ``model`` loses the output layers taken from them (trimmed, split in two, or deleted).
+
+    The slice's other sources lose the same positions, so every source keeps its pairing.
+    """
+    slices: list[Slice] = []
+    for slice_ in _slices(stage):
+        first = slice_.sources[0] if slice_.sources else None
+        if first is None or first.model != model:
+            slices.append(slice_)
+            continue
+        cut_from, cut_to = max(start, first.start) - first.start, min(end, first.end) - first.start
+        if cut_from >= cut_to:  # no overlap
+            slices.append(slice_)
+            continue
+        slices += [_positions(slice_, a, b) for a, b in ((0, cut_from), (cut_to, first.num_layers)) if a < b]
+    return _with_slices(stage, slices)
+
+
+def _positions(slice_: Slice, start: int, end: int) -> Slice:
+    """The part of a slice at positions ``[start, end)`` of every source."""
+    return replace(slice_, sources=tuple(replace(s, layer_range=(s.start + start, s.start + end))
+                                         for s in slice_.sources))
+
+
+def set_slice_start(stage: Stage, slice_index: int, start: int, *, num_layers: int | None = None) -> Stage:
+    """Let slice ``slice_index`` begin at its first source's layer ``start``: its end is kept when
+    ``start`` is before it, else the slice moves there keeping its length (other sources alike)."""
+    first = stage.slices[slice_index].sources[0] if stage.slices else None
+    if first is None or first.start == start:
+        return stage
+    if start < first.end:
+        return resize_slice(stage, slice_index, start=start, num_layers=num_layers)
+    return nudge_slice(stage, slice_index, start - first.start,
+                       num_layers={first.model: num_layers} if num_layers is not None else None)
