@@ -8,7 +8,9 @@ released:
 * designer settled: the edit is committed and the donor columns, the bars and the output
   stack show it, painted (the output already followed the drag, from the scratch stage);
 * plan settled: the live plan (parameter plan, validation, findings) has caught up too,
-  after its debounce, and the designer shows the same layers.
+  after its debounce, and the designer shows the same layers;
+* all current: no view has a refresh pending any more (in the window: the YAML text, which
+  is rewritten a moment after the edit, and the other debounced panels).
 
 Also reports the time per mouse move while dragging (the output follows the drag live).
 
@@ -44,7 +46,7 @@ from merger_gui.qt.donor_registry import DonorRegistry
 from merger_gui.qt.live_plan import LivePlan
 from merger_gui.qt.main_window import MainWindow
 from merger_gui.qt.settings import Settings
-from merger_gui.qt.settle import settle
+from merger_gui.qt.settle import pending_timers, settle
 from merger_gui.qt.stack_view import StackView
 
 DONOR = "profile:goliath-120b"
@@ -73,6 +75,11 @@ def plan_settled(window: MainWindow | SimpleNamespace) -> bool:
         window.stack_view.output.layer_map.layers == plan.layers
 
 
+def all_current(window: MainWindow | SimpleNamespace) -> bool:
+    """The plan is settled and no debounced view (YAML text, panels) waits to refresh."""
+    return plan_settled(window) and not (isinstance(window, MainWindow) and pending_timers(window))
+
+
 def wait_for(window: MainWindow | SimpleNamespace, settled: Callable[..., bool], timeout_s: float = 5.0) -> None:
     app = QCoreApplication.instance()
     deadline = time.monotonic() + timeout_s
@@ -84,9 +91,9 @@ def wait_for(window: MainWindow | SimpleNamespace, settled: Callable[..., bool],
 
 
 def drag_bar(window: MainWindow | SimpleNamespace, slice_index: int, layers: int,
-             moves: int) -> tuple[float, float, float]:
+             moves: int) -> tuple[float, float, float, float]:
     """Drag slice ``slice_index``'s bar by ``layers``: ms per mouse move, ms from release to the
-    designer settled, ms from release to the plan settled."""
+    designer settled, to the plan settled and to every view current."""
     view = window.stack_view
     view.ensure_slice_visible(slice_index)
     bar = view.slice_bar(slice_index)
@@ -105,7 +112,9 @@ def drag_bar(window: MainWindow | SimpleNamespace, slice_index: int, layers: int
     wait_for(window, designer_settled)
     designer = (time.perf_counter() - began) * 1000
     wait_for(window, plan_settled)
-    return per_move, designer, (time.perf_counter() - began) * 1000
+    planned = (time.perf_counter() - began) * 1000
+    wait_for(window, all_current)
+    return per_move, designer, planned, (time.perf_counter() - began) * 1000
 
 
 def whole_window(width: int, height: int) -> MainWindow:
@@ -140,7 +149,7 @@ def report(title: str, target: MainWindow | SimpleNamespace, drags: int, moves: 
     assert target.document.undo_stack.count() == drags, "every drag is one undo step"
     print(f"{title}, {target.live_plan.stage_plan(0).num_layers} output layers, {drags} drags (median, max):")
     for i, what in enumerate(("per mouse move while dragging", "release -> designer settled",
-                              "release -> plan settled (debounced)")):
+                              "release -> plan settled (debounced)", "release -> every view current")):
         values = [f[i] for f in figures]
         print(f"  {what}: {statistics.median(values):.1f} ms, {max(values):.1f} ms")
 

@@ -198,6 +198,7 @@ def stage_editor(qtbot, stage: Stage) -> TCurveEditor:
     live_plan.refresh_now()
     widget = TCurveEditor(document, live_plan)
     qtbot.addWidget(widget)
+    widget.show()  # a hidden editor draws when shown
     return widget
 
 

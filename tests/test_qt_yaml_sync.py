@@ -6,6 +6,9 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from PySide6.QtGui import QTextCursor  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
 from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.slice_edits import resize_slice  # noqa: E402
 from merger_gui.qt.document import RecipeDocument  # noqa: E402
@@ -81,3 +84,27 @@ def test_unparseable_yaml_reports_a_line(editor):
     editor.commit_text()
     assert editor.error is not None and editor.error_line is not None
     assert editor.document.undo_stack.count() == 0
+
+
+def test_designer_edits_reach_the_text_after_the_edit(qtbot, editor):
+    editor.document.apply_to_stage(lambda s: resize_slice(s, 0, end=20), "Resize")
+    assert "layer_range: [0, 16]" in editor.editor.toPlainText()  # the edit itself does not wait for the text
+    qtbot.waitUntil(lambda: "layer_range: [0, 20]" in editor.editor.toPlainText(), timeout=2000)
+
+
+def test_a_hidden_editor_writes_the_text_when_shown(qtbot, editor):
+    editor.hide()
+    editor.document.apply_to_stage(lambda s: resize_slice(s, 0, end=20), "Resize")
+    assert not editor._sync_timer.isActive() and "layer_range: [0, 16]" in editor.editor.toPlainText()
+    editor.show()
+    assert "layer_range: [0, 20]" in editor.editor.toPlainText()
+
+
+def test_typing_starts_from_the_current_recipe(qtbot, editor):
+    editor.document.apply_to_stage(lambda s: resize_slice(s, 0, end=20), "Resize")
+    editor.editor.setFocus()
+    editor.editor.moveCursor(QTextCursor.MoveOperation.End)
+    QTest.keyClicks(editor.editor, "# note")
+    assert "layer_range: [0, 20]" in editor.editor.toPlainText() and editor.editor.toPlainText().endswith("# note")
+    editor.commit_text()
+    assert editor.document.stage.slices[0].sources[0].layer_range == (0, 20)

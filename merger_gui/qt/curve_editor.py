@@ -15,7 +15,7 @@ import math
 from functools import partial
 
 from PySide6.QtCore import QEvent, QObject, QPointF, QSignalBlocker, Qt
-from PySide6.QtGui import QColor, QKeyEvent
+from PySide6.QtGui import QColor, QKeyEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QGroupBox,
@@ -91,6 +91,7 @@ class TCurveEditor(QWidget):
         self._applied: list[tuple[int, int]] = []  # (first layer, length) of the slices the location sets
         self._targets: tuple[CurveTarget, ...] = ()
         self._stage: Stage | None = None  # what is drawn: the document's stage or a drag preview
+        self._stale = True  # the stage changed since it was drawn (drawn when shown)
         self.rule_warnings: dict[int, str] = {}
         self.curve_items: dict[int, pg.PlotDataItem] = {}
         self._curve_values: dict[int, list[float]] = {}
@@ -132,6 +133,7 @@ class TCurveEditor(QWidget):
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setVisible(False)  # shown when curves overlap
         self.plot_widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.plot_widget.installEventFilter(self)
         self.plot_widget.scene().sigMouseClicked.connect(self._scene_clicked)
@@ -255,7 +257,18 @@ class TCurveEditor(QWidget):
                 stage = self._stage
                 self.target_combo.setCurrentIndex(next(
                     (i for i, t in enumerate(self._targets) if edits.get_rules(stage, t.location, t.name)), 0))
-        self._redraw()
+        self._stale = True
+        if self.isVisible():  # hidden (another tab), it redraws when shown: no cost per designer edit
+            self._redraw()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._ensure_drawn()
+
+    def _ensure_drawn(self) -> None:
+        """Draw the current stage if an edit arrived while hidden."""
+        if self._stale:
+            self._redraw()
 
     def _show_sections(self) -> None:
         """The curves when the method has any, its settings when it has any, else a note why not."""
@@ -285,6 +298,7 @@ class TCurveEditor(QWidget):
     # --- drawing -----------------------------------------------------------------------------
 
     def _redraw(self) -> None:
+        self._stale = False
         target = self.target
         self._reset_items()
         self.curve_items.clear()
@@ -740,12 +754,14 @@ class TCurveEditor(QWidget):
 
     def handle_positions(self, rule: int, point: int) -> list[QPointF]:
         """Data coordinates of every copy of a control point."""
+        self._ensure_drawn()
         d = self.handles.data
         return [QPointF(float(d["x"][i]), float(d["y"][i])) for i in range(len(d))
                 if tuple(d["data"][i]) == (rule, point)]
 
     def hover_text(self, layer: int | None) -> str:
         """What each rule gives at output ``layer`` (None: the non-layer tensors) and where it comes from."""
+        self._ensure_drawn()
         rules = self.rules()
         lines = []
         for r, series in enumerate(self._series):
@@ -769,6 +785,7 @@ class TCurveEditor(QWidget):
 
     def curve_values(self, rule: int) -> list[float]:
         """The drawn curve of ``rule``, one value per output layer (nan where it gives none)."""
+        self._ensure_drawn()
         return list(self._curve_values[rule])
 
 

@@ -86,8 +86,11 @@ class LivePlan(QObject):
             for name in stage.referenced_models:
                 self.donor_color(name)
         self.partial = plan_partially(recipe, self.registry.donors)
+        # Each stage planned once: validation checks the plans just made (unless the stage
+        # order is in doubt, where the two could see different earlier stages).
+        planned = self.partial.stage_plans if self.partial.order_error is None else {}
         try:
-            self.findings = validate_recipe(recipe, self.registry.donors, self.registry.errors)
+            self.findings = validate_recipe(recipe, self.registry.donors, self.registry.errors, planned)
         except Exception as exc:  # noqa: BLE001 - validation must never take the window down
             self.findings = [Finding("error", "validation-failed", f"validation failed: {exc}")]
         self.plan_changed.emit(self.plan)

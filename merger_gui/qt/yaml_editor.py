@@ -1,8 +1,10 @@
 """The recipe as YAML text, always in step with the designer, in both directions.
 
 Designer edits rewrite the text through :func:`dump_recipe` (editing the current text in
-place, so comments survive); valid typing updates the designer as one undo step after a
-short pause; invalid text marks the offending line and leaves the designer as it was.
+place, so comments survive), shortly after the edit and only while the editor is shown: at
+hundreds of layers a rewrite takes longer than the designer needs to settle. Valid typing
+updates the designer as one undo step after a short pause; invalid text marks the offending
+line and leaves the designer as it was.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import sys
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
-    QColor, QFontDatabase, QKeyEvent, QKeySequence, QSyntaxHighlighter, QTextCharFormat, QTextCursor, QTextDocument,
-    QTextFormat,
+    QColor, QFontDatabase, QKeyEvent, QKeySequence, QShowEvent, QSyntaxHighlighter, QTextCharFormat, QTextCursor,
+    QTextDocument, QTextFormat,
 )
 from PySide6.QtWidgets import QLabel, QPlainTextEdit, QTextEdit, QVBoxLayout, QWidget
 
@@ -26,6 +28,7 @@ from .document import RecipeDocument
 from .theme import current_theme
 
 TYPING_PAUSE_MS = 400
+SYNC_DELAY_MS = 120  # a designer edit reaches the text after the designer has painted it
 
 
 class YamlHighlighter(QSyntaxHighlighter):
@@ -102,10 +105,16 @@ class YamlEditor(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(TYPING_PAUSE_MS)
         self._timer.timeout.connect(self.commit_text)
+        self._stale = False  # the recipe changed since the text was written
+        self._sync_timer = QTimer(self)
+        self._sync_timer.setSingleShot(True)
+        self._sync_timer.setInterval(SYNC_DELAY_MS)
+        self._sync_timer.timeout.connect(self.sync_now)
         self.editor.textChanged.connect(self._on_text_changed)
         self.editor.installEventFilter(self)  # Ctrl+Z: the recipe's undo unless typing is pending
         document.recipe_changed.connect(self._on_recipe_changed)
         self._on_recipe_changed(document.recipe)
+        self.sync_now()
 
     @property
     def has_pending_change(self) -> bool:
@@ -115,6 +124,8 @@ class YamlEditor(QWidget):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         """Undo and redo keys in the editor undo the recipe edit, unless the editor has its own
         pending change (then they undo its typing, as in any text field)."""
+        if watched is self.editor and event.type() in _BEFORE_INPUT:
+            self.sync_now()  # the user edits the recipe as it is, never a text about to be replaced
         if watched is self.editor and isinstance(event, QKeyEvent) and event.type() == QEvent.Type.KeyPress \
                 and not self.has_pending_change:
             stack = self.document.undo_stack
@@ -131,21 +142,43 @@ class YamlEditor(QWidget):
         return self.error.line if self.error else None
 
     def text(self) -> str:
+        """The recipe's text, with any designer edit not yet written brought in first."""
+        self.sync_now()
         return self.editor.toPlainText()
 
     def base_text(self) -> str | None:
         """The text to edit in place when writing the recipe (keeps the user's comments)."""
+        self.sync_now()
+        return self._base_text()
+
+    def _base_text(self) -> str | None:
         return self._valid_text if self._valid_text is not None else self.document.source_text
 
-    def _on_recipe_changed(self, recipe: Recipe) -> None:
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.sync_now()
+
+    def _on_recipe_changed(self, _recipe: Recipe) -> None:
         if self._applying:
             return  # the change came from this editor: its text already says it
         if self.document.undo_stack.count() == 0:  # a newly opened or new document
             self._valid_text = self.document.source_text
-        text = dump_recipe(recipe, original_text=self.base_text())
+        self._stale = True
+        if self.has_pending_change:
+            self.sync_now()  # the designer's edit replaces the typing at once, as it always has
+        elif self.isVisible():
+            self._sync_timer.start()
+
+    def sync_now(self) -> None:
+        """Write the recipe into the text now, if a designer edit has not reached it yet."""
+        self._sync_timer.stop()
+        if not self._stale:
+            return
+        self._stale = False
+        text = dump_recipe(self.document.recipe, original_text=self._base_text())
         self._valid_text = text
         self._show_error(None)
-        if text != self.text():
+        if text != self.editor.toPlainText():
             self._set_text(text)
 
     def _set_text(self, text: str) -> None:
@@ -161,6 +194,8 @@ class YamlEditor(QWidget):
 
     def _on_text_changed(self) -> None:
         if not self._setting:
+            self._stale = False  # the user's text replaces a rewrite still to come
+            self._sync_timer.stop()
             self._timer.start()
 
     def commit_text(self) -> None:
@@ -199,6 +234,9 @@ class YamlEditor(QWidget):
             self.error_label.hide()
         self.editor.setExtraSelections(selections)
         self.error_changed.emit(error)
+
+
+_BEFORE_INPUT = frozenset((QEvent.Type.KeyPress, QEvent.Type.FocusIn, QEvent.Type.InputMethod))
 
 
 def _is_ctrl_y(event: QKeyEvent) -> bool:

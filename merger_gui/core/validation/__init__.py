@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ..donor import DonorInfo
-from ..plan import plan_stage
+from ..plan import StagePlan, plan_stage
 from ..recipe import Recipe
 from .context import StageContext
 from .donor_checks import check_architecture, check_planned_inputs, check_tied_head
@@ -36,12 +36,14 @@ from .tokenizer_checks import check_token_overrides, check_tokenizer, check_voca
 __all__ = ["Finding", "Severity", "validate_recipe"]
 
 _NO_DONOR_ERRORS: Mapping[str, str] = MappingProxyType({})
+_NO_PLANS: Mapping[int, StagePlan] = MappingProxyType({})
 
 
 def validate_recipe(
     recipe: Recipe,
     donors: Mapping[str, DonorInfo],
     donor_errors: Mapping[str, str] = _NO_DONOR_ERRORS,
+    plans: Mapping[int, StagePlan] = _NO_PLANS,
 ) -> list[Finding]:
     """Every problem of ``recipe``, ordered by stage and slice.
 
@@ -49,6 +51,8 @@ def validate_recipe(
         recipe: The recipe to check.
         donors: Donor facts by model name; stages' outputs are planned and added here.
         donor_errors: Why a model could not be resolved, by model name.
+        plans: Stages already planned with the same donors, by stage index (a designer's
+            :func:`~merger_gui.core.partial_plan.plan_partially`); others are planned here.
     """
     findings: list[Finding] = []
     if not recipe.stages:
@@ -59,7 +63,7 @@ def validate_recipe(
     reported: set[str] = set()
     for index in order:
         check = StageContext(recipe, index, known, donor_errors, reported)
-        findings += _check_stage(check)
+        findings += _check_stage(check, plans.get(index))
         stage = recipe.stages[index]
         if stage.name and check.plan is not None:
             known[stage.name] = check.plan.output
@@ -67,7 +71,7 @@ def validate_recipe(
     return findings
 
 
-def _check_stage(ctx: StageContext) -> list[Finding]:
+def _check_stage(ctx: StageContext, planned: StagePlan | None) -> list[Finding]:
     """Every check of one stage, in the order its findings read best; plans the stage on the way."""
     check_keys(ctx)
     check_models(ctx)
@@ -80,18 +84,18 @@ def _check_stage(ctx: StageContext) -> list[Finding]:
     check_architecture(ctx)
     check_vocab(ctx)
     check_tied_head(ctx)
-    _plan_and_check(ctx)
+    _plan_and_check(ctx, planned)
     return ctx.findings
 
 
-def _plan_and_check(ctx: StageContext) -> None:
+def _plan_and_check(ctx: StageContext, planned: StagePlan | None) -> None:
     """Plan the stage when every donor is known, and run the checks that need the plan."""
     known = ctx.known_models()
     check_filters(ctx, {t.name for _, d in known for t in d.tensors})
     if len(known) < len(ctx.stage.referenced_models) or not known:
         return
     try:
-        ctx.plan = plan_stage(ctx.stage, ctx.donors, ctx.index)
+        ctx.plan = planned or plan_stage(ctx.stage, ctx.donors, ctx.index)
     except Exception as error:  # noqa: BLE001 — validation reports, it never raises
         ctx.add("error", "plan-failed", f"the stage cannot be planned: {error}")
         return
