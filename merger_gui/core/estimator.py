@@ -443,10 +443,12 @@ def _copies_bytes_only(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> boo
     if stage.merge_method != "passthrough":
         return False
     for tensor in stage.tensors:
-        source = tensor.sources[0] if len(tensor.sources) == 1 else None
-        donor = donors.get(source.model) if source else None
-        info = donor.tensor(source.tensor) if donor and source else None
-        if (info is None or donor.weight_format == "bin" or info.dtype != tensor.dtype
+        if len(tensor.sources) != 1:
+            return False
+        source = tensor.sources[0]
+        donor = donors.get(source.model)
+        info = donor.tensor(source.tensor) if donor else None
+        if (donor is None or info is None or donor.weight_format == "bin" or info.dtype != tensor.dtype
                 or info.shape != tensor.shape or "scale" in source.parameters):
             return False
     return True

@@ -235,7 +235,7 @@ def _layers_from_names(tensors: tuple[TensorInfo, ...]) -> int | None:
 
 
 def _dtype(facts: Mapping[str, Any], tensors: tuple[TensorInfo, ...], ref: str, warnings: list[str]) -> str:
-    weights = Counter()
+    weights: Counter[str] = Counter()
     for info in tensors:
         if not is_buffer(info.name):
             weights[info.dtype] += info.numel
@@ -245,8 +245,8 @@ def _dtype(facts: Mapping[str, Any], tensors: tuple[TensorInfo, ...], ref: str, 
     name = torch_name(code) if code else None
     if name and stored and name != stored:
         warnings.append(f"{ref}: config.json declares {name} but the weights are stored as {stored}")
-    if name or stored:
-        return name or stored
+    if chosen := name or stored:
+        return chosen
     raise DonorError(f"{ref}: no dtype in config.json and no weights to infer it from")
 
 

@@ -274,9 +274,9 @@ def copy_rule_value(stage: Stage, loc: ParamLocation, name: str, from_rule: int,
 
 
 def to_gradient(stage: Stage, loc: ParamLocation, name: str, rule_index: int) -> Stage:
-    """Turn a scalar rule into a flat two-point gradient (a gradient is left as is)."""
+    """Turn a scalar rule into a flat two-point gradient (a gradient, or a value that is no number, is left as is)."""
     rule = get_rules(stage, loc, name)[rule_index]
-    if isinstance(rule.value, tuple):
+    if not isinstance(rule.value, (int, float)):
         return stage
     return _replace_rule(stage, loc, name, rule_index, replace(rule, value=(rule.value, rule.value)))
 

@@ -178,7 +178,7 @@ def stage_order(recipe: Recipe) -> tuple[int, ...]:
         i: {names[m] for m in stage.referenced_models if m in names and names[m] != i}
         for i, stage in enumerate(recipe.stages)
     }
-    for i, stage in enumerate(recipe.stages):
+    for stage in recipe.stages:
         if stage.name and stage.name in stage.referenced_models:
             raise RecipeError(f"stage {stage.name!r} uses its own output")
     order: list[int] = []
@@ -307,7 +307,7 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
     slices = [s for s in stage_slices(stage, donors) if s.sources]
     recipe_slices = planned_slice_indices(stage)
     config_name = config_donor_name(stage) or ""
-    config_donor = donors[config_name] if config_name in donors else None
+    config_donor = donors.get(config_name)
     if config_donor is None:
         raise RecipeError("the recipe has no models")
     vocab = output_vocab_size(stage, donors, config_donor)
@@ -340,12 +340,12 @@ def plan_stage(stage: Stage, donors: Mapping[str, DonorInfo], index: int = 0) ->
         slice_ = slices[layer.slice_index]
         lead_source = slice_.sources[0]
         for info in donors[lead_source.model].layer_tensors(lead_source.start + layer.position):
-            srcs = []
+            layer_srcs: list[tuple[str, str]] = []
             for s, ls in zip(slice_.sources, layer.sources):
                 name = with_layer_index(info.name, ls.layer)
                 if donors[s.model].tensor(name):
-                    srcs.append((s.model, name))
-            add_tensor(info, with_layer_index(info.name, layer.index), tuple(srcs),
+                    layer_srcs.append((s.model, name))
+            add_tensor(info, with_layer_index(info.name, layer.index), tuple(layer_srcs),
                        layer.slice_index, slice_, layer.x, layer.index)
 
     # Post-weights (final norm, lm_head) come from the last slice, at x = 0.
@@ -459,8 +459,9 @@ def plan_recipe(recipe: Recipe, donors: Mapping[str, DonorInfo]) -> Plan:
     known = dict(donors)
     stages = []
     for i in stage_order(recipe):
-        stage_plan = plan_stage(recipe.stages[i], known, i)
+        stage = recipe.stages[i]
+        stage_plan = plan_stage(stage, known, i)
         stages.append(stage_plan)
-        if recipe.stages[i].name:
-            known[recipe.stages[i].name] = stage_plan.output
+        if stage.name:
+            known[stage.name] = stage_plan.output
     return Plan(tuple(stages))

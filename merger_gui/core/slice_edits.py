@@ -246,7 +246,7 @@ def nudge_slice(stage: Stage, slice_index: int, delta: int, *,
 def nudge_slice_end(stage: Stage, slice_index: int, end: Literal["start", "end"], delta: int, *,
                     num_layers: Mapping[str, int | None] | None = None) -> Stage:
     """Move the start or the end of a slice by ``delta`` layers (every source alike, see :func:`resize_slice`)."""
-    first = stage.slices[slice_index].sources[0]
+    first = (stage.slices or ())[slice_index].sources[0]
     limit = (num_layers or {}).get(first.model)
     if end == "start":
         return resize_slice(stage, slice_index, start=first.start + delta, num_layers=limit)

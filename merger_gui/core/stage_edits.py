@@ -9,10 +9,14 @@ sensible recipe of the new method (see :func:`set_merge_method`).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TypeVar
 
 from .methods import METHODS, MethodSpec, method_spec
 from .recipe import Parameters, Recipe, Slice, SliceSource, Stage
 from .slice_edits import fit_range
+
+# A model name, or an optional one (a base model): swapping keeps which.
+_Name = TypeVar("_Name", str, "str | None")
 
 TOKENIZER_SOURCES = ("base", "union")
 # Values a required shared parameter gets when a method switch introduces it, by method.
@@ -59,10 +63,11 @@ def set_merge_method(stage: Stage, method: str, donors: tuple[str, ...] = (),
         base = None  # with a base and one other model multislerp returns that model unchanged
     parameters = stage.parameters
     known = {p.name for p in new.parameters}
-    for p in old.parameters if old is not None else ():
-        rescaled = ((old.name, p.name) in OWN_SCALE) != ((new.name, p.name) in OWN_SCALE)
-        if (p.name not in known or rescaled) and p.name in parameters:
-            parameters = parameters.with_value(p.name, None)
+    if old is not None:
+        for p in old.parameters:
+            rescaled = ((old.name, p.name) in OWN_SCALE) != ((new.name, p.name) in OWN_SCALE)
+            if (p.name not in known or rescaled) and p.name in parameters:
+                parameters = parameters.with_value(p.name, None)
     for p in new.shared_parameters:
         default = REQUIRED_DEFAULTS.get((new.name, p.name))
         if p.required and p.name not in parameters and default is not None:
@@ -109,10 +114,10 @@ def _with_equal_weights(stage: Stage, non_base: bool) -> Stage:
         return all("weight" not in p for p in scopes)
 
     if stage.models is not None and stage.slices is None:
-        weighted = [e for e in stage.models if not (non_base and e.model == stage.base_model)]
-        share = _equal_share(len(weighted))
+        weighted_models = [e for e in stage.models if not (non_base and e.model == stage.base_model)]
+        share = _equal_share(len(weighted_models))
         models = tuple(replace(e, parameters=e.parameters.with_value("weight", share))
-                       if e in weighted and lacks_weight(e.parameters, stage.parameters) else e
+                       if e in weighted_models and lacks_weight(e.parameters, stage.parameters) else e
                        for e in stage.models)
         return replace(stage, models=models)
     slices = []
@@ -155,7 +160,7 @@ def set_tokenizer_source(stage: Stage, source: str | None) -> Stage:
 def rename_references(stage: Stage, old: str, new: str) -> Stage:
     """Replace every reference to model ``old`` by ``new`` in one stage (tokenizer included)."""
 
-    def swap(name: str | None) -> str | None:
+    def swap(name: _Name) -> _Name:
         return new if name == old else name
 
     slices = None if stage.slices is None else tuple(

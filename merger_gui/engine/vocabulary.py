@@ -147,13 +147,14 @@ class VocabularyPlan:
                       tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         if override.kind == "zero":
             return tensors[0].new_zeros(tensors[0].shape[1:]).to(dtype)
-        if override.model not in models:
-            raise UserError(f"token {token!r} takes its row from {override.model}, "
-                            "which is not an input of this tensor")
-        k = list(models).index(override.model)
-        row = override.row if override.kind == "row" else self.rows_of(override.model)[self.tokens[token]].item()
+        model = override.model
+        assert model is not None  # only a "zero" override names no model
+        if model not in models:
+            raise UserError(f"token {token!r} takes its row from {model}, which is not an input of this tensor")
+        k = list(models).index(model)
+        row = override.row if override.kind == "row" else int(self.rows_of(model)[self.tokens[token]].item())
         if not 0 <= row < tensors[k].shape[0]:
-            raise UserError(f"token {token!r}: {override.model} has no row for it")
+            raise UserError(f"token {token!r}: {model} has no row for it")
         return tensors[k][row].to(dtype)
 
     def save(self, out_dir: Path) -> None:
