@@ -13,6 +13,7 @@ from PySide6.QtGui import QDropEvent, QGuiApplication
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QMessageBox
 
+from merger_gui.core.recipe_yaml import load_recipe_text
 from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
 from merger_gui.core.resolve import resolve_donor
 from merger_gui.qt.main_window import MainWindow
@@ -466,3 +467,27 @@ def test_dragging_over_a_donor_previews_every_linked_source(window):
     QTest.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, target)
     assert window.document.stage == preview and view.ghosts == []
     assert [(s.model, s.layer_range) for s in window.document.stage.slices[0].sources] == ghosts
+
+
+def test_output_hover_lists_every_rule_value_at_the_layer(qtbot, window):
+    recipe = load_recipe_text("""\
+slices:
+  - sources:
+      - {model: A, layer_range: [0, 16]}
+      - {model: B, layer_range: [0, 16]}
+merge_method: slerp
+base_model: A
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 1]
+    - value: 0.25
+""")
+    load(window, recipe, {"A": LLAMA_13B, "B": LLAMA_13B})
+    view = window.stack_view
+    cell = view.output.mapRectToScene(view.output.cell_rect(15)).center()
+    QTest.mouseMove(view.viewport(), view.mapFromScene(cell))
+    qtbot.waitUntil(lambda: view.source_cell_highlighted("A", 15), timeout=2000)
+    lines = view.output.toolTip().splitlines()
+    assert lines[0] == "Output layer 15 ← A layer 15, B layer 15"
+    assert "t (self_attn): 1" in lines and "t (fallback): 0.25" in lines

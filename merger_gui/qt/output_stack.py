@@ -142,13 +142,14 @@ class OutputColumnItem(QGraphicsObject):
         index = self.layer_at(event.pos())
         if index != self._hovered:
             self._hovered = index
-            if index >= 0:
-                layer = self.layer_map.layers[index]
-                sources = ", ".join(f"{s.model} layer {s.layer}" for s in layer.sources)
-                self.setToolTip(f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}")
-            else:
-                self.setToolTip("")
-            self.sigHovered.emit(index)
+            self.setToolTip(self.layer_text(index) if index >= 0 else "")
+            self.sigHovered.emit(index)  # the view may add to the tooltip
+
+    def layer_text(self, index: int) -> str:
+        """Where output layer ``index`` comes from, and its slice."""
+        layer = self.layer_map.layers[index]
+        sources = ", ".join(f"{s.model} layer {s.layer}" for s in layer.sources)
+        return f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}"
 
     def hoverLeaveEvent(self, event: QGraphicsSceneHoverEvent) -> None:
         self._hovered = -1

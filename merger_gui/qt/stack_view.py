@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core import slice_edits
+from merger_gui.core.curve_rows import values_at_layer
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.donor import MAX_LAYERS
 from merger_gui.core.methods import method_spec
@@ -605,6 +606,7 @@ class StackView(QGraphicsView):
         self._highlights = []
         if index < 0 or self.output is None:
             return
+        self.output.setToolTip(self.output_hover_text(index))
         g = self.geometry_
         pen = QPen(current_theme().canvas.highlight, 2.5)
         rects = [self.output.mapRectToScene(self.output.cell_rect(index))]
@@ -618,6 +620,18 @@ class StackView(QGraphicsView):
             item.setZValue(30)
             self.scene().addItem(item)
             self._highlights.append(item)
+
+    def output_hover_text(self, index: int) -> str:
+        """The output layer's sources and the value every curve rule gives there (once planned)."""
+        assert self.output is not None
+        text = self.output.layer_text(index)
+        plan = self.live_plan.stage_plan(self.document.current_stage)
+        shown = self.output.layer_map.layers
+        if plan is None or index >= plan.num_layers or plan.layers[index] != shown[index]:
+            return text  # a drag's preview, or the plan is not made yet
+        values = [f"{v.parameter} ({v.rule}): {v.value:g}"
+                  for v in values_at_layer(self.document.stage, plan, index)]
+        return "\n".join([text, *values])
 
     def source_cell_highlighted(self, model: str, layer: int) -> bool:
         """Whether the hover highlight marks ``model``'s ``layer`` (for tests and tooltips)."""
