@@ -105,7 +105,7 @@ def resolve_value(value: Scalar | Gradient, x: float) -> Scalar:
 def as_rule_list(spec: ParamValue | None) -> tuple[FilterRule, ...]:
     """The rules of a rule list; empty for a scalar, a gradient or nothing."""
     if isinstance(spec, tuple) and spec and isinstance(spec[0], FilterRule):
-        return spec  # type: ignore[return-value]
+        return spec
     return ()
 
 

@@ -13,13 +13,17 @@ copied whole.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TypeAlias
 
 from .errors import DonorError
+
+# What open_donor_file returns: unbuffered (buffering=0) or buffered; both read into a buffer.
+DonorHandle: TypeAlias = io.FileIO | io.BufferedReader
 
 MIB = 1024 * 1024
 CONFIG_LIMIT = 4 * MIB  # config.json, generation_config.json: a few kB in practice
@@ -92,7 +96,7 @@ def is_present(path: str | Path) -> bool:
     return os.path.lexists(path)
 
 
-def open_donor_file(path: str | Path, root: str | Path | None = None, buffering: int = -1) -> BinaryIO:
+def open_donor_file(path: str | Path, root: str | Path | None = None, buffering: int = -1) -> DonorHandle:
     """Open a donor file for binary reading, checked like :func:`donor_file` (never blocks on a FIFO)."""
     real = donor_file(path, root)
     try:
@@ -102,7 +106,9 @@ def open_donor_file(path: str | Path, root: str | Path | None = None, buffering:
     try:
         _check_regular(os.fstat(fd), Path(path))  # it may have been swapped since donor_file looked
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=buffering)
+        handle = os.fdopen(fd, "rb", buffering=buffering)
+        assert isinstance(handle, (io.FileIO, io.BufferedReader))  # binary reading, raw or buffered
+        return handle
     except BaseException:
         os.close(fd)
         raise

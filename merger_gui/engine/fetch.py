@@ -144,7 +144,7 @@ def _download(model: str, repo_id: str, revision: str | None, filename: str, req
     stop = threading.Event()
     outcome: dict[str, Any] = {}
 
-    class Progress(tqdm):  # type: ignore[misc]
+    class Progress(tqdm):
         """Forwards huggingface_hub's byte counts instead of drawing a bar."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

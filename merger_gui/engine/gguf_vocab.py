@@ -162,7 +162,8 @@ def _pre_tokenizer(spec: Mapping[str, Any]) -> str | None:
     if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel" \
             or steps[1].get("use_regex", True):
         return None
-    return PRE_TOKENIZERS.get((steps[0].get("pattern") or {}).get("Regex"))
+    regex = (steps[0].get("pattern") or {}).get("Regex")
+    return PRE_TOKENIZERS.get(regex) if isinstance(regex, str) else None
 
 
 def _vocab_size(config: Mapping[str, Any], tokenizer_size: int, folder: Path) -> int:

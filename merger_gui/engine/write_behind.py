@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import BinaryIO
+
+from merger_gui.core.safe_files import DonorHandle
 
 from .writer import ShardedWriter
 
@@ -64,7 +65,7 @@ class WriteBehind:
         self._queued = self._thread.submit(self._writer.write, name, data)
         self._queued_bytes = data.nbytes
 
-    def copy(self, name: str, source: BinaryIO, offset: int) -> None:
+    def copy(self, name: str, source: DonorHandle, offset: int) -> None:
         """Copy tensor ``name`` file to file now, after the queued write (see :meth:`ShardedWriter.copy`)."""
         self.flush()
         self._writer.copy(name, source, offset)

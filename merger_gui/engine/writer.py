@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from merger_gui.core.donor import TensorInfo
+from merger_gui.core.safe_files import DonorHandle
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -188,7 +189,8 @@ def _splice_range(source: BinaryIO, offset: int, length: int, target: BinaryIO, 
     return done
 
 
-def _copy_range(source: BinaryIO, offset: int, length: int, target: BinaryIO, pipe: _Pipe | None = None) -> None:
+def _copy_range(source: DonorHandle, offset: int, length: int, target: BinaryIO,
+                pipe: _Pipe | None = None) -> None:
     """Append ``length`` bytes of ``source`` from ``offset`` to ``target``, in the kernel when it can.
 
     Raises:
@@ -247,7 +249,7 @@ class ShardedWriter:
         _write_all(self._handle, data.cast("B"))  # type: ignore[arg-type]
         self.bytes_written += layout.nbytes
 
-    def copy(self, name: str, source: BinaryIO, offset: int) -> None:
+    def copy(self, name: str, source: DonorHandle, offset: int) -> None:
         """Append tensor ``name`` by copying its planned byte count from ``source`` at ``offset``.
 
         Raises:

@@ -39,7 +39,7 @@ class CurveHandlesItem(pg.ScatterPlotItem):
 
     def _hit(self, pos: QPointF) -> tuple[int, int] | None:
         spots = self.pointsAt(pos)
-        return tuple(spots[0].data()) if len(spots) else None  # type: ignore[return-value]
+        return tuple(spots[0].data()) if len(spots) else None
 
     def _move_copies(self, key: tuple[int, int], value: float) -> None:
         data = self.data

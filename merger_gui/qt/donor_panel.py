@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QAction, QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMenu, QPushButton, QStyle, QToolButton, QTreeWidget,
-    QTreeWidgetItem, QVBoxLayout, QWidget,
+    QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMainWindow, QMenu, QPushButton, QStyle, QToolButton,
+    QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
 from merger_gui.core.donor import DonorInfo
@@ -167,7 +168,7 @@ class DonorPanel(QWidget):
                 item.setForeground(1, ERROR_COLOR)
                 tip.append(error or "no donor chosen yet")
                 tip.append("Right-click › Map to… to choose a folder, repo or profile")
-                if ":" in label:  # the reason, on a line of its own under the name
+                if error and ":" in label:  # the reason, on a line of its own under the name
                     reason = QTreeWidgetItem(item, [label])
                     reason.setFirstColumnSpanned(True)
                     reason.setForeground(0, ERROR_COLOR)
@@ -227,7 +228,7 @@ class DonorPanel(QWidget):
         menu.addAction("Hugging Face repo…", lambda: self.add_repo_dialog(name))
         profiles = menu.addMenu("Shape profile")
         for profile in profile_names():
-            profiles.addAction(profile, lambda p=profile: self.add_donor(PROFILE_PREFIX + p, name))
+            profiles.addAction(profile, partial(self.add_donor, PROFILE_PREFIX + profile, name))
         return menu
 
     def add_donor(self, ref: str, name: str | None = None) -> str:
@@ -259,8 +260,8 @@ class DonorPanel(QWidget):
 
     def rename_dialog(self, name: str) -> None:
         new, ok = QInputDialog.getText(self, "Rename donor", "Name used in the recipe:", text=name)
-        if ok and not self.rename_donor(name, new):
-            self.window().statusBar().showMessage(f"Cannot rename {name} to {new.strip()!r}: empty or taken", 5000)
+        if ok and not self.rename_donor(name, new) and isinstance(window := self.window(), QMainWindow):
+            window.statusBar().showMessage(f"Cannot rename {name} to {new.strip()!r}: empty or taken", 5000)
 
     def add_folder(self, folder: Path, name: str | None = None) -> str:
         self.settings.set_last_folder("donor", Path(folder).parent)
@@ -277,7 +278,7 @@ class DonorPanel(QWidget):
         if ok and repo.strip():
             self.add_donor(repo.strip(), name)
 
-    def _context_menu(self, pos) -> None:  # noqa: ANN001 - QPoint
+    def _context_menu(self, pos: QPoint) -> None:
         item = self.tree.itemAt(pos)
         if item is None:
             return

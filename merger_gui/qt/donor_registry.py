@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from PySide6.QtCore import QObject, Signal
 
 from merger_gui.core.donor import DonorInfo
+
+_V = TypeVar("_V")
 
 
 class DonorRegistry(QObject):
@@ -45,9 +49,9 @@ class DonorRegistry(QObject):
 
     def rename(self, old: str, new: str) -> None:
         """Move everything known under ``old`` to ``new``."""
-        for table in (self.refs, self.donors, self.errors):
-            if old in table:
-                table[new] = table.pop(old)
+        _move(self.refs, old, new)
+        _move(self.donors, old, new)
+        _move(self.errors, old, new)
         self.changed.emit()
 
     def entry(self, name: str) -> tuple[str | None, DonorInfo | None, str | None]:
@@ -56,11 +60,10 @@ class DonorRegistry(QObject):
 
     def restore(self, name: str, entry: tuple[str | None, DonorInfo | None, str | None]) -> None:
         """Put back what :meth:`entry` returned for ``name``."""
-        for table, value in zip((self.refs, self.donors, self.errors), entry):
-            if value is None:
-                table.pop(name, None)
-            else:
-                table[name] = value  # type: ignore[assignment]
+        ref, donor, error = entry
+        _put(self.refs, name, ref)
+        _put(self.donors, name, donor)
+        _put(self.errors, name, error)
         self.changed.emit()
 
     def unique_name(self, stem: str) -> str:
@@ -77,3 +80,16 @@ class DonorRegistry(QObject):
         self.donors.clear()
         self.errors.clear()
         self.changed.emit()
+
+
+def _move(table: dict[str, _V], old: str, new: str) -> None:
+    if old in table:
+        table[new] = table.pop(old)
+
+
+def _put(table: dict[str, _V], name: str, value: _V | None) -> None:
+    """Set ``name`` to ``value``, or forget it for None."""
+    if value is None:
+        table.pop(name, None)
+    else:
+        table[name] = value

@@ -49,7 +49,7 @@ class FlowLayout(QLayout):
         return QSize(margins.left() + margins.right(), height + margins.top() + margins.bottom())
 
     def _visible(self) -> list[QLayoutItem]:
-        return [item for item in self._items if not (item.widget() and item.widget().isHidden())]
+        return [item for item in self._items if not ((widget := item.widget()) and widget.isHidden())]
 
     def _arrange(self, rect: QRect, apply: bool) -> int:
         margins = self.contentsMargins()

@@ -7,6 +7,7 @@ effect, the method's default when the recipe sets none; each change is one undo 
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLineEdit, QToolButton, QWidget
 
@@ -19,7 +20,7 @@ from .document import RecipeDocument
 VARIES = "varies per tensor (edit in the YAML tab)"
 
 
-def _scalar(value: object) -> bool:
+def _scalar(value: object) -> TypeGuard[bool | int | float]:
     return isinstance(value, (bool, int, float))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -43,7 +45,8 @@ class RecipeFiles(QObject):
         self.recent_menu = QMenu("Open &Recent", window)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
 
-    def _action(self, text: str, shortcut, slot, tip: str) -> QAction:  # noqa: ANN001
+    def _action(self, text: str, shortcut: QKeySequence | QKeySequence.StandardKey, slot: Callable[[], object],
+                tip: str) -> QAction:
         action = QAction(text, self)
         action.setShortcut(shortcut)
         action.setStatusTip(tip)
@@ -145,11 +148,11 @@ class RecipeFiles(QObject):
 
     def save_recipe_as(self) -> bool:
         start = str(self.save_path_suggestion())
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", start, YAML_FILTER)
-        if not path:
+        chosen, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", start, YAML_FILTER)
+        if not chosen:
             return False
-        path = Path(path) if Path(path).suffix else Path(path).with_suffix(".yaml")
-        return self.write(path)
+        path = Path(chosen)
+        return self.write(path if path.suffix else path.with_suffix(".yaml"))
 
     def write(self, path: Path) -> bool:
         """Write the recipe, editing the current text in place so comments survive; asks first
@@ -182,7 +185,7 @@ class RecipeFiles(QObject):
         self.recent_menu.clear()
         files = [p for p in self.settings.recent_files if p.exists()]
         for path in files:
-            action = self.recent_menu.addAction(path.name, lambda p=path: self.open_path(p))
+            action = self.recent_menu.addAction(path.name, partial(self.open_path, path))
             action.setToolTip(str(path))
         if not files:
             self.recent_menu.addAction("No recent recipes").setEnabled(False)

@@ -31,7 +31,7 @@ class Settings:
     @property
     def recent_files(self) -> list[Path]:
         value = self._qs.value("recent/files", [])
-        items = [value] if isinstance(value, str) else list(value or [])
+        items = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
         return [Path(p) for p in items if isinstance(p, str) and p]
 
     def add_recent_file(self, path: Path) -> None:

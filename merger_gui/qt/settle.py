@@ -21,6 +21,7 @@ def settle(window: QWidget, timeout_s: float = 60.0) -> bool:
     Returns False on timeout.
     """
     app = QCoreApplication.instance()
+    assert app is not None  # the window exists, so the application does
     inspector = getattr(window, "inspector", None)
     deadline = time.monotonic() + timeout_s
     quiet = 0

@@ -29,12 +29,17 @@ class SeedRecipe:
     donors: dict[str, str]
 
     def text(self) -> str:
-        return files("merger_gui.resources").joinpath("recipes", self.file).read_text(encoding="utf-8")
+        return _recipe_text(self.file)
+
+
+def _recipe_text(name: str) -> str:
+    """The text of ``resources/recipes/NAME``."""
+    return files("merger_gui.resources").joinpath("recipes").joinpath(name).read_text(encoding="utf-8")
 
 
 def seed_recipes() -> list[SeedRecipe]:
     """The seed recipes listed in ``resources/recipes/seeds.json``, in file order."""
-    data = json.loads(files("merger_gui.resources").joinpath("recipes", SEEDS_FILE).read_text(encoding="utf-8"))
+    data = json.loads(_recipe_text(SEEDS_FILE))
     return [SeedRecipe(file, entry["title"], entry["summary"], dict(entry["donors"])) for file, entry in data.items()]
 
 
@@ -116,8 +121,9 @@ class WelcomePage(QWidget):
             button.clicked.connect(lambda _=False, s=seed: self.open_seed(s))
             self.seed_buttons[seed.file] = button
             profiles = ", ".join(sorted(set(seed.donors.values())))
-            cards.addWidget(self._card(seed.title, f"<p>{seed.summary}</p><p style=\"color:gray\">Planned with built-in shapes "
-                                       f"({profiles}): nothing to download.</p>", button))
+            text = (f"<p>{seed.summary}</p><p style=\"color:gray\">Planned with built-in shapes ({profiles}): "
+                    "nothing to download.</p>")
+            cards.addWidget(self._card(seed.title, text, button))
         self.demo_button = QPushButton("Create demo models")
         self.demo_button.clicked.connect(self.start_demo)
         cards.addWidget(self._card(
