@@ -117,3 +117,15 @@ def test_the_location_goes_under_the_message_in_a_narrow_dock(window):
     assert view.isColumnHidden(1)
     first = findings(window)[0]
     assert rows(window)[0].text(0).endswith(first.location)
+
+
+def test_the_stack_labels_a_misnamed_stage_column_as_such(window):
+    window.document.set_current_stage(2)
+    window.live_plan.refresh_now()
+    window.stack_view.rebuild()
+    assert window.stack_view.columns[MISNAMED].subtitle == "stage name? — see Problems"
+    fix_button(window, f"point the source at stage {STAGE_2!r}").click()
+    window.live_plan.refresh_now()
+    window.stack_view.rebuild()
+    assert MISNAMED not in window.stack_view.columns
+    assert window.stack_view.columns[STAGE_2].subtitle.endswith("stage output")

@@ -314,6 +314,9 @@ class StackView(QGraphicsView):
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
         if info is not None:
             return f"{layers} layers · {info.family}" if info.kind != "stage" else f"{layers} layers · stage output"
+        if any(f.code == "unknown-stage" and f.fix is not None and f.fix.args[0] == name
+               for f in self.live_plan.findings):
+            return "stage name? — see Problems"  # a misspelt stage, not a donor to map
         if name in self.registry.errors:
             return "not found — map it"
         return "inspecting…" if name in self.registry.refs or not known else "no donor"
