@@ -81,3 +81,13 @@ def test_the_donor_list_fits_beside_the_stacks_at_1366(window):
     assert win.donor_dock.isVisible() and win.donor_panel.width() >= win.donor_panel.minimumSizeHint().width()
     tree = win.donor_panel.tree
     assert tree.verticalScrollBar().maximum() == 0
+
+
+def test_the_merge_tab_fits_the_dock_at_1024_by_640_without_scrolling_sideways(window, qtbot):
+    win = window(1024, 640)
+    win.tools.setCurrentIndex(win.merge_tab)
+    area = win.tools.currentWidget()
+    assert isinstance(area, QScrollArea)
+    qtbot.waitUntil(lambda: area.widget().isVisible(), timeout=2000)
+    assert area.widget().minimumSizeHint().width() <= area.viewport().width()
+    assert not area.horizontalScrollBar().isVisible()

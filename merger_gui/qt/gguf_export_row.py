@@ -84,13 +84,17 @@ class GGUFExportRow(QWidget):
         self.result_label = QLabel()
         self.result_label.setWordWrap(True)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        row = QHBoxLayout()
-        for widget, stretch in ((QLabel("GGUF"), 0), (self.folder_edit, 1), (browse, 0), (self.type_combo, 0),
-                                (self.size_label, 0), (self.export_button, 0), (self.cancel_button, 0)):
-            row.addWidget(widget, stretch)
+        # Two rows, so the Merge tab fits a dock of about 370 px (a 1024-px window) without scrolling sideways.
+        folder_row, action_row = QHBoxLayout(), QHBoxLayout()
+        for widget, stretch in ((QLabel("GGUF"), 0), (self.folder_edit, 1), (browse, 0)):
+            folder_row.addWidget(widget, stretch)
+        for widget, stretch in ((self.type_combo, 0), (self.size_label, 1), (self.export_button, 0),
+                                (self.cancel_button, 0)):
+            action_row.addWidget(widget, stretch)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
+        layout.addLayout(folder_row)
+        layout.addLayout(action_row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.result_label)
         self.progress_bar.hide()
