@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -11,12 +12,13 @@ from PySide6.QtGui import (
     QUndoStack,
 )
 from PySide6.QtWidgets import (
-    QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget, QToolBar,
-    QVBoxLayout, QWidget,
+    QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget,
+    QToolBar, QVBoxLayout, QWidget,
 )
 
 from merger_gui.core.errors import RecipeError
 
+from .analysis_panel import AnalysisPanel
 from .check_panel import CheckPanel
 from .curve_editor import TCurveEditor
 from .document import RecipeDocument
@@ -126,6 +128,8 @@ class MainWindow(QMainWindow):
         self.tools.addTab(_scrolling(self.estimate_panel), "Estimate")  # scrolls only in a short window
         self.merge_tab = self.tools.addTab(_scrolling(self.merge_panel), "Merge")
         self.tools.addTab(_scrolling(self.check_panel), "Check")  # perplexity, agreement, a prompt, sweeps
+        self.analysis_panel = AnalysisPanel(self.document, self.registry)  # where to cut: similarity, seams
+        self.tools.addTab(_scrolling(self.analysis_panel), "Analysis")
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
         self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -149,7 +153,8 @@ class MainWindow(QMainWindow):
         if self.settings.window_geometry is not None:
             self.restoreGeometry(self.settings.window_geometry)
         self._restored = self.settings.window_state is not None and self.restoreState(self.settings.window_state)
-        self._dock_shown = {dock: not dock.isHidden() for dock in (self.donor_dock, self.tools_dock, self.findings_dock)}
+        docks = (self.donor_dock, self.tools_dock, self.findings_dock)
+        self._dock_shown = {dock: not dock.isHidden() for dock in docks}
         self._compact = False  # the donor dock was made a tab of the recipe tools' dock for a narrow window
         self._update_title()
         self._update_summary()
@@ -171,13 +176,15 @@ class MainWindow(QMainWindow):
         redo = self.document.undo_stack.createRedoAction(self, "&Redo")
         redo.setShortcuts(redo_shortcuts())
         self.undo_action, self.redo_action = undo, redo
-        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
 
         menu = self.menuBar().addMenu("&File")
         menu.addAction(files.new)
         examples = menu.addMenu("New from &Example")
         for seed in seed_recipes():
-            examples.addAction(seed.title, lambda s=seed: self.welcome.open_seed(s))
+            examples.addAction(seed.title, partial(self.welcome.open_seed, seed))
         examples.addSeparator()
         examples.addAction("Demo merge (two small models)…", self._start_demo)
         menu.addAction(files.open)
@@ -203,7 +210,7 @@ class MainWindow(QMainWindow):
         theme_menu = menu.addMenu("&Theme")
         group = QActionGroup(self)
         for name in ("system", "light", "dark"):
-            action = theme_menu.addAction(name.capitalize(), lambda n=name: self.set_theme(n))
+            action = theme_menu.addAction(name.capitalize(), partial(self.set_theme, name))
             action.setCheckable(True)
             action.setChecked(name == self.settings.theme)
             group.addAction(action)
@@ -409,4 +416,5 @@ class MainWindow(QMainWindow):
         self.inspector.shutdown()
         self.merge_panel.close()  # stops a running merge and waits for its thread
         self.check_panel.close()  # the same for a running check or sweep
+        self.analysis_panel.close()
         event.accept()

@@ -1,0 +1,115 @@
+"""The Analysis tab: two tiny donors analysed on a worker thread, cancel, a suggestion as one undo step, the cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from merger_gui.core.inspect import inspect_folder
+from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
+from merger_gui.core.synthetic import DonorShape
+from merger_gui.engine.layer_similarity import AnalysisCancelled, SimilarityDone, SimilarityProgress, compare_layers
+from merger_gui.qt import analysis_job
+from merger_gui.qt.analysis_panel import AnalysisPanel
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.donor_registry import DonorRegistry
+
+SHAPE = DonorShape(num_layers=4, hidden_size=32, intermediate_size=64, vocab_size=64)
+
+
+def frankenmerge() -> Recipe:
+    slices = (Slice((SliceSource("a", (0, 4)),)), Slice((SliceSource("b", (1, 4)),)))
+    return Recipe((Stage("passthrough", slices=slices),))
+
+
+def ranges(document: RecipeDocument) -> list[tuple[str, tuple[int, int]]]:
+    return [(s.sources[0].model, s.sources[0].layer_range) for s in document.recipe.stages[0].slices]
+
+
+@pytest.fixture
+def panel(qtbot, make_donor, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    document = RecipeDocument(frankenmerge())
+    registry = DonorRegistry()
+    for name, seed in (("a", 1), ("b", 2)):
+        folder = make_donor(name, SHAPE, seed=seed)
+        registry.set_donor(name, str(folder), inspect_folder(folder))
+    widget = AnalysisPanel(document, registry)
+    qtbot.addWidget(widget)
+    widget.block_spin.setValue(2)
+    yield widget
+    assert not widget.runner.is_running
+    assert widget.runner.last_thread is None or widget.runner.last_thread.isFinished()
+
+
+def analyse(panel, qtbot) -> None:
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        assert panel.start()
+        assert not panel.analyse_button.isEnabled() and panel.cancel_button.isEnabled()
+
+
+def test_two_donors_fill_the_heatmap_with_the_engines_matrix(panel, qtbot):
+    assert (panel.first_combo.currentText(), panel.second_combo.currentText()) == ("a", "b")
+    analyse(panel, qtbot)
+    donors = [(n, panel.registry.donors[n]) for n in ("a", "b")]
+    expected = next(e for e in compare_layers(donors) if isinstance(e, SimilarityDone)).result.similarity
+    np.testing.assert_allclose(panel.heatmap.image, np.asarray(expected, dtype=np.float32))
+    assert panel.heatmap.image.shape == (4, 4) and panel.progress_bar.value() == 1000
+    if analysis_job.activations_available():
+        assert len(panel.first_bars.opts["width"]) == 4 and len(panel.second_bars.opts["height"]) == 4
+        assert panel.seam_list.count() == 1 and panel.seam_list.item(0).text().startswith("a 3 → b 1: ")
+    assert any(analysis_job.cache_dir().glob("*.json"))
+    assert str(analysis_job.cache_dir()).startswith(os.environ["XDG_CACHE_HOME"])
+
+
+def test_cancel_stops_the_analysis(panel, qtbot, monkeypatch):
+    def endless(donors, base=None, cancel: threading.Event | None = None, **_):
+        while True:
+            yield SimilarityProgress(0, 10, "reading")
+            assert cancel is not None
+            if cancel.wait(0.01):
+                raise AnalysisCancelled("cancelled")
+
+    monkeypatch.setattr(analysis_job, "compare_layers", endless)
+    panel.runner.progress.connect(lambda _: panel.runner.cancel())
+    with qtbot.waitSignal(panel.runner.cancelled, timeout=10000):
+        panel.start()
+    assert panel.status_label.text() == "Cancelled" and panel.result is None
+    assert panel.analyse_button.isEnabled()
+
+
+@pytest.mark.skipif(not analysis_job.activations_available(), reason="needs transformers")
+def test_a_suggestion_applies_as_one_undo_step(panel, qtbot):
+    analyse(panel, qtbot)
+    blocks = panel.result.block_distance["a"]
+    first = min(range(len(blocks)), key=blocks.__getitem__)
+    drop = next(s for s in panel.suggestions if s.text.startswith("Drop a's"))
+    assert f"2-layer block {first}–{first + 1}" in drop.text
+    button = panel.suggestion_box.itemAt(panel.suggestions.index(drop)).widget()
+    button.click()
+    kept = [(a, b) for a, b in ((0, first), (first + 2, 4)) if a < b]
+    assert ranges(panel.document) == [*(("a", r) for r in kept), ("b", (1, 4))]
+    assert panel.document.undo_stack.count() == 1
+    panel.document.undo_stack.undo()
+    assert ranges(panel.document) == [("a", (0, 4)), ("b", (1, 4))]
+
+
+def test_the_second_run_reads_the_cache(panel, qtbot, monkeypatch):
+    analyse(panel, qtbot)
+    first = panel.result
+
+    def no_engine(*_, **__):
+        raise AssertionError("the engine was called although the cache holds the result")
+
+    for name in ("compare_layers", "analyze_activations", "analyze_seams"):
+        monkeypatch.setattr(analysis_job, name, no_engine)
+    analyse(panel, qtbot)
+    assert panel.result.similarity == first.similarity and panel.result.seams == first.seams
+    assert panel.result.layer_distance == first.layer_distance
+    assert panel.result.cached == (4 if analysis_job.activations_available() else 1)  # similarity, 2 donors, seams
+    assert "from the cache" in panel.status_label.text()
