@@ -34,7 +34,7 @@ def _loaded_after_import(module: str) -> set[str]:
 def test_the_module_lists_are_real():
     assert "merger_gui.core.plan" in _modules(merger_gui.core)
     assert "merger_gui.cli.merge_command" in _modules(merger_gui.cli)
-    assert ENGINE_MATH <= {m.rsplit(".", 1)[1] for m in _modules(merger_gui.engine)}
+    assert ENGINE_MATH.issubset(m.rsplit(".", 1)[1] for m in _modules(merger_gui.engine))
 
 
 @pytest.mark.parametrize("module", _modules(merger_gui.core))

@@ -209,7 +209,8 @@ def test_weight_bytes_equal_tensor_bytes_on_disk(make_donor):
     safetensors = pytest.importorskip("safetensors")
     folder = make_donor("small", DonorShape(num_layers=3), dtype="bfloat16")
     with safetensors.safe_open(str(folder / "model.safetensors"), "pt") as f:
-        on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+        names = f.keys()  # safe_open has keys() but is no mapping: it cannot be iterated
+        on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in names)
     estimate = estimate_model(resolve_donor(str(folder)))
     assert estimate.weights_bytes == estimate.stored_bytes == on_disk
 

@@ -230,8 +230,8 @@ def test_a_stage_folder_is_never_a_donor_folder(make_donor, tmp_path, tmp_path_f
     inter = tmp_path if where == "is" else donors["b"]
     before = snapshot(donors["b"])
     with pytest.raises(UserError, match="overlaps the folder of donor b"):
-        merge(TWO_STAGES.format(name="shared"), donors, tmp_path_factory.mktemp("elsewhere") / "out", intermediate_dir=inter,
-              overwrite=True)
+        merge(TWO_STAGES.format(name="shared"), donors, tmp_path_factory.mktemp("elsewhere") / "out",
+              intermediate_dir=inter, overwrite=True)
     assert snapshot(donors["b"]) == before
 
 

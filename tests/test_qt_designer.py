@@ -171,7 +171,8 @@ def test_output_hover_highlights_the_source_and_click_selects(qtbot, window):
     QTest.mouseMove(view.viewport(), view.mapFromScene(cell))
     qtbot.waitUntil(lambda: view.source_cell_highlighted("B", 12), timeout=2000)
     assert not view.source_cell_highlighted("A", 12)
-    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, view.mapFromScene(cell))
+    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     view.mapFromScene(cell))
     assert window.document.selection == (0, 1)
     assert view.slice_bar(1).selected and not view.slice_bar(0).selected
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Any
 
@@ -106,7 +106,7 @@ def _has_word(name: str, word: str) -> bool:
     return re.search(("(?<![a-z0-9])" if len(word) <= 3 else "") + re.escape(word), name) is not None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_profile(name: str) -> DonorInfo:
     """The :class:`DonorInfo` of a built-in profile (``kind="profile"``, ref ``profile:NAME``).
 

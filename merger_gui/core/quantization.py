@@ -196,9 +196,7 @@ def _attn_v_type(i: int, ft: str, t: str, ctx: GGUFContext) -> str:
         t = "Q4_K" if ctx.n_gqa >= 4 else "Q3_K"
     elif ft == "Q3_K_M":
         t = "Q5_K" if i < 2 else "Q4_K"
-    elif ft == "Q3_K_L":
-        t = "Q5_K"
-    elif ft in ("IQ4_NL", "IQ4_XS") and ctx.n_gqa >= 4:
+    elif ft == "Q3_K_L" or (ft in ("IQ4_NL", "IQ4_XS") and ctx.n_gqa >= 4):
         t = "Q5_K"
     elif ft in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, ctx.num_layers):
         t = "Q6_K"

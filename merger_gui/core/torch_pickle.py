@@ -150,7 +150,7 @@ def _load(stream: IO[bytes]) -> Any:
         return _RestrictedUnpickler(stream).load()
     except DonorError:
         raise
-    except Exception as exc:  # any malformed pickle opcode stream
+    except Exception as exc:  # noqa: BLE001 - a malformed opcode stream fails in any way; one line, not a traceback
         raise DonorError(f"cannot unpickle data.pkl ({type(exc).__name__}: {exc})") from None
 
 

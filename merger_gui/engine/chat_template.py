@@ -104,9 +104,8 @@ def resolve_chat_template(value: str | None, donor_folders: Sequence[Path]) -> s
         templates = [t.strip() for t in map(donor_chat_template, donor_folders) if t and t.strip()]
         # Counter keeps first-seen order among equal counts.
         return Counter(templates).most_common(1)[0][0] if templates else None
-    if len(value) < 256 and "\n" not in value and "{" not in value:
-        if value in NAMED_TEMPLATES:
-            return NAMED_TEMPLATES[value]
+    if len(value) < 256 and "\n" not in value and "{" not in value and value in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[value]
     if len(value) < 20 or "{" not in value:
         raise UserError(f"unknown chat_template {value!r}: use auto, one of {', '.join(NAMED_TEMPLATES)} "
                         "or a Jinja template")

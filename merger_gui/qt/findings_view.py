@@ -6,7 +6,7 @@ below it that does the fix as one undo step.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QHBoxLayout, QHeaderView, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolButton, QTreeWidget,
@@ -43,11 +43,11 @@ def apply_quick_fix(document: RecipeDocument, fix: Fix, registry: DonorRegistry 
 class _WrappingDelegate(QStyledItemDelegate):
     """Row heights that fit the wrapped message at the column's current width."""
 
-    def __init__(self, view: QTreeWidget) -> None:
+    def __init__(self, view: FindingsView) -> None:
         super().__init__(view)
         self._view = view
 
-    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
         hint = super().sizeHint(option, index)
         if index.data(FIX_ROLE) is not None:
             return hint  # the fix button's row
@@ -166,6 +166,7 @@ class FindingsView(QTreeWidget):
             self.setColumnHidden(1, narrow)
             for i in range(self.topLevelItemCount()):
                 item = self.topLevelItem(i)
+                assert item is not None  # i < topLevelItemCount()
                 finding = item.data(0, FINDING_ROLE)
                 if isinstance(finding, Finding):
                     item.setText(0, f"{finding.message}\n› {finding.location}" if narrow else finding.message)
