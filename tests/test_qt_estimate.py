@@ -44,7 +44,7 @@ def test_rose_figures_match_the_published_counts(rose):
 
 def test_panel_follows_a_slice_edit(rose, qtbot):
     document, panel = rose
-    drop_last = lambda stage: replace(stage, slices=stage.slices[:-1])
+    drop_last = lambda stage: replace(stage, slices=stage.slices[:-1])  # noqa: E731
     with qtbot.waitSignal(panel.estimate_changed, timeout=5000):
         document.apply_to_stage(drop_last, "Remove slice")
     assert panel.figure("layers") == "47"  # 62 - 15

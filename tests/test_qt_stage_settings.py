@@ -159,7 +159,7 @@ def test_slerp_from_scratch_with_one_drag_then_a_t_point(qtbot, window, demo_ref
         return editor.plot_widget.mapFromScene(editor.plot.getViewBox().mapViewToScene(QPointF(x, y)))
 
     start, end = at(point.x(), 0.5), at(point.x(), 0.8)
-    move = lambda pos, buttons: QApplication.sendEvent(viewport, QMouseEvent(
+    move = lambda pos, buttons: QApplication.sendEvent(viewport, QMouseEvent(  # noqa: E731
         QEvent.Type.MouseMove, QPointF(pos), QPointF(viewport.mapToGlobal(pos)), Qt.MouseButton.NoButton, buttons,
         Qt.KeyboardModifier.NoModifier))
     move(start, Qt.MouseButton.NoButton)
