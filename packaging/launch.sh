@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${MERGER_GUI_VENV:-.venv}
 case $VENV in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 # The window (not the CLI) needs X11 libraries that minimal Linux installs lack; say which before set-up.
-case ${1:-} in validate|plan|estimate|merge|-h|--help|--screenshot) ;; *)
+case ${1:-} in validate|plan|estimate|merge|evaluate|sweep|export-gguf|analyze|-h|--help|--screenshot) ;; *)
     LDCONFIG=$(PATH=$PATH:/sbin:/usr/sbin command -v ldconfig || true)
     if [ "$(uname -s)" = Linux ] && [ -n "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}${QT_QPA_PLATFORM:-}" ] \
         && [ -n "$LDCONFIG" ] && ! "$LDCONFIG" -p | grep 'libxcb-cursor\.so\.0' >/dev/null; then

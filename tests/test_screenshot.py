@@ -72,3 +72,25 @@ def test_screenshot_of_an_unreadable_recipe_fails_at_once(tmp_path, content):
     assert result.returncode == 1
     assert "recipe.yaml" in result.stderr and "error" in result.stderr
     assert not (tmp_path / "shot.png").exists()
+
+
+def test_every_tool_tab_can_be_asked_for_by_name(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from merger_gui.qt.app import TOOL_TABS
+    from merger_gui.qt.main_window import MainWindow
+    from merger_gui.qt.settings import Settings
+
+    window = MainWindow(Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(window)
+    assert TOOL_TABS == tuple(window.tools.tabText(i).lower() for i in range(window.tools.count()))
+
+
+def test_launch_sh_skips_the_x11_check_for_every_cli_command():
+    from pathlib import Path
+
+    from merger_gui.cli import COMMANDS
+
+    launch = (Path(__file__).parents[1] / "packaging" / "launch.sh").read_text()
+    skipped = next(line for line in launch.splitlines() if line.startswith("case ${1:-} in validate"))
+    assert set(COMMANDS) <= set(skipped.split(" in ", 1)[1].split(")")[0].split("|"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 
 import pytest
@@ -18,6 +20,7 @@ from merger_gui.core.inspect import inspect_folder  # noqa: E402
 from merger_gui.core.recipe import FilterRule  # noqa: E402
 from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
 from merger_gui.core.synthetic import DonorShape  # noqa: E402
+import merger_gui.engine.sweep as engine_sweep  # noqa: E402
 from merger_gui.engine.evaluate import EvaluationOptions, EvaluationProgress, score_folder  # noqa: E402
 from merger_gui.engine.run import TensorProgress, run_merge  # noqa: E402
 from merger_gui.engine.sweep import (  # noqa: E402
@@ -177,3 +180,29 @@ def test_cli_sweep_json(setup, capsys):
     with pytest.raises(SystemExit) as usage:
         main(["sweep", str(path), str(out), "--param", "t", "--values", "0.25,x"])
     assert usage.value.code == 2
+
+
+def test_cli_sweep_sigterm_cancels_like_ctrl_c(setup, capsys, monkeypatch):
+    recipe, donors, tmp_path = setup
+    a, b = list(donors)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(a=a, b=b))
+    out = tmp_path / "sweep"
+    real = engine_sweep.run_sweep
+
+    def terminated_mid_merge(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            if isinstance(event, TensorProgress):
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield event
+
+    monkeypatch.setattr(engine_sweep, "run_sweep", terminated_mid_merge)
+    held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = main(["sweep", str(path), str(out), "--param", "t", "--values", "0.25,0.75"])
+    finally:
+        for signum, handler in held.items():  # a cancel ignores them until the process ends
+            signal.signal(signum, handler)
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("cancelled by SIGTERM: the finished variants")
+    assert not [p for p in out.iterdir() if p.is_dir()]  # the unfinished variant is removed

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from merger_gui.core.errors import UserError
 from merger_gui.core.quantization import GGUF_EXPORT_TYPES
+from merger_gui.core.units import format_size
 
 from .merge_command import Interrupted, ProgressDisplay, _cancelling_signals
 
@@ -66,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
                           "tensor_bytes": done.tensor_bytes, "file_bytes": done.file_bytes,
                           "seconds": round(done.seconds, 3)}, indent=2))
     else:
-        print(f"wrote {done.tensors} tensors ({done.tensor_bytes / 2**30:.2f} GiB of tensor data, "
-              f"{done.file_bytes / 2**30:.2f} GiB file) to {Path(done.path)}")
+        print(f"wrote {done.tensors} tensors ({format_size(done.tensor_bytes, 2)} of tensor data, "
+              f"{format_size(done.file_bytes, 2)} file) to {Path(done.path)}")
     return 0

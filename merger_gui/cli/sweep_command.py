@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from merger_gui.core.errors import UserError
@@ -12,6 +13,7 @@ from .common import (
     require_donors,
 )
 from .evaluate_command import StatusLine, add_evaluation_arguments
+from .merge_command import Interrupted, _cancelling_signals
 
 
 def value_list(text: str) -> tuple[float, ...]:
@@ -65,24 +67,27 @@ def run(args: argparse.Namespace) -> int:
     where = ""
     events = run_sweep(recipe, donors, args.out_dir, args.param, args.values, options)
     try:
-        for event in events:
-            if isinstance(event, VariantStarted):
-                where = f"{args.param} = {event.value:g} ({event.index + 1}/{event.count})"
-            elif isinstance(event, TensorProgress):
-                status.show(f"{where}: merging {event.overall_index}/{event.overall_count} tensors")
-            elif isinstance(event, EvaluationProgress):
-                status.show(f"{where + ': ' if where else ''}{event.message}")
-            elif isinstance(event, VariantDone) and not args.json:
-                status.line(f"{args.param} = {event.result.value:g}: perplexity {event.result.perplexity:.3f}"
-                            f"{' (recorded earlier)' if event.resumed else ''}")
-            elif isinstance(event, SweepDone):
-                result = event.result
-    except KeyboardInterrupt:
+        with _cancelling_signals():  # SIGTERM and SIGHUP cancel like Ctrl-C
+            for event in events:
+                if isinstance(event, VariantStarted):
+                    where = f"{args.param} = {event.value:g} ({event.index + 1}/{event.count})"
+                elif isinstance(event, TensorProgress):
+                    status.show(f"{where}: merging {event.overall_index}/{event.overall_count} tensors")
+                elif isinstance(event, EvaluationProgress):
+                    status.show(f"{where + ': ' if where else ''}{event.message}")
+                elif isinstance(event, VariantDone) and not args.json:
+                    status.line(f"{args.param} = {event.result.value:g}: perplexity {event.result.perplexity:.3f}"
+                                f"{' (recorded earlier)' if event.resumed else ''}")
+                elif isinstance(event, SweepDone):
+                    result = event.result
+    except KeyboardInterrupt as stop:
         events.close()  # removes the unfinished variant
         status.clear()
-        print(f"cancelled: the finished variants are recorded in {args.out_dir}; run the same command to resume",
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        how = "cancelled" if signum == signal.SIGINT else f"cancelled by {signal.Signals(signum).name}"
+        print(f"{how}: the finished variants are recorded in {args.out_dir}; run the same command to resume",
               file=sys.stderr)
-        return 130
+        return 128 + signum
     finally:
         status.clear()
     if args.json:

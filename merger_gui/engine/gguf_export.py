@@ -32,6 +32,7 @@ from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.quantization import (
     GGML_TYPES, GGUF_EXPORT_TYPES, GGUF_EXTRA_TENSORS, gguf_export_tensor_type, gguf_export_tensors, gguf_rope_type,
 )
+from merger_gui.core.units import format_size
 
 from .gguf_vocab import GGUFVocab, add_vocab, read_vocab
 from .output import partial_folder, release_partial, remove_folder, sweep_stale_partials
@@ -193,8 +194,8 @@ def _check_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise UserError(f"not enough disk space in {folder}: the GGUF file needs {needed / 2**30:.2f} GiB, "
-                        f"{free / 2**30:.2f} GiB free")
+        raise UserError(f"not enough disk space in {folder}: the GGUF file needs {format_size(needed, 2)}, "
+                        f"{format_size(free, 2)} free")
 
 
 def _tensor_data(reader: TensorReader, model: DonorInfo, p: _Planned, permute: bool) -> np.ndarray:

@@ -27,7 +27,7 @@ APPLICATION = "Merger GUI"
 SCREENSHOT_TIMEOUT_S = 60.0
 
 
-TOOL_TABS = ("yaml", "t-curves", "estimate", "merge")
+TOOL_TABS = ("yaml", "t-curves", "estimate", "merge", "check", "analysis")  # in the window's order
 
 
 def build_parser() -> argparse.ArgumentParser:
