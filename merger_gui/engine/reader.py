@@ -25,13 +25,13 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.donor import DonorInfo, TensorInfo
 from merger_gui.core.dtypes import DTYPES, torch_name
 from merger_gui.core.errors import DonorError
 from merger_gui.core.inspect import read_weight_map
-from merger_gui.core.safe_files import donor_file, is_present, open_donor_file
+from merger_gui.core.safe_files import DonorHandle, donor_file, is_present, open_donor_file
 from merger_gui.core.safetensors_header import check_header_length, parse_safetensors_header
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def torch_dtype(code: str) -> torch.dtype:
 class ByteRange:
     """Where one tensor's raw bytes lie inside an open safetensors file."""
 
-    handle: BinaryIO
+    handle: DonorHandle
     offset: int
     length: int
 
@@ -75,7 +75,7 @@ class _SafetensorsFile:
 
     def __init__(self, path: Path, model: str) -> None:
         try:
-            self.handle: BinaryIO = open_donor_file(path, buffering=0)  # a regular file inside the donor
+            self.handle: DonorHandle = open_donor_file(path, buffering=0)  # a regular file inside the donor
             size = os.fstat(self.handle.fileno()).st_size
             prefix = self.handle.read(8)
             if len(prefix) < 8:
@@ -235,12 +235,12 @@ class TensorReader:
         return self._checkpoints[file]
 
 
-def _read_copy(handle: BinaryIO, offset: int, source: SourceTensor) -> torch.Tensor:
+def _read_copy(handle: DonorHandle, offset: int, source: SourceTensor) -> torch.Tensor:
     """``source`` (at ``offset``) read into a fresh tensor."""
     import torch
 
     tensor = torch.empty(source.info.shape, dtype=torch_dtype(source.info.dtype))
-    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    view = tensor.reshape(-1).view(torch.uint8).numpy().data
     handle.seek(offset)
     done = 0
     while done < len(view):

@@ -120,7 +120,7 @@ class _Progress:
 
 def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Path,
               options: MergeOptions = MergeOptions(),
-              cancel: threading.Event | None = None) -> Iterator[MergeEvent]:
+              cancel: threading.Event | None = None) -> Generator[MergeEvent, None, None]:
     """Merge ``recipe`` into ``out_dir``, yielding progress events; the last one is :class:`MergeDone`.
 
     Nothing is read or written before the recipe validates, every donor tensor is found
@@ -182,6 +182,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
                 sources = located[job.plan.index]
                 if sources is None:  # reads an intermediate stage built just now
                     sources = _locate(reader, job, set())
+                    assert sources is not None  # nothing is pending any more
                 yield from _run_stage(job, sources, reader, donors, device, options, cancel, progress)
             if job.stage.name:  # later stages read this output
                 donors[job.stage.name] = inspect_folder(job.target)
@@ -550,7 +551,7 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteR
     if tuple(out.shape) != tensor.shape:
         raise DonorError(f"tensor {tensor.name!r}: the merge gave shape {list(out.shape)}, "
                          f"the plan expects {list(tensor.shape)}")
-    output.write(tensor.name, memoryview(out.reshape(-1).view(torch.uint8).numpy()))
+    output.write(tensor.name, out.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def _working_code(stage: Stage, sources: Sequence[SourceTensor]) -> str:
