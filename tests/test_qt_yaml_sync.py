@@ -6,13 +6,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtGui import QTextCursor  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtGui import QTextCursor
+from PySide6.QtTest import QTest
 
-from merger_gui.core.recipe_yaml import load_recipe_text  # noqa: E402
-from merger_gui.core.slice_edits import resize_slice  # noqa: E402
-from merger_gui.qt.document import RecipeDocument  # noqa: E402
-from merger_gui.qt.yaml_editor import YamlEditor  # noqa: E402
+from merger_gui.core.recipe_yaml import load_recipe_text
+from merger_gui.core.slice_edits import resize_slice
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.yaml_editor import YamlEditor
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_every_tool_tab_can_be_asked_for_by_name(qtbot, tmp_path):
 
     window = MainWindow(Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)))
     qtbot.addWidget(window)
-    assert TOOL_TABS == tuple(window.tools.tabText(i).lower() for i in range(window.tools.count()))
+    assert tuple(window.tools.tabText(i).lower() for i in range(window.tools.count())) == TOOL_TABS
 
 
 def test_launch_sh_skips_the_x11_check_for_every_cli_command():

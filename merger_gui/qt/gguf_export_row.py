@@ -86,11 +86,12 @@ class GGUFExportRow(QWidget):
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         # Two rows, so the Merge tab fits a dock of about 370 px (a 1024-px window) without scrolling sideways.
         folder_row, action_row = QHBoxLayout(), QHBoxLayout()
-        for widget, stretch in ((QLabel("GGUF"), 0), (self.folder_edit, 1), (browse, 0)):
-            folder_row.addWidget(widget, stretch)
-        for widget, stretch in ((self.type_combo, 0), (self.size_label, 1), (self.export_button, 0),
-                                (self.cancel_button, 0)):
-            action_row.addWidget(widget, stretch)
+        rows: tuple[tuple[QHBoxLayout, QWidget, int], ...] = (
+            (folder_row, QLabel("GGUF"), 0), (folder_row, self.folder_edit, 1), (folder_row, browse, 0),
+            (action_row, self.type_combo, 0), (action_row, self.size_label, 1), (action_row, self.export_button, 0),
+            (action_row, self.cancel_button, 0))
+        for row, widget, stretch in rows:
+            row.addWidget(widget, stretch)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(folder_row)
