@@ -113,3 +113,15 @@ def test_the_second_run_reads_the_cache(panel, qtbot, monkeypatch):
     assert panel.result.layer_distance == first.layer_distance
     assert panel.result.cached == (4 if analysis_job.activations_available() else 1)  # similarity, 2 donors, seams
     assert "from the cache" in panel.status_label.text()
+
+
+def test_donors_inspected_in_any_order_give_two_different_choices(qtbot, make_donor):
+    document, registry = RecipeDocument(frankenmerge()), DonorRegistry()
+    widget = AnalysisPanel(document, registry)
+    qtbot.addWidget(widget)
+    assert not widget.analyse_button.isEnabled()  # no donor yet
+    for name in ("b", "a"):  # the second stage donor is ready first
+        folder = make_donor(name, SHAPE)
+        registry.set_donor(name, str(folder), inspect_folder(folder))
+    assert {widget.first_combo.currentText(), widget.second_combo.currentText()} == {"a", "b"}
+    assert widget.analyse_button.isEnabled() and widget.base_combo.currentText() == "(no base)"

@@ -66,7 +66,7 @@ class AnalysisPanel(QWidget):
         self.status_label.setWordWrap(True)
 
         self.seam_list = QListWidget()
-        self.seam_list.setMaximumHeight(120)
+        self.seam_list.setMaximumHeight(80)
         self.seam_list.setToolTip("The current stage's seams: the distance between what one layer outputs and what "
                                   "the next normally receives (brighter: a bigger jump)")
         self.suggestion_box = QVBoxLayout()
@@ -76,10 +76,10 @@ class AnalysisPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
-        layout.addLayout(self._plots(), 1)
+        layout.addLayout(self.suggestion_box)  # first: what can be done in one click
         layout.addWidget(QLabel("Seams of the current stage"))
         layout.addWidget(self.seam_list)
-        layout.addLayout(self.suggestion_box)
+        layout.addLayout(self._plots(), 1)
 
         self.runner.progress.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
@@ -97,12 +97,12 @@ class AnalysisPanel(QWidget):
         self.heatmap_plot = ThemedPlotWidget()
         self.heatmap = pg.ImageItem(axisOrder="row-major")
         self.heatmap_plot.addItem(self.heatmap)
-        self.heatmap_plot.setMinimumHeight(220)
+        self.heatmap_plot.setMinimumHeight(160)
         self.color_bar = pg.ColorBarItem(colorMap=COLOR_MAP, interactive=False, label="cosine")
         self.color_bar.setImageItem(self.heatmap, insert_in=self.heatmap_plot.getPlotItem())
         self.first_strip, self.second_strip = ThemedPlotWidget(), ThemedPlotWidget()
         self.first_strip.setMaximumWidth(90)
-        self.second_strip.setMaximumHeight(80)
+        self.second_strip.setMaximumHeight(70)
         self.first_strip.setYLink(self.heatmap_plot)
         self.second_strip.setXLink(self.heatmap_plot)
         self.first_bars = pg.BarGraphItem(x0=[], y=[], width=[], height=0.8, brush="#7aa6d8")
@@ -128,14 +128,12 @@ class AnalysisPanel(QWidget):
     def refresh_donors(self, *_: object) -> None:
         donors = self.stage_donors()
         others = [n for n, info in self.registry.donors.items() if info.path and n not in donors]
-        for combo, names, pick in ((self.first_combo, donors, 0), (self.second_combo, donors, 1),
-                                   (self.base_combo, [NO_BASE, *others, *donors], 0)):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            combo.setCurrentIndex(names.index(current) if current in names else min(pick, len(names) - 1))
-            combo.blockSignals(False)
+        first = _refill(self.first_combo, donors, self.first_combo.currentText())
+        second = self.second_combo.currentText()
+        if second == first or second not in donors:
+            second = next((n for n in donors if n != first), "")
+        _refill(self.second_combo, donors, second)
+        _refill(self.base_combo, [NO_BASE, *others, *donors], self.base_combo.currentText())
         self._show_suggestions()
         self.update_state()
 
@@ -291,3 +289,13 @@ class AnalysisPanel(QWidget):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.runner.shutdown()
         super().closeEvent(event)
+
+
+def _refill(combo: QComboBox, names: list[str], wanted: str) -> str:
+    """Set ``combo``'s items to ``names`` (signals blocked), showing ``wanted`` if there, else the first."""
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    combo.setCurrentIndex(names.index(wanted) if wanted in names else 0 if names else -1)
+    combo.blockSignals(False)
+    return combo.currentText()
