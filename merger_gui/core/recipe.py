@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Union
 
-Scalar = Union[float, int, bool, str]
+Scalar = float | int | bool | str
 Gradient = tuple[float, ...]
 
 
@@ -27,7 +26,7 @@ class FilterRule:
         return self.filter is None or self.filter == "*" or self.filter in tensor_name
 
 
-ParamValue = Union[Scalar, Gradient, tuple[FilterRule, ...]]
+ParamValue = Scalar | Gradient | tuple[FilterRule, ...]
 
 
 class Parameters(Mapping[str, ParamValue]):

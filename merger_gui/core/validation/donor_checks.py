@@ -82,7 +82,9 @@ def check_planned_inputs(ctx: StageContext, plan: StagePlan) -> None:
     expected = {_layout(config, i) for i in range(config.num_layers)} if config and config.tensors else set()
     for usage in plan.donor_usage:
         donor = ctx.donors.get(usage.model)
-        for layer in (i for i, c in enumerate(usage.counts) if c) if donor and donor.tensors and expected else ():
+        if donor is None or not donor.tensors or not expected:
+            continue
+        for layer in (i for i, c in enumerate(usage.counts) if c):
             layout = _layout(donor, layer)
             if layout not in expected:
                 other = min(expected, key=lambda e: len(e ^ layout))

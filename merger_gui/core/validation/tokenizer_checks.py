@@ -51,9 +51,9 @@ def check_vocab(ctx: StageContext) -> None:
                     "add `tokenizer_source: base` to rebuild both to one vocabulary", key="tokenizer_source",
                     fix=fixes.tokenizer_base_fix(ctx.index))
         return
-    sizes = [(m, d.vocab_size) for m, d in ctx.known_models()]
-    if len({size for _, size in sizes}) > 1:
-        detail = ", ".join(f"{m}: {size}" for m, size in sizes)
+    model_sizes = [(m, d.vocab_size) for m, d in ctx.known_models()]
+    if len({size for _, size in model_sizes}) > 1:
+        detail = ", ".join(f"{m}: {size}" for m, size in model_sizes)
         ctx.add("error", "vocab-size-mismatch",
                 f"donors have different vocabulary sizes ({detail}) and there is no tokenizer section; "
                 "add `tokenizer_source: base`", key="tokenizer_source", fix=fixes.tokenizer_base_fix(ctx.index))
