@@ -11,13 +11,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from merger_gui.core.errors import UserError
+from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.units import format_duration, format_size
 from merger_gui.engine.output import HELD_SIGNALS
 
 from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
+
+if TYPE_CHECKING:
+    from merger_gui.engine.run import MergeEvent, MergeOptions
 
 SIZE_UNITS = {
     "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -83,16 +86,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from merger_gui.engine.run import MergeOptions, run_merge  # torch only when merging
 
-    recipe = load_recipe_file(args.recipe)
-    donors, errors = donors_for(recipe, args.recipe, args.donor)
-    require_donors(errors)
     options = MergeOptions(device=args.device, shard_size=args.shard_size, intermediate_dir=args.intermediate_dir,
                            overwrite=args.overwrite, copy_tokenizer=args.copy_tokenizer, seed=args.seed,
                            recipe_path=args.recipe)
-    display = ProgressDisplay(sys.stderr)
     out = Path(args.out_dir).absolute()
+    moe = _moe_events(args, out, options)
+    if moe is None:
+        recipe = load_recipe_file(args.recipe)
+        donors, errors = donors_for(recipe, args.recipe, args.donor)
+        require_donors(errors)
+    display = ProgressDisplay(sys.stderr)
     before = _identity(out)
-    events = run_merge(recipe, donors, out, options)
+    events = moe if moe is not None else run_merge(recipe, donors, out, options)
     try:
         with _cancelling_signals():
             for event in events:
@@ -107,6 +112,28 @@ def run(args: argparse.Namespace) -> int:
         display.clear()
         raise
     return 0
+
+
+def _moe_events(args: argparse.Namespace, out: Path, options: MergeOptions) -> Iterator[MergeEvent] | None:
+    """The build of a mergekit-moe recipe (one with ``experts:``), or None for a merge recipe."""
+    from merger_gui.core.moe_recipe import is_moe_text, load_moe_text, resolve_moe_donors
+    from merger_gui.core.recipe_load import read_recipe_text
+    from merger_gui.core.resolve import parse_donor_overrides
+
+    if not Path(args.recipe).is_file():
+        return None  # load_recipe_file words the error
+    text = read_recipe_text(args.recipe)
+    if not is_moe_text(text):
+        return None
+    from merger_gui.engine.moe import run_moe
+
+    try:
+        recipe = load_moe_text(text)
+    except RecipeError as error:
+        raise RecipeError(f"{args.recipe}: {error}") from None
+    donors, errors = resolve_moe_donors(recipe, parse_donor_overrides(args.donor), Path(args.recipe).resolve().parent)
+    require_donors(errors)
+    return run_moe(recipe, donors, out, options)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .donor import DonorInfo
 from .dtypes import BY_CODE, known_dtype_code
@@ -29,6 +29,9 @@ from .quantization import (
 )
 from .runtime_presets import RuntimePreset, runtime_preset
 from .units import GIB, MIB, format_size
+
+if TYPE_CHECKING:
+    from .moe_recipe import MoeRecipe
 
 GIB_NOTE = "GiB = 2^30 bytes, MiB = 2^20 bytes"
 COPY_ENGINE_BYTES = 28 * MIB  # Python and the engine copying bytes file to file (no torch; measured 19 MiB)
@@ -478,6 +481,23 @@ def estimate_plan(plan: Plan, donors: Mapping[str, DonorInfo],
         peak_ram_bytes=max(stage_peak_ram_bytes(s, known) for s in plan.stages),
     )
     return RecipeEstimate(stages, tuple(s.label for s in plan.stages), tuple(comparisons), merge)
+
+
+@dataclass(frozen=True)
+class MoeEstimate:
+    """A frankenMoE's output: its estimate (VRAM, KV cache, sizes) with total and active parameters."""
+
+    estimate: Estimate
+    total_params: int
+    active_params: int  # per token: all but the experts, plus experts_per_token experts' MLPs
+
+
+def estimate_moe(recipe: MoeRecipe, base: DonorInfo, options: EstimateOptions = EstimateOptions()) -> MoeEstimate:
+    """Estimate the Mixtral that ``recipe`` builds from ``base`` (every expert has the base's shapes)."""
+    from .moe_recipe import moe_output_donor, moe_parameters
+
+    counts = moe_parameters(recipe, base)
+    return MoeEstimate(estimate_model(moe_output_donor(recipe, base), options), counts.total, counts.active)
 
 
 def format_context(tokens: int) -> str:
