@@ -51,6 +51,6 @@ def join_suggestion(stage: Stage, slice_index: int, source: tuple[str, int], tar
     if best_layer == target[1] or not stage.slices or slice_index >= len(stage.slices):
         return None
     edit = partial(set_slice_start, slice_index=slice_index, start=best_layer, num_layers=num_layers)
-    joined = edit(stage).slices[slice_index].sources[0]
+    joined = (edit(stage).slices or ())[slice_index].sources[0]
     label = layer_range_label(joined.start, joined.end).removeprefix("layers ").removeprefix("layer ")
     return CutSuggestion(f"Join {source[0]} {source[1]} to {target[0]} {label}: the closest inputs", edit)

@@ -244,9 +244,8 @@ class AnalysisPanel(QWidget):
 
     def _show_suggestions(self) -> None:
         """One button per suggestion for the current stage (recomputed after every edit)."""
-        while self.suggestion_box.count():
-            widget = self.suggestion_box.takeAt(0).widget()
-            if widget is not None:
+        while (item := self.suggestion_box.takeAt(0)) is not None:
+            if (widget := item.widget()) is not None:
                 widget.deleteLater()
         self.suggestions = self._suggestions()
         for suggestion in self.suggestions:
