@@ -134,13 +134,14 @@ def check_filters(ctx: StageContext, tensor_names: set[str]) -> None:
     for scope in ctx.scopes():
         for name, spec in scope.parameters.items():
             for r, rule in enumerate(as_rule_list(spec)):
-                if _is_fallback(rule) or any(rule.filter in t for t in tensor_names):
+                filter_ = rule.filter
+                if filter_ is None or _is_fallback(rule) or any(filter_ in t for t in tensor_names):
                     continue
-                close = closest(rule.filter, candidates)  # type: ignore[arg-type]
-                fix = fixes.filter_fix(ctx.index, _location(scope), name, r, rule.filter, close) if close else None
+                close = closest(filter_, candidates)
+                fix = fixes.filter_fix(ctx.index, _location(scope), name, r, filter_, close) if close else None
                 ctx.add("warning", "filter-no-match",
-                        f"filter {rule.filter!r} of {name} matches no tensor of {models}, so the rule never "
-                        f"applies{fallback_note(ctx, scope, name, rule.filter, candidates, tensor_names)}",
+                        f"filter {filter_!r} of {name} matches no tensor of {models}, so the rule never "
+                        f"applies{fallback_note(ctx, scope, name, filter_, candidates, tensor_names)}",
                         scope.slice, scope.source, f"parameters.{name}[{r}].filter", fix)
 
 
@@ -188,8 +189,8 @@ def check_normalized_weights(ctx: StageContext, plan: StagePlan) -> None:
         if not tensor.parameters.get(switch, parameter_default(method, switch)):
             continue
         weights = [s.parameters["weight"] for s in tensor.sources if "weight" in s.parameters]
-        if len(weights) >= fewest and all(isinstance(w, (int, float)) for w in weights) \
-                and abs(sum(weights)) < 1e-8:
+        numbers = [w for w in weights if isinstance(w, (int, float))]
+        if len(weights) >= fewest and len(numbers) == len(weights) and abs(sum(numbers)) < 1e-8:
             ctx.add("error", "weights-sum-to-zero",
                     f"the weights of {tensor.name} sum to zero and {switch}: true divides by their sum "
                     f"(mergekit writes inf/NaN); change a weight or set {switch}: false",
@@ -204,9 +205,10 @@ def check_della_epsilon(ctx: StageContext, plan: StagePlan) -> None:
         return
     for tensor in plan.tensors:
         for source in tensor.sources:
-            density, epsilon = (source.parameters.get(n, parameter_default(method, n))
-                                for n in ("density", "epsilon"))
-            if not all(isinstance(v, (int, float)) for v in (density, epsilon)) or not 0 < density < 1:
+            density = source.parameters.get("density", parameter_default(method, "density"))
+            epsilon = source.parameters.get("epsilon", parameter_default(method, "epsilon"))
+            if not isinstance(density, (int, float)) or not isinstance(epsilon, (int, float)) \
+                    or not 0 < density < 1:
                 continue  # other checks report non-numbers; density 0 or 1 draws nothing
             if not (density + epsilon < 1 and density - epsilon > 0):
                 ctx.add("error", "della-epsilon",
