@@ -177,3 +177,8 @@ def test_cancel_and_existing_output_leave_nothing_behind(workspace, tmp_path):
         list(run_moe(recipe, donors, tmp_path / "out"))
     with pytest.raises(UserError, match="notes.txt"):
         list(run_moe(recipe, donors, tmp_path / "out", MergeOptions(overwrite=True)))
+
+
+def test_other_commands_say_what_an_moe_recipe_is(workspace, capsys):
+    assert main(["validate", str(workspace / "cheap.yml")]) != 0
+    assert "mergekit-moe recipe" in capsys.readouterr().err

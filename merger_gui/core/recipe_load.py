@@ -42,7 +42,11 @@ def load_recipe_text(text: str) -> Recipe:
     if len(text) > MAX_RECIPE_BYTES:
         raise RecipeError(f"the recipe has {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} "
                           "a recipe may have (real ones have a few thousand)")
-    return Recipe(tuple(parse_stage(doc, line) for doc, line in load_documents(text)))
+    documents = load_documents(text)
+    if any("experts" in doc and "merge_method" not in doc for doc, _ in documents):
+        raise RecipeError("this is a mergekit-moe recipe (experts:): `merger-gui merge` builds it; "
+                          "the other commands and the designer do not read it yet", documents[0][1])
+    return Recipe(tuple(parse_stage(doc, line) for doc, line in documents))
 
 
 def load_recipe(path: str | Path) -> Recipe:
