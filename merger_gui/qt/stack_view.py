@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import Literal
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QAction, QBrush, QContextMenuEvent, QKeySequence, QMouseEvent, QPainter, QPen, QResizeEvent, QWheelEvent,
 )
@@ -148,12 +150,12 @@ class SliceActions(QObject):
         index = self._selected()
         if index is None:
             return
-        limits = {s.model: self.num_layers(s.model) for s in self.document.stage.slices[index].sources}
+        limits = {s.model: self.num_layers(s.model) for s in (self.document.stage.slices or ())[index].sources}
         if end is None:
             self.document.apply_to_stage(lambda s: slice_edits.nudge_slice(s, index, delta, num_layers=limits),
                                          f"Nudge slice {index + 1} {'up' if delta < 0 else 'down'}")
         else:
-            side = "start" if end == "start" else "end"
+            side: Literal["start", "end"] = "start" if end == "start" else "end"
             self.document.apply_to_stage(
                 lambda s: slice_edits.nudge_slice_end(s, index, side, delta, num_layers=limits),
                 f"Nudge the {side} of slice {index + 1}")
@@ -476,7 +478,7 @@ class StackView(QGraphicsView):
             count, known = layers[name]
             for (si, ki, src), lane in zip(own, _assign_lanes([src.layer_range for _, _, src in own])):
                 linked = tuple(f"{o.model} {layer_range_label(*o.layer_range)}"
-                               for k, o in enumerate(stage.slices[si].sources) if k != ki)
+                               for k, o in enumerate((stage.slices or ())[si].sources) if k != ki)
                 specs.append((si, ki, name, src.layer_range, count if known else None, linked, lane))
         return specs
 
@@ -763,18 +765,18 @@ class StackView(QGraphicsView):
         if models:
             sub = menu.addMenu("Take layers from")
             for name in models:
-                sub.addAction(name, lambda n=name, b=bar: self._set_model(b, n))
+                sub.addAction(name, partial(self._set_model, bar, name))
         stage = self.document.stage
-        sources = stage.slices[bar.slice_index].sources
+        sources = (stage.slices or ())[bar.slice_index].sources  # a bar stands for a slice's source
         spec = method_spec(stage.merge_method)
         addable = [n for n in self.columns if n not in {s.model for s in sources}]
         if spec is not None and spec.max_models != 1 and addable and \
                 (spec.max_models is None or len(sources) < spec.max_models):
             sub = menu.addMenu("Add source from")
             for name in addable:
-                sub.addAction(name, lambda n=name, i=bar.slice_index: self.add_source(i, n))
+                sub.addAction(name, partial(self.add_source, bar.slice_index, name))
         if len(sources) > 1:
-            menu.addAction("Remove source", lambda b=bar: self.remove_source(b.slice_index, b.source_index))
+            menu.addAction("Remove source", partial(self.remove_source, bar.slice_index, bar.source_index))
         menu.exec(screen_pos)
 
     def add_source(self, slice_index: int, model: str) -> None:
@@ -784,7 +786,7 @@ class StackView(QGraphicsView):
                                      f"Add source {model} to slice {slice_index + 1}")
 
     def remove_source(self, slice_index: int, source_index: int) -> None:
-        model = self.document.stage.slices[slice_index].sources[source_index].model
+        model = (self.document.stage.slices or ())[slice_index].sources[source_index].model
         self.document.apply_to_stage(lambda s: slice_edits.remove_source(s, slice_index, source_index),
                                      f"Remove source {model} from slice {slice_index + 1}")
 
@@ -870,5 +872,5 @@ class StackView(QGraphicsView):
     def slice_bar(self, slice_index: int, source_index: int = 0) -> SliceBarItem | None:
         return next((b for b in self.bars if b.slice_index == slice_index and b.source_index == source_index), None)
 
-    def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
+    def drawBackground(self, painter: QPainter, rect: QRectF | QRect) -> None:
         painter.fillRect(rect, current_theme().canvas.background)
