@@ -19,7 +19,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +86,7 @@ class _Planned:
 
 
 def export_gguf(model_dir: str | Path, out_file: str | Path, export_type: str = "f16", *, overwrite: bool = False,
-                cancel: threading.Event | None = None) -> Iterator[ExportEvent]:
+                cancel: threading.Event | None = None) -> Generator[ExportEvent, None, None]:
     """Write the model in ``model_dir`` to ``out_file`` in ``export_type``, yielding progress.
 
     Args:
@@ -307,6 +307,8 @@ def _add_phi3(writer: gguf.GGUFWriter, model: DonorInfo) -> None:
     config = model.config
     rotary = float(config.get("partial_rotary_factor", 1.0))
     original = config.get("original_max_position_embeddings") or config.get("max_position_embeddings")
+    if original is None:
+        raise DonorError(f"{model.display_name}: config.json gives no max_position_embeddings, which Phi-3 GGUF needs")
     writer.add_rope_scaling_orig_ctx_len(int(original))
     writer.add_rope_dimension_count(int(rotary * model.hidden_size) // model.num_heads)
     writer.add_sliding_window(int(config.get("sliding_window") or 0))
