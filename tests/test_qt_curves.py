@@ -8,20 +8,20 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QEvent, QPoint, QPointF, Qt  # noqa: E402
-from PySide6.QtGui import QMouseEvent  # noqa: E402
-from PySide6.QtTest import QTest  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-import pyqtgraph as pg  # noqa: E402
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+import pyqtgraph as pg
 
-from merger_gui.core.inspect import donor_from_config  # noqa: E402
-from merger_gui.core.donor import TensorInfo  # noqa: E402
-from merger_gui.core.recipe import FilterRule, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage  # noqa: E402
-from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_shapes  # noqa: E402
-from merger_gui.qt.curve_editor import TCurveEditor  # noqa: E402
-from merger_gui.qt.document import RecipeDocument  # noqa: E402
-from merger_gui.qt.donor_registry import DonorRegistry  # noqa: E402
-from merger_gui.qt.live_plan import LivePlan  # noqa: E402
+from merger_gui.core.inspect import donor_from_config
+from merger_gui.core.donor import TensorInfo
+from merger_gui.core.recipe import FilterRule, ModelEntry, Parameters, Recipe, Slice, SliceSource, Stage
+from merger_gui.core.synthetic import DonorShape, donor_config, donor_tensor_shapes
+from merger_gui.qt.curve_editor import TCurveEditor
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.donor_registry import DonorRegistry
+from merger_gui.qt.live_plan import LivePlan
 
 NYXENE_T = (
     FilterRule((0.75,), "lm_head"),

@@ -401,7 +401,7 @@ class TCurveEditor(QWidget):
         for r, rule in enumerate(rules):
             colour = _rule_colour(rule, r)
             xs, ys = series[r].layers, series[r].values
-            non_layer = series[r].non_layer.value if series[r].non_layer else None
+            non_layer = point.value if (point := series[r].non_layer) is not None else None
             self._curve_values[r] = ys
             if all(math.isnan(y) for y in ys):
                 xs, ys = [], []  # this rule takes no layer tensor
@@ -538,12 +538,12 @@ class TCurveEditor(QWidget):
         assert self._stage is not None
         layout = curve_layout(self._stage, stage_plan, target, rules)
         if layout is None:
-            xs = [i / (UNPLANNED_SAMPLES - 1) for i in range(UNPLANNED_SAMPLES)]
+            samples = [i / (UNPLANNED_SAMPLES - 1) for i in range(UNPLANNED_SAMPLES)]
             for r, rule in enumerate(rules):
                 if r in self.curve_items:
                     values = edits.points(rule.value)
-                    self._curve_values[r] = [float(interpolate_gradient(values, x)) for x in xs]
-                    self.curve_items[r].setData(xs, self._curve_values[r])
+                    self._curve_values[r] = [float(interpolate_gradient(values, x)) for x in samples]
+                    self.curve_items[r].setData(samples, self._curve_values[r])
             return
         for r, series in enumerate(curve_series(self._stage, target, rules, *layout[:2])):
             xs, ys = series.layers, series.values
