@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 Scalar = float | int | bool | str
-Gradient = tuple[float, ...]
+# A gradient's points as written (numbers once valid: validation reports any that is not).
+Gradient = tuple[Scalar, ...]
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,13 @@ class _ModuleBody:
 
 
 @dataclass(frozen=True)
+class _Tokens:
+    """The ``tokenizer.tokens`` mapping: each token and where its embedding comes from."""
+
+    entries: tuple[tuple[str, TokenEmbedding], ...]
+
+
+@dataclass(frozen=True)
 class _Modules:
     """The ``modules:`` mapping: the one module's name and body."""
 
@@ -133,7 +140,7 @@ def _rule_fields(rule: FilterRule) -> dict[str, Any]:
 
 
 def _tokenizer_fields(spec: TokenizerSpec) -> dict[str, Any]:
-    tokens = Parameters(spec.tokens) if spec.tokens else None
+    tokens = _Tokens(spec.tokens) if spec.tokens else None
     return _present({"source": spec.source, "tokens": tokens, "pad_to_multiple_of": spec.pad_to_multiple_of})
 
 
@@ -166,6 +173,7 @@ SCHEMA: dict[type, tuple[Callable[[Any], dict[str, Any]], tuple[str, ...] | None
     FilterRule: (_rule_fields, ("filter", "value")),
     TokenizerSpec: (_tokenizer_fields, ("source", "tokens", "pad_to_multiple_of")),
     TokenEmbedding: (_token_fields, ("source", "force")),
+    _Tokens: (lambda tokens: dict(tokens.entries), None),
     Parameters: (lambda value: dict(value.items()), None),
 }
 

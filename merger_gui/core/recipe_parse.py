@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver
 
@@ -57,8 +57,9 @@ def _value_line(mapping: CommentedMap, key: Any, default: int | None) -> int | N
     return position[0 if mapping.get(key) is None else 2] + 1
 
 
-def _item_line(sequence: CommentedSeq, index: int, default: int | None) -> int | None:
-    position = (sequence.lc.data or {}).get(index)
+def _item_line(sequence: list[Any], index: int, default: int | None) -> int | None:
+    lc = getattr(sequence, "lc", None)  # a CommentedSeq knows its items' lines
+    position = (lc.data or {}).get(index) if lc is not None else None
     return position[0] + 1 if position else default
 
 
@@ -68,25 +69,32 @@ def _mapping(value: Any, what: str, line: int | None) -> CommentedMap:
     for key in value:
         if not isinstance(key, str):
             raise RecipeError(f"{what} has a key that is not text: {key!r}", node_line(value) or line)
+    assert isinstance(value, CommentedMap)  # the round-trip loader builds every mapping as one
     return value
 
 
-def _sequence(value: Any, what: str, line: int | None) -> CommentedSeq:
+def _sequence(value: Any, what: str, line: int | None) -> list[Any]:
     if not isinstance(value, list):
         raise RecipeError(f"{what} must be a list", node_line(value) or line)
     return value
 
 
-def _text(mapping: CommentedMap, key: str, line: int | None, required: bool = False) -> str | None:
-    """``mapping[key]`` as a string; None when absent or null (an error when required)."""
+def _text(mapping: CommentedMap, key: str, line: int | None) -> str | None:
+    """``mapping[key]`` as a string; None when absent or null."""
     value = mapping.get(key)
     if value is None:
-        if required:
-            raise RecipeError(f"{key} is missing", line)
         return None
     if not isinstance(value, str):
         raise RecipeError(f"{key} must be text, not {value!r}", _value_line(mapping, key, line))
     return str(value)
+
+
+def _required_text(mapping: CommentedMap, key: str, line: int | None) -> str:
+    """``mapping[key]`` as a string; an error when absent or null."""
+    value = _text(mapping, key, line)
+    if value is None:
+        raise RecipeError(f"{key} is missing", line)
+    return value
 
 
 def _scalar(value: Any) -> Scalar:
@@ -109,7 +117,7 @@ def is_scalar(value: Any) -> bool:
 
 def parse_stage(doc: CommentedMap, line: int | None) -> Stage:
     _mapping(doc, "a recipe document", line)
-    merge_method = _text(doc, "merge_method", line, required=True)
+    merge_method = _required_text(doc, "merge_method", line)
     module = None
     if doc.get("modules") is not None:
         if doc.get("slices") or doc.get("models"):
@@ -213,7 +221,7 @@ def _parse_source(value: Any, line: int | None) -> SliceSource:
     ):
         raise RecipeError("layer_range must be two integers like [0, 16]", range_line)
     return SliceSource(
-        model=_text(node, "model", line, required=True),
+        model=_required_text(node, "model", line),
         layer_range=(int(layer_range[0]), int(layer_range[1])),
         parameters=_parse_parameters(node, line),
         extra=_extra(node, ("model", "layer_range", "parameters")),
@@ -225,7 +233,7 @@ def _parse_model_entry(value: Any, line: int | None) -> ModelEntry:
     line = node_line(node) or line
     if node.get("model") is None:
         raise RecipeError("a models entry needs a model", line)
-    return ModelEntry(model=_text(node, "model", line, required=True), parameters=_parse_parameters(node, line),
+    return ModelEntry(model=_required_text(node, "model", line), parameters=_parse_parameters(node, line),
                       extra=_extra(node, ("model", "parameters")))
 
 
@@ -312,7 +320,7 @@ def _parse_token(value: Any, token: str, line: int | None) -> TokenEmbedding:
         return TokenEmbedding(source=_text(node, "source", line), force=force)
     source_line = _value_line(node, "source", line)
     source = _mapping(source, f"the source of token {token}", source_line)
-    kind = _text(source, "kind", source_line, required=True)
+    kind = _required_text(source, "kind", source_line)
     if kind == "zero":
         return TokenEmbedding(kind=kind, force=force)
     if kind != "model_token":
@@ -324,7 +332,7 @@ def _parse_token(value: Any, token: str, line: int | None) -> TokenEmbedding:
     if (token_id is None) == (source_token is None):
         raise RecipeError(f"the source of token {token} needs exactly one of token or token_id", source_line)
     return TokenEmbedding(
-        source=_text(source, "model", source_line, required=True),
+        source=_required_text(source, "model", source_line),
         kind=kind,
         token=source_token,
         token_id=None if token_id is None else int(token_id),
