@@ -327,7 +327,8 @@ def test_resolve_donor_kinds(make_donor):
         resolve_donor("./missing")
     with pytest.raises(DonorError, match=r"^donor 'Thorns-13B' not found \(not a folder, not an org/name Hub"):
         resolve_donor("Thorns-13B", name="Thorns-13B")
-    with pytest.raises(DonorError, match=r"^donor 'm': Hub repo org/absent@main is not in the local Hugging Face cache"):
+    with pytest.raises(DonorError,
+                       match=r"^donor 'm': Hub repo org/absent@main is not in the local Hugging Face cache"):
         resolve_donor("org/absent@main", name="m")  # HF_HUB_OFFLINE=1 and an empty cache
     with pytest.raises(DonorError, match=r"cannot look up LoRA adapter org/some-lora on the Hub"):
         resolve_donor(f"{folder}+org/some-lora")  # mergekit's model+lora form, offline

@@ -8,7 +8,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _moe_events(args: argparse.Namespace, out: Path, options: MergeOptions) -> Iterator[MergeEvent] | None:
+def _moe_events(args: argparse.Namespace, out: Path,
+                options: MergeOptions) -> Generator[MergeEvent, None, None] | None:
     """The build of a mergekit-moe recipe (one with ``experts:``), or None for a merge recipe."""
     from merger_gui.core.moe_recipe import is_moe_text, load_moe_text, resolve_moe_donors
     from merger_gui.core.recipe_load import read_recipe_text

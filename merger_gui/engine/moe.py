@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,8 @@ EXPERT_PARTS = (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down
 
 
 def run_moe(recipe: MoeRecipe, donors: Mapping[str, DonorInfo], out_dir: str | Path,
-            options: MergeOptions | None = None, cancel: threading.Event | None = None) -> Iterator[MergeEvent]:
+            options: MergeOptions | None = None,
+            cancel: threading.Event | None = None) -> Generator[MergeEvent, None, None]:
     """Build the MoE of ``recipe`` into ``out_dir``, yielding progress; the last event is :class:`MergeDone`.
 
     Raises:
@@ -93,7 +94,7 @@ def _check_target(out: Path, recipe: MoeRecipe, donors: Mapping[str, DonorInfo],
 
 def _write_folder(folder: Path, recipe: MoeRecipe, base: DonorInfo, layout: Sequence[TensorInfo],
                   reader: TensorReader, routers: torch.Tensor, options: MergeOptions,
-                  cancel: threading.Event | None) -> Iterator[MergeEvent]:
+                  cancel: threading.Event | None) -> Generator[MergeEvent, None, int]:
     """Write config, tokenizer, recipe and weights into ``folder``; returns the weight bytes.
     Any error, a cancel or closing the generator removes ``folder``."""
     import json
@@ -109,7 +110,7 @@ def _write_folder(folder: Path, recipe: MoeRecipe, base: DonorInfo, layout: Sequ
             if cancel is not None and cancel.is_set():
                 raise MergeCancelled("merge cancelled")
             tensor = _output_tensor(info.name, recipe, reader, routers, _torch_dtype(recipe, base))
-            writer.write(info.name, memoryview(tensor.contiguous().reshape(-1).view(_uint8()).numpy()))
+            writer.write(info.name, tensor.contiguous().reshape(-1).view(_uint8()).numpy().data)
             yield TensorProgress(info.name, index, len(layout), index, len(layout), writer.bytes_written, total, None)
         writer.close()
         release_partial(folder)
@@ -222,6 +223,8 @@ def _load_base_model(base: DonorInfo) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    if base.path is None:
+        raise DonorError(f"donor {base.display_name} has no local weights (download it first)")
     try:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.bfloat16, low_cpu_mem_usage=True)
     except (OSError, ValueError) as exc:

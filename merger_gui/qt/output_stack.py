@@ -114,8 +114,8 @@ class OutputColumnItem(QGraphicsObject):
                     painter.drawText(part.adjusted(0, -6, 0, 6), Qt.AlignmentFlag.AlignCenter, str(source.layer))
                 count = self.repeated.get((source.model, source.layer))
                 if count and g.cell_h >= 9:
-                    painter.drawText(part.adjusted(0, 0, -4, 0), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                                     f"×{count}")
+                    painter.drawText(part.adjusted(0, 0, -4, 0),
+                                     Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"×{count}")
             if layer.index % step == 0:
                 painter.setPen(c.muted_text)
                 painter.drawText(QRectF(-INDEX_GUTTER, cell.top() - 6, INDEX_GUTTER - 4, cell.height() + 12),
