@@ -57,10 +57,10 @@ class _DemoSignals(QObject):
 class _DemoJob(QRunnable):
     """Writes the demo donors off the GUI thread (importing torch and writing takes a second)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, signals: _DemoSignals) -> None:
         super().__init__()
         self.folder = folder
-        self.signals = _DemoSignals()
+        self.signals = signals  # owned by the page: never destroyed on the pool's thread
 
     def run(self) -> None:
         from merger_gui.demo import create_demo_donors
@@ -218,21 +218,27 @@ class WelcomePage(QWidget):
             return
         self.demo_button.setEnabled(False)
         self.status_label.setText(f"Writing two small models to {self.demo_folder}…")
-        job = _DemoJob(self.demo_folder)
-        job.signals.done.connect(self._demo_done)
-        job.signals.failed.connect(self._demo_failed)
+        signals = _DemoSignals(self)
+        signals.done.connect(self._demo_done)
+        signals.failed.connect(self._demo_failed)
+        job = _DemoJob(self.demo_folder, signals)
         self._job = job
         self.pool.start(job)
 
-    def _demo_done(self, recipe: Recipe, refs: dict[str, str]) -> None:
+    def _finish_job(self) -> None:
+        if self._job is not None:
+            self._job.signals.deleteLater()
         self._job = None
+
+    def _demo_done(self, recipe: Recipe, refs: dict[str, str]) -> None:
+        self._finish_job()
         self.demo_button.setEnabled(True)
         self.status_label.setText("Demo models ready: the recipe is open, press Merge in the Merge panel.")
         self.open_recipe.emit((recipe, None, refs))
         self.demo_opened.emit()
 
     def _demo_failed(self, message: str) -> None:
-        self._job = None
+        self._finish_job()
         self.demo_button.setEnabled(True)
         self.status_label.setText(message)
         self.demo_failed.emit(message)
