@@ -14,21 +14,15 @@ import html
 import math
 from functools import partial
 
-from PySide6.QtCore import QEvent, QObject, QPointF, QSignalBlocker, Qt
-from PySide6.QtGui import QColor, QKeyEvent, QShowEvent
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QSignalBlocker, Qt
+from PySide6.QtGui import QKeyEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QGroupBox,
-    QHBoxLayout,
     QInputDialog,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QMenu,
-    QPushButton,
     QSplitter,
-    QStyle,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -55,6 +49,7 @@ from merger_gui.core.recipe import FilterRule, Stage
 
 from .curve_grid import CurveGrid
 from .curve_handles import CurveHandlesItem, modifier_step
+from .curve_rule_list import RuleList, rule_label
 from .document import RecipeDocument
 from .method_settings import MethodSettings
 from .settings import Settings
@@ -66,10 +61,6 @@ RULE_SYMBOLS = ("o", "s", "t", "d", "x", "+", "star")  # curves at the same valu
 LEGEND_MARKS = ("●", "■", "▼", "◆", "✕", "✚", "★")  # the symbols, as text
 NON_LAYER_X = -1.0  # where non-layer tensors (embeddings, norm, lm_head) are drawn
 UNPLANNED_SAMPLES = 33
-
-
-def rule_label(rule: FilterRule) -> str:
-    return "fallback (every tensor)" if rule.filter in (None, "*") else rule.filter
 
 
 class TCurveEditor(QWidget):
@@ -145,39 +136,18 @@ class TCurveEditor(QWidget):
         self.default_line.setVisible(False)
         self.plot.addItem(self.default_line)
 
-        self.rule_list = QListWidget()
-        self.rule_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.rule_list.customContextMenuRequested.connect(self._rule_menu)
-        self.rule_list.itemChanged.connect(self._rule_renamed)
-        self.rule_list.currentRowChanged.connect(self._rule_selected)
+        self.rules_box = RuleList()
+        self.rules_box.rule_selected.connect(self._rule_selected)
+        self.rules_box.add_requested.connect(self._ask_add_rule)
+        self.rules_box.remove_requested.connect(self.remove_rule)
+        self.rules_box.move_requested.connect(self.move_rule)
+        self.rules_box.renamed.connect(self.rename_rule)
+        self.rules_box.menu_requested.connect(self._rule_menu)
+        self.rules_box.shape_menu_requested.connect(self._fill_shape_menu)
+        self.rule_list = self.rules_box.list  # the rows, for selection and in-place renames
+        self.shape_menu = self.rules_box.shape_menu
         self.grid = CurveGrid(document)
-        self.grid.sigRuleSelected.connect(self.rule_list.setCurrentRow)
-
-        self.add_button = QPushButton("Add rule…")
-        self.add_button.clicked.connect(self._ask_add_rule)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.clicked.connect(lambda: self.remove_rule(self.rule_list.currentRow()))
-        self.up_button = QPushButton("Up")
-        self.up_button.clicked.connect(lambda: self.move_rule(self.rule_list.currentRow(), -1))
-        self.down_button = QPushButton("Down")
-        self.down_button.clicked.connect(lambda: self.move_rule(self.rule_list.currentRow(), 1))
-        self.shape_button = QToolButton()
-        self.shape_button.setText("Shape")
-        self.shape_button.setToolTip("Presets, invert, mirror, copy and your own shapes for the selected rule")
-        self.shape_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        self.shape_menu = QMenu(self.shape_button)
-        self.shape_menu.aboutToShow.connect(lambda: self._fill_shape_menu(self.shape_menu, self.rule_list.currentRow()))
-        self.shape_button.setMenu(self.shape_menu)
-
-        self.rule_list.setMaximumHeight(120)
-        self.rule_list.setMinimumHeight(60)
-        for button in (self.up_button, self.down_button):
-            button.setMaximumWidth(56)
-        buttons = QHBoxLayout()
-        for button in (self.add_button, self.remove_button, self.up_button, self.down_button):
-            buttons.addWidget(button)
-        buttons.addWidget(self.shape_button)
-        buttons.addStretch(1)
+        self.grid.sigRuleSelected.connect(self.rules_box.set_current_row)
         hint = QLabel("Drag points (snap 0.05, Shift 0.01, Alt free) · arrow keys move the selected point · "
                       "double-click the plot to add a point there, a point to remove it · type or paste "
                       "values in the grid")
@@ -203,9 +173,7 @@ class TCurveEditor(QWidget):
         curves.addWidget(self.splitter, 1)
         curves.addWidget(self.legend)
         curves.addWidget(self.summary)
-        curves.addWidget(QLabel("<b>Rules</b> (first match wins)"))
-        curves.addWidget(self.rule_list)
-        curves.addLayout(buttons)
+        curves.addWidget(self.rules_box)
         curves.addWidget(hint)
         layout = QVBoxLayout(self)
         layout.addWidget(self.no_curves_label)
@@ -452,7 +420,6 @@ class TCurveEditor(QWidget):
         self._show_selected_point()
 
     def _rule_selected(self, row: int) -> None:
-        self._update_buttons()
         self.grid.select_rule(row)
         if self.selected_point is not None and self.selected_point[0] != row:
             self.selected_point = None
@@ -462,8 +429,7 @@ class TCurveEditor(QWidget):
         """Make point ``point`` of rule ``rule`` the one the arrow keys move (and its rule current)."""
         self.selected_point = (rule, point)
         self.plot_widget.setFocus()
-        if self.rule_list.currentRow() != rule:
-            self.rule_list.setCurrentRow(rule)
+        self.rules_box.set_current_row(rule)
         self._show_selected_point()
 
     def _show_selected_point(self) -> None:
@@ -471,34 +437,8 @@ class TCurveEditor(QWidget):
         self.selection_ring.setData([p.x() for p in where], [p.y() for p in where])
 
     def _fill_rule_list(self, rules: tuple[FilterRule, ...]) -> None:
-        row = self.rule_list.currentRow()
-        warning_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
-        with QSignalBlocker(self.rule_list):
-            self.rule_list.clear()
-            for r, rule in enumerate(rules):
-                item = QListWidgetItem(rule_label(rule))
-                item.setData(Qt.ItemDataRole.UserRole, rule.filter or "")
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-                item.setForeground(QColor(_rule_colour(rule, r)))
-                values = ", ".join(f"{v:g}" for v in edits.points(rule.value))
-                tip = f"value: [{values}]" if isinstance(rule.value, tuple) else f"value: {values}"
-                if r in self.rule_warnings:
-                    item.setIcon(warning_icon)
-                    tip = f"{self.rule_warnings[r]}\n{tip}"
-                item.setToolTip(tip)
-                self.rule_list.addItem(item)
-            if rules:
-                self.rule_list.setCurrentRow(min(max(row, 0), len(rules) - 1))
-        self._update_buttons()
-
-    def _update_buttons(self) -> None:
-        row, count = self.rule_list.currentRow(), self.rule_list.count()
-        has_target = self.target is not None
-        self.add_button.setEnabled(has_target)
-        self.remove_button.setEnabled(0 <= row < count)
-        self.up_button.setEnabled(0 < row < count)
-        self.down_button.setEnabled(0 <= row < count - 1)
-        self.shape_button.setEnabled(0 <= row < count)
+        colours = [_rule_colour(rule, r) for r, rule in enumerate(rules)]
+        self.rules_box.fill(rules, colours, self.rule_warnings, can_add=self.target is not None)
 
     # --- editing -----------------------------------------------------------------------------
 
@@ -674,20 +614,12 @@ class TCurveEditor(QWidget):
         fn = edits.to_scalar if isinstance(self.rules()[rule].value, tuple) else edits.to_gradient
         self._edit(lambda s, loc, n: fn(s, loc, n, rule), "Convert rule value")
 
-    def _rule_renamed(self, item: QListWidgetItem) -> None:
-        row = self.rule_list.row(item)
-        text = item.text().strip()
-        if text.startswith("fallback"):
-            text = ""
-        self.rename_rule(row, text or None)
-
     def _ask_add_rule(self) -> None:
         text, ok = QInputDialog.getText(self, "Add rule", "Filter (a substring of tensor names, e.g. self_attn):")
         if ok:
             self.add_rule(text.strip() or None)
 
-    def _rule_menu(self, pos) -> None:
-        row = self.rule_list.indexAt(pos).row()
+    def _rule_menu(self, row: int, global_pos: QPoint) -> None:
         menu = QMenu(self)
         menu.addAction("Add rule…", self._ask_add_rule)
         if row >= 0:
@@ -696,7 +628,7 @@ class TCurveEditor(QWidget):
             menu.addAction("Make constant" if is_gradient else "Make gradient", lambda: self.convert_rule(row))
             self._fill_shape_menu(menu.addMenu("Shape"), row)
             menu.addAction("Remove rule", lambda: self.remove_rule(row))
-        menu.exec(self.rule_list.viewport().mapToGlobal(pos))
+        menu.exec(global_pos)
 
     def _scene_clicked(self, ev) -> None:
         if ev.double() and not ev.isAccepted() and ev.button() == Qt.MouseButton.LeftButton:
