@@ -17,6 +17,7 @@ from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.estimator import estimate_model, estimate_moe
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.moe_recipe import is_moe_text, load_moe_text, moe_problems
+from merger_gui.core.recipe_load import load_recipe_text
 from merger_gui.core.synthetic import DonorShape, write_donor
 
 torch = pytest.importorskip("torch")
@@ -76,15 +77,21 @@ for recipe, out in json.loads(sys.argv[1]):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """Donors, the two recipes and mergekit-moe's outputs of them."""
+def recipes(tmp_path_factory) -> Path:
+    """Donors and the two recipes (cheap.yml, hidden.yml) in one folder."""
     root = tmp_path_factory.mktemp("moe")
     donors = {f"m{i}": write_donor(root / f"m{i}", MISTRAL, seed=i) for i in range(3)}
     donors |= {f"l{i}": write_donor(root / f"l{i}", LLAMA, seed=10 + i) for i in range(2)}
-    jobs = []
     for name, template in (("cheap", CHEAP), ("hidden", HIDDEN)):
         (root / f"{name}.yml").write_text(template.format(**donors))
-        jobs.append((str(root / f"{name}.yml"), str(root / "mergekit" / name)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(recipes) -> Path:
+    """The donors and recipes with mergekit-moe's outputs of them (in mergekit/NAME)."""
+    root = recipes
+    jobs = [(str(root / f"{name}.yml"), str(root / "mergekit" / name)) for name in ("cheap", "hidden")]
     result = subprocess.run([sys.executable, "-c", MERGEKIT_MOE, json.dumps(jobs)], capture_output=True, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -179,6 +186,51 @@ def test_cancel_and_existing_output_leave_nothing_behind(workspace, tmp_path):
         list(run_moe(recipe, donors, tmp_path / "out", MergeOptions(overwrite=True)))
 
 
-def test_other_commands_say_what_an_moe_recipe_is(workspace, capsys):
-    assert main(["validate", str(workspace / "cheap.yml")]) != 0
-    assert "mergekit-moe recipe" in capsys.readouterr().err
+def test_a_merge_recipe_reader_says_what_an_moe_recipe_is(recipes):
+    with pytest.raises(RecipeError, match="mergekit-moe recipe"):
+        load_recipe_text((recipes / "cheap.yml").read_text())
+
+
+def _cli_json(capsys, *argv: str) -> tuple[int, dict]:
+    status = main([*argv, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_validate_reads_an_moe_recipe(recipes, tmp_path, capsys):
+    assert main(["validate", str(recipes / "cheap.yml")]) == 0
+    assert capsys.readouterr().out.strip() == "no problems found"
+    broken = tmp_path / "broken.yml"
+    broken.write_text((recipes / "cheap.yml").read_text().replace("experts_per_token: 2", "experts_per_token: 4"))
+    status, data = _cli_json(capsys, "validate", str(broken), "--donor", f"{recipes / 'm1'}=profile:nowhere")
+    assert status == 1 and not data["valid"]
+    assert [f["code"] for f in data["findings"]] == ["moe-recipe", "donor-unavailable"]
+    assert "more than the 3 experts" in data["findings"][0]["message"]
+    odd = write_donor(tmp_path / "odd", replace(MISTRAL, intermediate_size=96), seed=7)
+    assert main(["validate", str(recipes / "cheap.yml"), "--donor", f"{recipes / 'm2'}={odd}"]) == 1
+    assert "moe-donor" in capsys.readouterr().out
+
+
+def test_plan_shows_base_experts_layers_and_parameters(recipes, capsys):
+    recipe, donors = _recipe_and_donors(recipes, "cheap")
+    counts = estimate_moe(recipe, donors[recipe.base_model])
+    assert main(["plan", str(recipes / "cheap.yml")]) == 0
+    text = capsys.readouterr().out
+    assert f"3 experts, 2 per token, {MISTRAL.num_layers} layers, gate_mode cheap_embed" in text
+    assert f"{counts.total_params:,} total, {counts.active_params:,} active per token" in text
+    assert f"3  {recipe.base_model}: 2 positive, 0 negative prompts" in text
+    status, data = _cli_json(capsys, "plan", str(recipes / "cheap.yml"))
+    assert status == 0 and data["num_layers"] == MISTRAL.num_layers
+    assert (data["total_params"], data["active_params"]) == (counts.total_params, counts.active_params)
+    assert [e["source_model"] for e in data["experts"]] == [e.source_model for e in recipe.experts]
+
+
+def test_estimate_shows_total_active_vram_and_kv_cache(recipes, capsys):
+    recipe, donors = _recipe_and_donors(recipes, "hidden")
+    moe = estimate_moe(recipe, donors[recipe.base_model])
+    assert main(["estimate", str(recipes / "hidden.yml")]) == 0
+    text = capsys.readouterr().out
+    assert f"{moe.total_params:,} parameters in total, {moe.active_params:,} active per token" in text
+    assert "KV cache" in text and "total GPU memory" in text
+    status, data = _cli_json(capsys, "estimate", str(recipes / "hidden.yml"), "--context", "8192")
+    assert status == 0 and data["active_params"] == moe.active_params < data["total_params"] == moe.total_params
+    assert data["kv_cache_bytes"] == 2 * moe.estimate.kv_cache_bytes  # twice the default 4096 context

@@ -11,9 +11,10 @@ from typing import Any
 from merger_gui.cli.common import (
     add_donor_argument, add_json_argument, checked_recipe, load_recipe_file, print_json, report_errors,
 )
+from merger_gui.cli.moe_commands import estimate_moe_recipe, moe_recipe_file
 from merger_gui.core.errors import UserError
 from merger_gui.core.estimator import (
-    GIB_NOTE, Estimate, EstimateOptions, RecipeEstimate, estimate_model, estimate_plan, gib_to_bytes,
+    GIB_NOTE, Estimate, EstimateOptions, MoeEstimate, RecipeEstimate, estimate_model, estimate_plan, gib_to_bytes,
 )
 from merger_gui.core.plan import plan_recipe
 from merger_gui.core.quantization import parse_weight_format
@@ -57,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime, gpu_memory_bytes=args.gpu_memory, compute_buffer_bytes=args.compute_buffer,
         overhead_bytes=args.overhead, sliding_window=not args.full_kv,
     )
+    moe = moe_recipe_file(args.target) if _is_recipe(args.target) else None
+    if moe is not None:
+        return _print_moe(estimate_moe_recipe(moe, args.target, args.donor, options), Path(args.target).stem, args.json)
     if _is_recipe(args.target):
         result = _estimate_recipe(Path(args.target), args.donor, options)
         if result is None:
@@ -116,6 +120,20 @@ def _estimate_recipe(path: Path, donor_items: list[str], options: EstimateOption
     if report_errors(findings):
         return None
     return estimate_plan(plan_recipe(recipe, donors), donors, options)
+
+
+def _print_moe(result: MoeEstimate | None, title: str, as_json: bool) -> int:
+    """Print an MoE's estimate with its total and active parameters; 1 when it had errors (None)."""
+    if result is None:
+        return 1
+    if as_json:
+        print_json(dict(_estimate_json(result.estimate), total_params=result.total_params,
+                        active_params=result.active_params))
+        return 0
+    lines = _estimate_lines(result.estimate, f"{title} (MoE)")
+    lines.insert(1, f"{result.total_params:,} parameters in total, {result.active_params:,} active per token")
+    print("\n".join(lines))
+    return 0
 
 
 def _estimate_json(estimate: Estimate) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .common import (
     add_donor_argument, add_json_argument, add_recipe_argument, checked_recipe, load_recipe_file, print_json,
     report_errors,
 )
+from .moe_commands import moe_recipe_file, run_plan
 
 ParameterGroups = dict[str, dict[str, Scalar]]  # parameter → filter group → value
 
@@ -40,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    moe = moe_recipe_file(args.recipe)
+    if moe is not None:
+        return run_plan(moe, args)
     recipe = load_recipe_file(args.recipe)
     donors, findings = checked_recipe(recipe, args.recipe, args.donor)
     errors = report_errors(findings)

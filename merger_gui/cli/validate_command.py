@@ -14,6 +14,7 @@ from .common import (
     add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
     with_donor_hints,
 )
+from .moe_commands import moe_recipe_file, run_validate
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        moe = moe_recipe_file(args.recipe)
+        if moe is not None:
+            return run_validate(moe, args)
         recipe = load_recipe_file(args.recipe)
     except UserError as error:
         if not args.json:
