@@ -62,19 +62,19 @@ def protected_reason(folder: Path, recipe_path: str | Path | None = None,
     """
     path = folder.absolute().resolve()
     if recipe_path is not None and Path(recipe_path).absolute().resolve().is_relative_to(path):
-        return "it holds the recipe being merged"
+        return "holds the recipe being merged"
     if Path.cwd().resolve().is_relative_to(path):
-        return "it is (or holds) the current directory"
+        return "is (or holds) the current directory"
     if Path.home().resolve().is_relative_to(path):
-        return "it is (or holds) your home folder"
+        return "is (or holds) your home folder"
     for model, donor in donor_folders:
         donor = donor.absolute().resolve()
         if path == donor:
-            return f"it is the folder of donor {model}"
+            return f"is the folder of donor {model}"
         if donor.is_relative_to(path):
-            return f"it holds donor {model} ({donor})"
+            return f"holds donor {model} ({donor})"
         if path.is_relative_to(donor):
-            return f"it is inside the folder of donor {model}"
+            return f"is inside the folder of donor {model}"
     return None
 
 
