@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -240,12 +241,29 @@ def test_unsupported_architecture_is_refused_in_one_line(donors: dict[str, Path]
 
 def test_existing_file_is_kept_without_overwrite_and_replaced_with_it(donors: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
-    out.write_bytes(b"old")
+    out.write_bytes(b"GGUF old")  # a previous export
     with pytest.raises(UserError, match="already exists"):
         export(donors["llama"], out, "q8_0")
-    assert out.read_bytes() == b"old"
+    assert out.read_bytes() == b"GGUF old"
     export(donors["llama"], out, "q8_0", overwrite=True)
-    assert out.read_bytes()[:4] == b"GGUF" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+def test_overwrite_replaces_only_a_previous_export(donors: dict[str, Path], tmp_path: Path) -> None:
+    """--overwrite onto the recipe, the model's own weights or a FIFO is refused, each left as it was."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("merge_method: linear\n")
+    weights = donors["llama"] / "model.safetensors"
+    before = weights.read_bytes()
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    for target, why in ((recipe, "not a GGUF file"), (weights, "not a GGUF file"), (fifo, "not a regular file")):
+        with pytest.raises(UserError, match=why) as error:
+            export(donors["llama"], target, "f16", overwrite=True)
+        assert "\n" not in str(error.value)
+    assert recipe.read_text() == "merge_method: linear\n" and weights.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.gguf", "recipe.yaml"]
 
 
 def test_cancel_between_tensors_leaves_nothing(donors: dict[str, Path], tmp_path: Path) -> None:

@@ -183,10 +183,21 @@ def _plan(model: DonorInfo, arch: str, export_type: str) -> list[_Planned]:
 
 
 def _check_target(target: Path, overwrite: bool) -> Path:
+    """``target`` when it may be written: new, a link (only the link is replaced) or, with ``overwrite``, a GGUF."""
     if target.is_dir():
         raise UserError(f"{target} is a folder; give the path of the .gguf file to create")
-    if (target.exists() or target.is_symlink()) and not overwrite:
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not overwrite:
         raise UserError(f"{target} already exists; choose another file or replace it (--overwrite)")
+    if target.is_symlink():
+        return target
+    if not target.is_file():
+        raise UserError(f"{target} is not replaced: it is not a regular file; choose another file")
+    with target.open("rb") as existing:
+        if existing.read(4) != b"GGUF":
+            raise UserError(f"{target} is not replaced: it is not a GGUF file (--overwrite replaces only a "
+                            "previous export); choose another file (or delete it yourself)")
     return target
 
 
