@@ -322,3 +322,22 @@ def moe_output_donor(recipe: MoeRecipe, base: DonorInfo) -> DonorInfo:
                    family="mixtral", model_type="mixtral", dtype=moe_output_dtype(recipe, base),
                    tensors=moe_output_tensors(recipe, base), config=moe_output_config(recipe, base),
                    sliding_window=None, sliding_window_layers=None, path=None, download_bytes=0, adapter=None)
+
+
+def set_expert_prompts(recipe: MoeRecipe, index: int, positive: tuple[str, ...],
+                       negative: tuple[str, ...]) -> MoeRecipe:
+    """``recipe`` with expert ``index``'s positive and negative prompts replaced (blank ones dropped)."""
+    expert = replace(recipe.experts[index], positive_prompts=tuple(p for p in positive if p.strip()),
+                     negative_prompts=tuple(p for p in negative if p.strip()))
+    return _with_expert(recipe, index, expert)
+
+
+def set_expert_source(recipe: MoeRecipe, index: int, source_model: str) -> MoeRecipe:
+    """``recipe`` with expert ``index`` taken from donor ``source_model``."""
+    return _with_expert(recipe, index, replace(recipe.experts[index], source_model=source_model))
+
+
+def _with_expert(recipe: MoeRecipe, index: int, expert: MoeExpert) -> MoeRecipe:
+    experts = list(recipe.experts)
+    experts[index] = expert
+    return replace(recipe, experts=tuple(experts))

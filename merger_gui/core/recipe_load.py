@@ -44,8 +44,8 @@ def load_recipe_text(text: str) -> Recipe:
                           "a recipe may have (real ones have a few thousand)")
     documents = load_documents(text)
     if any("experts" in doc and "merge_method" not in doc for doc, _ in documents):
-        raise RecipeError("this is a mergekit-moe recipe (experts:): `merger-gui merge` builds it; "
-                          "the other commands and the designer do not read it yet", documents[0][1])
+        raise RecipeError("this is a mergekit-moe recipe (experts:): `merger-gui merge`, `validate`, "
+                          "`plan`, `estimate` and the designer's Open read it; this does not", documents[0][1])
     return Recipe(tuple(parse_stage(doc, line) for doc, line in documents))
 
 

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.errors import RecipeError
+from merger_gui.core.moe_recipe import MoeRecipe, resolve_moe_donors
 
 from .analysis_panel import AnalysisPanel
 from .check_panel import CheckPanel
@@ -29,6 +30,7 @@ from .findings_view import FindingsView
 from .inspection import DonorInspector
 from .live_plan import LivePlan
 from .merge_panel import MergePanel
+from .moe_panel import MoePanel
 from .output_stack import plan_summary
 from .recipe_files import RecipeFiles
 from .settings import Settings
@@ -119,6 +121,8 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self.pages.addWidget(_scrolling(self.welcome))
         self.pages.addWidget(designer)
+        self.moe_panel = MoePanel()  # page 2: a mergekit-moe recipe, which the document does not hold
+        self.pages.addWidget(_scrolling(self.moe_panel))
         self.setCentralWidget(self.pages)
 
         self.tools = QTabWidget()
@@ -244,6 +248,7 @@ class MainWindow(QMainWindow):
         self.stack_view.sigStatus.connect(self.drag_label.setText)
         self.inspector.busy_changed.connect(self._update_summary)
         self.files.opened.connect(self._on_opened)
+        self.files.moe_opened.connect(self._show_moe)
         self.welcome.back.connect(self.show_designer)
         self.welcome.open_recipe.connect(self.files.open_recipe)
         self.welcome.open_file.connect(self.files.open_path)
@@ -257,6 +262,12 @@ class MainWindow(QMainWindow):
         """A new or opened recipe: the last merge's result belongs to the one before."""
         self.merge_panel.reset()
         self.show_designer()
+
+    def _show_moe(self, recipe: MoeRecipe, path: Path) -> None:
+        """An opened MoE recipe, with its donors resolved like the CLI does (folders next to it first)."""
+        donors, _errors = resolve_moe_donors(recipe, {}, path.parent)  # the panel names what is missing
+        self.moe_panel.load(recipe, donors, path)
+        self._show_page(2)
 
     def _start_demo(self) -> None:
         """The demo merge, from the menu: the start page shows its progress."""

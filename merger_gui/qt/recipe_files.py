@@ -11,6 +11,7 @@ from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
 from merger_gui.core.errors import UserError
+from merger_gui.core.moe_recipe import is_moe_text, load_moe_text
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.recipe_yaml import load_recipe_text, read_recipe_text, save_recipe
 
@@ -28,6 +29,7 @@ class RecipeFiles(QObject):
     """File actions for one window; prompts before unsaved changes are lost."""
 
     opened = Signal(object)  # Path | None
+    moe_opened = Signal(object, object)  # MoeRecipe, Path: shown by the MoE panel, not the document
 
     def __init__(self, window: QWidget, document: RecipeDocument, registry: DonorRegistry,
                  inspector: DonorInspector, yaml_editor: YamlEditor, settings: Settings) -> None:
@@ -91,6 +93,9 @@ class RecipeFiles(QObject):
         path = Path(path)
         try:
             text = read_recipe_text(path)  # a regular file of a sane size: never a FIFO or /dev/zero
+            if is_moe_text(text):
+                self.moe_opened.emit(load_moe_text(text), path)
+                return True
             recipe = load_recipe_text(text)
         except (OSError, UnicodeDecodeError, UserError) as exc:
             QMessageBox.warning(self.window, "Cannot open recipe", f"{path.name}: {exc}")
