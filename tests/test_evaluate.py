@@ -120,7 +120,7 @@ def test_cli_json_has_exactly_the_keys(make_donor, capsys):
     assert data["tokens"] == 30 and isinstance(data["generation"], str)
 
 
-@pytest.mark.parametrize("case", ["missing", "no-tokenizer", "architecture", "text"])
+@pytest.mark.parametrize("case", ["missing", "no-tokenizer", "architecture", "text", "truncated-weights"])
 def test_cli_user_errors_are_one_line(make_donor, tmp_path, capsys, case):
     a = make_donor("a", seed=1)
     args = ["evaluate", str(a)]
@@ -133,6 +133,9 @@ def test_cli_user_errors_are_one_line(make_donor, tmp_path, capsys, case):
         config = json.loads((a / "config.json").read_text())
         config.update(model_type="no-such-model", architectures=["NoSuchForCausalLM"])
         (a / "config.json").write_text(json.dumps(config))
+    elif case == "truncated-weights":  # safetensors' own reader raised a SafetensorError traceback
+        weights = a / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
     else:
         args += ["--text", str(tmp_path / "missing.txt")]
     assert main(args) == 1
@@ -152,5 +155,5 @@ def test_a_donor_copied_without_weights_is_a_user_error(make_donor, tmp_path):
     hollow = tmp_path / "hollow"
     shutil.copytree(a, hollow)
     (hollow / "model.safetensors").unlink()
-    with pytest.raises(UserError, match="cannot load"):
+    with pytest.raises(UserError, match="no .safetensors or .bin weights"):
         list(evaluate_model(hollow, (), EvaluationOptions(text=TEXT)))

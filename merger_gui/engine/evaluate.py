@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.errors import UserError
+from merger_gui.core.inspect import check_metadata_files, read_config, read_folder_tensors
 
 if TYPE_CHECKING:  # imported when a model is loaded
     import torch
@@ -366,6 +367,9 @@ def _model_folder(path: str | Path) -> Path:
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"{path} has no tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json); "
                         "copy the tokenizer files of its base model into it")
+    read_config(folder / "config.json")  # bounded, regular files and sound weight headers before
+    check_metadata_files(folder)  # transformers reads them without these guards
+    read_folder_tensors(folder)
     return folder
 
 
