@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QCloseEvent, QColor
 from PySide6.QtWidgets import (
     QComboBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
@@ -33,6 +34,8 @@ COLOR_MAP = "viridis"
 
 class AnalysisPanel(QWidget):
     """Pick two donors of the current stage, analyse them off the GUI thread, act on the suggestions."""
+
+    sigResult = Signal(object)  # the AnalysisResult shown, for the designer's overlay
 
     def __init__(self, document: RecipeDocument, registry: DonorRegistry, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -227,6 +230,7 @@ class AnalysisPanel(QWidget):
         self.second_bars.setOpts(x=np.arange(len(second)) + 0.5, y0=np.zeros(len(second)), height=second)
         self._show_seams(result)
         self._show_suggestions()
+        self.sigResult.emit(result)
 
     def _show_seams(self, result: AnalysisResult) -> None:
         self.seam_list.clear()

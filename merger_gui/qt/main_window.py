@@ -134,6 +134,7 @@ class MainWindow(QMainWindow):
         self.tools.addTab(_scrolling(self.check_panel), "Check")  # perplexity, agreement, a prompt, sweeps
         self.analysis_panel = AnalysisPanel(self.document, self.registry)  # where to cut: similarity, seams
         self.tools.addTab(_scrolling(self.analysis_panel), "Analysis")
+        self.analysis_panel.sigResult.connect(self.stack_view.set_analysis)  # distances drawn over the stacks
         self.donor_dock = self._dock("Donors", self.donor_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         self.tools_dock = self._dock("Recipe", self.tools, Qt.DockWidgetArea.RightDockWidgetArea)
         self.findings_dock = self._dock("Problems", self.findings_view, Qt.DockWidgetArea.BottomDockWidgetArea)

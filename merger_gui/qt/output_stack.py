@@ -52,6 +52,7 @@ class OutputColumnItem(QGraphicsObject):
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self._hovered = -1
+        self.seam_marks: dict[int, tuple[QColor, str]] = {}  # seam → colour and text of its measured distance
 
     @staticmethod
     def _repeated(layer_map: LayerMap | StagePlan) -> dict[tuple[str, int], int]:
@@ -72,6 +73,12 @@ class OutputColumnItem(QGraphicsObject):
             self.update()
         else:
             self.layer_map = layer_map  # the same cells: no repaint
+
+    def set_seam_marks(self, marks: dict[int, tuple[QColor, str]]) -> None:
+        """Colour the seams an analysis measured (output layer index → colour, tooltip text)."""
+        if marks != self.seam_marks:
+            self.seam_marks = marks
+            self.update()
 
     def boundingRect(self) -> QRectF:
         g = self.geometry
@@ -124,10 +131,11 @@ class OutputColumnItem(QGraphicsObject):
             painter.setPen(QPen(c.background, 0))
             for i in range(max(1, first), last):
                 painter.drawLine(QPointF(0, g.y(i)), QPointF(OUTPUT_W, g.y(i)))
-        painter.setPen(QPen(c.seam, 2.5))
         for seam in self.layer_map.seams:
             y = g.y(seam)
-            painter.drawLine(QPointF(-6, y), QPointF(OUTPUT_W + 6, y))
+            mark = self.seam_marks.get(seam)
+            painter.setPen(QPen(mark[0] if mark else c.seam, 4.0 if mark else 2.5))
+            painter.drawLine(QPointF(-6, y), QPointF(OUTPUT_W + (14 if mark else 6), y))
         painter.setPen(QPen(c.cell_border, 1))
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawRect(QRectF(0, g.top, OUTPUT_W, self.num_layers * g.cell_h))
@@ -149,7 +157,8 @@ class OutputColumnItem(QGraphicsObject):
         """Where output layer ``index`` comes from, and its slice."""
         layer = self.layer_map.layers[index]
         sources = ", ".join(f"{s.model} layer {s.layer}" for s in layer.sources)
-        return f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}"
+        mark = self.seam_marks.get(index)
+        return f"Output layer {index} ← {sources}\nslice {layer.slice_index + 1}" + (f"\n{mark[1]}" if mark else "")
 
     def hoverLeaveEvent(self, event: QGraphicsSceneHoverEvent) -> None:
         self._hovered = -1

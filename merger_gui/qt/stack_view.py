@@ -24,6 +24,8 @@ from merger_gui.core.plan import LayerMap, plan_layers
 from merger_gui.core.recipe import SliceSource, Stage
 from merger_gui.core.slice_edits import layer_range_label
 
+from .analysis_items import STRIP_GAP, DistanceStripItem, seam_marks, strip_top
+from .analysis_job import AnalysisResult
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
@@ -249,6 +251,8 @@ class StackView(QGraphicsView):
         self.geometry_: StackGeometry = StackGeometry(HEADER_H + MARGIN, LEGIBLE_CELL_H)
         self.ghosts: list[SliceBarItem] = []  # the new slice's sources while dragging over a column
         self.preview_stage: Stage | None = None  # the stage a drag would make, drawn while dragging
+        self.analysis: AnalysisResult | None = None  # the Analysis tab's last result, drawn over the stacks
+        self.strips: dict[str, DistanceStripItem] = {}  # per-layer distance beside each analysed donor
         self.tip = RangeTipItem(current_theme().canvas)  # the dragged range, next to the cursor
         self.tip.setVisible(False)
         self.scene().addItem(self.tip)
@@ -408,6 +412,7 @@ class StackView(QGraphicsView):
         self._sync_bars(bars, theme)
         self._draw_links(theme)
         self._set_output(self.layer_map, theme, x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER)
+        self._sync_overlay()
         if self.layer_map is None and self.live_plan.error and stage.slices:
             note = QGraphicsTextItem(f"No output plan yet: {self.live_plan.error}")
             note.setTextWidth(NOTE_W)  # wrapped: a long reason must not widen the whole view
@@ -533,6 +538,36 @@ class StackView(QGraphicsView):
             self.output.sigHovered.connect(self._hover_output)
             self.output.sigClicked.connect(self.document.select_slice)
         self.output.setPos(x, 0)
+
+    def set_analysis(self, result: AnalysisResult | None) -> None:
+        """Draw ``result``'s layer distances beside its donors' columns and colour the seams it measured."""
+        self.analysis = result
+        for strip in self.strips.values():
+            self._drop(strip)
+        self.strips = {}
+        self._sync_overlay()
+
+    def _sync_overlay(self) -> None:
+        """Keep the strips beside their columns (made once per result and scale) and the seam colours."""
+        if self.output is not None:
+            self.output.set_seam_marks(seam_marks(self.analysis, self.layer_map))
+        result = self.analysis
+        if result is None:
+            return  # no analysis: no work per edit (set_analysis dropped the strips)
+        distances = result.layer_distance
+        for name in [n for n in self.strips if n not in self.columns or n not in distances]:
+            self._drop(self.strips.pop(name))
+        for name, column in self.columns.items():
+            if name not in distances or len(distances[name]) != column.num_layers:
+                continue
+            strip = self.strips.get(name)
+            if strip is None or strip.geometry != self.geometry_:
+                if strip is not None:
+                    self._drop(strip)
+                strip = self.strips[name] = DistanceStripItem(name, distances[name], strip_top(result),
+                                                              self.geometry_)
+                self.scene().addItem(strip)
+            strip.setPos(column.x() + column.width + STRIP_GAP, 0)
 
     def _update_scene_rect(self) -> None:
         """The scene covers every column at its full height (a drag's longer output included)."""
@@ -660,6 +695,7 @@ class StackView(QGraphicsView):
         if layer_map is not None and self.output is not None:
             summary = self._summary if stage is None else f"{layer_map.num_layers} layers"
             self.output.set_layer_map(layer_map, summary)
+            self.output.set_seam_marks(seam_marks(self.analysis, layer_map))
         usage = {u.model: u.counts for u in layer_map.donor_usage} if layer_map else {}
         for name, column in self.columns.items():
             column.set_counts(usage.get(name))
