@@ -39,6 +39,18 @@ NYXENE_DONORS = {name: "profile:mistral-7b" for name in (
 # The published Nyxene recipe names its second stage's output wrongly in the third stage.
 NYXENE_MISNAMED, NYXENE_STAGE_2 = "Starling-NeuralHermes-11B", "Starling-DPOHermes-11B"
 ROSE_WEIGHTS = "Q4_K_M"  # the usual way to run a 20B model on a 24 GiB GPU
+LAPTOP = (1366, 768)
+DEEP_DONORS = {"Xwin-120B": "profile:goliath-120b", "Euryale-120B": "profile:goliath-120b"}  # 137 layers each
+DEEP_RECIPE = """\
+# Deep donors: interleaved slices of two 137-layer Goliath-shaped models
+slices:
+""" + "".join(f"  - sources: [{{model: {m}, layer_range: [{a}, {b}]}}]\n" for m, a, b in (
+    ("Xwin-120B", 0, 40), ("Euryale-120B", 20, 60), ("Xwin-120B", 40, 80), ("Euryale-120B", 60, 100),
+    ("Xwin-120B", 80, 120), ("Euryale-120B", 100, 137))) + """\
+merge_method: passthrough
+base_model: Xwin-120B
+dtype: float16
+"""
 MERGE_SHOT_AT = (0.3, 0.8)  # grab the merge when its progress is within this fraction
 
 
@@ -67,6 +79,13 @@ def fixed_nyxene(scratch: Path) -> Path:
     text = (RECIPES / "nyxene-11b.yaml").read_text(encoding="utf-8")
     path.write_text(text.replace(NYXENE_MISNAMED, NYXENE_STAGE_2), encoding="utf-8")
     return path
+
+
+def deep_donor_shot(scratch: Path, png: str) -> None:
+    """Two 137-layer donors on a laptop screen: legible layers, the stacks scroll."""
+    recipe = scratch / "deep-donors.yaml"
+    recipe.write_text(DEEP_RECIPE, encoding="utf-8")
+    designer_shot(scratch, recipe, DEEP_DONORS, "estimate", png, size=LAPTOP)
 
 
 def merge_shot(scratch: Path, png: str) -> None:
@@ -144,10 +163,11 @@ def main() -> int:
         designer_shot(scratch, fixed_nyxene(scratch), NYXENE_DONORS, "t-curves", "nyxene-curves.png", stage=2)
         designer_shot(scratch, RECIPES / "nyxene-11b.yaml", NYXENE_DONORS, "merge", "small-window.png", stage=2,
                       size=SMALL)  # as published: its misnamed stage and filter, with their fixes
+        deep_donor_shot(scratch, "deep-donors.png")
         merge_shot(scratch, "merge.png")
         save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
         analysis_shot(scratch, "analysis.png")
-    for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "merge.png", "welcome.png", "analysis.png"):
+    for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "deep-donors.png", "merge.png", "welcome.png", "analysis.png"):
         print(OUT / png)
     return 0
 
