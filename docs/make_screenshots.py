@@ -167,7 +167,8 @@ def main() -> int:
         merge_shot(scratch, "merge.png")
         save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
         analysis_shot(scratch, "analysis.png")
-    for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "deep-donors.png", "merge.png", "welcome.png", "analysis.png"):
+    for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "deep-donors.png", "merge.png",
+                "welcome.png", "analysis.png"):
         print(OUT / png)
     return 0
 
