@@ -38,6 +38,19 @@ def seed_recipe_path():
     return lambda name: SEED_RECIPES / name
 
 
+_COLLECTORS: list = []
+
+
+def _gui_thread_garbage_collector():
+    """Collect cycles on the GUI thread only, as the app does (qt/app.py): Qt objects freed by a
+    collection that happens to run on a worker thread warn ("Timers cannot be started…")."""
+    if not _COLLECTORS:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _COLLECTORS.append(GarbageCollector(interval=0.5))
+    return _COLLECTORS[0]
+
+
 @pytest.fixture(autouse=True)
 def fresh_settings():
     """Each Qt test gets its own settings (a fresh application name) and keeps the theme it found."""
@@ -55,7 +68,9 @@ def fresh_settings():
     org, name, theme = app.organizationName(), app.applicationName(), current_theme().name
     app.setOrganizationName("merger-gui-tests")
     app.setApplicationName(f"test-{time.monotonic_ns()}")
+    collector = _gui_thread_garbage_collector()
     yield
+    collector.check()  # this test's cycles go on the GUI thread, not in a later test's worker
     apply_theme(app, theme)
     app.setOrganizationName(org)
     app.setApplicationName(name)

@@ -401,7 +401,10 @@ def _loaded(folder: Path, device: str) -> Iterator[tuple[Any, Any]]:
     finally:
         torch.set_num_threads(threads)
         del model
-        gc.collect()
+        if threading.current_thread() is threading.main_thread():
+            gc.collect()  # free the model's reference cycles before the next model loads
+        # On a worker thread the window's GUI-thread collector frees them within a second
+        # (qt/app.py): collecting here would also free Qt objects off their thread.
         if device == "cuda":
             torch.cuda.empty_cache()
 

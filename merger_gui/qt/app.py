@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not app.applicationName() or app.applicationName() == Path(sys.argv[0] if sys.argv else "").name:
         app.setApplicationName(APPLICATION)
     app.setWindowIcon(app_icon())
+    # Python's cycle collector runs in whichever thread allocates; Qt objects it frees on a worker
+    # thread (a merge, an inspection, an analysis) warn or crash. Collect on the GUI thread instead.
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
+    collector = GarbageCollector(interval=1.0)  # noqa: F841 - kept alive while the app runs
     if args.screenshot:
         # A screenshot never reads or writes the user's settings.
         ini = Path(tempfile.mkdtemp(prefix="merger-gui-shot-")) / "settings.ini"
