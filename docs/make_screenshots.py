@@ -151,6 +151,35 @@ def analysis_shot(scratch: Path, png: str) -> None:
     save_screenshot(window, OUT / png, SIZE)
 
 
+def check_shot(scratch: Path, png: str) -> None:
+    """Merge the demo donors, then check the merge against them (the Check tab)."""
+    from merger_gui.core.inspect import inspect_folder
+    from merger_gui.engine.run import run_merge
+
+    recipe, refs = create_demo_donors(scratch / "check-donors")
+    merged = scratch / "check-merged"
+    for _ in run_merge(recipe, {name: inspect_folder(ref) for name, ref in refs.items()}, merged):
+        pass
+    window = new_window(scratch)
+    window.files.open_recipe((recipe, None, refs))
+    window.tools.setCurrentIndex(TOOL_TABS.index("check"))
+    window.resize(*SIZE)
+    window.show()
+    settle(window)
+    panel = window.check_panel
+    panel.model_combo.setEditText(str(merged))
+    panel.max_tokens_spin.setValue(256)
+    if not panel.start_check():
+        raise SystemExit("the check did not start")
+    deadline = time.monotonic() + 180
+    while panel.runner.is_running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    if panel.evaluation is None:
+        raise SystemExit("the check gave no result")
+    save_screenshot(window, OUT / png, SIZE)
+
+
 def main() -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setWindowIcon(app_icon())
@@ -167,8 +196,9 @@ def main() -> int:
         merge_shot(scratch, "merge.png")
         save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
         analysis_shot(scratch, "analysis.png")
+        check_shot(scratch, "check.png")
     for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "deep-donors.png", "merge.png",
-                "welcome.png", "analysis.png"):
+                "welcome.png", "analysis.png", "check.png"):
         print(OUT / png)
     return 0
 
