@@ -75,7 +75,20 @@ def test_a_merge_far_worse_than_every_donor_is_flagged(panel):
     assert panel.warning_label.isHidden()
 
 
-def test_cancel_stops_the_check(panel, qtbot, tmp_path):
+def test_cancel_stops_the_check(panel, qtbot, tmp_path, monkeypatch):
+    from merger_gui.engine import evaluate
+
+    real_evaluate = evaluate.evaluate_model
+
+    def paused_evaluate(model, against, options, cancel):
+        # Hold the engine after its first step until the GUI's cancel lands, so a tiny model
+        # cannot finish before the test cancels; the real engine then notices the flag.
+        events = real_evaluate(model, against, options, cancel)
+        yield next(events)
+        assert cancel.wait(30)
+        yield from events
+
+    monkeypatch.setattr(evaluate, "evaluate_model", paused_evaluate)
     panel.set_model(tmp_path / "a")
 
     def cancel_at_first_step(event):
