@@ -248,7 +248,7 @@ def test_a_merge_cancelled_from_the_window_leaves_nothing(work, qtbot):
     runner = MergeRunner()
     with qtbot.waitSignal(runner.progress, timeout=30_000,
                           check_params_cb=lambda event: isinstance(event, TensorProgress)):
-        runner.start(recipe, donors, work / "out")
+        runner.start_merge(recipe, donors, work / "out")
     with qtbot.waitSignal(runner.cancelled, timeout=30_000):
         runner.shutdown()
     assert not runner.is_running

@@ -45,7 +45,7 @@ class _Worker(QObject):
 
 
 class CheckRunner(QObject):
-    """Owns the check's thread; one job at a time.
+    """Owns one job's thread (a check, a sweep, an analysis, a merge); one job at a time.
 
     Signals:
         progress(event): every event of the engine.
@@ -59,8 +59,9 @@ class CheckRunner(QObject):
     cancelled = Signal()
     running_changed = Signal(bool)
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, what: str = "check") -> None:
         super().__init__(parent)
+        self.what = what  # names the job in messages and the thread
         self._thread: QThread | None = None
         self._worker: _Worker | None = None
         self._cancel = threading.Event()
@@ -78,11 +79,11 @@ class CheckRunner(QObject):
             RuntimeError: a job is already running.
         """
         if self._thread is not None:
-            raise RuntimeError("a check is already running")
+            raise RuntimeError(f"a {self.what} is already running")
         self._cancel = threading.Event()
         self._outcome = None
         thread = QThread()
-        thread.setObjectName("check")
+        thread.setObjectName(self.what)
         worker = _Worker(job, self._cancel, cancelled)
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
@@ -116,7 +117,7 @@ class CheckRunner(QObject):
         self._thread, self._worker = None, None
         if worker is not None:
             worker.deleteLater()
-        kind, value = self._outcome or ("failed", "the check stopped without a result")
+        kind, value = self._outcome or ("failed", f"the {self.what} stopped without a result")
         self.running_changed.emit(False)
         if kind == "finished":
             self.finished.emit(value)

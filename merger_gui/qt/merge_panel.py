@@ -228,8 +228,8 @@ class MergePanel(QWidget):
         self.stage_label.setText("Checking donors and disk space…")
         self.tensor_label.clear()
         self.eta_label.clear()
-        self.runner.start(self.document.recipe, donors, path, overwrite=overwrite,
-                          device=self.device_combo.currentText(), recipe_path=self.document.path)
+        self.runner.start_merge(self.document.recipe, donors, path, overwrite=overwrite,
+                                device=self.device_combo.currentText(), recipe_path=self.document.path)
         return True
 
     def reset(self) -> None:
