@@ -309,3 +309,28 @@ def test_merge_tab_row_exports_with_the_predicted_size(donors: dict[str, Path], 
     qtbot.waitUntil(lambda: not row.is_running)
     reader = gguf.GGUFReader(blocker.args[0])
     assert sum(int(t.n_bytes) for t in reader.tensors) == predicted
+
+
+def test_merge_tab_row_cancel_leaves_nothing(donors: dict[str, Path], tmp_path: Path, qtbot, monkeypatch) -> None:
+    from merger_gui.engine import gguf_export
+    from merger_gui.engine.gguf_events import ExportProgress
+    from merger_gui.qt.gguf_export_row import GGUFExportRow
+
+    real_export = gguf_export.export_gguf
+
+    def paused_export(*args, cancel, **kwargs):
+        for event in real_export(*args, cancel=cancel, **kwargs):
+            yield event
+            if isinstance(event, ExportProgress):
+                assert cancel.wait(30)  # hold until the row's cancel lands: tiny donors finish fast
+
+    monkeypatch.setattr(gguf_export, "export_gguf", paused_export)
+    row = GGUFExportRow()
+    qtbot.addWidget(row)
+    row.set_model_folder(donors["llama"])
+    row.runner.progress.connect(lambda event: row.cancel() if isinstance(event, ExportProgress) else None)
+    with qtbot.waitSignal(row.runner.cancelled, timeout=60_000):
+        assert row.start_export()
+    assert row.result_label.text() == "Export cancelled; nothing was written"
+    assert not row.output_file().exists() and row.export_button.isEnabled()
+    assert [p.name for p in row.output_file().parent.iterdir() if p.name.startswith(".")] == []

@@ -34,6 +34,7 @@ from merger_gui.core.quantization import (
 )
 from merger_gui.core.units import format_size
 
+from .gguf_events import ExportCancelled, ExportDone, ExportEvent, ExportProgress
 from .gguf_vocab import GGUFVocab, add_vocab, read_vocab
 from .output import partial_folder, release_partial, remove_folder, sweep_stale_partials
 from .reader import TensorReader
@@ -49,32 +50,6 @@ ARCHITECTURES = {
 SUPPORTED_ROPE = ("", "linear", "yarn", "llama3", "dynamic")
 FILE_NAME = "model.gguf"  # inside the partial folder
 DISK_MARGIN = 64 * 1024 * 1024  # the header: vocabulary, merges, chat template
-
-
-class ExportCancelled(UserError):
-    """The export was cancelled; nothing was left behind."""
-
-
-@dataclass(frozen=True)
-class ExportProgress:
-    name: str  # the GGUF tensor just written
-    index: int  # 1-based
-    count: int
-    bytes_written: int  # tensor data so far
-    total_bytes: int
-    eta: float | None
-
-
-@dataclass(frozen=True)
-class ExportDone:
-    path: Path
-    tensors: int
-    tensor_bytes: int  # tensor data, what the estimator predicts
-    file_bytes: int
-    seconds: float
-
-
-ExportEvent = ExportProgress | ExportDone
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
 """The Merge tab's "Export GGUF" row: a model folder (the merge's output, or any) to one .gguf file.
 
 The export runs :func:`merger_gui.engine.gguf_export.export_gguf` (imported lazily: it imports
-gguf-py and torch) on a worker thread, as :mod:`.merge_runner` runs a merge, with progress and
-cancel. The predicted size is the estimator's exact figure for the chosen type.
+gguf-py and torch) on a :class:`~.check_runner.CheckRunner` thread, like checks and merges, with
+progress and cancel. The predicted size is the estimator's exact figure for the chosen type.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout,
     QWidget,
@@ -20,36 +21,9 @@ from merger_gui.core.errors import UserError
 from merger_gui.core.inspect import inspect_folder
 from merger_gui.core.quantization import GGUF_EXPORT_TYPES, gguf_export_bytes
 from merger_gui.core.units import format_size
+from merger_gui.engine.gguf_events import ExportCancelled, ExportDone, ExportProgress
 
-
-class _ExportWorker(QObject):
-    progress = Signal(int, int)  # bytes written, total
-    outcome = Signal(str, object)  # "finished" ((path, file bytes)) | "failed" (message) | "cancelled" (None)
-
-    def __init__(self, model: Path, out: Path, export_type: str, cancel: threading.Event) -> None:
-        super().__init__()
-        self._args = (model, out, export_type)
-        self._cancel = cancel
-
-    @Slot()
-    def run(self) -> None:
-        from merger_gui.engine.gguf_export import ExportCancelled, ExportDone, ExportProgress, export_gguf
-
-        try:
-            model, out, export_type = self._args
-            for event in export_gguf(model, out, export_type, overwrite=True, cancel=self._cancel):
-                if isinstance(event, ExportProgress):
-                    self.progress.emit(event.bytes_written, event.total_bytes)
-                elif isinstance(event, ExportDone):
-                    self.outcome.emit("finished", (event.path, event.file_bytes))
-        except ExportCancelled:
-            self.outcome.emit("cancelled", None)
-        except UserError as exc:
-            self.outcome.emit("failed", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug must still reach the user, not kill the thread
-            self.outcome.emit("failed", f"unexpected error: {type(exc).__name__}: {exc}")
-        finally:
-            self.thread().quit()
+from .check_runner import CheckRunner
 
 
 class GGUFExportRow(QWidget):
@@ -59,10 +33,12 @@ class GGUFExportRow(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._thread: QThread | None = None
-        self._worker: _ExportWorker | None = None
-        self._outcome: tuple[str, object] | None = None
-        self._cancel = threading.Event()
+        self.runner = CheckRunner(self, what="export")
+        self.runner.progress.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.cancelled.connect(self._on_cancelled)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.running_changed.connect(self._set_running)
         self.result_path: Path | None = None
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("model folder to export, e.g. the merge's output")
@@ -101,12 +77,12 @@ class GGUFExportRow(QWidget):
         self.progress_bar.hide()
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
+            app.aboutToQuit.connect(self.runner.shutdown)
         self._set_running(False)
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None
+        return self.runner.is_running
 
     def set_model_folder(self, folder: object) -> None:
         """Offer ``folder`` (a merge's output) for export."""
@@ -137,34 +113,23 @@ class GGUFExportRow(QWidget):
         """Export the folder on a worker thread; False when nothing to export or one is running."""
         if self.is_running or not self.folder_edit.text().strip():
             return False
-        self._cancel = threading.Event()
-        out = self.output_file()
-        thread = QThread()
-        thread.setObjectName("gguf-export")
-        worker = _ExportWorker(Path(self.folder_edit.text().strip()).expanduser(), out,
-                               self.type_combo.currentText(), self._cancel)
-        worker.moveToThread(thread)
-        thread.started.connect(worker.run)
-        worker.progress.connect(self._on_progress)
-        worker.outcome.connect(self._on_outcome)
-        thread.finished.connect(self._thread_finished)
-        self._thread, self._worker = thread, worker
+        model, out, export_type = (Path(self.folder_edit.text().strip()).expanduser(), self.output_file(),
+                                    self.type_combo.currentText())
+
+        def job(cancel: threading.Event) -> Iterator[object]:
+            from merger_gui.engine.gguf_export import export_gguf
+
+            return export_gguf(model, out, export_type, overwrite=True, cancel=cancel)
+
         self.result_label.setText(f"Exporting to {out}…")
         self.progress_bar.setValue(0)
         self.progress_bar.show()
-        self._set_running(True)
-        thread.start()
+        self.runner.start(job, (ExportCancelled,))
         return True
 
     def cancel(self) -> None:
         """Stop the running export between tensors; nothing is left behind."""
-        self._cancel.set()
-
-    def shutdown(self) -> None:
-        """Cancel and wait for the thread (closing the window)."""
-        if self._thread is not None:
-            self._cancel.set()
-            self._thread.wait()
+        self.runner.cancel()
 
     def _browse(self) -> None:
         start = self.folder_edit.text() or str(Path.home())
@@ -178,32 +143,27 @@ class GGUFExportRow(QWidget):
         self.folder_edit.setEnabled(not running)
         self.type_combo.setEnabled(not running)
 
-    @Slot(int, int)
-    def _on_progress(self, written: int, total: int) -> None:
-        self.progress_bar.setValue(int(1000 * written / max(1, total)))
+    @Slot(object)
+    def _on_progress(self, event: object) -> None:
+        if isinstance(event, ExportProgress):
+            self.progress_bar.setValue(int(1000 * event.bytes_written / max(1, event.total_bytes)))
 
-    @Slot(str, object)
-    def _on_outcome(self, kind: str, value: object) -> None:
-        self._outcome = (kind, value)
+    @Slot(object)
+    def _on_finished(self, done: object) -> None:
+        self.progress_bar.hide()
+        if not isinstance(done, ExportDone):
+            self._on_failed("the export ended without writing a file")
+            return
+        self.result_path = done.path
+        self.result_label.setText(f"GGUF written: {done.path} ({format_size(done.file_bytes)})")
+        self.exported.emit(done.path)
 
     @Slot()
-    def _thread_finished(self) -> None:
-        if self._thread is None:
-            return
-        self._thread.wait()
-        self._thread = None
-        if self._worker is not None:
-            self._worker.deleteLater()
-            self._worker = None
-        kind, value = self._outcome or ("failed", "the export stopped without a result")
-        self._outcome = None
+    def _on_cancelled(self) -> None:
         self.progress_bar.hide()
-        self._set_running(False)
-        if kind == "finished" and isinstance(value, tuple):
-            self.result_path = Path(value[0])
-            self.result_label.setText(f"GGUF written: {self.result_path} ({format_size(value[1])})")
-            self.exported.emit(self.result_path)
-        elif kind == "cancelled":
-            self.result_label.setText("Export cancelled; nothing was written")
-        else:
-            self.result_label.setText(f"Export failed: {value}")
+        self.result_label.setText("Export cancelled; nothing was written")
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self.progress_bar.hide()
+        self.result_label.setText(f"Export failed: {message}")
