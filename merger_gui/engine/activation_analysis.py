@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 from merger_gui.core.errors import UserError
 from merger_gui.core.plan import LayerMap, LayerSource
 
-from .evaluate import _context_length, _loaded, _model_folder, _quiet, sample_text
+from .evaluate import sample_text
 from .layer_similarity import AnalysisCancelled
+from .transformers_model import loaded_model, model_folder, token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -244,9 +245,9 @@ def _run_donor(name: str, folder: str | Path, options: ActivationOptions, steps:
                *visitors: LayerVisitor) -> Iterator[ActivationProgress | _Ran]:
     """Load the donor, run it once over the text with a distance tracker and ``visitors`` on every layer;
     yields :class:`_Ran` (the tracker) last."""
-    path = _model_folder(folder)
+    path = model_folder(folder)
     yield steps.next(f"loading {name}")
-    with _loaded(path, options.device) as (model, tokenizer):
+    with loaded_model(path, options.device) as (model, tokenizer):
         yield steps.next(f"running {name}")
         layers = _decoder_layers(model, name)
         blocks = [n for n in options.blocks if n > len(layers)]
@@ -260,11 +261,8 @@ def _run_donor(name: str, folder: str | Path, options: ActivationOptions, steps:
 
 
 def _token_ids(model: Any, tokenizer: Any, options: ActivationOptions, name: str) -> list[int]:
-    import transformers
-
     text = sample_text() if options.text is None else options.text
-    with _quiet(transformers):
-        ids = list(tokenizer(text)["input_ids"][:min(options.max_tokens, _context_length(model))])
+    ids = token_ids(model, tokenizer, text, options.max_tokens)
     if not ids:
         raise UserError(f"the text is empty once tokenized by {name}")
     return ids

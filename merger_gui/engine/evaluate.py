@@ -16,19 +16,18 @@ most likely next token is the model's.
 
 from __future__ import annotations
 
-import gc
 import math
 import queue
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.errors import UserError
-from merger_gui.core.inspect import check_metadata_files, read_config, read_folder_tensors
+
+from .transformers_model import first_line, loaded_model, model_folder, quiet_transformers, token_ids
 
 if TYPE_CHECKING:  # imported when a model is loaded
     import torch
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 SAMPLE_TEXT = "sample-text.txt"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 CHARS_PER_TOKEN = 64  # far more than any tokenizer's average: a text file is read this far per token
 FAR_WORSE = 2.0  # a merge whose perplexity exceeds this many times the best donor's is flagged
 
@@ -172,7 +170,7 @@ def evaluate_model(model_dir: str | Path, against: Sequence[str | Path] = (),
         EvaluationCancelled: ``cancel`` was set.
         UserError: a missing folder, no tokenizer, an architecture transformers cannot load…
     """
-    folders = [_model_folder(model_dir), *(_model_folder(d) for d in against)]
+    folders = [model_folder(model_dir), *(model_folder(d) for d in against)]
     text = sample_text() if options.text is None else options.text
     steps = 2 * len(folders) + (options.max_new_tokens if options.prompt is not None else 0)
     counter = _Steps(steps, cancel)
@@ -181,7 +179,7 @@ def evaluate_model(model_dir: str | Path, against: Sequence[str | Path] = (),
     results = []
     for name, folder in zip(against, folders[1:]):
         yield counter.next(f"loading {folder.name}")
-        with _loaded(folder, options.device) as (model, tokenizer):
+        with loaded_model(folder, options.device) as (model, tokenizer):
             yield counter.next(f"scoring {folder.name}")
             donor = score_text(model, tokenizer, folder, text, options.max_tokens)
         agreement = agreement_of(score, donor)
@@ -196,10 +194,10 @@ def evaluate_model(model_dir: str | Path, against: Sequence[str | Path] = (),
 def score_folder(folder: str | Path, text: str, options: EvaluationOptions = EvaluationOptions(),
                  cancel: threading.Event | None = None) -> Generator[EvaluationProgress, None, TextScore]:
     """Load ``folder`` and score it on ``text`` (two progress steps); returns its :class:`TextScore`."""
-    path = _model_folder(folder)
+    path = model_folder(folder)
     counter = _Steps(2, cancel)
     yield counter.next(f"loading {path.name}")
-    with _loaded(path, options.device) as (model, tokenizer):
+    with loaded_model(path, options.device) as (model, tokenizer):
         yield counter.next(f"scoring {path.name}")
         return score_text(model, tokenizer, path, text, options.max_tokens)
 
@@ -215,10 +213,8 @@ def agreement_of(model: TextScore, donor: TextScore) -> float | None:
 def score_text(model: Any, tokenizer: Any, folder: Path, text: str, max_tokens: int) -> TextScore:
     """Perplexity and next-token predictions of a loaded ``model`` on ``text`` (see the module)."""
     import torch
-    import transformers
 
-    with _quiet(transformers):  # no warning that the text is longer than the model's context: it is cut
-        ids = tokenizer(text)["input_ids"][:min(max_tokens, _context_length(model))]
+    ids = token_ids(model, tokenizer, text, max_tokens)
     if len(ids) < 2:
         raise UserError(f"the text is {len(ids)} token{'s' * (len(ids) != 1)} long for {folder.name}; "
                         "perplexity needs at least 2")
@@ -229,12 +225,6 @@ def score_text(model: Any, tokenizer: Any, folder: Path, text: str, max_tokens: 
         nll = _negative_log_likelihoods(logits, targets)
         predictions = logits.argmax(dim=-1)
     return TextScore(folder, tuple(ids), math.exp(float(nll.double().mean())), tuple(predictions.tolist()))
-
-
-def _context_length(model: Any) -> int:
-    """The most positions the model was trained for (its ``max_position_embeddings``)."""
-    length = getattr(model.config, "max_position_embeddings", None)
-    return length if isinstance(length, int) and length > 1 else 2**31
 
 
 def _negative_log_likelihoods(logits: torch.Tensor, targets: torch.Tensor, rows: int = 256) -> torch.Tensor:
@@ -259,7 +249,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
 
     def run() -> None:
         try:
-            with torch.inference_mode(), _quiet(transformers):
+            with torch.inference_mode(), quiet_transformers(transformers):
                 model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                do_sample=False, streamer=_TokenQueue(tokens), pad_token_id=_pad_token(tokenizer),
                                stopping_criteria=[_StopWhenSet(stop, cancel)])
@@ -273,7 +263,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int,
     try:
         while (item := tokens.get()) is not None:
             if isinstance(item, BaseException):
-                raise UserError(f"generation failed: {_first_line(item)}")
+                raise UserError(f"generation failed: {first_line(item)}")
             new.append(item)
             yield tokenizer.decode(new, skip_special_tokens=True)
     finally:
@@ -344,7 +334,7 @@ class _Steps:
 
 def _score_and_generate(folder: Path, text: str, options: EvaluationOptions, counter: _Steps
                         ) -> Generator[EvaluationProgress, None, tuple[TextScore, str | None]]:
-    with _loaded(folder, options.device) as (model, tokenizer):
+    with loaded_model(folder, options.device) as (model, tokenizer):
         yield counter.next(f"scoring {folder.name}")
         score = score_text(model, tokenizer, folder, text, options.max_tokens)
         if options.prompt is None:
@@ -356,84 +346,3 @@ def _score_and_generate(folder: Path, text: str, options: EvaluationOptions, cou
             yield counter.next(f"generating with {folder.name}: {k} tokens", start + k)
         counter.done = start + options.max_new_tokens  # an end token may stop it early
     return score, generation
-
-
-def _model_folder(path: str | Path) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"{path} does not exist" if not folder.exists() else f"{path} is not a folder")
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{path} is not a model folder (no config.json)")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise UserError(f"{path} has no tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json); "
-                        "copy the tokenizer files of its base model into it")
-    read_config(folder / "config.json")  # bounded, regular files and sound weight headers before
-    check_metadata_files(folder)  # transformers reads them without these guards
-    read_folder_tensors(folder)
-    return folder
-
-
-@contextmanager
-def _loaded(folder: Path, device: str) -> Iterator[tuple[Any, Any]]:
-    """The model and tokenizer of ``folder`` on ``device``, released (memory freed) on exit."""
-    torch, transformers = _libraries()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for, but no CUDA GPU is available to torch; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r}: use cpu or cuda")
-    with _quiet(transformers):
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-            # CPU kernels are fastest and complete in float32; a GPU runs the stored 16-bit dtype.
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, dtype=torch.float32 if device == "cpu" else "auto").to(device)
-        except (ValueError, KeyError, OSError, ImportError) as exc:
-            raise UserError(f"transformers cannot load {folder} as a causal language model: "
-                            f"{_first_line(exc)}") from None
-    model.eval()
-    threads = torch.get_num_threads()
-    # One core fewer than torch's default: on a busy machine, OpenMP threads waiting for the one the
-    # system has not scheduled made a forward pass 15x slower (two cores, 0.25 s against 3.5-4.6 s),
-    # and the window's thread keeps a core.
-    torch.set_num_threads(max(1, threads - 1))
-    try:
-        yield model, tokenizer
-    finally:
-        torch.set_num_threads(threads)
-        del model
-        if threading.current_thread() is threading.main_thread():
-            gc.collect()  # free the model's reference cycles before the next model loads
-        # On a worker thread the window's GUI-thread collector frees them within a second
-        # (qt/app.py): collecting here would also free Qt objects off their thread.
-        if device == "cuda":
-            torch.cuda.empty_cache()
-
-
-def _libraries() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise UserError(f"evaluating a model needs transformers and torch ({exc}); "
-                        "install them with: pip install 'transformers>=4.56'") from None
-    return torch, transformers
-
-
-@contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    """No progress bars or advice on stderr while loading (the caller shows progress)."""
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
