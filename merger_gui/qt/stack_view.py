@@ -30,6 +30,7 @@ from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
 from .output_stack import INDEX_GUTTER, OUTPUT_W, OutputColumnItem, plan_summary
+from .similarity_gap_item import SimilarityGapItem, gap_donors, gap_width, oriented
 from .slice_items import (
     HEADER_H, DonorColumnItem, RangeTipItem, SliceBarItem, SliceLinkItem, StackGeometry, column_width,
 )
@@ -253,6 +254,7 @@ class StackView(QGraphicsView):
         self.preview_stage: Stage | None = None  # the stage a drag would make, drawn while dragging
         self.analysis: AnalysisResult | None = None  # the Analysis tab's last result, drawn over the stacks
         self.strips: dict[str, DistanceStripItem] = {}  # per-layer distance beside each analysed donor
+        self.similarity_gap: SimilarityGapItem | None = None  # the two donors' similarity between their columns
         self.tip = RangeTipItem(current_theme().canvas)  # the dragged range, next to the cursor
         self.tip.setVisible(False)
         self.scene().addItem(self.tip)
@@ -545,6 +547,9 @@ class StackView(QGraphicsView):
         for strip in self.strips.values():
             self._drop(strip)
         self.strips = {}
+        if self.similarity_gap is not None:
+            self._drop(self.similarity_gap)
+            self.similarity_gap = None
         self._sync_overlay()
 
     def _sync_overlay(self) -> None:
@@ -568,6 +573,23 @@ class StackView(QGraphicsView):
                                                               self.geometry_)
                 self.scene().addItem(strip)
             strip.setPos(column.x() + column.width + STRIP_GAP, 0)
+        self._sync_similarity_gap(result)
+
+    def _sync_similarity_gap(self, result: AnalysisResult) -> None:
+        """The similarity heatmap in the gap right of the left one of its donors (made once per result and scale)."""
+        donors = gap_donors(result, self.columns)
+        gap = self.similarity_gap
+        if gap is not None and (donors is None or gap.key != (*donors, self.geometry_)):
+            self._drop(gap)
+            gap = self.similarity_gap = None
+        if donors is None:
+            return
+        if gap is None:
+            gap = self.similarity_gap = SimilarityGapItem(*donors, oriented(result, donors[0]), self.geometry_,
+                                                          gap_width(COLUMN_GAP))
+            self.scene().addItem(gap)
+        left = self.columns[donors[0]]
+        gap.setPos(left.x() + left.width, 0)
 
     def _update_scene_rect(self) -> None:
         """The scene covers every column at its full height (a drag's longer output included)."""
