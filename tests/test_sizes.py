@@ -32,7 +32,7 @@ def test_cli_merge_lines_use_the_formatter(capsys, nbytes):
     display = ProgressDisplay(io.StringIO())
     display.show(DownloadProgress("org/model", "model.safetensors", nbytes, nbytes))
     display.show(MergeDone(Path("out"), 3, nbytes, 1.0))
-    assert f"downloaded org/model/model.safetensors ({format_size(nbytes)})" in display.stream.getvalue()
+    assert f"downloaded org/model/model.safetensors ({format_size(nbytes)})" in display.status.stream.getvalue()
     assert f"merged 3 tensors ({format_size(nbytes)}) into out" in capsys.readouterr().out
 
 

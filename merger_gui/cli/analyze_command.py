@@ -11,7 +11,8 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
 
 from .common import add_donor_argument, add_json_argument, print_json
-from .evaluate_command import StatusLine, add_evaluation_arguments, positive_int
+from .evaluate_command import add_evaluation_arguments, positive_int
+from .terminal import StatusLine
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-from typing import TextIO
 
+from .terminal import StatusLine
 from .common import add_json_argument, print_json
 
 DEFAULT_MAX_TOKENS = 1024
@@ -90,31 +89,3 @@ def run(args: argparse.Namespace) -> int:
     if evaluation.far_worse:
         print("warning: the perplexity is more than twice the best donor's: the merge may be broken", file=sys.stderr)
     return 0
-
-
-class StatusLine:
-    """One updating line of progress on a terminal; nothing when the stream is not one."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
-        self.shown = False
-
-    def show(self, text: str) -> None:
-        if not self.live:
-            return
-        width = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r" + text[: width - 1].ljust(width - 1))
-        self.stream.flush()
-        self.shown = True
-
-    def line(self, text: str) -> None:
-        self.clear()
-        print(text, file=self.stream)
-
-    def clear(self) -> None:
-        if self.shown:
-            width = shutil.get_terminal_size((100, 20)).columns
-            self.stream.write("\r" + " " * (width - 1) + "\r")
-            self.stream.flush()
-            self.shown = False

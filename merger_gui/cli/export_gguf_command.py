@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from merger_gui.core.errors import UserError
 from merger_gui.core.quantization import GGUF_EXPORT_TYPES
 from merger_gui.core.units import format_size
 
-from .merge_command import Interrupted, ProgressDisplay, _cancelling_signals
+from .terminal import StatusLine, cancelled_how, cancelling_signals, interrupting_signal
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,29 +37,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from merger_gui.engine.gguf_export import ExportDone, ExportProgress, export_gguf  # gguf-py only here
 
-    display = ProgressDisplay(sys.stderr)
-    display.stage = f"GGUF {args.export_type}"
+    status = StatusLine(sys.stderr)
     events = export_gguf(args.model_dir, args.out_file, args.export_type, overwrite=args.overwrite)
     done = None
     try:
-        with _cancelling_signals():
+        with cancelling_signals():
             for event in events:
-                if isinstance(event, ExportProgress) and display.live:
-                    display.bar(event.bytes_written, event.total_bytes, f"{event.index}/{event.count} tensors",
-                                event.eta)
+                if isinstance(event, ExportProgress):
+                    status.bar(event.bytes_written, event.total_bytes,
+                               f"{event.index}/{event.count} tensors · GGUF {args.export_type}", event.eta)
                 elif isinstance(event, ExportDone):
                     done = event
     except KeyboardInterrupt as stop:
         events.close()  # the engine removes its partial file
-        display.clear()
-        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-        how = "cancelled" if signum == signal.SIGINT else f"cancelled by {signal.Signals(signum).name}"
-        print(f"{how}: nothing was written", file=sys.stderr)
+        status.clear()
+        signum = interrupting_signal(stop)
+        print(f"{cancelled_how(signum)}: nothing was written", file=sys.stderr)
         return 128 + signum
     except UserError:
-        display.clear()
+        status.clear()
         raise
-    display.clear()
+    status.clear()
     assert done is not None  # the engine's last event
     if args.json:
         print(json.dumps({"path": str(done.path), "type": args.export_type, "tensors": done.tensors,

@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import shutil
-import signal
 import sys
-from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.units import format_duration, format_size
-from merger_gui.engine.output import HELD_SIGNALS
 
 from .common import add_donor_argument, add_recipe_argument, donors_for, load_recipe_file, require_donors
+from .terminal import StatusLine, cancelled_how, cancelling_signals, interrupting_signal
 
 if TYPE_CHECKING:
     from merger_gui.engine.run import MergeEvent, MergeOptions
@@ -99,17 +96,17 @@ def run(args: argparse.Namespace) -> int:
     before = _identity(out)
     events = moe if moe is not None else run_merge(recipe, donors, out, options)
     try:
-        with _cancelling_signals():
+        with cancelling_signals():
             for event in events:
                 display.show(event)
     except KeyboardInterrupt as stop:
         events.close()  # the engine removes its partial output
-        display.clear()
-        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        display.status.clear()
+        signum = interrupting_signal(stop)
         print(_cancelled_message(signum, out, _identity(out) != before, display.kept), file=sys.stderr)
         return 128 + signum
     except UserError:
-        display.clear()
+        display.status.clear()
         raise
     return 0
 
@@ -137,35 +134,6 @@ def _moe_events(args: argparse.Namespace, out: Path,
     return run_moe(recipe, donors, out, options)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised by the first SIGINT, SIGTERM or SIGHUP of a merge."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def _cancelling_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP cancel like Ctrl-C: the first raises :class:`Interrupted`; later
-    ones are ignored until the process ends, so the engine's clean-up runs to its end."""
-    caught: list[int] = []
-
-    def cancel(signum: int, _frame: object) -> None:
-        caught.append(signum)
-        for s in HELD_SIGNALS:  # ignored by the system (not only by Python) until the very end of the process
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, cancel) for s in HELD_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            if not caught:
-                signal.signal(signum, handler)
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     """What tells whether ``path`` was replaced: its device and inode."""
     try:
@@ -177,7 +145,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _cancelled_message(signum: int, out: Path, written: bool, kept: Sequence[Path]) -> str:
     """What a cancel left, truly: nothing, the finished stages, or (signalled at the very end) the model."""
-    how = "cancelled" if signum == signal.SIGINT else f"cancelled by {signal.Signals(signum).name}"
+    how = cancelled_how(signum)
     if written:
         return f"{how} after the merge had finished: {out} is complete"
     if kept:
@@ -191,10 +159,8 @@ class ProgressDisplay:
     """Renders merge events: a one-line bar on a terminal, else a line per stage."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+        self.status = StatusLine(stream)
         self.stage = ""
-        self.shown = False
         self.kept: list[Path] = []  # intermediate stages written by this run
 
     def show(self, event: object) -> None:
@@ -202,50 +168,28 @@ class ProgressDisplay:
             DownloadProgress, MergeDone, MergeWarning, StageFinished, StageStarted, TensorProgress,
         )
 
+        status = self.status
         if isinstance(event, MergeWarning):
-            self.line(f"warning: {event.message}")
+            status.line(f"warning: {event.message}")
         elif isinstance(event, StageStarted):
             self.stage = f"stage {event.index + 1}/{event.count} {event.name}"
-            if not self.live and not event.reused:
-                self.line(f"{self.stage}: merging {event.tensors} tensors")
+            if not status.live and not event.reused:
+                status.line(f"{self.stage}: merging {event.tensors} tensors")
         elif isinstance(event, TensorProgress):
-            if self.live:
-                self.bar(event.bytes_written, event.total_bytes,
-                         f"{event.overall_index}/{event.overall_count} tensors", event.eta)
+            status.bar(event.bytes_written, event.total_bytes,
+                       f"{event.overall_index}/{event.overall_count} tensors · {self.stage}", event.eta)
         elif isinstance(event, DownloadProgress):
-            if self.live:
-                self.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file}", None)
+            if status.live:
+                status.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file} · {self.stage}",
+                           None)
             elif event.downloaded == event.total:
-                self.line(f"downloaded {event.model}/{event.file} ({format_size(event.total)})")
+                status.line(f"downloaded {event.model}/{event.file} ({format_size(event.total)})")
         elif isinstance(event, StageFinished):
             if not event.reused and event.index < event.count - 1:
                 self.kept.append(event.path)
             what = "reused from an earlier run" if event.reused else f"done in {format_duration(event.seconds)}"
-            self.line(f"{self.stage}: {what} → {event.path}")
+            status.line(f"{self.stage}: {what} → {event.path}")
         elif isinstance(event, MergeDone):
-            self.clear()
+            status.clear()
             print(f"merged {event.tensors} tensors ({format_size(event.bytes_written)}) into {event.path} "
                   f"in {format_duration(event.seconds)}")
-
-    def bar(self, done: int, total: int, detail: str, eta: float | None) -> None:
-        width = shutil.get_terminal_size((100, 20)).columns
-        fraction = done / total if total else 1.0
-        left = f" {format_duration(eta)} left" if eta is not None else ""
-        text = f" {fraction:4.0%} {detail}{left} · {self.stage}"
-        cells = max(10, min(40, width - len(text) - 3))
-        filled = int(cells * fraction)
-        line = f"[{'#' * filled}{'.' * (cells - filled)}]{text}"
-        self.stream.write("\r" + line[: width - 1].ljust(width - 1))
-        self.stream.flush()
-        self.shown = True
-
-    def line(self, text: str) -> None:
-        self.clear()
-        print(text, file=self.stream)
-
-    def clear(self) -> None:
-        if self.shown:
-            width = shutil.get_terminal_size((100, 20)).columns
-            self.stream.write("\r" + " " * (width - 1) + "\r")
-            self.stream.flush()
-            self.shown = False

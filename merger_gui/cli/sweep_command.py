@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from merger_gui.core.errors import UserError
@@ -12,8 +11,8 @@ from .common import (
     add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
     require_donors,
 )
-from .evaluate_command import StatusLine, add_evaluation_arguments
-from .merge_command import Interrupted, _cancelling_signals
+from .evaluate_command import add_evaluation_arguments
+from .terminal import StatusLine, cancelled_how, cancelling_signals, interrupting_signal
 
 
 def value_list(text: str) -> tuple[float, ...]:
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     where = ""
     events = run_sweep(recipe, donors, args.out_dir, args.param, args.values, options)
     try:
-        with _cancelling_signals():  # SIGTERM and SIGHUP cancel like Ctrl-C
+        with cancelling_signals():  # SIGTERM and SIGHUP cancel like Ctrl-C
             for event in events:
                 if isinstance(event, VariantStarted):
                     where = f"{args.param} = {event.value:g} ({event.index + 1}/{event.count})"
@@ -83,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stop:
         events.close()  # removes the unfinished variant
         status.clear()
-        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-        how = "cancelled" if signum == signal.SIGINT else f"cancelled by {signal.Signals(signum).name}"
-        print(f"{how}: the finished variants are recorded in {args.out_dir}; run the same command to resume",
-              file=sys.stderr)
+        signum = interrupting_signal(stop)
+        print(f"{cancelled_how(signum)}: the finished variants are recorded in {args.out_dir}; "
+              "run the same command to resume", file=sys.stderr)
         return 128 + signum
     finally:
         status.clear()
