@@ -1,30 +1,44 @@
-"""MODEL+LORA donors: references resolved with their adapter, its download counted, variants we do
-not apply refused in one line, the delta applied as PEFT merges it (parity is in test_parity_forms)."""
+"""MODEL+LORA donors: references resolved with their adapter, its download counted and shown,
+adapters that do not fit their model or that we do not apply refused in one line, the delta
+applied as PEFT merges it (parity with mergekit is in test_parity_forms)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 
+from hub_server import FakeHub, go_online, use_cache
+from merger_gui.cli import main as cli_main
 from merger_gui.core.errors import DonorError
+from merger_gui.core.estimator import COPY_ENGINE_BYTES, estimate_plan, stage_peak_ram_bytes
 from merger_gui.core.lora_config import LoraConfig, split_lora_reference
+from merger_gui.core.plan import plan_recipe
 from merger_gui.core.recipe_yaml import load_recipe_text
 from merger_gui.core.resolve import resolve_donor, resolve_recipe_donors
 
 torch = pytest.importorskip("torch")
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
-from merger_gui.engine.lora import load_adapter  # noqa: E402
+from merger_gui.engine.lora import donor_adapters, load_adapter  # noqa: E402
+from merger_gui.engine.run import DownloadProgress, run_merge  # noqa: E402
+
+Q_PROJ = "model.layers.0.self_attn.q_proj"
+PASSTHROUGH = "slices: [{sources: [{model: MODEL, layer_range: [0, 4]}]}]\nmerge_method: passthrough\n"
 
 
-def adapter(folder, config: dict | None = None, extra: dict | None = None):
+def adapter(folder, config: dict | None = None, extra: dict | None = None,
+            modules: dict[str, tuple[int, int]] | None = None, rank_b: int = 2):
+    """A PEFT adapter folder: ones as the r = 2 factors of each module (name → (out, in) features)."""
     folder.mkdir()
-    tensors = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 4),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(4, 2), **(extra or {})}
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    tensors = {}
+    for module, (out_features, in_features) in (modules or {Q_PROJ: (64, 64)}).items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.ones(2, in_features)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = torch.ones(out_features, rank_b)
+    save_file({**tensors, **(extra or {})}, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
                                                             **(config or {})}))
     return folder
@@ -59,17 +73,25 @@ def test_relative_parts_are_found_next_to_the_recipe(make_donor, tmp_path):
 
 def test_hub_adapter_download_is_counted(make_donor, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    files = [SimpleNamespace(rfilename="adapter_config.json", size=345),
+             SimpleNamespace(rfilename="adapter_model.safetensors", size=12000)]
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: SimpleNamespace(
-        get_paths_info=lambda repo, paths, revision=None: [SimpleNamespace(size=12345)]))
+        model_info=lambda repo, revision=None, files_metadata=False: SimpleNamespace(siblings=files)))
     donor = resolve_donor(f"{make_donor('m')}+org/lora@v1")
     assert donor.adapter == "org/lora@v1" and donor.download_bytes == 12345
+    files.pop()
+    with pytest.raises(DonorError, match="org/lora has no adapter_model.safetensors, so it is not a PEFT LoRA"):
+        resolve_donor(f"{make_donor('n')}+org/lora")
 
 
 @pytest.mark.parametrize("config, extra, message", [
     ({"use_dora": True}, None, "uses use_dora"),
     ({"peft_type": "IA3"}, None, "not a LoRA adapter"),
     ({"bias": "all"}, None, "bias: all"),
-    (None, {"base_model.model.lm_head.weight": torch.ones(4, 4)}, "is not a LoRA factor"),
+    ({"modules_to_save": ["lm_head"]}, None, "uses modules_to_save, which merger_gui does not apply"),
+    (None, {"base_model.model.lm_head.weight": torch.ones(96, 64)}, "is not a LoRA factor"),
+    (None, {"base_model.model.model.embed_tokens.lora_embedding_A": torch.ones(2, 96),
+            "base_model.model.model.embed_tokens.lora_embedding_B": torch.ones(64, 2)}, "has an embedding LoRA"),
 ])
 def test_variants_we_do_not_apply_are_refused(tmp_path, config, extra, message):
     folder = adapter(tmp_path / "lora", config, extra)
@@ -77,11 +99,88 @@ def test_variants_we_do_not_apply_are_refused(tmp_path, config, extra, message):
         load_adapter(str(folder), "donor m")
 
 
+def test_folder_without_config_is_not_an_adapter(make_donor, tmp_path):
+    folder = adapter(tmp_path / "lora")
+    (folder / "adapter_config.json").unlink()
+    with pytest.raises(DonorError, match=r"lora has no adapter_config.json, so it is not a PEFT adapter folder$"):
+        resolve_donor(f"{make_donor('m')}+{folder}")
+
+
+@pytest.mark.parametrize("modules, rank_b, message", [
+    ({"transformer.h.0.attn.c_attn": (64, 64)}, 2, "target modules match no tensor of the model"),
+    ({f"model.layers.{i}.self_attn.q_proj": (64, 64) for i in range(6)}, 2,
+     "changes 2 tensors the model does not have"),
+    ({Q_PROJ: (128, 128)}, 2, r"delta of model.layers.0.self_attn.q_proj.weight is \(128, 128\), the model's "
+                              r"tensor \(64, 64\): an adapter for another model size"),
+    ({Q_PROJ: (64, 64)}, 3, "have ranks 2 \\(A\\) and 3 \\(B\\), the adapter's r is 2"),
+])
+def test_adapter_of_another_model_is_refused_when_resolved(make_donor, tmp_path, modules, rank_b, message):
+    folder = adapter(tmp_path / "lora", modules=modules, rank_b=rank_b)
+    with pytest.raises(DonorError, match=message) as caught:
+        resolve_donor(f"{make_donor('m')}+{folder}")
+    assert "\n" not in str(caught.value)
+
+
+def test_adapter_that_does_not_fit_is_refused_before_reading(make_donor, tmp_path):
+    # A Hub adapter is checked once downloaded, when the merge opens its donors.
+    donor = resolve_donor(str(make_donor("m")))
+    wide = adapter(tmp_path / "lora", modules={Q_PROJ: (64, 128)})
+    with pytest.raises(DonorError, match="an adapter for another model size"):
+        donor_adapters({"m": replace(donor, adapter=str(wide))})
+
+
+def test_cli_merge_refuses_a_misfit_adapter_in_one_line(make_donor, tmp_path, capsys):
+    folder = adapter(tmp_path / "lora", modules={"model.layers.7.mlp.up_proj": (128, 64)})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PASSTHROUGH.replace("MODEL", f"{make_donor('m')}+{folder}"))
+    assert cli_main(["merge", str(recipe), str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "match no tensor of the model" in error and "\n" not in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_delta_is_added_in_float32_and_rounded_once(tmp_path):
     lora = load_adapter(str(adapter(tmp_path / "lora")), "donor m")
-    weight = torch.full((4, 4), 1.0, dtype=torch.float16)
-    merged = lora.apply("model.layers.0.self_attn.q_proj.weight", weight)
-    assert merged.dtype == torch.float16 and torch.equal(merged, torch.full((4, 4), 5.0, dtype=torch.float16))
+    weight = torch.full((64, 64), 1.0, dtype=torch.float16)
+    merged = lora.apply(f"{Q_PROJ}.weight", weight)
+    assert merged.dtype == torch.float16 and torch.equal(merged, torch.full((64, 64), 5.0, dtype=torch.float16))
+    assert torch.equal(weight, torch.ones(64, 64, dtype=torch.float16))  # the input is left alone
     assert lora.apply("model.layers.0.self_attn.k_proj.weight", weight) is weight
     with pytest.raises(DonorError, match="trained on another model"):
-        lora.apply("model.layers.0.self_attn.q_proj.weight", torch.zeros(4, 8))
+        lora.apply(f"{Q_PROJ}.weight", torch.zeros(64, 8))
+
+
+def test_hub_adapter_downloads_with_progress_once_and_is_estimated(make_donor, tmp_path, monkeypatch):
+    model, lora = make_donor("m"), adapter(tmp_path / "lora")
+    size = sum(f.stat().st_size for f in lora.iterdir())
+    recipe = load_recipe_text(PASSTHROUGH.replace("MODEL", f"{model}+org/lora"))
+    use_cache(monkeypatch, tmp_path / "hf" / "hub")
+    with FakeHub({"org/lora": lora}) as hub:
+        go_online(monkeypatch, hub)
+        donors, errors = resolve_recipe_donors(recipe, {})
+        assert not errors and estimate_plan(plan_recipe(recipe, donors), donors).merge.download_bytes == size
+        events = list(run_merge(recipe, donors, tmp_path / "hub-out"))
+        again, _ = resolve_recipe_donors(recipe, {})
+        list(run_merge(recipe, again, tmp_path / "again"))
+    files = {(e.model, e.file) for e in events if isinstance(e, DownloadProgress) and e.downloaded == e.total}
+    assert files == {(f"{model}+org/lora", "adapter_config.json"), (f"{model}+org/lora", "adapter_model.safetensors")}
+    assert [p for p in hub.full_downloads() if p.endswith(".safetensors")] == ["org/lora/adapter_model.safetensors"]
+    assert next(iter(again.values())).download_bytes == 0
+
+    local = load_recipe_text(PASSTHROUGH.replace("MODEL", f"{model}+{lora}"))
+    list(run_merge(local, resolve_recipe_donors(local, {})[0], tmp_path / "local-out"))
+    ours, expected = load_file(tmp_path / "hub-out" / "model.safetensors"), load_file(tmp_path / "local-out" /
+                                                                                      "model.safetensors")
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[n], expected[n]) for n in ours)
+    assert not torch.equal(ours[f"{Q_PROJ}.weight"], load_file(model / "model.safetensors")[f"{Q_PROJ}.weight"])
+
+
+def test_estimate_counts_the_adapter_in_peak_ram(make_donor, tmp_path):
+    model, lora = make_donor("m"), adapter(tmp_path / "lora")
+    peaks = []
+    for reference in (str(model), f"{model}+{lora}"):
+        recipe = load_recipe_text(PASSTHROUGH.replace("MODEL", reference))
+        donors = resolve_recipe_donors(recipe, {})[0]
+        peaks.append(stage_peak_ram_bytes(plan_recipe(recipe, donors).stages[0], donors))
+    # A plain passthrough copies bytes; with an adapter each tensor is read, widened and summed.
+    assert peaks[0] == COPY_ENGINE_BYTES < peaks[1]

@@ -372,7 +372,8 @@ def stage_peak_ram_bytes(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> i
     ``numel`` elements from ``k`` inputs it holds the inputs in the working dtype (``w`` bytes
     each) and, on top of them, the largest of:
 
-    - ``s``: the input being read in its stored dtype, when that is not the working dtype;
+    - ``s``: the input being read in its stored dtype, when that is not the working dtype (with
+      the float32 sum and delta of a MODEL+LORA donor's adapter: ``s + 8``);
     - the method's scratch at its fullest (:data:`METHOD_SCRATCH`; every known method's when
       the method is unknown);
     - ``r + o``: the result (``w`` bytes, float32 for methods with a float32 result, none when
@@ -412,12 +413,25 @@ def _merge_bytes_per_element(stage: StagePlan, tensor: PlannedTensor,
     working = (known_dtype_code(stage.output.dtype) or tensor.dtype) if widened else tensor.dtype
     w = BY_CODE[working].size
     read = max((BY_CODE[code].size for code in _source_dtypes(tensor, donors) if code != working), default=0)
+    read = max(read, _adapter_read_bytes(tensor, donors))
     scratch = max(p.bytes_per_element(k, w, _mask_size(working)) for p in phases)
     result_code = "F32" if widened and w < BY_CODE["F32"].size else working
     result = 0 if _returns_input(stage, tensor) else BY_CODE[result_code].size
     if result_code != tensor.dtype:
         result += BY_CODE[tensor.dtype].size
     return k * w + max(read, scratch, result), w
+
+
+def _adapter_read_bytes(tensor: PlannedTensor, donors: Mapping[str, DonorInfo]) -> int:
+    """Bytes per element of reading a MODEL+LORA donor's tensor: the stored input, its float32
+    copy and the float32 delta added to it (engine/lora.py)."""
+    sizes = [0]
+    for source in tensor.sources:
+        donor = donors.get(source.model)
+        info = donor.tensor(source.tensor) if donor is not None and donor.adapter else None
+        if info is not None:
+            sizes.append(BY_CODE[info.dtype].size + 2 * BY_CODE["F32"].size)
+    return max(sizes)
 
 
 def _mask_size(working: str) -> int:
@@ -451,8 +465,8 @@ def _copies_bytes_only(stage: StagePlan, donors: Mapping[str, DonorInfo]) -> boo
         source = tensor.sources[0]
         donor = donors.get(source.model)
         info = donor.tensor(source.tensor) if donor else None
-        if (donor is None or info is None or donor.weight_format == "bin" or info.dtype != tensor.dtype
-                or info.shape != tensor.shape or "scale" in source.parameters):
+        if (donor is None or info is None or donor.weight_format == "bin" or donor.adapter
+                or info.dtype != tensor.dtype or info.shape != tensor.shape or "scale" in source.parameters):
             return False
     return True
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .donor import DonorInfo, TensorInfo
 from .errors import DonorError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_ADAPTER_CONFIG_BYTES = 1 << 20
+PEFT_PREFIX = "base_model.model."
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+MERGE_FIRST = "merge it with peft's merge_and_unload and use that folder"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ def read_lora_config(folder: Path, who: str) -> LoraConfig:
             ranks, bias training, weights that are not ``.safetensors``).
     """
     file = folder / ADAPTER_CONFIG
+    if not file.is_file():
+        raise DonorError(f"{who}: {folder} has no {ADAPTER_CONFIG}, so it is not a PEFT adapter folder")
     try:
         if file.stat().st_size > MAX_ADAPTER_CONFIG_BYTES:
             raise DonorError(f"{who}: {file} is too large for an adapter config")
@@ -68,8 +75,8 @@ def read_lora_config(folder: Path, who: str) -> LoraConfig:
     if config.get("bias", "none") != "none":
         refused.append(f"bias: {config['bias']}")
     if refused:
-        raise DonorError(f"{who}: the adapter uses {', '.join(refused)}, which merger_gui does not apply; merge it "
-                         "with peft's merge_and_unload and use that folder")
+        raise DonorError(f"{who}: the adapter uses {', '.join(refused)}, which merger_gui does not apply; "
+                         f"{MERGE_FIRST}")
     r, alpha = config.get("r", 8), config.get("lora_alpha", 8)  # PEFT's defaults
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or isinstance(alpha, bool) \
             or not isinstance(alpha, (int, float)):
@@ -77,3 +84,84 @@ def read_lora_config(folder: Path, who: str) -> LoraConfig:
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise DonorError(f"{who}: {folder} has no {ADAPTER_WEIGHTS} (older .bin adapters are not read)")
     return LoraConfig(r, float(alpha), bool(config.get("use_rslora", False)), bool(config.get("fan_in_fan_out", False)))
+
+
+def adapter_deltas(header: Mapping[str, TensorInfo], config: LoraConfig, who: str) -> dict[str, tuple[int, ...]]:
+    """The model tensor each LoRA pair of an adapter's weights changes, and the delta's shape.
+
+    Raises:
+        DonorError: a tensor that is not a LoRA factor (an embedding LoRA, a ``modules_to_save``
+            copy), a factor without its partner, or ranks that disagree with each other or ``r``.
+    """
+    deltas: dict[str, tuple[int, ...]] = {}
+    for key, info in header.items():
+        if "lora_embedding_" in key:
+            raise DonorError(f"{who}: the adapter has an embedding LoRA ({key}), which merger_gui does not apply; "
+                             f"{MERGE_FIRST}")
+        if not key.endswith((LORA_A, LORA_B)):
+            raise DonorError(f"{who}: adapter tensor {key!r} is not a LoRA factor (lora_A / lora_B of a linear "
+                             f"layer); {MERGE_FIRST}")
+        if key.endswith(LORA_A):
+            partner = header.get(key[: -len(LORA_A)] + LORA_B)
+            if partner is None:
+                raise DonorError(f"{who}: adapter tensor {key!r} has no lora_B partner")
+            module = key.removeprefix(PEFT_PREFIX).removesuffix(LORA_A)
+            deltas[module + ".weight"] = _delta_shape(module, info.shape, partner.shape, config, who)
+        elif key[: -len(LORA_B)] + LORA_A not in header:
+            raise DonorError(f"{who}: adapter tensor {key!r} has no lora_A partner")
+    if not deltas:
+        raise DonorError(f"{who}: the adapter has no LoRA factors")
+    return deltas
+
+
+def _delta_shape(module: str, a: tuple[int, ...], b: tuple[int, ...], config: LoraConfig, who: str
+                 ) -> tuple[int, ...]:
+    """Shape of ``B @ A`` (transposed with ``fan_in_fan_out``), once the ranks agree."""
+    if len(a) != 2 or len(b) != 2:
+        raise DonorError(f"{who}: the LoRA factors of {module} are not matrices ({a} and {b})")
+    if a[0] != b[1] or a[0] != config.r:
+        raise DonorError(f"{who}: the LoRA factors of {module} have ranks {a[0]} (A) and {b[1]} (B), "
+                         f"the adapter's r is {config.r}: a damaged or mislabelled adapter")
+    return (b[0], a[1])[::-1] if config.fan_in_fan_out else (b[0], a[1])
+
+
+def check_adapter_fits(deltas: Mapping[str, tuple[int, ...]], model: DonorInfo, who: str) -> None:
+    """Refuse an adapter whose deltas do not land on ``model``'s tensors with their shapes
+    (skipped when the model's tensors are not known, e.g. a profile).
+
+    Raises:
+        DonorError: no delta names a tensor of the model (target modules of another architecture),
+            some do not, or a delta's shape is not its tensor's (an adapter of another model size).
+    """
+    if not model.tensors:
+        return
+    missing = [name for name in deltas if model.tensor(name) is None]
+    if len(missing) == len(deltas):
+        raise DonorError(f"{who}: the adapter's target modules match no tensor of the model (it changes "
+                         f"{missing[0]}, which the model does not have): an adapter for another architecture")
+    if missing:
+        raise DonorError(f"{who}: the adapter changes {len(missing)} tensors the model does not have "
+                         f"(first: {missing[0]}): an adapter for another model")
+    for name, shape in deltas.items():
+        info = model.tensor(name)
+        assert info is not None  # none missing
+        if tuple(info.shape) != tuple(shape):
+            raise DonorError(f"{who}: the adapter's delta of {name} is {tuple(shape)}, the model's tensor "
+                             f"{tuple(info.shape)}: an adapter for another model size")
+
+
+def check_adapter_folder(folder: Path, model: DonorInfo, who: str) -> LoraConfig:
+    """The config of the adapter in ``folder``, once its header shows it fits ``model``.
+
+    Raises:
+        DonorError: see :func:`read_lora_config`, :func:`adapter_deltas` and :func:`check_adapter_fits`.
+    """
+    from .safetensors_header import read_safetensors_header
+
+    config = read_lora_config(folder, who)
+    try:
+        header = read_safetensors_header(folder / ADAPTER_WEIGHTS)
+    except DonorError as exc:
+        raise DonorError(f"{who}: LoRA adapter: {exc}") from None
+    check_adapter_fits(adapter_deltas(header, config, who), model, who)
+    return config

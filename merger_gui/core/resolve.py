@@ -10,7 +10,7 @@ from pathlib import Path
 from .donor import DonorInfo
 from .errors import DonorError, UserError
 from .inspect import inspect_folder
-from .lora_config import ADAPTER_WEIGHTS, read_lora_config, split_lora_reference
+from .lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder, split_lora_reference
 from .profiles import PROFILE_PREFIX, load_profile
 from .recipe import Recipe
 
@@ -79,7 +79,7 @@ def _resolve_with_adapter(ref: str, name: str | None, who: str) -> DonorInfo:
     donor = resolve_donor(model_ref, name=name)
     folder = Path(adapter).expanduser()
     if folder.is_dir():
-        read_lora_config(folder, who)
+        check_adapter_folder(folder, donor, who)
         return replace(donor, adapter=str(folder.absolute()))
     if _looks_like_path(adapter) or not REPO_ID.match(adapter):
         raise DonorError(f"{who}: LoRA adapter {adapter!r} not found (not a folder, not an org/name Hub repo id)")
@@ -87,20 +87,26 @@ def _resolve_with_adapter(ref: str, name: str | None, who: str) -> DonorInfo:
 
 
 def _hub_adapter_bytes(adapter: str, who: str) -> int:
-    """Bytes of a Hub adapter's weights still to download (0 when in the Hub cache)."""
+    """Bytes of a Hub adapter's files still to download (0 when in the Hub cache), looked up as
+    Hub donors' files are (the repo's file list with sizes)."""
     import huggingface_hub  # only needed for Hub adapters
 
     repo_id, _, revision = adapter.partition("@")
-    if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, ADAPTER_WEIGHTS, revision=revision or None), str):
+    names = [n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+             if not isinstance(huggingface_hub.try_to_load_from_cache(repo_id, n, revision=revision or None), str)]
+    if not names:
         return 0
     try:
-        infos = huggingface_hub.HfApi().get_paths_info(repo_id, [ADAPTER_WEIGHTS], revision=revision or None)
+        siblings = huggingface_hub.HfApi().model_info(repo_id, revision=revision or None,
+                                                      files_metadata=True).siblings or []
     except Exception as exc:  # noqa: BLE001 — network and Hub errors come in many types
         raise DonorError(f"{who}: cannot look up LoRA adapter {adapter} on the Hub: "
                          f"{' '.join(str(exc).split())[:200]}") from None
-    if not infos:
-        raise DonorError(f"{who}: Hub repo {repo_id} has no {ADAPTER_WEIGHTS}")
-    return int(getattr(infos[0], "size", 0) or 0)
+    sizes = {s.rfilename: int(s.size or 0) for s in siblings}
+    for name in names:
+        if name not in sizes:
+            raise DonorError(f"{who}: Hub repo {repo_id} has no {name}, so it is not a PEFT LoRA adapter")
+    return sum(sizes[n] for n in names)
 
 
 def _looks_like_path(ref: str) -> bool:

@@ -2,7 +2,8 @@
 
 Only what a merge needs is fetched: the weight files holding the tensors the plan reads
 (and their index), ``config.json``, and the tokenizer files when the merge reads that
-donor's tokenizer; weight files already in the cache are not fetched again. Each file is
+donor's tokenizer, and the adapter of a MODEL+LORA donor whose adapter is a Hub repo; files
+already in the cache are not fetched again. Each file is
 downloaded by huggingface_hub in a worker thread whose progress reaches the caller as
 events; a cancel (or closing the generator) stops the download at its next chunk, and the
 partial file stays in the cache for huggingface_hub to resume.
@@ -17,12 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError
 from tqdm.auto import tqdm
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import DonorError
+from merger_gui.core.lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from merger_gui.core.plan import Plan
 from merger_gui.core.recipe import Recipe
 from merger_gui.core.tokenizer_vocab import tokenizer_models
@@ -120,6 +122,28 @@ def fetch_donor(fetch: DonorFetch, donor: DonorInfo, cancel: threading.Event | N
     fetched = replace(donor, path=str(Path(config).parent))
     missing = sum(file_bytes(fetched, f) for f in _weight_files(fetched) if not _cached(fetched, f))
     return replace(fetched, download_bytes=missing)
+
+
+def fetch_adapter(model: str, donor: DonorInfo, cancel: threading.Event | None = None
+                  ) -> Generator[DownloadProgress, None, DonorInfo]:
+    """``donor`` with its Hub adapter's files in the cache (downloaded with progress when missing)
+    and ``adapter`` their local folder, which the reader and the stage fingerprints then read.
+
+    Raises:
+        DonorError: a file cannot be downloaded.
+        MergeCancelled: ``cancel`` was set during a download.
+    """
+    assert donor.adapter is not None
+    repo_id, _, revision = donor.adapter.partition("@")
+    cached = [try_to_load_from_cache(repo_id, name, revision=revision or None) for name in (ADAPTER_CONFIG,
+                                                                                           ADAPTER_WEIGHTS)]
+    if all(isinstance(path, str) for path in cached) and len({Path(str(p)).parent for p in cached}) == 1:
+        return replace(donor, adapter=str(Path(str(cached[0])).parent))
+    paths = []
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):  # both: one snapshot, even when the repo moved on
+        paths.append(Path(str((yield from _download(model, repo_id, revision or None, name, True, cancel)))))
+    fetched = sum(path.stat().st_size for path, was in zip(paths, cached) if not isinstance(was, str))
+    return replace(donor, adapter=str(paths[1].parent), download_bytes=max(0, donor.download_bytes - fetched))
 
 
 def _files_of(donor: DonorInfo, tensors: set[str]) -> set[str]:

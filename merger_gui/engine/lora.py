@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from merger_gui.core.donor import DonorInfo
+from merger_gui.core.donor import DonorInfo, TensorInfo
 from merger_gui.core.errors import DonorError
-from merger_gui.core.lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraConfig, read_lora_config
+from merger_gui.core.lora_config import (
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_A, LORA_B, PEFT_PREFIX, LoraConfig, adapter_deltas, check_adapter_fits,
+    read_lora_config,
+)
 
 if TYPE_CHECKING:
     import torch
-
-_PREFIX = "base_model.model."
-_A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
 @dataclass(frozen=True)
@@ -32,29 +32,34 @@ class LoraAdapter:
 
     config: LoraConfig
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # tensor name → (A, B), float32
+    shapes: Mapping[str, tuple[int, ...]]  # tensor name → shape of its delta
 
     def targets(self, name: str) -> bool:
         return name in self.factors
 
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` with the adapter merged in (unchanged when the adapter does not target it)."""
+        """``weight`` with the adapter merged in (unchanged when the adapter does not target it; a
+        float32 ``weight`` is changed in place, as the reader hands out tensors of their own)."""
         if name not in self.factors:
             return weight
         lora_a, lora_b = self.factors[name]
-        delta = (lora_b @ lora_a) * self.config.scaling
+        delta = (lora_b @ lora_a).mul_(self.config.scaling)
         if self.config.fan_in_fan_out:
             delta = delta.T
         if delta.shape != weight.shape:
             raise DonorError(f"LoRA adapter: the delta of {name} is {tuple(delta.shape)}, the weight "
                              f"{tuple(weight.shape)}; the adapter was trained on another model")
-        return (weight.float() + delta).to(weight.dtype)
+        merged = weight.float()  # the same tensor when float32
+        merged += delta
+        del delta  # the rounded copy below is the only other one alive
+        return merged.to(weight.dtype)
 
 
 def load_adapter(reference: str, who: str) -> LoraAdapter:
     """The adapter in folder (or Hub repo) ``reference``, its factors read whole in float32.
 
     Raises:
-        DonorError: unreadable adapter, or tensors that are not LoRA factors in pairs.
+        DonorError: unreadable adapter, tensors that are not LoRA factors in pairs, ranks that disagree.
     """
     import safetensors.torch
 
@@ -65,19 +70,13 @@ def load_adapter(reference: str, who: str) -> LoraAdapter:
     except Exception as exc:  # noqa: BLE001 — safetensors raises its own types for a bad file
         raise DonorError(f"{who}: cannot read {folder / ADAPTER_WEIGHTS}: {' '.join(str(exc).split())[:200]}") \
             from None
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for key in tensors:
-        if not key.endswith((_A, _B)):
-            raise DonorError(f"{who}: adapter tensor {key!r} is not a LoRA factor (lora_A / lora_B of a linear "
-                             "layer); merge the adapter with peft's merge_and_unload and use that folder")
-        if key.endswith(_A):
-            module = key.removeprefix(_PREFIX).removesuffix(_A)
-            if key[: -len(_A)] + _B not in tensors:
-                raise DonorError(f"{who}: adapter tensor {key!r} has no lora_B partner")
-            factors[module + ".weight"] = (tensors[key].float(), tensors[key[: -len(_A)] + _B].float())
-    if not factors:
-        raise DonorError(f"{who}: the adapter has no LoRA factors")
-    return LoraAdapter(config, factors)
+    infos = {key: TensorInfo(key, tuple(t.shape), "F32") for key, t in tensors.items()}
+    shapes = adapter_deltas(infos, config, who)
+    factors = {}
+    for name in shapes:
+        module = PEFT_PREFIX + name.removesuffix(".weight")
+        factors[name] = (tensors[module + LORA_A].float(), tensors[module + LORA_B].float())
+    return LoraAdapter(config, factors, shapes)
 
 
 def adapter_folder(reference: str, who: str) -> Path:
@@ -104,5 +103,6 @@ def donor_adapters(donors: Mapping[str, DonorInfo]) -> dict[str, LoraAdapter]:
         if donor.adapter:
             if donor.adapter not in loaded:
                 loaded[donor.adapter] = load_adapter(donor.adapter, f"donor {model}")
-            adapters[model] = loaded[donor.adapter]
+            adapter = adapters[model] = loaded[donor.adapter]
+            check_adapter_fits(adapter.shapes, donor, f"donor {model}")
     return adapters

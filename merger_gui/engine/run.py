@@ -158,6 +158,7 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     plan = plan_recipe(recipe, donors)
     if any(d.kind == "hub" for d in donors.values()):
         plan = yield from _fetch_hub_donors(recipe, plan, donors, options, cancel)
+    yield from _fetch_hub_adapters(donors, cancel)
     for sp in plan.stages:
         for tensor in sp.tensors:
             if tensor.note:
@@ -209,6 +210,18 @@ def _fetch_hub_donors(recipe: Recipe, plan: Plan, donors: dict[str, DonorInfo], 
     for fetch in fetches:
         donors[fetch.model] = yield from fetch_donor(fetch, donors[fetch.model], cancel)
     return plan_recipe(recipe, donors)
+
+
+def _fetch_hub_adapters(donors: dict[str, DonorInfo], cancel: threading.Event | None
+                        ) -> Generator[DownloadProgress, None, None]:
+    """Download the Hub adapters (repo ids, not folders) of MODEL+LORA donors into the cache,
+    updating ``donors``."""
+    remote = [m for m, d in sorted(donors.items()) if d.adapter and not Path(d.adapter).is_dir()]
+    if remote:
+        from .fetch import fetch_adapter
+
+        for model in remote:
+            donors[model] = yield from fetch_adapter(model, donors[model], cancel)
 
 
 def _device(name: str) -> str:
