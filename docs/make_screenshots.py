@@ -52,6 +52,21 @@ base_model: Xwin-120B
 dtype: float16
 """
 MERGE_SHOT_AT = (0.3, 0.8)  # grab the merge when its progress is within this fraction
+MOE_RECIPE = """\
+# Three Mistral-7B fine-tunes as one 3x7B Mixtral (mergekit-moe)
+base_model: mistralai/Mistral-7B-Instruct-v0.2
+gate_mode: hidden
+dtype: bfloat16
+experts_per_token: 2
+experts:
+  - source_model: teknium/OpenHermes-2.5-Mistral-7B
+    positive_prompts: ["chat", "assistant", "explain"]
+  - source_model: WizardLMTeam/WizardMath-7B-V1.1
+    positive_prompts: ["math", "solve", "equation"]
+    negative_prompts: ["story"]
+  - source_model: SanjiWatsuki/Kunoichi-7B
+    positive_prompts: ["story", "roleplay", "character"]
+"""
 
 
 def new_window(scratch: Path) -> MainWindow:
@@ -86,6 +101,21 @@ def deep_donor_shot(scratch: Path, png: str) -> None:
     recipe = scratch / "deep-donors.yaml"
     recipe.write_text(DEEP_RECIPE, encoding="utf-8")
     designer_shot(scratch, recipe, DEEP_DONORS, "estimate", png, size=LAPTOP)
+
+
+def moe_shot(scratch: Path, png: str, size: tuple[int, int] = LAPTOP) -> None:
+    """A 3-expert mergekit-moe recipe on its page, its donors as Mistral-7B shape profiles."""
+    from merger_gui.core.moe_recipe import load_moe_text, resolve_moe_donors
+
+    path = scratch / "moe-3x7b.yml"
+    path.write_text(MOE_RECIPE, encoding="utf-8")
+    recipe = load_moe_text(MOE_RECIPE)
+    donors, errors = resolve_moe_donors(recipe, {name: "profile:mistral-7b" for name in recipe.referenced_models})
+    window = new_window(scratch)
+    window.moe_panel.estimate_box.weights_combo.setCurrentText("Q4_K_M")
+    window.moe_panel.load(recipe, donors, path, errors)
+    window.show_moe_page()
+    save_screenshot(window, OUT / png, size)
 
 
 def merge_shot(scratch: Path, png: str) -> None:
@@ -197,8 +227,9 @@ def main() -> int:
         save_screenshot(new_window(scratch), OUT / "welcome.png", SIZE)
         analysis_shot(scratch, "analysis.png")
         check_shot(scratch, "check.png")
+        moe_shot(scratch, "moe.png")
     for png in ("rose-20b.png", "nyxene-curves.png", "small-window.png", "deep-donors.png", "merge.png",
-                "welcome.png", "analysis.png", "check.png"):
+                "welcome.png", "analysis.png", "check.png", "moe.png"):
         print(OUT / png)
     return 0
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -46,7 +49,9 @@ def test_panel_edits_are_one_undo_step_each_and_save_as_mergekit_moe_yaml(qtbot,
     qtbot.addWidget(panel)
     panel.load(recipe, donors, path)
     moe = estimate_moe(recipe, donors[folders["a"]])
-    assert f"{moe.total_params:,} total, {moe.active_params:,} active per token" in panel.parameters.text()
+    params = panel.estimate_box.figure_labels["params"]
+    assert f"{moe.total_params:,} total, {moe.active_params:,} active per token" in params.toolTip()
+    assert "active per token (1 of 2 experts)" in params.text()
     assert "1 of 2 experts per token" in panel.summary.text()
     assert panel.experts[1].negative.toPlainText() == "poem"
 
@@ -76,7 +81,157 @@ def test_opening_an_moe_recipe_shows_the_moe_panel(qtbot, tmp_path, moe_file):
     qtbot.addWidget(window)
     assert window.files.open_path(path, ask=False)
     assert window.pages.currentIndex() == 2 and window.moe_panel.recipe == load_moe_text(path.read_text())
-    assert "active per token" in window.moe_panel.parameters.text()
+    assert "active per token" in window.moe_panel.estimate_box.figure("params")
     window.close()
     assert window.inspector.wait(5000)
     assert QThreadPool.globalInstance().activeThreadCount() == 0
+
+
+COMMENTED = """\
+# a 2x MoE of tiny donors
+base_model: {a}
+gate_mode: cheap_embed   # no forward pass
+experts_per_token: 1
+experts:
+  # the storyteller
+  - source_model: {a}
+    positive_prompts: ["story"]  # fiction only
+  # the coder
+  - source_model: {b}
+    positive_prompts: ["code", "python"]
+    negative_prompts: ["poem"]
+"""
+
+
+def _panel(qtbot, path, folders) -> MoePanel:
+    panel = MoePanel()
+    qtbot.addWidget(panel)
+    panel.load(load_moe_text(path.read_text()), {name: inspect_folder(name) for name in folders.values()}, path)
+    return panel
+
+
+def test_saving_keeps_comments_and_an_unedited_recipe_byte_for_byte(qtbot, moe_file):
+    path, folders = moe_file
+    path.write_text(COMMENTED.format(**folders))
+    original = path.read_text()
+    panel = _panel(qtbot, path, folders)
+    panel.save(path)
+    assert path.read_text() == original
+
+    panel.experts[0].positive.setPlainText("story\ntale")
+    panel.experts[0].positive.editingFinished.emit()
+    assert "unsaved changes" in panel.title.text()
+    panel.save(path)
+    saved = path.read_text()
+    assert '    positive_prompts: ["story", "tale"]  # fiction only\n  # the coder\n' in saved
+    assert saved.replace('["story", "tale"]', '["story"]') == original  # every other line as it was
+    assert load_moe_text(saved) == panel.recipe and "unsaved" not in panel.title.text()
+
+    panel.experts[1].negative.setPlainText("")
+    panel.experts[1].negative.editingFinished.emit()
+    panel.save(path)
+    assert "negative_prompts" not in path.read_text() and "# a 2x MoE of tiny donors\n" in path.read_text()
+
+
+def test_estimate_follows_the_context_and_each_edit(qtbot, moe_file):
+    path, folders = moe_file
+    panel = _panel(qtbot, path, folders)
+    box = panel.estimate_box
+    base = inspect_folder(folders["a"])
+    kv_4k = box.estimate.estimate.kv_cache_bytes
+    box.context_spin.setValue(8192)
+    assert box.estimate.estimate.kv_cache_bytes == 2 * kv_4k and "8k tokens" in box.figure("kv")
+    assert box.estimate == estimate_moe(panel.recipe, base, box.options())
+    box.weights_combo.setCurrentText("Q8_0")
+    assert "Q8_0" in box.figure("weights")
+    total = box.estimate.total_params
+    panel.apply(lambda r: replace(r, experts=r.experts + (r.experts[0],)), "a third expert")
+    assert box.estimate.total_params > total and "of 3 experts" in box.figure("params")
+    panel.undo_stack.undo()
+    assert box.estimate.total_params == total
+
+
+def test_merge_from_the_page_builds_the_moe(qtbot, moe_file, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    path, folders = moe_file
+    panel = _panel(qtbot, path, folders)
+    merge = panel.merge_box
+    assert merge.folder_edit.text() == str(tmp_path / "moe") and merge.merge_button.isEnabled()
+    merge.folder_edit.setText("built")  # relative: beside the recipe
+    with qtbot.waitSignal(merge.runner.finished, timeout=60000):
+        assert merge.start_merge()
+    config = json.loads((tmp_path / "built" / "config.json").read_text())
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["num_local_experts"] == 2
+    assert "The MoE is in" in merge.status_label.text() and merge.progress_bar.value() == 1000
+    assert merge.runner.last_thread.isFinished()
+
+    (tmp_path / "built" / "notes.txt").write_text("mine")  # no longer only a model: never replaced
+    warned = []
+    monkeypatch.setattr("merger_gui.qt.moe_merge.QMessageBox.warning", lambda *args: warned.append(args[2]))
+    assert not merge.start_merge()
+    assert "notes.txt" in warned[0] and not merge.runner.is_running
+
+
+def test_cancel_during_the_gates_leaves_no_output(qtbot, moe_file, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from merger_gui.engine import moe
+
+    path, folders = moe_file
+    path.write_text(path.read_text().replace("cheap_embed", "hidden"))
+    panel = _panel(qtbot, path, folders)
+    merge = panel.merge_box
+    real_run_moe = moe.run_moe
+
+    def paused_run_moe(recipe, donors, out_dir, options, cancel):
+        # Hold the engine after its first event (before the gates) until the GUI's cancel lands.
+        for event in real_run_moe(recipe, donors, out_dir, options, cancel):
+            yield event
+            cancel.wait(10)
+
+    monkeypatch.setattr(moe, "run_moe", paused_run_moe)
+    loads = []
+    monkeypatch.setattr(moe, "_load_base_model", loads.append)
+    shown = []
+    merge.runner.progress.connect(lambda e: (shown.append(merge.status_label.text()), merge.cancel_merge()))
+    with qtbot.waitSignal(merge.runner.cancelled, timeout=60000):
+        assert merge.start_merge()
+    assert "base model reads each expert's prompts" in shown[0]
+    assert "Cancelled" in merge.status_label.text() and merge.runner.last_thread.isFinished()
+    assert not (tmp_path / "moe").exists() and not list(tmp_path.glob(".moe*"))
+    assert loads == []  # stopped before transformers loaded the base
+
+
+def test_cancel_while_the_base_loads_runs_no_forward_pass(qtbot, moe_file, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from merger_gui.engine import moe
+
+    path, folders = moe_file
+    path.write_text(path.read_text().replace("cheap_embed", "hidden"))
+    merge = _panel(qtbot, path, folders).merge_box
+    passes = []
+
+    def loading_base(base):  # the user cancels while transformers loads the model
+        merge.runner.cancel()
+        return lambda **batch: passes.append(batch)  # a forward pass would be recorded (and fail)
+
+    monkeypatch.setattr(moe, "_load_base_model", loading_base)
+    with qtbot.waitSignal(merge.runner.cancelled, timeout=60000):
+        assert merge.start_merge()
+    assert passes == [] and not (tmp_path / "moe").exists()
+
+
+def test_a_profile_donor_blocks_the_merge(qtbot, moe_file):
+    from merger_gui.core.resolve import resolve_donor
+
+    path, folders = moe_file
+    recipe = load_moe_text(path.read_text())
+    donors = {name: inspect_folder(name) for name in folders.values()}
+    donors[folders["b"]] = resolve_donor("profile:mistral-7b", name=folders["b"])
+    panel = MoePanel()
+    qtbot.addWidget(panel)
+    panel.load(recipe, donors, path, {folders["c"]: "donor 'c' not found"})
+    assert not panel.merge_box.merge_button.isEnabled() and not panel.merge_box.start_merge()
+    assert "fix the problems listed above" in panel.merge_box.blocker_label.text()  # shapes differ from the base
+    assert "no local weights for " + folders["b"] in panel.merge_box.blocker_label.text()

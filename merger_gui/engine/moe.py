@@ -68,7 +68,7 @@ def run_moe(recipe: MoeRecipe, donors: Mapping[str, DonorInfo], out_dir: str | P
     yield StageStarted(0, 1, "moe", len(layout), False)
     reader = TensorReader(donors)
     try:
-        routers = gate_vectors(recipe, base, reader, options.seed)
+        routers = gate_vectors(recipe, base, reader, options.seed, cancel)
         folder = partial_folder(out)
         written = yield from _write_folder(folder, recipe, base, layout, reader, routers, options, cancel)
     finally:
@@ -157,10 +157,16 @@ def _expert_part(reader: TensorReader, recipe: MoeRecipe, expert: MoeExpert, lay
     return tensor
 
 
-def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed: int | None = 0) -> torch.Tensor:
-    """Router weights of every layer, (layers, experts, hidden), before the cast to the output dtype."""
+def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed: int | None = 0,
+                 cancel: threading.Event | None = None) -> torch.Tensor:
+    """Router weights of every layer, (layers, experts, hidden), before the cast to the output dtype.
+
+    Raises:
+        MergeCancelled: ``cancel`` was set before the model load or an expert's prompts.
+    """
     import torch
 
+    _stop_if_cancelled(cancel)
     shape = (base.num_layers, len(recipe.experts), base.hidden_size)
     if recipe.gate_mode in ("random", "uniform_random"):
         generator = torch.Generator().manual_seed(seed or 0)
@@ -178,6 +184,7 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
         model = _load_base_model(base)
 
         def states(prompts: Sequence[str]) -> torch.Tensor:
+            _stop_if_cancelled(cancel)  # between forward passes, which may take long on a large base
             return _last_token_states(model, _tokenize(tokenizer, prompts))
 
     vectors = []
@@ -187,6 +194,11 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
             vector = vector - states(expert.negative_prompts)
         vectors.append(vector / vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8))
     return torch.stack(vectors).permute(1, 0, 2)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise MergeCancelled("merge cancelled")
 
 
 def _prompt_tokenizer(base: DonorInfo) -> Any:

@@ -266,9 +266,9 @@ class MainWindow(QMainWindow):
 
     def _show_moe(self, recipe: MoeRecipe, path: Path) -> None:
         """An opened MoE recipe, with its donors resolved like the CLI does (folders next to it first)."""
-        donors, _errors = resolve_moe_donors(recipe, {}, path.parent)  # the panel names what is missing
-        self.moe_panel.load(recipe, donors, path)
-        self._show_page(2)
+        donors, errors = resolve_moe_donors(recipe, {}, path.parent)  # the panel names what is missing
+        self.moe_panel.load(recipe, donors, path, errors)
+        self.show_moe_page()
 
     def _start_demo(self) -> None:
         """The demo merge, from the menu: the start page shows its progress."""
@@ -281,6 +281,10 @@ class MainWindow(QMainWindow):
 
     def show_designer(self) -> None:
         self._show_page(1)
+
+    def show_moe_page(self) -> None:
+        """The MoE recipe's page (whole window, no docks)."""
+        self._show_page(2)
 
     def show_welcome(self) -> None:
         self.welcome.set_recent_files(self.settings.recent_files)
@@ -429,4 +433,5 @@ class MainWindow(QMainWindow):
         self.merge_panel.close()  # stops a running merge and waits for its thread
         self.check_panel.close()  # the same for a running check or sweep
         self.analysis_panel.close()
+        self.moe_panel.close()  # the same for a running MoE merge
         event.accept()

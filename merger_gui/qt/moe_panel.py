@@ -1,7 +1,8 @@
-"""A mergekit-moe recipe in the designer: base, gate mode, experts and their prompts, total/active parameters.
+"""A mergekit-moe recipe in the designer: base, gate mode, experts and their prompts, estimate and merge.
 
 The panel keeps its own :class:`MoeRecipe` and undo stack (the merge recipe's document holds
-stages, not experts); each donor pick or prompt edit is one pure edit and one undo step.
+stages, not experts); each donor pick or prompt edit is one pure edit and one undo step. Saving
+edits the loaded text in place (:func:`edit_moe_text`), so the file's comments survive.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtGui import QFocusEvent, QUndoCommand, QUndoStack
+from PySide6.QtGui import QCloseEvent, QFocusEvent, QResizeEvent, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (
-    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget,
+    QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget,
 )
 
 from merger_gui.core.donor import DonorInfo
-from merger_gui.core.estimator import estimate_moe
-from merger_gui.core.moe_recipe import MoeRecipe, dump_moe, moe_problems, set_expert_prompts, set_expert_source
-from merger_gui.core.units import format_size
+from merger_gui.core.moe_recipe import MoeRecipe, moe_problems, set_expert_prompts, set_expert_source
+from merger_gui.core.moe_roundtrip import edit_moe_text
+
+from .eliding_combo import ElidingComboBox
+from .merge_panel import NOTE_STYLE
+from .moe_estimate import MoeEstimateBox
+from .moe_merge import MoeMergeBox
+
+EXPERT_MIN_WIDTH = 300  # an expert's card; as many columns as fit, at most MAX_COLUMNS
+MAX_COLUMNS = 4
+PROMPT_HEIGHT = 60  # three lines
 
 
 class PromptEdit(QPlainTextEdit):
@@ -53,21 +62,25 @@ class _MoeCommand(QUndoCommand):
 
 
 class ExpertBox(QGroupBox):
-    """One expert: its donor and its positive / negative prompts."""
+    """One expert's card: its donor, then its positive and negative prompts."""
 
     def __init__(self, index: int) -> None:
         super().__init__(f"Expert {index + 1}")
-        self.donor = QComboBox()
+        self.donor = ElidingComboBox(12)
         self.donor.setToolTip("The dense donor whose MLPs become this expert in every layer")
         self.positive = PromptEdit()
         self.negative = PromptEdit()
-        for edit, tip in ((self.positive, "positive"), (self.negative, "negative")):
-            edit.setPlaceholderText(f"{tip} prompts, one a line")
-            edit.setMaximumHeight(80)
-        form = QFormLayout(self)
-        form.addRow("Donor", self.donor)
-        form.addRow("Positive prompts", self.positive)
-        form.addRow("Negative prompts", self.negative)
+        layout = QVBoxLayout(self)
+        layout.setSpacing(3)
+        layout.addWidget(self.donor)
+        for edit, title, tip in ((self.positive, "Positive prompts", "route tokens like these here"),
+                                 (self.negative, "Negative prompts", "route tokens like these elsewhere")):
+            edit.setPlaceholderText("one a line")
+            edit.setToolTip(f"{title}, one a line: {tip}")
+            edit.setFixedHeight(PROMPT_HEIGHT)
+            layout.addWidget(QLabel(title))
+            layout.addWidget(edit)
+        self.setMinimumWidth(EXPERT_MIN_WIDTH - 40)
 
 
 class MoePanel(QWidget):
@@ -80,37 +93,69 @@ class MoePanel(QWidget):
         self.undo_stack = QUndoStack(self)
         self._recipe: MoeRecipe | None = None
         self._donors: Mapping[str, DonorInfo] = {}
+        self._errors: Mapping[str, str] = {}
+        self._text: str | None = None  # the file as loaded or last saved, edited in place on save
         self.path: Path | None = None
+        self.title = QLabel()
         self.summary = QLabel()
-        self.parameters = QLabel()
+        self.summary.setWordWrap(True)
         self.problems = QLabel()
         self.problems.setWordWrap(True)
+        self.problems.setStyleSheet(NOTE_STYLE)
+        self.undo_button = QPushButton("Undo")
+        self.redo_button = QPushButton("Redo")
         self.save_button = QPushButton("Save MoE recipe")
         self.save_button.clicked.connect(lambda: self.path is not None and self.save(self.path))
+        self._connect_history()
         self.experts: list[ExpertBox] = []
-        self._experts_layout = QVBoxLayout()
+        self._experts_grid = QGridLayout()
+        self._columns = 0
+        self.estimate_box = MoeEstimateBox()
+        self.merge_box = MoeMergeBox()
+
         top = QHBoxLayout()
-        top.addWidget(self.summary, 1)
-        top.addWidget(self.save_button)
+        top.addWidget(self.title, 1)
+        for button in (self.undo_button, self.redo_button, self.save_button):
+            top.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.parameters)
+        layout.addWidget(self.summary)
         layout.addWidget(self.problems)
-        layout.addLayout(self._experts_layout)
+        layout.addLayout(self._experts_grid)
+        layout.addWidget(self.estimate_box)
+        layout.addWidget(self.merge_box)
         layout.addStretch(1)
+
+    def _connect_history(self) -> None:
+        stack = self.undo_stack
+        self.undo_button.clicked.connect(stack.undo)
+        self.redo_button.clicked.connect(stack.redo)
+        stack.canUndoChanged.connect(self.undo_button.setEnabled)
+        stack.canRedoChanged.connect(self.redo_button.setEnabled)
+        stack.undoTextChanged.connect(lambda text: self.undo_button.setToolTip(f"Undo {text}" if text else ""))
+        stack.redoTextChanged.connect(lambda text: self.redo_button.setToolTip(f"Redo {text}" if text else ""))
+        stack.cleanChanged.connect(self._show_title)
+        self.undo_button.setEnabled(False)
+        self.redo_button.setEnabled(False)
 
     @property
     def recipe(self) -> MoeRecipe | None:
         return self._recipe
 
-    def load(self, recipe: MoeRecipe, donors: Mapping[str, DonorInfo], path: Path | None = None) -> None:
-        """Show ``recipe`` (its donors resolved by name, as far as they are); clears the undo history."""
-        self._donors, self.path = donors, path
+    def load(self, recipe: MoeRecipe, donors: Mapping[str, DonorInfo], path: Path | None = None,
+             errors: Mapping[str, str] | None = None) -> None:
+        """Show ``recipe`` (its donors resolved by name, as far as they are; ``errors`` says why
+        the others are not) and keep ``path``'s text for saving; clears the undo history."""
+        self._donors, self._errors, self.path = donors, errors or {}, path
+        self._text = _read_text(path)
         self.undo_stack.clear()
         for box in self.experts:
             box.deleteLater()
         self.experts = [self._expert_box(i) for i in range(len(recipe.experts))]
+        self._columns = 0
+        self._arrange_experts()
         self._set_recipe(recipe)
+        self._show_title()
 
     def apply(self, edit: Callable[[MoeRecipe], MoeRecipe], text: str) -> None:
         """Apply a pure edit of the MoE recipe as one undo step (none when it changes nothing)."""
@@ -120,20 +165,42 @@ class MoePanel(QWidget):
             self.undo_stack.push(_MoeCommand(self, self._recipe, after, text))
 
     def save(self, path: Path) -> None:
-        """Write the recipe as mergekit-moe YAML and mark it saved."""
+        """Write the recipe as mergekit-moe YAML, the loaded file's comments and order kept, and mark it saved."""
         assert self._recipe is not None
+        text = edit_moe_text(self._recipe, self._text if path == self.path else None)
         temp = path.with_name(f".{path.name}.partial")
-        temp.write_text(dump_moe(self._recipe), encoding="utf-8")
+        temp.write_text(text, encoding="utf-8")
         os.replace(temp, path)  # never half a recipe
-        self.path = path
+        self.path, self._text = path, text
         self.undo_stack.setClean()
+        self._show_title()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.merge_box.runner.shutdown()  # cancels a running merge and waits for its thread
+        super().closeEvent(event)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._arrange_experts()
+
+    def _arrange_experts(self) -> None:
+        """Expert cards side by side, as many columns as the width allows."""
+        columns = max(1, min(MAX_COLUMNS, len(self.experts), self.width() // EXPERT_MIN_WIDTH))
+        if columns == self._columns:
+            return
+        self._columns = columns
+        while self._experts_grid.count():
+            self._experts_grid.takeAt(0)
+        for index, box in enumerate(self.experts):
+            self._experts_grid.addWidget(box, index // columns, index % columns)
+        for column in range(MAX_COLUMNS):
+            self._experts_grid.setColumnStretch(column, 1 if column < columns else 0)
 
     def _expert_box(self, index: int) -> ExpertBox:
         box = ExpertBox(index)
         box.donor.activated.connect(partial(self._pick_donor, index))
         box.positive.editingFinished.connect(partial(self._edit_prompts, index))
         box.negative.editingFinished.connect(partial(self._edit_prompts, index))
-        self._experts_layout.addWidget(box)
         return box
 
     def _pick_donor(self, index: int, _row: int) -> None:
@@ -145,13 +212,19 @@ class MoePanel(QWidget):
         self.apply(lambda r: set_expert_prompts(r, index, box.positive.prompts(), box.negative.prompts()),
                    f"Prompts of expert {index + 1}")
 
+    def _show_title(self, *_: object) -> None:
+        name = self.path.name if self.path else "untitled"
+        unsaved = "" if self.undo_stack.isClean() else " — unsaved changes"
+        self.title.setText(f"<b>MoE recipe</b> {name}{unsaved}  <span style='color: gray'>(mergekit-moe)</span>")
+
     def _set_recipe(self, recipe: MoeRecipe) -> None:
         self._recipe = recipe
-        self.summary.setText(f"<b>MoE</b> (mergekit-moe, Mixtral output) — base <b>{recipe.base_model}</b>, "
-                             f"gate_mode {recipe.gate_mode}, {recipe.experts_per_token} of "
-                             f"{len(recipe.experts)} experts per token")
-        self.parameters.setText(self._parameters_text(recipe))
-        self.problems.setText("\n".join(moe_problems(recipe, self._donors if self._complete(recipe) else None)))
+        dtype = f", dtype {recipe.dtype}" if recipe.dtype else ""
+        self.summary.setText(f"Base <b>{recipe.base_model}</b> · gate_mode <b>{recipe.gate_mode}</b> · "
+                             f"{recipe.experts_per_token} of {len(recipe.experts)} experts per token{dtype}")
+        problems = self._problems(recipe)
+        self.problems.setText("\n".join(f"• {p}" for p in problems))
+        self.problems.setVisible(bool(problems))
         names = list(dict.fromkeys([*recipe.referenced_models, *self._donors]))
         for box, expert in zip(self.experts, recipe.experts):
             box.donor.blockSignals(True)
@@ -161,16 +234,21 @@ class MoePanel(QWidget):
             box.donor.blockSignals(False)
             box.positive.show_prompts(expert.positive_prompts)
             box.negative.show_prompts(expert.negative_prompts)
+        self.estimate_box.show_moe(recipe, self._donors.get(recipe.base_model))
+        self.merge_box.show_recipe(recipe, self._donors, self.path)
         self.recipe_changed.emit(recipe)
 
-    def _complete(self, recipe: MoeRecipe) -> bool:
-        return all(name in self._donors for name in recipe.referenced_models)
+    def _problems(self, recipe: MoeRecipe) -> list[str]:
+        """Why a donor did not resolve (the resolver's words), then what mergekit-moe would refuse."""
+        failed = [name for name in recipe.referenced_models if name in self._errors]
+        problems = [p for p in moe_problems(recipe, self._donors) if not any(p.endswith(f"{n} is not resolved")
+                                                                             for n in failed)]
+        return [self._errors[name] for name in failed] + problems
 
-    def _parameters_text(self, recipe: MoeRecipe) -> str:
-        base = self._donors.get(recipe.base_model)
-        if base is None:
-            return "Parameters: the base model is not resolved"
-        moe = estimate_moe(recipe, base)
-        return (f"Parameters: {moe.total_params:,} total, {moe.active_params:,} active per token; "
-                f"GPU memory {format_size(moe.estimate.total_bytes, 2)} at {moe.estimate.options.context:,} "
-                f"tokens (KV cache {format_size(moe.estimate.kv_cache_bytes, 2)})")
+
+def _read_text(path: Path | None) -> str | None:
+    """The recipe file's text, to edit in place on save (None: saved as fresh YAML)."""
+    try:
+        return path.read_text(encoding="utf-8") if path is not None else None
+    except (OSError, UnicodeDecodeError):
+        return None
