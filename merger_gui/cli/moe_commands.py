@@ -10,8 +10,9 @@ from typing import Any
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import RecipeError
 from merger_gui.core.estimator import EstimateOptions, MoeEstimate, estimate_moe
+from merger_gui.core.moe_output import OUTPUT_CLASSES, moe_architecture, moe_parameters
 from merger_gui.core.moe_recipe import (
-    MoeRecipe, is_moe_text, load_moe_text, moe_parameters, moe_problems, resolve_moe_donors,
+    MoeExpert, MoeRecipe, is_moe_text, load_moe_text, moe_problems, resolve_moe_donors,
 )
 from merger_gui.core.recipe_load import read_recipe_text
 from merger_gui.core.resolve import parse_donor_overrides
@@ -76,6 +77,10 @@ def run_plan(recipe: MoeRecipe, args: argparse.Namespace) -> int:
     require_donors(errors)
     failed = report_errors(moe_findings(recipe, donors, errors))
     base = donors[recipe.base_model]
+    try:
+        moe_architecture(recipe, base)
+    except RecipeError:
+        return 1  # reported above: no output to plan
     if args.json:
         print_json(moe_plan_json(recipe, base))
     else:
@@ -87,32 +92,42 @@ def moe_plan_json(recipe: MoeRecipe, base: DonorInfo) -> dict[str, Any]:
     """``plan --json`` of an MoE recipe."""
     counts = moe_parameters(recipe, base)
     return {
-        "kind": "moe", "architecture": "MixtralForCausalLM", "base_model": recipe.base_model,
-        "gate_mode": recipe.gate_mode, "dtype": recipe.dtype, "experts_per_token": recipe.experts_per_token,
-        "num_layers": base.num_layers, "total_params": counts.total, "active_params": counts.active,
-        "expert_params": counts.expert_mlp,
-        "experts": [{"source_model": e.source_model, "positive_prompts": list(e.positive_prompts),
-                     "negative_prompts": list(e.negative_prompts), "residual_scale": e.residual_scale}
-                    for e in recipe.experts],
+        "kind": "moe", "architecture": OUTPUT_CLASSES[moe_architecture(recipe, base)][0],
+        "base_model": recipe.base_model, "gate_mode": recipe.gate_mode, "dtype": recipe.dtype,
+        "experts_per_token": recipe.experts_per_token, "num_layers": base.num_layers,
+        "total_params": counts.total, "active_params": counts.active, "expert_params": counts.expert_mlp,
+        "experts": [_expert_json(e) for e in recipe.experts],
+        "shared_experts": [_expert_json(e) for e in recipe.shared_experts],
     }
 
 
+def _expert_json(expert: MoeExpert) -> dict[str, Any]:
+    return {"source_model": expert.source_model, "positive_prompts": list(expert.positive_prompts),
+            "negative_prompts": list(expert.negative_prompts), "residual_scale": expert.residual_scale,
+            "noise_scale": expert.noise_scale}
+
+
 def render_moe_plan(recipe: MoeRecipe, base: DonorInfo) -> str:
-    """The plan as text: heading, base, parameters and one line per expert."""
+    """The plan as text: heading, base, parameters and one line per expert (shared ones last)."""
     counts = moe_parameters(recipe, base)
     lines = [
-        f"MoE (mergekit-moe, Mixtral output): {len(recipe.experts)} experts, {recipe.experts_per_token} per token, "
-        f"{base.num_layers} layers, gate_mode {recipe.gate_mode}",
+        f"MoE (mergekit-moe, {moe_architecture(recipe, base)} output): {len(recipe.experts)} experts, "
+        f"{recipe.experts_per_token} per token, {base.num_layers} layers, gate_mode {recipe.gate_mode}",
         f"  base (attention, norms, embeddings, config and tokenizer): {recipe.base_model}",
         f"  parameters: {counts.total:,} total, {counts.active:,} active per token "
         f"({counts.expert_mlp:,} per expert)",
         "  experts (each layer's MLP from the donor's same layer):",
     ]
-    for i, expert in enumerate(recipe.experts, 1):
-        scale = "" if expert.residual_scale is None else f", residual_scale {expert.residual_scale:g}"
-        lines.append(f"    {i}  {expert.source_model}: {len(expert.positive_prompts)} positive, "
-                     f"{len(expert.negative_prompts)} negative prompts{scale}")
+    lines += [_expert_line(str(i), e) for i, e in enumerate(recipe.experts, 1)]
+    lines += [_expert_line("shared", e) for e in recipe.shared_experts]
     return "\n".join(lines)
+
+
+def _expert_line(label: str, expert: MoeExpert) -> str:
+    scales = "".join(f", {key} {value:g}" for key, value in (("residual_scale", expert.residual_scale),
+                                                            ("noise_scale", expert.noise_scale)) if value is not None)
+    return (f"    {label}  {expert.source_model}: {len(expert.positive_prompts)} positive, "
+            f"{len(expert.negative_prompts)} negative prompts{scales}")
 
 
 def estimate_moe_recipe(recipe: MoeRecipe, path: str | Path, donor_items: Sequence[str],

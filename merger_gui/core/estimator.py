@@ -503,12 +503,13 @@ class MoeEstimate:
 
     estimate: Estimate
     total_params: int
-    active_params: int  # per token: all but the experts, plus experts_per_token experts' MLPs
+    active_params: int  # per token: all but the routed experts, plus experts_per_token of them (shared always)
 
 
 def estimate_moe(recipe: MoeRecipe, base: DonorInfo, options: EstimateOptions = EstimateOptions()) -> MoeEstimate:
-    """Estimate the Mixtral that ``recipe`` builds from ``base`` (every expert has the base's shapes)."""
-    from .moe_recipe import moe_output_donor, moe_parameters
+    """Estimate the MoE (Mixtral or Qwen2-MoE) that ``recipe`` builds from ``base`` (every expert
+    has the base's shapes; the attention, hence the KV cache, is the base's)."""
+    from .moe_output import moe_output_donor, moe_parameters
 
     counts = moe_parameters(recipe, base)
     return MoeEstimate(estimate_model(moe_output_donor(recipe, base), options), counts.total, counts.active)

@@ -3,8 +3,11 @@
 The YAML is one document with ``base_model``, ``experts`` (each a ``source_model`` with
 ``positive_prompts`` / ``negative_prompts``), ``gate_mode``, ``dtype``, ``experts_per_token``,
 ``shared_experts`` and ``architecture``; the ``experts:`` key tells it from a merge recipe.
-The output is a Mixtral model: attention, norms and embeddings from the base, each layer's
-MLP from every expert, and a router whose row per expert comes from that expert's prompts.
+The output takes attention, norms and embeddings from the base, each layer's MLP from every
+expert, and a router whose row per expert comes from that expert's prompts. mergekit-moe picks
+the output architecture from the recipe and the donors' model type (:func:`output_architecture`);
+this tool builds two of its four: Mixtral (no shared expert) and Qwen MoE (Qwen2-MoE, one gated
+shared expert).
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .donor import DonorInfo, TensorInfo, is_buffer
+from .donor import DonorInfo
 from .errors import RecipeError
 
-# hidden: the base model's hidden states on the prompts (last token); cheap_embed: their mean token
-# embedding, the same for every layer; random / uniform_random: drawn (mergekit draws unseeded).
-GATE_MODES = ("hidden", "cheap_embed", "random", "uniform_random")
-RANDOM_GATE_MODES = ("random", "uniform_random")
-MIXTRAL_FAMILIES = ("llama", "mistral")  # the dense families mergekit-moe turns into Mixtral
+# hidden: the base model's hidden states on the prompts (last token; hidden_last the same, hidden_avg their
+# mean over the tokens); cheap_embed: their mean token embedding, the same for every layer;
+# random / uniform_random: drawn (mergekit draws unseeded).
+GATE_MODES = ("hidden", "cheap_embed", "random", "uniform_random", "hidden_avg", "hidden_last")
 EXPERT_KEYS = ("source_model", "positive_prompts", "negative_prompts", "noise_scale", "residual_scale")
 RECIPE_KEYS = ("base_model", "experts", "gate_mode", "dtype", "experts_per_token", "shared_experts", "architecture")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+# mergekit-moe 0.1.5's output architectures, in its order of preference, with the model types they take.
+MIXTRAL, DEEPSEEK, QWEN, QWEN3 = "Mixtral", "DeepSeek MoE", "Qwen MoE", "Qwen3 MoE"
+INPUT_MODEL_TYPES = {MIXTRAL: ("llama", "mistral"), DEEPSEEK: ("llama", "mistral"),
+                     QWEN: ("llama", "mistral", "qwen2"), QWEN3: ("qwen3",)}
+BUILT_ARCHITECTURES = (MIXTRAL, QWEN)
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,12 @@ class MoeExpert:
     positive_prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
     residual_scale: float | None = None  # multiplies the expert's down_proj
+    noise_scale: float | None = None  # std of the Gaussian noise added to the expert's MLP weights
 
 
 @dataclass(frozen=True)
 class MoeRecipe:
-    """A mergekit-moe configuration (Mixtral output)."""
+    """A mergekit-moe configuration."""
 
     base_model: str
     experts: tuple[MoeExpert, ...]
@@ -48,11 +57,13 @@ class MoeRecipe:
     dtype: str | None = None
     experts_per_token: int = 2
     architecture: str | None = None
+    shared_experts: tuple[MoeExpert, ...] = ()  # always active; Qwen MoE output takes exactly one
 
     @property
     def referenced_models(self) -> tuple[str, ...]:
-        """The base and the expert donors, each once, in order."""
-        return tuple(dict.fromkeys([self.base_model, *(e.source_model for e in self.experts)]))
+        """The base, the expert and the shared expert donors, each once, in order."""
+        experts = (*self.experts, *self.shared_experts)
+        return tuple(dict.fromkeys([self.base_model, *(e.source_model for e in experts)]))
 
 
 def is_moe_document(doc: Any) -> bool:
@@ -88,11 +99,12 @@ def load_moe_text(text: str) -> MoeRecipe:
 def parse_moe(doc: Mapping[str, Any]) -> MoeRecipe:
     """The recipe of one loaded mergekit-moe document."""
     _known_keys(doc, RECIPE_KEYS, "the MoE recipe")
-    if doc.get("shared_experts"):
-        raise RecipeError("shared_experts are not supported: Mixtral output has none (mergekit-moe refuses them too)")
     experts = doc.get("experts")
     if not isinstance(experts, list) or not experts:
         raise RecipeError("experts must be a list of {source_model, positive_prompts, negative_prompts}")
+    shared = doc.get("shared_experts") or []
+    if not isinstance(shared, list):
+        raise RecipeError("shared_experts must be a list of {source_model, positive_prompts, negative_prompts}")
     per_token = doc.get("experts_per_token", 2)
     if not isinstance(per_token, int) or isinstance(per_token, bool):
         raise RecipeError(f"experts_per_token must be a whole number, not {per_token!r}")
@@ -101,36 +113,39 @@ def parse_moe(doc: Mapping[str, Any]) -> MoeRecipe:
         raise RecipeError(f"unknown gate_mode {gate_mode!r}; use one of {', '.join(GATE_MODES)}")
     return MoeRecipe(
         base_model=_text(doc.get("base_model"), "base_model"),
-        experts=tuple(_expert(e, i) for i, e in enumerate(experts)),
+        experts=tuple(_expert(e, f"expert {i + 1}") for i, e in enumerate(experts)),
         gate_mode=gate_mode,
         dtype=_optional_text(doc.get("dtype"), "dtype"),
         experts_per_token=per_token,
         architecture=_optional_text(doc.get("architecture"), "architecture"),
+        shared_experts=tuple(_expert(e, f"shared expert {i + 1}") for i, e in enumerate(shared)),
     )
 
 
-def _expert(item: Any, index: int) -> MoeExpert:
+def _expert(item: Any, where: str) -> MoeExpert:
     if not isinstance(item, Mapping):
-        raise RecipeError(f"expert {index + 1} must be a mapping with source_model and prompts")
-    _known_keys(item, EXPERT_KEYS, f"expert {index + 1}")
-    if item.get("noise_scale") is not None:
-        raise RecipeError(f"expert {index + 1}: noise_scale is not supported (mergekit draws the noise unseeded)")
-    scale = item.get("residual_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise RecipeError(f"expert {index + 1}: residual_scale must be a number")
+        raise RecipeError(f"{where} must be a mapping with source_model and prompts")
+    _known_keys(item, EXPERT_KEYS, where)
     return MoeExpert(
-        source_model=_text(item.get("source_model"), f"expert {index + 1} source_model"),
-        positive_prompts=_prompts(item.get("positive_prompts"), index, "positive_prompts"),
-        negative_prompts=_prompts(item.get("negative_prompts"), index, "negative_prompts"),
-        residual_scale=None if scale is None else float(scale),
+        source_model=_text(item.get("source_model"), f"{where} source_model"),
+        positive_prompts=_prompts(item.get("positive_prompts"), where, "positive_prompts"),
+        negative_prompts=_prompts(item.get("negative_prompts"), where, "negative_prompts"),
+        residual_scale=_number(item.get("residual_scale"), where, "residual_scale"),
+        noise_scale=_number(item.get("noise_scale"), where, "noise_scale"),
     )
 
 
-def _prompts(value: Any, index: int, key: str) -> tuple[str, ...]:
+def _number(value: Any, where: str, key: str) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise RecipeError(f"{where}: {key} must be a number")
+    return None if value is None else float(value)
+
+
+def _prompts(value: Any, where: str, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise RecipeError(f"expert {index + 1}: {key} must be a list of strings")
+        raise RecipeError(f"{where}: {key} must be a list of strings")
     return tuple(str(p) for p in value)
 
 
@@ -161,6 +176,8 @@ def dump_moe(recipe: MoeRecipe) -> str:
     if recipe.architecture:
         doc["architecture"] = recipe.architecture
     doc["experts"] = [_expert_doc(e) for e in recipe.experts]
+    if recipe.shared_experts:
+        doc["shared_experts"] = [_expert_doc(e) for e in recipe.shared_experts]
     stream = io.StringIO()
     round_trip_yaml().dump(doc, stream)
     return stream.getvalue()
@@ -174,18 +191,64 @@ def _expert_doc(expert: MoeExpert) -> dict[str, Any]:
         doc["negative_prompts"] = list(expert.negative_prompts)
     if expert.residual_scale is not None:
         doc["residual_scale"] = expert.residual_scale
+    if expert.noise_scale is not None:
+        doc["noise_scale"] = expert.noise_scale
     return doc
 
 
+def output_architecture(recipe: MoeRecipe, model_type: str | None = None) -> str:
+    """The output mergekit-moe 0.1.5 builds: ``architecture`` narrows its four by name prefix, the
+    recipe and the donors' ``model_type`` (None: not known yet) rule some out, Mixtral wins when it
+    fits, else the first that does.
+
+    Raises:
+        RecipeError: no architecture fits, or mergekit-moe would pick one this tool does not build.
+    """
+    named = [a for a in INPUT_MODEL_TYPES if a.lower().startswith((recipe.architecture or "").lower())]
+    if not named:
+        raise RecipeError(f"architecture {recipe.architecture!r} names none of mergekit-moe's outputs "
+                          f"({', '.join(INPUT_MODEL_TYPES)})")
+    refusals = {a: _refusal(a, recipe, model_type) for a in named}
+    fitting = [a for a, refusal in refusals.items() if refusal is None]
+    if not fitting:
+        raise RecipeError("no MoE output fits: " + "; ".join(str(r) for r in refusals.values()))
+    chosen = MIXTRAL if MIXTRAL in fitting else fitting[0]
+    if chosen not in BUILT_ARCHITECTURES:
+        hint = " (give the shared expert positive_prompts for Qwen MoE)" if chosen == DEEPSEEK else ""
+        raise RecipeError(f"mergekit-moe would build {chosen} output here, which this tool does not "
+                          f"build: it builds {' and '.join(BUILT_ARCHITECTURES)}{hint}")
+    return chosen
+
+
+def _refusal(architecture: str, recipe: MoeRecipe, model_type: str | None) -> str | None:
+    """Why mergekit-moe's ``architecture`` cannot build ``recipe`` (None when it can)."""
+    shared = recipe.shared_experts
+    if architecture in (MIXTRAL, QWEN3) and shared:
+        return f"{architecture} has no shared experts"
+    if architecture == DEEPSEEK and len(shared) > 1:
+        return "DeepSeek MoE takes at most one shared expert"
+    if architecture == DEEPSEEK and shared and (shared[0].positive_prompts or shared[0].negative_prompts):
+        return "DeepSeek MoE cannot gate a shared expert (it has prompts)"
+    if architecture == QWEN and len(shared) != 1:
+        return f"Qwen MoE takes exactly one shared expert, not {len(shared)}"
+    if architecture == QWEN and recipe.gate_mode != "random" and not shared[0].positive_prompts:
+        return "Qwen MoE needs the shared expert's positive_prompts"
+    types = INPUT_MODEL_TYPES[architecture]
+    if model_type is not None and model_type not in types:
+        return f"{architecture} takes {' or '.join(types)} donors, not {model_type}"
+    return None
+
+
 def moe_problems(recipe: MoeRecipe, donors: Mapping[str, DonorInfo] | None = None) -> list[str]:
-    """What mergekit-moe would refuse, one line each (empty when the recipe can be built).
+    """What mergekit-moe would refuse (or this tool does not build), one line each; empty when
+    the recipe can be built.
 
     Without ``donors`` only the recipe itself is checked; with them, that every expert has the
-    base's family and shapes.
+    base's model type and shapes, and that an output architecture takes them.
     """
     problems = _recipe_problems(recipe)
     if donors is not None:
-        problems += _donor_problems(recipe, donors)
+        problems += [p for p in _donor_problems(recipe, donors) if p not in problems]
     return problems
 
 
@@ -196,9 +259,11 @@ def _recipe_problems(recipe: MoeRecipe) -> list[str]:
     if len(recipe.experts) < recipe.experts_per_token:
         problems.append(f"experts_per_token ({recipe.experts_per_token}) is more than the "
                         f"{len(recipe.experts)} experts")
-    if recipe.architecture and not "mixtral".startswith(recipe.architecture.lower()):
-        problems.append(f"architecture {recipe.architecture!r} is not supported; only Mixtral output is")
-    if recipe.gate_mode in RANDOM_GATE_MODES:
+    try:
+        output_architecture(recipe)
+    except RecipeError as error:
+        problems.append(str(error))
+    if recipe.gate_mode == "random":  # mergekit-moe checks the prompts of every other mode
         return problems
     missing = [i + 1 for i, e in enumerate(recipe.experts) if not e.positive_prompts]
     if missing:
@@ -214,15 +279,17 @@ def _donor_problems(recipe: MoeRecipe, donors: Mapping[str, DonorInfo]) -> list[
     base = donors.get(recipe.base_model)
     if base is None:
         return [f"base model {recipe.base_model} is not resolved"]
-    if base.family not in MIXTRAL_FAMILIES:
-        return [f"base model {recipe.base_model} is {base.family}; Mixtral output needs Llama or Mistral donors"]
+    try:
+        output_architecture(recipe, base.model_type)
+    except RecipeError as error:
+        return [str(error)]
     problems = []
-    for expert in recipe.experts:
+    for expert in (*recipe.experts, *recipe.shared_experts):
         donor = donors.get(expert.source_model)
         if donor is None:
             problems.append(f"expert {expert.source_model} is not resolved")
-        elif donor.family != base.family:
-            problems.append(f"expert {expert.source_model} is {donor.family}, the base is {base.family}")
+        elif donor.model_type != base.model_type:
+            problems.append(f"expert {expert.source_model} is {donor.model_type}, the base is {base.model_type}")
         elif _mlp_shapes(donor) != _mlp_shapes(base):
             problems.append(f"expert {expert.source_model}'s MLP shapes differ from the base's "
                             f"(layers, hidden or intermediate size)")
@@ -257,71 +324,6 @@ def resolve_moe_donors(recipe: MoeRecipe, overrides: Mapping[str, str], base_dir
         except DonorError as exc:
             errors[name] = str(exc)
     return donors, errors
-
-
-@dataclass(frozen=True)
-class MoeParameters:
-    """Parameter counts of the MoE output."""
-
-    total: int
-    active: int  # per token: everything but the experts, plus experts_per_token experts' MLPs
-    expert_mlp: int  # one expert's MLP over every layer
-
-
-def moe_parameters(recipe: MoeRecipe, base: DonorInfo) -> MoeParameters:
-    """Total and active parameters of the Mixtral built from ``base``'s shapes."""
-    mlp = sum(base.tensor_map[n].numel for n in expert_mlp_names(base))
-    shared = base.param_count - mlp
-    router = len(recipe.experts) * base.hidden_size * base.num_layers
-    return MoeParameters(total=shared + router + len(recipe.experts) * mlp,
-                         active=shared + router + recipe.experts_per_token * mlp, expert_mlp=mlp)
-
-
-def moe_output_dtype(recipe: MoeRecipe, base: DonorInfo) -> str:
-    """torch name of the output's dtype: the recipe's ``dtype``, else the base's."""
-    from .dtypes import dtype_of
-
-    try:
-        return dtype_of(recipe.dtype or base.dtype).torch_name
-    except ValueError:
-        raise RecipeError(f"unknown dtype {recipe.dtype!r}") from None
-
-
-def moe_output_tensors(recipe: MoeRecipe, base: DonorInfo) -> tuple[TensorInfo, ...]:
-    """The Mixtral's tensors as mergekit-moe 0.1.5 writes them (transformers 5 layout): the base's
-    non-MLP tensors, then per layer the fused ``experts.gate_up_proj`` (E, 2·I, H) and
-    ``experts.down_proj`` (E, H, I), then the routers ``mlp.gate.weight`` (E, H)."""
-    from .dtypes import dtype_code
-
-    code = dtype_code(moe_output_dtype(recipe, base))
-    e, h, i = len(recipe.experts), base.hidden_size, base.intermediate_size
-    tensors = [TensorInfo(t.name, t.shape, code) for t in base.tensors
-               if ".mlp." not in t.name and not is_buffer(t.name)]
-    for layer in range(base.num_layers):
-        prefix = f"model.layers.{layer}.mlp"
-        tensors += [TensorInfo(f"{prefix}.experts.gate_up_proj", (e, 2 * i, h), code),
-                    TensorInfo(f"{prefix}.experts.down_proj", (e, h, i), code)]
-    tensors += [TensorInfo(f"model.layers.{layer}.mlp.gate.weight", (e, h), code) for layer in range(base.num_layers)]
-    return tuple(tensors)
-
-
-def moe_output_config(recipe: MoeRecipe, base: DonorInfo) -> dict[str, Any]:
-    """config.json of the Mixtral: the base's with mergekit-moe's Mixtral keys."""
-    dtype = moe_output_dtype(recipe, base)
-    config = dict(base.config)
-    config.setdefault("head_dim", base.head_dim)  # transformers writes the derived value
-    config.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=len(recipe.experts),
-                  num_experts_per_tok=recipe.experts_per_token, sliding_window=None, output_router_logits=False,
-                  router_aux_loss_coef=0.001, router_jitter_noise=0.0, torch_dtype=dtype, dtype=dtype)
-    return config
-
-
-def moe_output_donor(recipe: MoeRecipe, base: DonorInfo) -> DonorInfo:
-    """The Mixtral as a donor (facts and tensors), for the estimator."""
-    return replace(base, ref=f"MoE of {base.display_name}", kind="stage", architecture="MixtralForCausalLM",
-                   family="mixtral", model_type="mixtral", dtype=moe_output_dtype(recipe, base),
-                   tensors=moe_output_tensors(recipe, base), config=moe_output_config(recipe, base),
-                   sliding_window=None, sliding_window_layers=None, path=None, download_bytes=0, adapter=None)
 
 
 def set_expert_prompts(recipe: MoeRecipe, index: int, positive: tuple[str, ...],

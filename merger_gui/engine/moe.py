@@ -1,15 +1,21 @@
-"""Build a frankenMoE (Mixtral) from dense donors as mergekit-moe 0.1.5 does, streamed tensor by tensor.
+"""Build a frankenMoE from dense donors as mergekit-moe 0.1.5 does, streamed tensor by tensor.
 
-Attention, norms and embeddings come from the base, every layer's MLP from each expert
-(fused ``experts.gate_up_proj`` / ``experts.down_proj``, the transformers 5 layout mergekit
-0.1.5 writes) and the router rows from the experts' prompts:
+Attention, norms and embeddings come from the base, every layer's MLP from each expert (Mixtral:
+fused ``experts.gate_up_proj`` / ``experts.down_proj``, the transformers 5 layout mergekit 0.1.5
+writes; Qwen MoE: ``experts.N.*`` and the shared expert's ``shared_expert.*``; see
+:mod:`merger_gui.core.moe_output`) and the router rows (and the shared expert's gate) from the
+experts' prompts:
 
 - ``cheap_embed``: the normalised sum of the base's token embeddings over the prompts'
   tokens (positive minus negative), the same for every layer;
-- ``hidden``: the base model's hidden state of the last token before each layer (transformers,
-  bf16, CPU), averaged over the prompts, positive minus negative, normalised;
+- ``hidden`` (or ``hidden_last``): the base model's hidden state of the last token before each
+  layer (transformers, bf16, CPU), averaged over the prompts, positive minus negative, normalised;
+  ``hidden_avg`` averages over the prompt's positions instead;
 - ``random`` / ``uniform_random``: drawn from a generator seeded with the merge's seed.
   mergekit-moe draws them unseeded, so no run of either tool repeats another.
+
+An expert's ``noise_scale`` adds Gaussian noise of that standard deviation to its MLP weights in
+their stored dtype, before ``residual_scale``, as mergekit-moe does (seeded here, unseeded there).
 
 The output is written into a hidden sibling folder and renamed into place when complete, like
 :func:`~.run.run_merge`; cancelling or an error removes it.
@@ -18,17 +24,18 @@ The output is written into a hidden sibling folder and renamed into place when c
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.donor import DonorInfo, TensorInfo
 from merger_gui.core.errors import DonorError, RecipeError, UserError
-from merger_gui.core.moe_recipe import (
-    MoeExpert, MoeRecipe, dump_moe, moe_output_config, moe_output_dtype, moe_output_tensors, moe_problems,
-)
+from merger_gui.core.moe_output import moe_output_config, moe_output_dtype, moe_output_tensors
+from merger_gui.core.moe_recipe import MoeExpert, MoeRecipe, dump_moe, moe_problems
 from merger_gui.core.output_folders import replace_refusal
 
 from .events import MergeCancelled, MergeDone, MergeEvent, StageFinished, StageStarted, TensorProgress
@@ -44,6 +51,8 @@ if TYPE_CHECKING:
 
 MOE_RECIPE_FILE = "mergekit_moe_config.yml"
 EXPERT_PARTS = (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",)))
+# Qwen MoE: one expert's (N) or the shared expert's MLP tensor P of layer L.
+EXPERT_TENSOR = re.compile(r"model\.layers\.(\d+)\.mlp\.(?:experts\.(\d+)|shared_expert)\.(\w+)\.weight")
 
 
 def run_moe(recipe: MoeRecipe, donors: Mapping[str, DonorInfo], out_dir: str | Path,
@@ -68,9 +77,9 @@ def run_moe(recipe: MoeRecipe, donors: Mapping[str, DonorInfo], out_dir: str | P
     yield StageStarted(0, 1, "moe", len(layout), False)
     reader = TensorReader(donors)
     try:
-        routers = gate_vectors(recipe, base, reader, options.seed, cancel)
+        gates = gate_vectors(recipe, base, reader, options.seed, cancel)
         folder = partial_folder(out)
-        written = yield from _write_folder(folder, recipe, base, layout, reader, routers, options, cancel)
+        written = yield from _write_folder(folder, recipe, base, layout, reader, gates, options, cancel)
     finally:
         reader.close()
     commit_folder(folder, out, options.overwrite)
@@ -93,12 +102,16 @@ def _check_target(out: Path, recipe: MoeRecipe, donors: Mapping[str, DonorInfo],
 
 
 def _write_folder(folder: Path, recipe: MoeRecipe, base: DonorInfo, layout: Sequence[TensorInfo],
-                  reader: TensorReader, routers: torch.Tensor, options: MergeOptions,
+                  reader: TensorReader, gates: torch.Tensor, options: MergeOptions,
                   cancel: threading.Event | None) -> Generator[MergeEvent, None, int]:
     """Write config, tokenizer, recipe and weights into ``folder``; returns the weight bytes.
     Any error, a cancel or closing the generator removes ``folder``."""
     import json
 
+    import torch
+
+    noise = torch.Generator().manual_seed(options.seed or 0)
+    sources = _Sources(recipe, base, reader, gates, _torch_dtype(recipe, base), noise)
     writer = ShardedWriter(folder, layout, options.shard_size)
     try:
         write_file(folder / "config.json", json.dumps(moe_output_config(recipe, base), indent=2) + "\n")
@@ -109,7 +122,7 @@ def _write_folder(folder: Path, recipe: MoeRecipe, base: DonorInfo, layout: Sequ
         for index, info in enumerate(layout, 1):
             if cancel is not None and cancel.is_set():
                 raise MergeCancelled("merge cancelled")
-            tensor = _output_tensor(info.name, recipe, reader, routers, _torch_dtype(recipe, base))
+            tensor = sources.tensor(info)
             writer.write(info.name, tensor.contiguous().reshape(-1).view(_uint8()).numpy().data)
             yield TensorProgress(info.name, index, len(layout), index, len(layout), writer.bytes_written, total, None)
         writer.close()
@@ -133,33 +146,56 @@ def _torch_dtype(recipe: MoeRecipe, base: DonorInfo) -> torch.dtype:
     return getattr(torch, moe_output_dtype(recipe, base))
 
 
-def _output_tensor(name: str, recipe: MoeRecipe, reader: TensorReader, routers: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """Output tensor ``name``: a router, an expert stack or the base's own tensor, in ``dtype``."""
-    import torch
+@dataclass(frozen=True)
+class _Sources:
+    """Where each output tensor comes from: the donors, the gate vectors, the noise generator."""
 
-    parts = name.split(".")
-    if ".mlp.gate.weight" in name:
-        return routers[int(parts[2])].to(dtype)
-    if ".mlp.experts." in name:
-        layer, fused = int(parts[2]), parts[-1]
-        sources = dict(EXPERT_PARTS)[fused]
-        stacked = torch.stack([torch.cat([_expert_part(reader, recipe, e, layer, p) for p in sources])
-                               for e in recipe.experts])
-        return stacked.to(dtype)
-    return reader.read(reader.locate(recipe.base_model, name)).to(dtype)
+    recipe: MoeRecipe
+    base: DonorInfo
+    reader: TensorReader
+    gates: torch.Tensor  # (layers, experts + shared experts, hidden)
+    dtype: torch.dtype
+    noise: torch.Generator
 
+    def tensor(self, info: TensorInfo) -> torch.Tensor:
+        """Output tensor ``info``: a router or shared gate, an expert's MLP, or the base's own, in the output dtype."""
+        import torch
 
-def _expert_part(reader: TensorReader, recipe: MoeRecipe, expert: MoeExpert, layer: int, part: str) -> torch.Tensor:
-    tensor = reader.read(reader.locate(expert.source_model, f"model.layers.{layer}.mlp.{part}.weight"))
-    if part == "down_proj" and expert.residual_scale is not None:
-        tensor = tensor * expert.residual_scale  # in the stored dtype, as mergekit scales before converting
-    return tensor
+        name, parts = info.name, info.name.split(".")
+        experts = len(self.recipe.experts)
+        if name.endswith(".mlp.gate.weight"):
+            return self.gates[int(parts[2]), :experts].to(self.dtype)
+        if name.endswith(".mlp.shared_expert_gate.weight"):
+            return self.gates[int(parts[2]), experts:].to(self.dtype)
+        if ".mlp.experts." in name and parts[-1] in dict(EXPERT_PARTS):  # Mixtral: every expert, fused
+            sources = dict(EXPERT_PARTS)[parts[-1]]
+            return torch.stack([torch.cat([self._expert_part(e, int(parts[2]), p) for p in sources])
+                                for e in self.recipe.experts]).to(self.dtype)
+        match = EXPERT_TENSOR.fullmatch(name)
+        if match:
+            layer, index, part = match.groups()
+            expert = self.recipe.shared_experts[0] if index is None else self.recipe.experts[int(index)]
+            return self._expert_part(expert, int(layer), part).to(self.dtype)
+        if name not in self.base.tensor_map:  # Qwen MoE from a Llama base: no attention biases
+            return torch.zeros(info.shape, dtype=self.dtype)
+        return self.reader.read(self.reader.locate(self.recipe.base_model, name)).to(self.dtype)
+
+    def _expert_part(self, expert: MoeExpert, layer: int, part: str) -> torch.Tensor:
+        """The expert's MLP tensor, with its noise and residual scale in the stored dtype (as mergekit)."""
+        import torch
+
+        tensor = self.reader.read(self.reader.locate(expert.source_model, f"model.layers.{layer}.mlp.{part}.weight"))
+        if expert.noise_scale is not None:
+            tensor = tensor + torch.randn(tensor.shape, generator=self.noise, dtype=tensor.dtype) * expert.noise_scale
+        if part == "down_proj" and expert.residual_scale is not None:
+            tensor = tensor * expert.residual_scale
+        return tensor
 
 
 def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed: int | None = 0,
                  cancel: threading.Event | None = None) -> torch.Tensor:
-    """Router weights of every layer, (layers, experts, hidden), before the cast to the output dtype.
+    """Router weights of every layer, (layers, experts + shared experts, hidden), before the cast to
+    the output dtype: the routed experts' rows, then the shared expert's gate (Qwen MoE).
 
     Raises:
         MergeCancelled: ``cancel`` was set before the model load or an expert's prompts.
@@ -167,7 +203,8 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
     import torch
 
     _stop_if_cancelled(cancel)
-    shape = (base.num_layers, len(recipe.experts), base.hidden_size)
+    gated = (*recipe.experts, *recipe.shared_experts)  # Qwen MoE gates its one shared expert
+    shape = (base.num_layers, len(gated), base.hidden_size)
     if recipe.gate_mode in ("random", "uniform_random"):
         generator = torch.Generator().manual_seed(seed or 0)
         if recipe.gate_mode == "random":
@@ -185,10 +222,10 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
 
         def states(prompts: Sequence[str]) -> torch.Tensor:
             _stop_if_cancelled(cancel)  # between forward passes, which may take long on a large base
-            return _last_token_states(model, _tokenize(tokenizer, prompts))
+            return _hidden_states(model, _tokenize(tokenizer, prompts), recipe.gate_mode == "hidden_avg")
 
     vectors = []
-    for expert in recipe.experts:
+    for expert in gated:
         vector = states(expert.positive_prompts)
         if expert.negative_prompts:
             vector = vector - states(expert.negative_prompts)
@@ -244,11 +281,13 @@ def _load_base_model(base: DonorInfo) -> Any:
     return model.eval()
 
 
-def _last_token_states(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The last token's hidden state entering each layer, averaged over the prompts: (layers, hidden)."""
+def _hidden_states(model: Any, batch: Mapping[str, torch.Tensor], average: bool) -> torch.Tensor:
+    """The hidden state entering each layer, of the last token (or, ``average``, the mean over every
+    position, padding included, as mergekit-moe takes it), averaged over the prompts: (layers, hidden)."""
     import torch
 
     with torch.no_grad():
         output = model(**batch, output_hidden_states=True, return_dict=True)
-    states = torch.stack(output.hidden_states[:-1])[:, :, -1, :]  # (layers, prompts, hidden)
+    states = torch.stack(output.hidden_states[:-1])  # (layers, prompts, tokens, hidden)
+    states = states.sum(dim=2) / states.shape[2] if average else states[:, :, -1, :]
     return states.sum(dim=1) / states.shape[1]
