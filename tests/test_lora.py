@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from merger_gui.engine.lora import donor_adapters, load_adapter  # noqa: E402
-from merger_gui.engine.run import DownloadProgress, run_merge  # noqa: E402
+from merger_gui.engine.run import DownloadProgress, MergeOptions, StageFinished, run_merge  # noqa: E402
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 PASSTHROUGH = "slices: [{sources: [{model: MODEL, layer_range: [0, 4]}]}]\nmerge_method: passthrough\n"
@@ -184,3 +184,22 @@ def test_estimate_counts_the_adapter_in_peak_ram(make_donor, tmp_path):
         peaks.append(stage_peak_ram_bytes(plan_recipe(recipe, donors).stages[0], donors))
     # A plain passthrough copies bytes; with an adapter each tensor is read, widened and summed.
     assert peaks[0] == COPY_ENGINE_BYTES < peaks[1]
+
+
+def test_a_stage_reading_a_lora_donor_is_reused_until_the_adapter_changes(make_donor, tmp_path):
+    model, lora = make_donor("m"), adapter(tmp_path / "lora")
+    recipe = load_recipe_text(f"name: first\n{PASSTHROUGH.replace('MODEL', f'{model}+{lora}')}---\n"
+                              "name: second\nmerge_method: passthrough\n"
+                              "slices: [{sources: [{model: first, layer_range: [0, 4]}]}]\n")
+    options = MergeOptions(intermediate_dir=tmp_path / "inter", overwrite=True)
+
+    def reused() -> list[bool]:
+        events = run_merge(recipe, resolve_recipe_donors(recipe, {})[0], tmp_path / "out", options)
+        return [e.reused for e in events if isinstance(e, StageFinished)]
+
+    assert reused() == [False, False] and reused() == [True, False]
+    (lora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 8}))
+    assert reused() == [False, False]
+    first = load_file(tmp_path / "inter" / "first" / "model.safetensors")[f"{Q_PROJ}.weight"]
+    assert torch.equal(first, torch.full((64, 64), 8.0, dtype=first.dtype)
+                       + load_file(model / "model.safetensors")[f"{Q_PROJ}.weight"])

@@ -5,7 +5,8 @@ mergekit merges the adapter into the model with PEFT's ``merge_and_unload`` befo
 on the CPU (it upcasts half-precision adapters) and adds the float32 delta to the weight in
 place, so the sum is taken in float32 and rounded once to the weight's dtype; doing the same
 here gives mergekit's bits. The adapter is small (``r`` rows per module) and read whole once;
-each targeted tensor is adapted on the fly, so no merged copy of the model is written.
+each targeted tensor is adapted on the fly, so no merged copy of the model is written (it
+would cost a full model's disk to save about 9 % of a merge's time; README measures it).
 """
 
 from __future__ import annotations
