@@ -22,7 +22,7 @@ from merger_gui.engine.activation_analysis import ActivationProgress, Seam, stag
 from merger_gui.engine.layer_similarity import AnalysisCancelled, SimilarityProgress
 
 from .analysis_job import AnalysisReady, AnalysisRequest, AnalysisResult, run_analysis
-from .check_runner import CheckRunner
+from .job_runner import JobRunner
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .merge_panel import ERROR_STYLE
@@ -40,7 +40,7 @@ class AnalysisPanel(QWidget):
     def __init__(self, document: RecipeDocument, registry: DonorRegistry, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document, self.registry = document, registry
-        self.runner = CheckRunner(self)
+        self.runner = JobRunner(self, what="analysis")
         self.result: AnalysisResult | None = None
         self.suggestions: list[CutSuggestion] = []
 

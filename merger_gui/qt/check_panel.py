@@ -22,7 +22,7 @@ from merger_gui.engine.evaluate import (
 )
 from merger_gui.engine.events import TensorProgress
 
-from .check_runner import CheckRunner
+from .job_runner import JobRunner
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .merge_panel import ERROR_STYLE, MergePanel
@@ -68,7 +68,7 @@ class CheckPanel(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.document, self.registry, self.merge_panel = document, registry, merge_panel
-        self.runner = CheckRunner(self)
+        self.runner = JobRunner(self, what="check")
         self.evaluation: Evaluation | None = None
         self._names: dict[str, str] = {}  # donor folder -> recipe name, for the table
         self._sweep: _SweepFigures | None = None  # the last sweep's figures

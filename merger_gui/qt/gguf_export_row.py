@@ -1,7 +1,7 @@
 """The Merge tab's "Export GGUF" row: a model folder (the merge's output, or any) to one .gguf file.
 
 The export runs :func:`merger_gui.engine.gguf_export.export_gguf` (imported lazily: it imports
-gguf-py and torch) on a :class:`~.check_runner.CheckRunner` thread, like checks and merges, with
+gguf-py and torch) on a :class:`~.job_runner.JobRunner` thread, like checks and merges, with
 progress and cancel. The predicted size is the estimator's exact figure for the chosen type.
 """
 
@@ -23,7 +23,7 @@ from merger_gui.core.quantization import GGUF_EXPORT_TYPES, gguf_export_bytes
 from merger_gui.core.units import format_size
 from merger_gui.engine.gguf_events import ExportCancelled, ExportDone, ExportProgress
 
-from .check_runner import CheckRunner
+from .job_runner import JobRunner
 
 
 class GGUFExportRow(QWidget):
@@ -33,7 +33,7 @@ class GGUFExportRow(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.runner = CheckRunner(self, what="export")
+        self.runner = JobRunner(self, what="export")
         self.runner.progress.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
         self.runner.cancelled.connect(self._on_cancelled)

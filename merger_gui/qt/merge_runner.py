@@ -1,4 +1,4 @@
-"""Run a merge off the GUI thread: a :class:`~.check_runner.CheckRunner` whose job is the merge.
+"""Run a merge off the GUI thread: a :class:`~.job_runner.JobRunner` whose job is the merge.
 
 The job drives :func:`merger_gui.engine.run.run_merge` (imported lazily: it imports torch) over a
 frozen copy of the recipe and donors and never touches widgets. The runner announces the outcome
@@ -19,10 +19,10 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.recipe import Recipe
 from merger_gui.engine.events import MergeCancelled
 
-from .check_runner import CheckRunner
+from .job_runner import JobRunner
 
 
-class MergeRunner(CheckRunner):
+class MergeRunner(JobRunner):
     """Owns the merge thread; one merge at a time.
 
     Signals:

@@ -1,7 +1,7 @@
 """Build the MoE from its page: output folder, Merge / Cancel, progress, on a worker thread.
 
 The job drives :func:`merger_gui.engine.moe.run_moe` (imported on the worker: it imports torch)
-through the generic :class:`~.check_runner.CheckRunner`. With ``gate_mode: hidden`` the engine
+through the generic :class:`~.job_runner.JobRunner`. With ``gate_mode: hidden`` the engine
 first runs the base model over each expert's prompts; the bar is busy then, and a cancel stops
 before the next forward pass.
 """
@@ -26,7 +26,7 @@ from merger_gui.core.output_folders import replace_refusal
 from merger_gui.core.units import format_duration, format_size
 from merger_gui.engine.events import MergeCancelled, MergeDone, StageStarted, TensorProgress
 
-from .check_runner import CheckRunner
+from .job_runner import JobRunner
 from .merge_panel import ERROR_STYLE, OK_STYLE
 from .user_folders import user_folder
 
@@ -49,7 +49,7 @@ class MoeMergeBox(QGroupBox):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Merge", parent)
-        self.runner = CheckRunner(self, what="MoE merge")
+        self.runner = JobRunner(self, what="MoE merge")
         self.recipe: MoeRecipe | None = None
         self.donors: Mapping[str, DonorInfo] = {}
         self.recipe_path: Path | None = None
