@@ -87,6 +87,44 @@ def test_opening_an_moe_recipe_shows_the_moe_panel(qtbot, tmp_path, moe_file):
     assert QThreadPool.globalInstance().activeThreadCount() == 0
 
 
+def test_the_window_undoes_saves_and_asks_for_the_page_shown(qtbot, tmp_path, moe_file, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    path, folders = moe_file
+    window = MainWindow(Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(window)
+    window.show()
+    assert window.files.open_path(path, ask=False)
+    panel = window.moe_panel
+    assert not any(a.isVisible() for a in window.stack_view.actions_.actions)  # no slice edits for experts
+    panel.experts[0].positive.setPlainText("story\ntale")
+    panel.experts[0].positive.editingFinished.emit()
+    assert window.isWindowModified() and window.windowTitle().startswith(f"{path.name}[*]")
+    window.undo_action.trigger()  # the window's Undo acts on the MoE page, not the hidden merge recipe
+    assert panel.recipe.experts[0].positive_prompts == ("story",) and not window.isWindowModified()
+    window.redo_action.trigger()
+
+    asked: list[str] = []
+
+    def cancel(_parent, _title, text, *_args):
+        asked.append(text)
+        return QMessageBox.StandardButton.Cancel
+
+    monkeypatch.setattr(QMessageBox, "question", cancel)
+    window.close()  # unsaved MoE edits: the user is asked, and Cancel keeps the window
+    assert asked == [f"Save the changes to {path.name}?"] and window.isVisible()
+
+    window.files.save.trigger()  # Save saves the MoE recipe shown, its comments kept
+    assert load_moe_text(path.read_text()).experts[0].positive_prompts == ("story", "tale")
+    assert not window.isWindowModified() and not window.document.is_modified
+
+    window.show_designer()
+    assert all(a.isVisible() for a in window.stack_view.actions_.actions)
+    assert window.history.activeStack() is window.document.undo_stack
+    window.close()
+    assert window.inspector.wait(5000)
+
+
 COMMENTED = """\
 # a 2x MoE of tiny donors
 base_model: {a}

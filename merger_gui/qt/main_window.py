@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import (
     QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QResizeEvent, QShowEvent,
-    QUndoStack,
+    QUndoGroup, QUndoStack,
 )
 from PySide6.QtWidgets import (
     QApplication, QDockWidget, QFrame, QLabel, QMainWindow, QMessageBox, QScrollArea, QStackedWidget, QTabWidget,
@@ -69,7 +69,7 @@ class UndoButtonAction(QAction):
     """Undo or redo under a fixed label, so the toolbar does not shift with "Undo <what>" as the
     menu's action does; the tooltip says what it would undo."""
 
-    def __init__(self, stack: QUndoStack, redo: bool, parent: QWidget) -> None:
+    def __init__(self, stack: QUndoStack | QUndoGroup, redo: bool, parent: QWidget) -> None:
         super().__init__("Redo" if redo else "Undo", parent)
         self._verb = self.text()
         self.triggered.connect(stack.redo if redo else stack.undo)
@@ -108,7 +108,13 @@ class MainWindow(QMainWindow):
         self.merge_panel = MergePanel(self.document, self.live_plan, self.registry)
         self.check_panel = CheckPanel(self.document, self.registry, self.merge_panel)
         self.welcome = WelcomePage()
-        self.files = RecipeFiles(self, self.document, self.registry, self.inspector, self.yaml_editor, self.settings)
+        self.moe_panel = MoePanel()  # page 2: a mergekit-moe recipe, which the document does not hold
+        self.files = RecipeFiles(self, self.document, self.registry, self.inspector, self.yaml_editor, self.settings,
+                                 self.moe_panel)
+        self.history = QUndoGroup(self)  # Undo and Redo act on the page shown: the designer's or the MoE page's
+        for stack in (self.document.undo_stack, self.moe_panel.undo_stack):
+            self.history.addStack(stack)
+        self.history.setActiveStack(self.document.undo_stack)
 
         designer = QWidget()
         designer_layout = QVBoxLayout(designer)
@@ -121,7 +127,6 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self.pages.addWidget(_scrolling(self.welcome))
         self.pages.addWidget(designer)
-        self.moe_panel = MoePanel()  # page 2: a mergekit-moe recipe, which the document does not hold
         self.pages.addWidget(_scrolling(self.moe_panel))
         self.setCentralWidget(self.pages)
 
@@ -176,9 +181,9 @@ class MainWindow(QMainWindow):
 
     def _build_menus(self) -> None:
         files, stack = self.files, self.stack_view.actions_
-        undo = self.document.undo_stack.createUndoAction(self, "&Undo")
+        undo = self.history.createUndoAction(self, "&Undo")
         undo.setShortcut(QKeySequence.StandardKey.Undo)
-        redo = self.document.undo_stack.createRedoAction(self, "&Redo")
+        redo = self.history.createRedoAction(self, "&Redo")
         redo.setShortcuts(redo_shortcuts())
         self.undo_action, self.redo_action = undo, redo
         quit_action = QAction("&Quit", self)
@@ -230,7 +235,7 @@ class MainWindow(QMainWindow):
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         toolbar.addActions([files.new, files.open, files.save])
         toolbar.addSeparator()
-        history = self.document.undo_stack
+        history = self.history
         self.undo_button_actions = (UndoButtonAction(history, False, self), UndoButtonAction(history, True, self))
         toolbar.addActions(list(self.undo_button_actions))
         toolbar.addSeparator()
@@ -250,6 +255,8 @@ class MainWindow(QMainWindow):
         self.inspector.busy_changed.connect(self._update_summary)
         self.files.opened.connect(self._on_opened)
         self.files.moe_opened.connect(self._show_moe)
+        self.moe_panel.save_requested.connect(self.files.save_recipe)
+        self.moe_panel.undo_stack.cleanChanged.connect(self._update_title)
         self.welcome.back.connect(self.show_designer)
         self.welcome.open_recipe.connect(self.files.open_recipe)
         self.welcome.open_file.connect(self.files.open_path)
@@ -305,6 +312,12 @@ class MainWindow(QMainWindow):
             dock.setVisible(index == 1 and self._dock_shown.get(dock, True))
         self.summary_label.setVisible(index == 1)
         self.findings_label.setVisible(index == 1)
+        moe = index == 2
+        self.files.moe_shown = moe
+        self.history.setActiveStack(self.moe_panel.undo_stack if moe else self.document.undo_stack)
+        for action in (*self.stack_view.actions_.actions, *self.stage_actions.actions):
+            action.setVisible(index != 2)  # slice and stage edits mean nothing for an MoE recipe
+        self._update_title()
 
     def set_theme(self, name: str) -> None:
         self.settings.theme = name
@@ -313,9 +326,11 @@ class MainWindow(QMainWindow):
         self.yaml_editor.highlighter.apply_theme()
 
     def _update_title(self, *_: object) -> None:
-        path = self.document.path
+        """The name and unsaved mark of the recipe on the page shown."""
+        moe = self.files.moe_shown
+        path = self.moe_panel.path if moe else self.document.path
         self.setWindowTitle(f"{path.name if path else 'Untitled'}[*] — {APP_TITLE}")
-        self.setWindowModified(self.document.is_modified)
+        self.setWindowModified(self.moe_panel.is_modified if moe else self.document.is_modified)
 
     def _update_summary(self, *_: object) -> None:
         stage_plan = self.live_plan.stage_plan(self.document.current_stage)
@@ -346,7 +361,8 @@ class MainWindow(QMainWindow):
         self.findings_label.setToolTip(str(error))
 
     def _show_modified(self, clean: bool) -> None:
-        self.setWindowModified(not clean)
+        if not self.files.moe_shown:
+            self.setWindowModified(not clean)
 
     def _about(self) -> None:
         QMessageBox.about(self, f"About {APP_TITLE}",

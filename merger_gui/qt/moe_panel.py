@@ -19,7 +19,10 @@ from PySide6.QtWidgets import (
 )
 
 from merger_gui.core.donor import DonorInfo
-from merger_gui.core.moe_recipe import MoeRecipe, moe_problems, set_expert_prompts, set_expert_source
+from merger_gui.core.errors import RecipeError
+from merger_gui.core.moe_recipe import (
+    MoeRecipe, moe_problems, output_architecture, set_expert_prompts, set_expert_source,
+)
 from merger_gui.core.moe_roundtrip import edit_moe_text
 
 from .eliding_combo import ElidingComboBox
@@ -87,6 +90,7 @@ class MoePanel(QWidget):
     """The MoE recipe's editor; ``recipe_changed`` after every edit, undo and redo."""
 
     recipe_changed = Signal(object)  # MoeRecipe
+    save_requested = Signal()  # the page's Save button: the window saves (and words an error)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -102,11 +106,9 @@ class MoePanel(QWidget):
         self.problems = QLabel()
         self.problems.setWordWrap(True)
         self.problems.setStyleSheet(NOTE_STYLE)
-        self.undo_button = QPushButton("Undo")
-        self.redo_button = QPushButton("Redo")
         self.save_button = QPushButton("Save MoE recipe")
-        self.save_button.clicked.connect(lambda: self.path is not None and self.save(self.path))
-        self._connect_history()
+        self.save_button.clicked.connect(self.save_requested)
+        self.undo_stack.cleanChanged.connect(self._show_title)
         self.experts: list[ExpertBox] = []
         self._experts_grid = QGridLayout()
         self._columns = 0
@@ -115,8 +117,7 @@ class MoePanel(QWidget):
 
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
-        for button in (self.undo_button, self.redo_button, self.save_button):
-            top.addWidget(button)
+        top.addWidget(self.save_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.summary)
@@ -126,21 +127,14 @@ class MoePanel(QWidget):
         layout.addWidget(self.merge_box)
         layout.addStretch(1)
 
-    def _connect_history(self) -> None:
-        stack = self.undo_stack
-        self.undo_button.clicked.connect(stack.undo)
-        self.redo_button.clicked.connect(stack.redo)
-        stack.canUndoChanged.connect(self.undo_button.setEnabled)
-        stack.canRedoChanged.connect(self.redo_button.setEnabled)
-        stack.undoTextChanged.connect(lambda text: self.undo_button.setToolTip(f"Undo {text}" if text else ""))
-        stack.redoTextChanged.connect(lambda text: self.redo_button.setToolTip(f"Redo {text}" if text else ""))
-        stack.cleanChanged.connect(self._show_title)
-        self.undo_button.setEnabled(False)
-        self.redo_button.setEnabled(False)
-
     @property
     def recipe(self) -> MoeRecipe | None:
         return self._recipe
+
+    @property
+    def is_modified(self) -> bool:
+        """Edits not saved yet."""
+        return self._recipe is not None and not self.undo_stack.isClean()
 
     def load(self, recipe: MoeRecipe, donors: Mapping[str, DonorInfo], path: Path | None = None,
              errors: Mapping[str, str] | None = None) -> None:
@@ -220,8 +214,10 @@ class MoePanel(QWidget):
     def _set_recipe(self, recipe: MoeRecipe) -> None:
         self._recipe = recipe
         dtype = f", dtype {recipe.dtype}" if recipe.dtype else ""
+        shared = f" + {len(recipe.shared_experts)} shared" if recipe.shared_experts else ""
         self.summary.setText(f"Base <b>{recipe.base_model}</b> · gate_mode <b>{recipe.gate_mode}</b> · "
-                             f"{recipe.experts_per_token} of {len(recipe.experts)} experts per token{dtype}")
+                             f"{recipe.experts_per_token} of {len(recipe.experts)} experts per token{shared}{dtype}"
+                             f" · output <b>{self._output_architecture(recipe)}</b>")
         problems = self._problems(recipe)
         self.problems.setText("\n".join(f"• {p}" for p in problems))
         self.problems.setVisible(bool(problems))
@@ -237,6 +233,14 @@ class MoePanel(QWidget):
         self.estimate_box.show_moe(recipe, self._donors.get(recipe.base_model))
         self.merge_box.show_recipe(recipe, self._donors, self.path)
         self.recipe_changed.emit(recipe)
+
+    def _output_architecture(self, recipe: MoeRecipe) -> str:
+        """What mergekit-moe builds from it, as far as the base is known ("?" when nothing fits)."""
+        base = self._donors.get(recipe.base_model)
+        try:
+            return output_architecture(recipe, base.model_type if base is not None else None)
+        except RecipeError:
+            return "?"  # the problems list says why
 
     def _problems(self, recipe: MoeRecipe) -> list[str]:
         """Why a donor did not resolve (the resolver's words), then what mergekit-moe would refuse."""

@@ -1,4 +1,9 @@
-"""New / Open / Save / Save As / recent files / paste: the recipe's life on disk."""
+"""New / Open / Save / Save As / recent files / paste: the recipe's life on disk.
+
+Save and Save As act on the page shown: the merge recipe, or the mergekit-moe recipe of the MoE
+page (``moe_panel`` while ``moe_shown``); unsaved changes of either are asked about before they
+would be lost.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from merger_gui.core.recipe_yaml import load_recipe_text, read_recipe_text, save
 from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .inspection import DonorInspector
+from .moe_panel import MoePanel
 from .settings import Settings
 from .user_folders import documents_folder, is_inside_package, user_folder
 from .yaml_editor import YamlEditor
@@ -32,10 +38,12 @@ class RecipeFiles(QObject):
     moe_opened = Signal(object, object)  # MoeRecipe, Path: shown by the MoE panel, not the document
 
     def __init__(self, window: QWidget, document: RecipeDocument, registry: DonorRegistry,
-                 inspector: DonorInspector, yaml_editor: YamlEditor, settings: Settings) -> None:
+                 inspector: DonorInspector, yaml_editor: YamlEditor, settings: Settings, moe_panel: MoePanel) -> None:
         super().__init__(window)
         self.window, self.document, self.registry = window, document, registry
         self.inspector, self.yaml_editor, self.settings = inspector, yaml_editor, settings
+        self.moe_panel = moe_panel
+        self.moe_shown = False  # the window shows the MoE page: Save acts on its recipe
         self.new = self._action("&New", QKeySequence.StandardKey.New, self.new_recipe, "Start an empty recipe")
         self.open = self._action("&Open…", QKeySequence.StandardKey.Open, self.open_dialog, "Open a recipe file")
         self.save = self._action("&Save", QKeySequence.StandardKey.Save, self.save_recipe,
@@ -59,17 +67,33 @@ class RecipeFiles(QObject):
     # ---- opening --------------------------------------------------------------------------
 
     def maybe_save(self) -> bool:
-        """Ask about unsaved changes; False means the user cancelled."""
+        """Ask about unsaved changes (the MoE recipe's, then the merge recipe's); False means the user cancelled."""
+        return self.maybe_save_moe() and self._maybe_save_document()
+
+    def maybe_save_moe(self) -> bool:
+        """Ask about the MoE page's unsaved edits; False means the user cancelled."""
+        panel = self.moe_panel
+        if not panel.is_modified:
+            return True
+        name = panel.path.name if panel.path else "the MoE recipe"
+        answer = self._ask_to_save(name)
+        if answer == QMessageBox.StandardButton.Save:
+            return self._save_moe(panel.path)
+        return answer == QMessageBox.StandardButton.Discard
+
+    def _maybe_save_document(self) -> bool:
         if not self.document.is_modified:
             return True
-        name = self.document.path.name if self.document.path else "the new recipe"
-        answer = QMessageBox.question(
+        answer = self._ask_to_save(self.document.path.name if self.document.path else "the new recipe")
+        if answer == QMessageBox.StandardButton.Save:
+            return self._save_document()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def _ask_to_save(self, name: str) -> QMessageBox.StandardButton:
+        return QMessageBox.question(
             self.window, "Unsaved changes", f"Save the changes to {name}?",
             QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
             QMessageBox.StandardButton.Save)
-        if answer == QMessageBox.StandardButton.Save:
-            return self.save_recipe()
-        return answer == QMessageBox.StandardButton.Discard
 
     def new_recipe(self) -> bool:
         if not self.maybe_save():
@@ -147,17 +171,43 @@ class RecipeFiles(QObject):
         return self.recipe_folder() / (path.name if path is not None else "recipe.yaml")
 
     def save_recipe(self) -> bool:
-        if self.document.path is None or is_inside_package(self.document.path):
-            return self.save_recipe_as()  # a seed recipe is saved as the user's own copy
-        return self.write(self.document.path)
+        """Save the recipe of the page shown under its name (asking for one when it has none)."""
+        return self._save_moe(self.moe_panel.path) if self.moe_shown else self._save_document()
 
     def save_recipe_as(self) -> bool:
-        start = str(self.save_path_suggestion())
-        chosen, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", start, YAML_FILTER)
-        if not chosen:
+        """Save the recipe of the page shown under a name the user chooses."""
+        return self._save_moe(None) if self.moe_shown else self._save_document_as()
+
+    def _save_document(self) -> bool:
+        if self.document.path is None or is_inside_package(self.document.path):
+            return self._save_document_as()  # a seed recipe is saved as the user's own copy
+        return self.write(self.document.path)
+
+    def _save_document_as(self) -> bool:
+        path = self._ask_save_path(self.save_path_suggestion())
+        return path is not None and self.write(path)
+
+    def _save_moe(self, path: Path | None) -> bool:
+        """Write the MoE page's recipe to ``path`` (None: ask where)."""
+        if self.moe_panel.recipe is None:
             return False
+        path = path or self._ask_save_path(self.moe_panel.path or self.recipe_folder() / "moe.yaml")
+        if path is None:
+            return False
+        try:
+            self.moe_panel.save(path)
+        except OSError as exc:
+            QMessageBox.warning(self.window, "Cannot save recipe", f"{path}: {exc}")
+            return False
+        self.settings.add_recent_file(path)
+        return True
+
+    def _ask_save_path(self, start: Path) -> Path | None:
+        chosen, _ = QFileDialog.getSaveFileName(self.window, "Save recipe", str(start), YAML_FILTER)
+        if not chosen:
+            return None
         path = Path(chosen)
-        return self.write(path if path.suffix else path.with_suffix(".yaml"))
+        return path if path.suffix else path.with_suffix(".yaml")
 
     def write(self, path: Path) -> bool:
         """Write the recipe, editing the current text in place so comments survive; asks first
