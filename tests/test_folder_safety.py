@@ -235,7 +235,8 @@ def test_a_stage_folder_is_never_a_donor_folder(make_donor, tmp_path, tmp_path_f
     assert snapshot(donors["b"]) == before
 
 
-def test_an_intermediate_stage_edited_in_place_is_merged_again(donors, tmp_path):
+@pytest.mark.parametrize("edit", ["mtime changed", "mtime restored", "replaced, mtime restored"])
+def test_an_intermediate_stage_edited_in_place_is_merged_again(donors, tmp_path, edit):
     out, inter = tmp_path / "out", tmp_path / "inter"
     text = TWO_STAGES.format(name="first")
     merge(text, donors, out, intermediate_dir=inter)
@@ -244,8 +245,15 @@ def test_an_intermediate_stage_edited_in_place_is_merged_again(donors, tmp_path)
     data = bytearray(shard.read_bytes())
     data[-64:] = bytes(64)  # same size, other weights
     stat = shard.stat()
-    shard.write_bytes(bytes(data))
-    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    if edit.startswith("replaced"):
+        (inter / "first" / "copy").write_bytes(bytes(data))
+        os.replace(inter / "first" / "copy", shard)
+    else:
+        with open(shard, "r+b") as file:  # in place: the same inode
+            file.write(bytes(data))
+    shift = 1_000_000 if edit == "mtime changed" else 0
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + shift))
+    assert shard.stat().st_mtime_ns == stat.st_mtime_ns + shift and shard.stat().st_size == stat.st_size
     events = merge(text, donors, out, intermediate_dir=inter, overwrite=True)
     assert [e.reused for e in events if isinstance(e, StageFinished)] == [False, False]
     merged = load_folder(out)

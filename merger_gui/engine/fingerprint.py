@@ -1,11 +1,11 @@
 """Fingerprints that decide whether an intermediate stage output can be reused.
 
 A stage's fingerprint hashes its canonical recipe text, the merge seed and the
-fingerprints of its inputs: for a donor folder the names, sizes and modification times
-of its files; for an earlier stage that stage's own fingerprint. The fingerprint is
-stored in the intermediate folder as its last file, together with the names, sizes and
-modification times of the folder's own files when written, so a folder without a matching
-one (incomplete, stale, or edited since) is merged again.
+fingerprints of its inputs: for a donor folder the identity of its files (see
+:func:`folder_fingerprint`); for an earlier stage that stage's own fingerprint. The
+fingerprint is stored in the intermediate folder as its last file, together with the
+identity of the folder's own files when written, so a folder without a matching one
+(incomplete, stale, or edited since) is merged again.
 """
 
 from __future__ import annotations
@@ -29,13 +29,20 @@ def _sha256(data: bytes = b"") -> Any:
 
 
 def folder_fingerprint(path: str | Path) -> str:
-    """Hash of the names, sizes and modification times of the files directly in ``path``."""
+    """Hash of the name, size, modification time, change time and inode of each file directly in ``path``.
+
+    The change time (ctime) is what ``os.utime`` cannot set back, so a file edited in place
+    with its modification time restored, or replaced by another, no longer matches. A folder
+    copied, or moved to another file system, gets new inodes and change times and is merged
+    again: the safe side, as a stale stage reused would give a wrong model.
+    """
     folder = Path(path)
     digest = _sha256()
     for file in sorted(folder.iterdir()):
         if file.name != FINGERPRINT_FILE and file.is_file():
             stat = file.stat()
-            digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0"
+                          f"{stat.st_ino}\n".encode())
     return digest.hexdigest()
 
 
@@ -52,7 +59,7 @@ def stage_fingerprint(stage: Stage, inputs: Mapping[str, str], seed: int | None)
 
 def stored_fingerprint(folder: str | Path) -> str | None:
     """The fingerprint an intermediate folder was completed with; None when the folder is
-    incomplete, not ours, or its files changed since (name, size or modification time)."""
+    incomplete, not ours, or its files changed since (see :func:`folder_fingerprint`)."""
     try:
         data = json.loads((Path(folder) / FINGERPRINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
