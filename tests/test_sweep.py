@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +208,49 @@ def test_cli_sweep_sigterm_cancels_like_ctrl_c(setup, capsys, monkeypatch):
     assert code == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("cancelled by SIGTERM: the finished variants")
     assert not [p for p in out.iterdir() if p.is_dir()]  # the unfinished variant is removed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--param", "t", "--values", "0.25,x"], None),  # a usage error
+    (["--param", "t", "--values", "0.25,0.25"], None),
+    (["--param", "t", "--values", "1e400"], None),
+    (["--param", "weight", "--values", "0.25,0.75"], "slerp has no parameter 'weight'; sweepable: t, t.self_attn"),
+    (["--param", "t.mlp", "--values", "0.25"], "no rule with filter 'mlp'"),
+    (["--param", "t.", "--values", "0.25"], "invalid parameter 't.'"),
+    (["--param", "t", "--values", "0.5,1.5"], "t = 1.5 cannot be merged: .*t = 1.5 at parameters.t is outside"),
+    (["--param", "t.self_attn", "--values=-0.5,0.5"], "t.self_attn = -0.5 cannot be merged: .*outside"),
+])
+def test_cli_sweep_checks_every_argument_before_loading_a_model(setup, capsys, monkeypatch, argv, message):
+    recipe, donors, tmp_path = setup
+    a, b = list(donors)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(a=a, b=b))
+    out = tmp_path / "sweep"
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded or merged before the arguments were checked")
+
+    monkeypatch.setattr(engine_sweep, "score_folder", no_loading)
+    monkeypatch.setattr(engine_sweep, "run_merge", no_loading)
+    if message is None:
+        with pytest.raises(SystemExit) as usage:
+            main(["sweep", str(path), str(out), *argv])
+        assert usage.value.code == 2
+    else:
+        assert main(["sweep", str(path), str(out), *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_sweep_of_an_invalid_recipe_or_into_a_donor_fails_before_loading(setup, monkeypatch):
+    recipe, donors, tmp_path = setup
+    a, b = list(donors)
+    monkeypatch.setattr(engine_sweep, "score_folder", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    broken = load_recipe_text(RECIPE.format(a=a, b=b).replace("[0, 2]", "[0, 9]"))
+    with pytest.raises(UserError, match=r"^the recipe is not valid: .*layer"):
+        list(sweep(broken, donors, tmp_path / "sweep", "t", [0.2, 0.6]))
+    with pytest.raises(UserError, match="the sweep folder .* overlaps the folder of donor"):
+        list(sweep(recipe, donors, Path(a) / "sweep", "t", [0.2, 0.6]))
+    assert not (Path(a) / "sweep").exists() and not (tmp_path / "sweep").exists()

@@ -42,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="the parameter as the YAML names it at the top of the final stage: t (the whole "
                              "parameter) or t.self_attn (its rule with filter self_attn)")
     parser.add_argument("--values", required=True, type=value_list, metavar="V1,V2,…",
-                        help="the values, comma-separated, e.g. 0.3,0.4,0.5,0.6,0.7")
+                        help="the values, comma-separated, e.g. 0.3,0.4,0.5,0.6,0.7 (a negative first value "
+                             "after =: --values=-0.5,0.5)")
     parser.add_argument("--keep", action="store_true", help="keep every variant's model folder")
     add_evaluation_arguments(parser)
     add_donor_argument(parser)

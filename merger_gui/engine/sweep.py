@@ -29,8 +29,10 @@ from typing import Any
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
 from merger_gui.core.methods import method_spec
+from merger_gui.core.output_folders import overlaps
 from merger_gui.core.parameter_edits import TOP_LEVEL, get_parameter, get_rules, set_parameter, set_rule_value
 from merger_gui.core.plan import plan_recipe
+from merger_gui.core.readiness import merge_readiness
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.recipe_yaml import dump_recipe
 
@@ -212,8 +214,10 @@ def run_sweep(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     if not values:
         raise UserError("a sweep needs at least one value")
     variants = [variant_recipe(recipe, path, v) for v in values]
+    _check_variants(variants, values, donors, path)  # before any model is loaded: scoring is slow
     _check_changes(variants, donors, path)
     out = Path(out_dir).absolute()
+    _check_out_dir(out, donors)
     text = sample_text() if options.evaluation.text is None else options.evaluation.text
     against = _local_donors(recipe.stages[-1], donors)
     state = _State.open(out, _state_key(recipe, path, text, options.evaluation.max_tokens, against))
@@ -231,6 +235,32 @@ def run_sweep(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     if not options.keep:
         remove_folder(out / STAGES_FOLDER)
     yield SweepDone(SweepResult(str(path), {name: s.perplexity for name, s in donor_scores.items()}, tuple(results)))
+
+
+def _check_variants(variants: Sequence[Recipe], values: Sequence[float], donors: Mapping[str, DonorInfo],
+                    path: ParamPath) -> None:
+    """Refuse a sweep with a variant that would not merge: the recipe's own errors (those of every
+    variant) are named as such, else the first value that makes one (out of the parameter's range…)."""
+    blockers = [merge_readiness(variant, donors) for variant in variants]
+    common = [b for b in blockers[0] if all(b in other for other in blockers[1:])] if len(blockers) > 1 else []
+    if common:
+        raise UserError(f"the recipe is not valid: {common[0]}{_more(common)}")
+    for value, reasons in zip(values, blockers):
+        if reasons:
+            raise UserError(f"{path} = {value:g} cannot be merged: {reasons[0]}{_more(reasons)}")
+
+
+def _more(reasons: Sequence[str]) -> str:
+    return f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+
+
+def _check_out_dir(out: Path, donors: Mapping[str, DonorInfo]) -> None:
+    """Refuse a sweep folder that is, holds or lies in a donor's folder (its variants are written there)."""
+    resolved = out.resolve()
+    for model, donor in sorted(donors.items()):
+        if donor.path and overlaps(resolved, Path(donor.path).absolute().resolve()):
+            raise UserError(f"the sweep folder {out} overlaps the folder of donor {model}; "
+                            "choose a folder outside every donor's")
 
 
 def _check_changes(variants: Sequence[Recipe], donors: Mapping[str, DonorInfo], path: ParamPath) -> None:
