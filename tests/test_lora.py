@@ -5,7 +5,9 @@ applied as PEFT merges it (parity with mergekit is in test_parity_forms)."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -15,7 +17,7 @@ from hub_server import FakeHub, go_online, use_cache
 from merger_gui.cli import main as cli_main
 from merger_gui.core.errors import DonorError
 from merger_gui.core.estimator import COPY_ENGINE_BYTES, estimate_plan, stage_peak_ram_bytes
-from merger_gui.core.lora_config import LoraConfig, split_lora_reference
+from merger_gui.core.lora_config import LoraConfig, adapter_facts, check_adapter_reference, split_lora_reference
 from merger_gui.core.plan import plan_recipe
 from merger_gui.core.recipe_yaml import load_recipe_text
 from merger_gui.core.resolve import resolve_donor, resolve_recipe_donors
@@ -23,8 +25,10 @@ from merger_gui.core.resolve import resolve_donor, resolve_recipe_donors
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from merger_gui.core.errors import UserError  # noqa: E402
+from merger_gui.engine import run as run_module  # noqa: E402
 from merger_gui.engine.lora import donor_adapters, load_adapter  # noqa: E402
-from merger_gui.engine.run import DownloadProgress, MergeOptions, StageFinished, run_merge  # noqa: E402
+from merger_gui.engine.run import DownloadProgress, MergeDone, MergeOptions, StageFinished, run_merge  # noqa: E402
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 PASSTHROUGH = "slices: [{sources: [{model: MODEL, layer_range: [0, 4]}]}]\nmerge_method: passthrough\n"
@@ -47,6 +51,19 @@ def adapter(folder, config: dict | None = None, extra: dict | None = None,
 def test_scaling_is_alpha_over_r_or_over_its_root():
     assert LoraConfig(16, 32).scaling == 2.0
     assert LoraConfig(16, 32, use_rslora=True).scaling == 8.0
+
+
+def test_adapter_facts_read_from_its_config(tmp_path, monkeypatch):
+    folder = adapter(tmp_path / "lora", {"lora_alpha": 32, "target_modules": "all-linear"})
+    facts = adapter_facts(str(folder))
+    assert facts.config == LoraConfig(2, 32.0) and facts.target_modules == ("all-linear",)
+    assert facts.label == "+ LoRA r=2" and "r=2, lora_alpha=32, rsLoRA no → scaling 16" in facts.describe()
+    use_cache(monkeypatch, tmp_path / "hf" / "hub")  # a Hub adapter not downloaded yet: no rank to show
+    remote = adapter_facts("org/lora@v1")
+    assert remote.config is None and remote.label == "+ LoRA" and "once it is downloaded" in remote.describe()[1]
+    with pytest.raises(DonorError, match="not a folder, not an org/name Hub repo id"):
+        check_adapter_reference("a+b")
+    check_adapter_reference("org/lora@v1")
 
 
 def test_split_follows_mergekit():
@@ -203,3 +220,31 @@ def test_a_stage_reading_a_lora_donor_is_reused_until_the_adapter_changes(make_d
     first = load_file(tmp_path / "inter" / "first" / "model.safetensors")[f"{Q_PROJ}.weight"]
     assert torch.equal(first, torch.full((64, 64), 8.0, dtype=first.dtype)
                        + load_file(model / "model.safetensors")[f"{Q_PROJ}.weight"])
+
+
+@pytest.mark.parametrize("model_on_hub", [False, True])
+def test_disk_check_counts_the_hub_adapter_before_any_download(make_donor, tmp_path, monkeypatch, model_on_hub):
+    model, lora = make_donor("m"), adapter(tmp_path / "lora")
+    needed = sum(f.stat().st_size for f in lora.iterdir())
+    if model_on_hub:
+        needed += (model / "model.safetensors").stat().st_size  # the model's weights read by the plan
+    recipe = load_recipe_text(PASSTHROUGH.replace("MODEL", f"{'org/m' if model_on_hub else model}+org/lora"))
+    cache = use_cache(monkeypatch, tmp_path / "hf" / "hub")
+    real, room = shutil.disk_usage, 1 << 40
+
+    def disk_usage(path):
+        usage = real(path)
+        return usage._replace(free=room if Path(path).is_relative_to(cache) else usage.free)
+
+    monkeypatch.setattr(run_module.shutil, "disk_usage", disk_usage)
+    with FakeHub({"org/lora": lora, "org/m": model}) as hub:
+        go_online(monkeypatch, hub)
+        donors, errors = resolve_recipe_donors(recipe, {})
+        assert not errors
+        room, hub.requests[:] = needed - 1, []
+        with pytest.raises(UserError, match="not enough disk space to download donors into") as caught:
+            list(run_merge(recipe, donors, tmp_path / "refused"))
+        assert "\n" not in str(caught.value) and hub.full_downloads() == [] and not (tmp_path / "refused").exists()
+        room = needed
+        assert isinstance(list(run_merge(recipe, donors, tmp_path / "out"))[-1], MergeDone)
+    assert "org/lora/adapter_model.safetensors" in hub.full_downloads()

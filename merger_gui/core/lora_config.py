@@ -39,6 +39,78 @@ class LoraConfig:
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
+@dataclass(frozen=True)
+class AdapterFacts:
+    """What the window shows of a donor's adapter: where it is and what its config says (``config``
+    None while a Hub adapter is not downloaded yet, or when its config is unreadable)."""
+
+    reference: str  # the adapter's folder or Hub repo id
+    config: LoraConfig | None
+    target_modules: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``"+ LoRA r=16"`` (``"+ LoRA"`` without a config)."""
+        return f"+ LoRA r={self.config.r}" if self.config else "+ LoRA"
+
+    def describe(self) -> list[str]:
+        """Tooltip lines: the adapter, its rank, alpha, scaling and targets, and how it is applied."""
+        lines = [f"LoRA adapter: {self.reference}"]
+        if self.config is None:
+            lines.append("rank and alpha known once it is downloaded (at the merge)")
+        else:
+            c = self.config
+            lines.append(f"r={c.r}, lora_alpha={c.lora_alpha:g}, rsLoRA {'yes' if c.use_rslora else 'no'}"
+                         f" → scaling {c.scaling:g}")
+        if self.target_modules:
+            lines.append(f"targets: {', '.join(self.target_modules)}")
+        lines.append("Applied to the weights as they are read, like mergekit (the model's files are unchanged)")
+        return lines
+
+
+def adapter_facts(reference: str) -> AdapterFacts:
+    """The facts of adapter ``reference`` (a folder, or a Hub repo id read from the local Hub cache)."""
+    folder = Path(reference).expanduser()
+    if not folder.is_dir():
+        folder = _cached_hub_adapter(reference) or folder
+    try:
+        config = read_lora_config(folder, f"adapter {reference}")
+        raw = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (DonorError, OSError, ValueError):
+        return AdapterFacts(reference, None)
+    targets = raw.get("target_modules") or ()
+    targets = (targets,) if isinstance(targets, str) else tuple(sorted(str(t) for t in targets))
+    return AdapterFacts(reference, config, targets)
+
+
+def check_adapter_reference(adapter: str) -> None:
+    """Refuse, before any download, what cannot be an adapter: a folder that is not a PEFT LoRA
+    adapter (see :func:`read_lora_config`), or neither a folder nor an ``org/name`` Hub repo id.
+
+    Raises:
+        DonorError: one line saying why.
+    """
+    from .resolve import REPO_ID  # resolve imports this module
+
+    folder = Path(adapter).expanduser()
+    if folder.is_dir():
+        read_lora_config(folder, f"LoRA adapter {adapter}")
+    elif "+" in adapter or not REPO_ID.match(adapter):
+        raise DonorError(f"LoRA adapter {adapter!r} not found (not a folder, not an org/name Hub repo id)")
+
+
+def _cached_hub_adapter(reference: str) -> Path | None:
+    """The cache folder holding Hub adapter ``reference``'s config, if downloaded before."""
+    import huggingface_hub  # only for Hub adapters
+
+    repo_id, _, revision = reference.partition("@")
+    try:
+        path = huggingface_hub.try_to_load_from_cache(repo_id, ADAPTER_CONFIG, revision=revision or None)
+    except Exception:  # noqa: BLE001 — a malformed repo id is just not cached
+        return None
+    return Path(path).parent if isinstance(path, str) else None
+
+
 def split_lora_reference(ref: str) -> tuple[str, str | None]:
     """``(model, adapter)`` of ``MODEL+LORA`` (``adapter`` None without ``+``), as mergekit splits it.
 

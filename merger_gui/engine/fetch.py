@@ -146,6 +146,16 @@ def fetch_adapter(model: str, donor: DonorInfo, cancel: threading.Event | None =
     return replace(donor, adapter=str(paths[1].parent), download_bytes=max(0, donor.download_bytes - fetched))
 
 
+def adapter_fetch_bytes(donor: DonorInfo) -> int:
+    """Bytes of ``donor``'s Hub adapter still to download: what its ``download_bytes`` counts beyond
+    the model's own weight files not in the cache (the resolver adds the adapter's files to them)."""
+    if not donor.adapter or Path(donor.adapter).is_dir():
+        return 0
+    model = sum(file_bytes(donor, f) for f in _weight_files(donor) if not _cached(donor, f)) \
+        if donor.kind == "hub" else 0
+    return max(0, donor.download_bytes - model)
+
+
 def _files_of(donor: DonorInfo, tensors: set[str]) -> set[str]:
     """The weight files holding ``tensors``; every file when one of them has no known file."""
     files = {info.file if (info := donor.tensor(name)) is not None else None for name in tensors}

@@ -156,9 +156,8 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
 
     donors = dict(donors)
     plan = plan_recipe(recipe, donors)
-    if any(d.kind == "hub" for d in donors.values()):
-        plan = yield from _fetch_hub_donors(recipe, plan, donors, options, cancel)
-    yield from _fetch_hub_adapters(donors, cancel)
+    if any(d.kind == "hub" or d.adapter for d in donors.values()):
+        plan = yield from _fetch_hub_files(recipe, plan, donors, options, cancel)
     for sp in plan.stages:
         for tensor in sp.tensors:
             if tensor.note:
@@ -195,33 +194,27 @@ def run_merge(recipe: Recipe, donors: Mapping[str, DonorInfo], out_dir: str | Pa
     yield MergeDone(target, progress.tensors, progress.bytes, time.monotonic() - started)
 
 
-def _fetch_hub_donors(recipe: Recipe, plan: Plan, donors: dict[str, DonorInfo], options: MergeOptions,
-                      cancel: threading.Event | None) -> Generator[DownloadProgress, None, Plan]:
-    """Download the files of Hub donors the plan reads into the cache (updating ``donors``);
-    returns the plan, made again when tokenizers arrived that can change the vocabulary."""
-    from .fetch import fetch_donor, plan_fetches
+def _fetch_hub_files(recipe: Recipe, plan: Plan, donors: dict[str, DonorInfo], options: MergeOptions,
+                     cancel: threading.Event | None) -> Generator[DownloadProgress, None, Plan]:
+    """Download the files of Hub donors the plan reads and the Hub adapters (repo ids, not folders)
+    of MODEL+LORA donors into the cache, once the disk has room for all of them (updating
+    ``donors``); returns the plan, made again when tokenizers arrived that can change the vocabulary."""
+    from .fetch import adapter_fetch_bytes, fetch_adapter, fetch_donor, plan_fetches
 
     fetches = plan_fetches(recipe, plan, donors, options.copy_tokenizer)
-    if not fetches:
+    adapters = {m: adapter_fetch_bytes(d) for m, d in sorted(donors.items())
+                if d.adapter and not Path(d.adapter).is_dir()}
+    if not fetches and not adapters:
         return plan
     from huggingface_hub import constants
 
-    _check_space([(Path(constants.HF_HUB_CACHE), sum(f.nbytes for f in fetches))], "to download donors into")
+    _check_space([(Path(constants.HF_HUB_CACHE), sum(f.nbytes for f in fetches) + sum(adapters.values()))],
+                 "to download donors into")
     for fetch in fetches:
         donors[fetch.model] = yield from fetch_donor(fetch, donors[fetch.model], cancel)
-    return plan_recipe(recipe, donors)
-
-
-def _fetch_hub_adapters(donors: dict[str, DonorInfo], cancel: threading.Event | None
-                        ) -> Generator[DownloadProgress, None, None]:
-    """Download the Hub adapters (repo ids, not folders) of MODEL+LORA donors into the cache,
-    updating ``donors``."""
-    remote = [m for m, d in sorted(donors.items()) if d.adapter and not Path(d.adapter).is_dir()]
-    if remote:
-        from .fetch import fetch_adapter
-
-        for model in remote:
-            donors[model] = yield from fetch_adapter(model, donors[model], cancel)
+    for model in adapters:
+        donors[model] = yield from fetch_adapter(model, donors[model], cancel)
+    return plan_recipe(recipe, donors) if fetches else plan
 
 
 def _device(name: str) -> str:
