@@ -334,3 +334,52 @@ def test_merge_tab_row_cancel_leaves_nothing(donors: dict[str, Path], tmp_path: 
     assert row.result_label.text() == "Export cancelled; nothing was written"
     assert not row.output_file().exists() and row.export_button.isEnabled()
     assert [p.name for p in row.output_file().parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_missing_model_folder_is_called_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    for model, what in (("missing", "does not exist"), ("file", "is not a folder")):
+        assert main(["export-gguf", str(tmp_path / model), str(tmp_path / "m.gguf")]) == 1
+        err = capsys.readouterr().err
+        assert err == f"error: model folder {tmp_path / model} {what}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_missing_folders_above_the_file_are_created_as_merge_does_and_removed_on_failure(
+        donors: dict[str, Path], tmp_path: Path) -> None:
+    cancel = threading.Event()
+    events = export_gguf(donors["llama"], tmp_path / "new" / "deeper" / "m.gguf", "q8_0", cancel=cancel)
+    next(events)
+    cancel.set()
+    with pytest.raises(ExportCancelled):
+        list(events)
+    assert list(tmp_path.iterdir()) == []  # the folders it made are gone too
+    (tmp_path / "kept").mkdir()
+    done = export(donors["llama"], tmp_path / "kept" / "new" / "m.gguf", "q8_0")
+    assert done.path == tmp_path / "kept" / "new" / "m.gguf" and done.path.is_file()
+
+
+@pytest.mark.parametrize("out, why", [("file/m.gguf", "file is not a folder"),
+                                      ("file/sub/m.gguf", "file is not a folder"),
+                                      ("dead/m.gguf", "dead is a link to nothing")])
+def test_a_path_through_a_file_or_a_dead_link_is_refused_in_one_line(
+        donors: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str, why: str) -> None:
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "dead").symlink_to(tmp_path / "nowhere")
+    assert main(["export-gguf", str(donors["llama"]), str(tmp_path / out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot create {tmp_path / out}: {tmp_path / why}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dead", "file"] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_linked_out_file_is_replaced_never_written_through(donors: dict[str, Path], tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "m.gguf").write_bytes(b"GGUF someone else's")
+    link = tmp_path / "m.gguf"
+    link.symlink_to(elsewhere / "m.gguf")
+    with pytest.raises(UserError, match="already exists"):
+        export(donors["llama"], link, "q8_0")
+    export(donors["llama"], link, "q8_0", overwrite=True)
+    assert not link.is_symlink() and link.read_bytes()[:4] == b"GGUF" and link.stat().st_size > 100
+    assert (elsewhere / "m.gguf").read_bytes() == b"GGUF someone else's"

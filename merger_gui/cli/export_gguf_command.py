@@ -20,8 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write a model folder (a merge's output) as one GGUF file for llama.cpp, Ollama, LM Studio",
         description="Export MODEL_DIR (Llama, Mistral, Qwen2, Gemma or Phi-3 with a SentencePiece or "
                     "byte-level BPE tokenizer) to OUT.gguf. The file appears only when complete; Ctrl-C, "
-                    "SIGTERM and SIGHUP cancel and leave nothing behind. For K-quants (Q4_K_M…) quantise "
-                    "the f16 file further with llama.cpp: llama-quantize OUT.gguf OUT-Q4_K_M.gguf Q4_K_M. "
+                    "SIGTERM and SIGHUP cancel and leave nothing behind. Missing folders above OUT.gguf "
+                    "are created, as merge creates OUT_DIR's (and removed again if the export fails); an "
+                    "OUT.gguf that is a link is replaced by the file, never written through. For K-quants "
+                    "(Q4_K_M…) quantise the f16 file further with llama.cpp: llama-quantize OUT.gguf "
+                    "OUT-Q4_K_M.gguf Q4_K_M. "
                     "Exit status: 0 on success, 1 on an error, 2 on a usage error, 128 + the signal's "
                     "number when cancelled.",
     )

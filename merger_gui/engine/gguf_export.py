@@ -78,7 +78,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, export_type: str = 
     started = time.monotonic()
     if export_type not in GGUF_EXPORT_TYPES:
         raise UserError(f"unknown GGUF type {export_type!r} (known: {', '.join(GGUF_EXPORT_TYPES)})")
-    model = inspect_folder(model_dir)
+    model = _inspect_model(model_dir)
     arch, permute = _architecture(model)
     folder = Path(model.path or model_dir)
     vocab = read_vocab(folder, model.config, model.family)
@@ -86,17 +86,19 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, export_type: str = 
 
     planned = _plan(model, arch, export_type)
     target = _check_target(Path(out_file).expanduser().absolute(), overwrite)
+    missing = _missing_folders(target)
     sweep_stale_partials([target.parent])
     total = sum(p.nbytes for p in planned)
-    _check_space(target.parent, total + DISK_MARGIN)
+    _check_space(missing[-1].parent if missing else target.parent, total + DISK_MARGIN)
     writer = gguf.GGUFWriter(None, arch)
     _add_metadata(writer, model, arch, export_type, folder)
     add_vocab(writer, vocab, folder, model.family)
     for p in planned:
         writer.add_tensor_info(p.name, p.source.shape, np.dtype(np.float32), p.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType[p.ggml_type])
-    partial = partial_folder(target)
+    partial = partial_folder(target)  # creates the missing folders
     reader = TensorReader({"model": model})
+    committed = False
     try:
         file = partial / FILE_NAME
         writer.write_header_to_file(file)
@@ -114,13 +116,16 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, export_type: str = 
         writer.close()
         size = file.stat().st_size
         release_partial(partial)
-        os.replace(file, target)  # atomic; an existing file was allowed by ``overwrite``
+        os.replace(file, target)  # atomic; an existing file (or the link itself) was allowed by ``overwrite``
+        committed = True
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         writer.close()
         reader.close()
         remove_folder(partial)  # empty once committed; the partial file otherwise
+        if not committed:
+            _remove_empty_folders(missing)
     yield ExportDone(target, len(planned), total, size, time.monotonic() - started)
 
 
@@ -157,6 +162,38 @@ def _plan(model: DonorInfo, arch: str, export_type: str) -> list[_Planned]:
     return planned
 
 
+def _inspect_model(model_dir: str | Path) -> DonorInfo:
+    """The facts of the model folder ``model_dir`` (a merge's output, not a donor: errors say so)."""
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model folder {model_dir} {'is not a folder' if folder.exists() else 'does not exist'}")
+    return inspect_folder(model_dir)
+
+
+def _missing_folders(target: Path) -> list[Path]:
+    """The folders above ``target`` that do not exist yet, deepest first: created as ``merge`` creates
+    OUT_DIR's, and removed again when the export fails. A path through a file is refused."""
+    missing = []
+    folder = target.parent
+    while not folder.exists():
+        if folder.is_symlink():
+            raise UserError(f"cannot create {target}: {folder} is a link to nothing; choose another file")
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot create {target}: {folder} is not a folder; choose another file")
+    return missing
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _check_target(target: Path, overwrite: bool) -> Path:
     """``target`` when it may be written: new, a link (only the link is replaced) or, with ``overwrite``, a GGUF."""
     if target.is_dir():
@@ -177,7 +214,6 @@ def _check_target(target: Path, overwrite: bool) -> Path:
 
 
 def _check_space(folder: Path, needed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UserError(f"not enough disk space in {folder}: the GGUF file needs {format_size(needed, 2)}, "
