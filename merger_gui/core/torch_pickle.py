@@ -13,7 +13,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from .donor import TensorInfo
 from .dtypes import BY_CODE, DTYPES
@@ -116,6 +116,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _Storage(storage_type.code, key, numel)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredTensor:
+    """Where a checkpoint's tensor lies: its storage record, first element and strides (in elements)."""
+
+    info: TensorInfo
+    record: zipfile.ZipInfo
+    offset: int
+    stride: tuple[int, ...]
+
+
 def read_torch_checkpoint(path: str | Path) -> dict[str, TensorInfo]:
     """Tensor name → :class:`TensorInfo` (``file`` = the file's name) of a ``torch.save`` zip.
 
@@ -123,9 +133,18 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, TensorInfo]:
         DonorError: the file is not a zip checkpoint, references anything beyond plain
             tensors, or describes tensors larger than the storages it contains.
     """
+    return {name: stored.info for name, stored in read_torch_layout(path).items()}
+
+
+def read_torch_layout(path: str | Path, handle: BinaryIO | None = None) -> dict[str, StoredTensor]:
+    """Tensor name → :class:`StoredTensor` of a ``torch.save`` zip (read from ``handle`` when given).
+
+    Raises:
+        DonorError: as :func:`read_torch_checkpoint`.
+    """
     file = Path(path)
     try:
-        with zipfile.ZipFile(file) as archive:
+        with zipfile.ZipFile(handle or file) as archive:
             entries = {info.filename: info for info in archive.infolist()}
             pickle_name = next((n for n in entries if n.endswith("data.pkl") and n.count("/") == 1), None)
             if pickle_name is None:
@@ -155,21 +174,22 @@ def _load(stream: IO[bytes]) -> Any:
 
 
 def _tensor_infos(state: Any, entries: dict[str, zipfile.ZipInfo], prefix: str, file_name: str) \
-        -> dict[str, TensorInfo]:
+        -> dict[str, StoredTensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise DonorError("the checkpoint is not a state dict")
-    tensors: dict[str, TensorInfo] = {}
+    tensors: dict[str, StoredTensor] = {}
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, _Tensor):
             raise DonorError(f"entry {name!r} is not a tensor")
-        _check_storage(name, tensor, entries, prefix)
-        tensors[name] = TensorInfo(name, tensor.shape, tensor.dtype, file_name)
+        record = _check_storage(name, tensor, entries, prefix)
+        tensors[name] = StoredTensor(TensorInfo(name, tensor.shape, tensor.dtype, file_name), record, tensor.offset,
+                                     tensor.stride)
     return tensors
 
 
-def _check_storage(name: str, tensor: _Tensor, entries: dict[str, zipfile.ZipInfo], prefix: str) -> None:
+def _check_storage(name: str, tensor: _Tensor, entries: dict[str, zipfile.ZipInfo], prefix: str) -> zipfile.ZipInfo:
     record = entries.get(f"{prefix}/data/{tensor.storage.key}")
     if record is None:
         raise DonorError(f"tensor {name!r} refers to a missing storage {tensor.storage.key!r}")
@@ -177,8 +197,8 @@ def _check_storage(name: str, tensor: _Tensor, entries: dict[str, zipfile.ZipInf
     unit = 1 if tensor.storage.code is None else item
     if record.file_size != tensor.storage.numel * unit:
         raise DonorError(f"storage of tensor {name!r} has the wrong size")
-    if 0 in tensor.shape:  # no element to bound
-        return
-    last = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride))
-    if (last + 1) * item > record.file_size:
-        raise DonorError(f"tensor {name!r} extends past the end of its storage")
+    if 0 not in tensor.shape:  # else no element to bound
+        last = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride))
+        if (last + 1) * item > record.file_size:
+            raise DonorError(f"tensor {name!r} extends past the end of its storage")
+    return record

@@ -10,11 +10,13 @@ leaving its partial output behind. A read instead ends early and becomes a one-l
 the same peak RSS; the fresh pages a read fills cost what mapping the page cache does not.
 A tensor can also be handed to the writer as a byte range to copy file to file (a truncated
 file ends that copy cleanly too).
-``.bin`` checkpoints are loaded with ``torch.load(weights_only=True, mmap=True)``: no code
-runs and only the storages actually used are paged in (such a file truncated during a merge
-still ends it with SIGBUS: torch maps the whole archive). Every file is opened once and cached.
-torch is imported only to read a tensor into memory or to load a ``.bin`` file, so a
-byte-for-byte copy never imports it.
+``.bin`` checkpoints (``torch.save`` zips) are read the same way, not by ``torch.load(mmap=True)``,
+which maps the whole archive (a truncation was a SIGBUS): the pickle is read by core's
+restricted unpickler (no code runs), and each tensor's bytes from its storage record, found by
+the record's local zip header, into a fresh tensor: every tensor of a 0.31 GB ``.bin`` in
+0.14 s wall against 0.38 s for ``torch.load`` and a copy of each (best of 6, page cache warm).
+Every file is opened once and cached.
+torch is imported only to read a tensor into memory, so a byte-for-byte copy never imports it.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from merger_gui.core.donor import DonorInfo, TensorInfo
-from merger_gui.core.dtypes import DTYPES, torch_name
+from merger_gui.core.dtypes import torch_name
 from merger_gui.core.errors import DonorError
 from merger_gui.core.inspect import read_weight_map
-from merger_gui.core.safe_files import DonorHandle, donor_file, is_present, open_donor_file
+from merger_gui.core.safe_files import DonorHandle, is_present, open_donor_file
 from merger_gui.core.safetensors_header import check_header_length, parse_safetensors_header
+from merger_gui.core.torch_pickle import StoredTensor, read_torch_layout
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +101,55 @@ class _SafetensorsFile:
         self.handle.close()
 
 
+class _CheckpointFile:
+    """The tensor layout and an unbuffered handle of one ``torch.save`` zip."""
+
+    def __init__(self, path: Path, model: str) -> None:
+        self.path, self.model = path, model
+        self.handle: DonorHandle = open_donor_file(path, buffering=0)  # a regular file inside the donor
+        try:
+            self.tensors = read_torch_layout(path, self.handle)
+        except DonorError as exc:
+            self.handle.close()
+            raise DonorError(f"donor {model}: {exc}") from None
+        self._starts: dict[str, int] = {}
+
+    def read(self, source: SourceTensor) -> torch.Tensor:
+        """``source``'s elements, read from its storage record into a fresh tensor."""
+        import torch
+
+        stored = self.tensors[source.info.name]
+        shape, dtype = source.info.shape, torch_dtype(source.info.dtype)
+        if 0 in shape:
+            return torch.empty(shape, dtype=dtype)
+        span = 1 + sum((d - 1) * s for d, s in zip(shape, stored.stride))  # elements from the first to the last
+        flat = torch.empty(span, dtype=dtype)
+        start = self._data_start(stored.record, source) + stored.offset * flat.element_size()
+        _fill(self.handle, start, flat, source)
+        return torch.as_strided(flat, shape, stored.stride).contiguous()
+
+    def _data_start(self, record: zipfile.ZipInfo, source: SourceTensor) -> int:
+        """Where the bytes of storage ``record`` begin: after its local header, which the zip's directory
+        does not give (torch pads it to align the data)."""
+        if record.filename not in self._starts:
+            if record.compress_type != zipfile.ZIP_STORED:
+                raise DonorError(f"{source.label}: its storage in {self.path} is compressed; "
+                                 "save the checkpoint again with torch.save or as safetensors")
+            self.handle.seek(record.header_offset)
+            header = self.handle.read(30)
+            if len(header) < 30:
+                raise DonorError(f"{source.label}: {self.path} ends early (truncated file)")
+            if header[:4] != b"PK\x03\x04":
+                raise DonorError(f"{source.label}: {self.path} changed since it was read (no zip record where "
+                                 "its directory says)")
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            self._starts[record.filename] = record.header_offset + 30 + name_length + extra_length
+        return self._starts[record.filename]
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class TensorReader:
     """Reads the tensors of a set of donors on demand; one open handle per file, cached.
 
@@ -110,7 +163,7 @@ class TensorReader:
         self._donors = dict(donors)
         self._adapters = donor_adapters(donors)  # MODEL+LORA donors: applied to each tensor read
         self._safetensors: dict[Path, _SafetensorsFile] = {}
-        self._checkpoints: dict[Path, Mapping[str, torch.Tensor]] = {}
+        self._checkpoints: dict[Path, _CheckpointFile] = {}
         self._weight_maps: dict[str, dict[str, str]] = {}
 
     def add_donor(self, model: str, donor: DonorInfo) -> None:
@@ -134,15 +187,10 @@ class TensorReader:
             if info is None:
                 raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
             return SourceTensor(model, info, file, entry.offsets[name])
-        import torch  # .bin checkpoints are torch archives
-
-        tensor = self._open_checkpoint(file, model).get(name)
-        if not isinstance(tensor, torch.Tensor):
+        stored: StoredTensor | None = self._open_checkpoint(file, model).tensors.get(name)
+        if stored is None:
             raise DonorError(f"donor {model}: tensor {name!r} is missing from {file.name}")
-        code = next((d.code for d in DTYPES if getattr(torch, d.torch_name, None) == tensor.dtype), None)
-        if code is None:
-            raise DonorError(f"donor {model}: tensor {name!r} has unsupported dtype {tensor.dtype}")
-        return SourceTensor(model, TensorInfo(name, tuple(tensor.shape), code, file.name), file, None)
+        return SourceTensor(model, stored.info, file, None)
 
     def byte_range(self, source: SourceTensor) -> ByteRange | None:
         """The raw bytes of a safetensors tensor, for a copy without conversion; None for ``.bin``."""
@@ -164,20 +212,23 @@ class TensorReader:
 
     def _read_stored(self, source: SourceTensor) -> torch.Tensor:
         offset = source.offset
-        if offset is None:
-            return self._checkpoints[source.file][source.info.name].clone()
-        handle = self._safetensors[source.file].handle
         try:
-            if os.fstat(handle.fileno()).st_size < offset + source.info.nbytes:
-                raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
-            return _read_copy(handle, offset, source)
+            if offset is None:
+                return self._checkpoints[source.file].read(source)
+            import torch
+
+            tensor = torch.empty(source.info.shape, dtype=torch_dtype(source.info.dtype))
+            _fill(self._safetensors[source.file].handle, offset, tensor, source)
+            return tensor
         except OSError as exc:
             raise DonorError(f"{source.label}: cannot read {source.file}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         """Close every open file."""
-        for entry in self._safetensors.values():
-            entry.close()
+        for file in self._safetensors.values():
+            file.close()
+        for checkpoint in self._checkpoints.values():
+            checkpoint.close()
         self._safetensors.clear()
         self._checkpoints.clear()
 
@@ -207,7 +258,7 @@ class TensorReader:
         names: dict[str, str] = {}
         for file in files:
             keys: Iterable[str] = (self._open_safetensors(file, model).infos if file.suffix == ".safetensors"
-                                   else self._open_checkpoint(file, model))
+                                   else self._open_checkpoint(file, model).tensors)
             names.update(dict.fromkeys(keys, file.name))
         return names
 
@@ -218,29 +269,25 @@ class TensorReader:
             self._safetensors[file] = _SafetensorsFile(file, model)
         return self._safetensors[file]
 
-    def _open_checkpoint(self, file: Path, model: str) -> Mapping[str, Any]:
+    def _open_checkpoint(self, file: Path, model: str) -> _CheckpointFile:
         if file not in self._checkpoints:
             if not is_present(file):
                 raise DonorError(f"donor {model}: weight file {file} is missing")
-            donor_file(file)  # a regular file inside the donor, not a link out of it
-            import torch
-
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
-                raise DonorError(f"donor {model}: cannot load {file.name}: {_one_line(exc)}") from None
-            if not isinstance(state, Mapping):
-                raise DonorError(f"donor {model}: {file.name} does not hold a state dict")
-            self._checkpoints[file] = state
+            self._checkpoints[file] = _CheckpointFile(file, model)
         return self._checkpoints[file]
 
 
-def _read_copy(handle: DonorHandle, offset: int, source: SourceTensor) -> torch.Tensor:
-    """``source`` (at ``offset``) read into a fresh tensor."""
+def _fill(handle: DonorHandle, offset: int, tensor: torch.Tensor, source: SourceTensor) -> None:
+    """Read the bytes of the contiguous ``tensor`` from ``offset`` of ``handle`` (``source``'s file).
+
+    Raises:
+        DonorError: the file ends before them (truncated since it was inspected).
+    """
     import torch
 
-    tensor = torch.empty(source.info.shape, dtype=torch_dtype(source.info.dtype))
     view = tensor.reshape(-1).view(torch.uint8).numpy().data
+    if os.fstat(handle.fileno()).st_size < offset + len(view):
+        raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
     handle.seek(offset)
     done = 0
     while done < len(view):
@@ -248,8 +295,3 @@ def _read_copy(handle: DonorHandle, offset: int, source: SourceTensor) -> torch.
         if not n:
             raise DonorError(f"{source.label}: {source.file} ends early (truncated file)")
         done += n
-    return tensor
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
