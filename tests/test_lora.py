@@ -248,3 +248,58 @@ def test_disk_check_counts_the_hub_adapter_before_any_download(make_donor, tmp_p
         room = needed
         assert isinstance(list(run_merge(recipe, donors, tmp_path / "out"))[-1], MergeDone)
     assert "org/lora/adapter_model.safetensors" in hub.full_downloads()
+
+
+@pytest.fixture
+def lora_and_merged(make_donor, tmp_path):
+    """A donor, the same with an adapter (resolved), and the merge of the two written as a folder."""
+    model = make_donor("m")
+    lora = adapter(tmp_path / "lora", modules={Q_PROJ: (64, 64), "model.layers.0.mlp.down_proj": (64, 128)})
+    recipe = load_recipe_text(PASSTHROUGH.replace("MODEL", f"{model}+{lora}"))
+    donors = resolve_recipe_donors(recipe, {})[0]
+    list(run_merge(recipe, donors, tmp_path / "merged"))
+    return resolve_donor(str(model)), next(iter(donors.values())), tmp_path / "merged"
+
+
+def test_weight_similarity_reads_a_lora_donor_with_its_adapter(lora_and_merged):
+    from merger_gui.engine.layer_similarity import SimilarityDone, compare_layers
+
+    plain, with_lora, merged = lora_and_merged
+
+    def similarity(second):
+        return [e for e in compare_layers([("a", plain), ("b", second)]) if isinstance(e, SimilarityDone)][0] \
+            .result.similarity
+
+    ours, expected = similarity(with_lora), similarity(resolve_donor(str(merged)))
+    assert ours[0][0] < 0.99 and ours[1][1] == pytest.approx(1.0)  # only layer 0's q_proj is adapted
+    assert ours == expected  # the merged tensors themselves, read either way
+
+
+def test_activations_of_a_lora_donor_are_those_of_its_merged_model(lora_and_merged):
+    pytest.importorskip("transformers")
+    from merger_gui.engine.activation_analysis import ActivationOptions, ActivationsDone, analyze_activations
+
+    plain, with_lora, merged = lora_and_merged
+    events = list(analyze_activations([("lora", with_lora), ("merged", merged), ("plain", plain)],
+                                      ActivationOptions(text="The quick brown fox jumps over the lazy dog. " * 4)))
+    assert isinstance(events[-1], ActivationsDone)
+    lora, expected, base = (d.layer_distance for d in events[-1].distances)
+    assert lora == pytest.approx(expected, abs=1e-9) and abs(lora[0] - base[0]) > 1e-3
+
+
+def test_an_adapter_transformers_cannot_place_is_refused_in_one_line(lora_and_merged, monkeypatch):
+    pytest.importorskip("transformers")
+    from merger_gui.engine import lora as lora_module
+    from merger_gui.engine.activation_analysis import analyze_activations
+
+    _, with_lora, _ = lora_and_merged
+    real = lora_module.donor_adapters
+
+    def renamed(donors):  # as if transformers named the weight otherwise than the checkpoint
+        loaded = real(donors)
+        return {m: replace(a, factors={f"x.{n}": f for n, f in a.factors.items()}) for m, a in loaded.items()}
+
+    monkeypatch.setattr(lora_module, "donor_adapters", renamed)
+    with pytest.raises(DonorError, match=r"^donor lora: transformers loads no weight x\.model\.layers\.0") as caught:
+        list(analyze_activations([("lora", with_lora)]))
+    assert "\n" not in str(caught.value)

@@ -77,7 +77,7 @@ def _donor_report(args: argparse.Namespace, options: Any) -> dict[str, Any]:
             weights["base_delta"] = [list(row) for row in result.relative_change]
     activations: list[dict[str, Any]] = []
     if not args.no_activations:
-        folders = [(name, info.path or name) for name, info in donors]
+        folders = [(name, info) for name, info in donors]  # with its LoRA adapter, if any
         done = _drive(analyze_activations(folders, options), ActivationsDone, "activations")
         activations = [_distances_json(d) for d in done.distances]
     return {"donors": [{"name": name, "num_layers": info.num_layers} for name, info in donors],
@@ -102,7 +102,7 @@ def _recipe_report(path: str, donor_items: Sequence[str], options: Any) -> dict[
         require_donors({m: e for m, e in errors.items() if m in stage.referenced_models})
         seams += stage_seams(stage.name or str(index + 1), plan_layers(stage, donors))
     used = list(dict.fromkeys(m for s in seams for m in (s.source.model, s.target.model)))
-    folders = {m: _with_weights(m, donors[m]).path or m for m in used}
+    folders = {m: _with_weights(m, donors[m]) for m in used}
     done = _drive(analyze_seams(seams, folders, options), SeamsDone, "seams") if seams else None
     return {"donors": [{"name": m, "num_layers": donors[m].num_layers} for m in used],
             "weights": {},

@@ -1,6 +1,7 @@
 """How much each layer changes the hidden state, and how big a jump each seam of a recipe asks for.
 
-A donor runs over a text (transformers, CPU or CUDA, one model in memory at a time); hooks on
+A donor runs over a text (transformers, CPU or CUDA, one model in memory at a time; a MODEL+LORA
+donor with its adapter merged into the loaded weights as mergekit merges it); hooks on
 its decoder layers see the hidden state entering and leaving each layer, so nothing but running
 sums and the last ``block`` inputs is kept. The angular distance of two hidden states of a token
 is ``arccos(cos(x, y)) / π`` (0: same direction, 1: opposite), averaged over the tokens:
@@ -27,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from merger_gui.core.donor import DonorInfo
 from merger_gui.core.errors import UserError
 from merger_gui.core.plan import LayerMap, LayerSource
 
 from .evaluate import sample_text
 from .layer_similarity import AnalysisCancelled
+from .lora import merge_adapter
 from .transformers_model import loaded_model, model_folder, token_ids
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ __all__ = ["ActivationOptions", "ActivationProgress", "ActivationsDone", "LayerD
            "SeamsDone", "analyze_activations", "analyze_seams", "angular_distance", "stage_seams"]
 
 LayerVisitor = Callable[[int, "torch.Tensor", "torch.Tensor"], None]
+ModelSource = str | Path | DonorInfo  # a model folder, or a donor's facts (its folder and any LoRA adapter)
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,9 @@ def stage_seams(stage: str, layer_map: LayerMap) -> list[Seam]:
     return seams
 
 
-def analyze_activations(donors: Sequence[tuple[str, str | Path]], options: ActivationOptions = ActivationOptions(),
+def analyze_activations(donors: Sequence[tuple[str, ModelSource]], options: ActivationOptions = ActivationOptions(),
                         cancel: threading.Event | None = None) -> Iterator[ActivationProgress | ActivationsDone]:
-    """Per-layer and per-block distances of each donor folder in turn (see the module).
+    """Per-layer and per-block distances of each donor in turn (see the module).
 
     Raises:
         AnalysisCancelled: ``cancel`` was set.
@@ -136,7 +140,7 @@ def analyze_activations(donors: Sequence[tuple[str, str | Path]], options: Activ
     yield ActivationsDone(tuple(results))
 
 
-def analyze_seams(seams: Sequence[Seam], folders: Mapping[str, str | Path],
+def analyze_seams(seams: Sequence[Seam], folders: Mapping[str, ModelSource],
                   options: ActivationOptions = ActivationOptions(), cancel: threading.Event | None = None
                   ) -> Iterator[ActivationProgress | SeamsDone]:
     """Distance of every seam and its best partner: each source donor runs once, keeping the outputs
@@ -241,13 +245,18 @@ class _Steps:
         return ActivationProgress(self.done, self.steps, message)
 
 
-def _run_donor(name: str, folder: str | Path, options: ActivationOptions, steps: _Steps,
+def _run_donor(name: str, source: ModelSource, options: ActivationOptions, steps: _Steps,
                *visitors: LayerVisitor) -> Iterator[ActivationProgress | _Ran]:
     """Load the donor, run it once over the text with a distance tracker and ``visitors`` on every layer;
     yields :class:`_Ran` (the tracker) last."""
-    path = model_folder(folder)
+    donor = source if isinstance(source, DonorInfo) else None
+    if donor is not None and donor.path is None:
+        raise UserError(f"donor {name} has no local weights ({donor.kind}): activations need a model that can run")
+    path = model_folder(donor.path if donor is not None else source)  # type: ignore[arg-type]
     yield steps.next(f"loading {name}")
     with loaded_model(path, options.device) as (model, tokenizer):
+        if donor is not None and donor.adapter:
+            merge_adapter(model, name, donor)
         yield steps.next(f"running {name}")
         layers = _decoder_layers(model, name)
         blocks = [n for n in options.blocks if n > len(layers)]

@@ -6,7 +6,9 @@ into one vector and layer j's. Per tensor kind (``self_attn.q_proj.weight``, …
 of that tensor is read from every layer of both donors, stacked into an ``n × k`` and an
 ``m × k`` float32 matrix, and one matrix product ``A·Bᵀ`` adds its dot products (squared norms
 likewise): no n×m passes over the weights, and at most a few blocks of ``chunk_bytes`` in memory
-whatever the model's size. Rows are read from their byte range in the safetensors file alone.
+whatever the model's size. Rows are read from their byte range in the safetensors file alone; the
+tensors a MODEL+LORA donor's adapter changes are read whole through the reader, which merges the
+adapter in as mergekit does (never the base weights alone).
 
 With a ``base`` of the same shape, the same runs over the deltas ``W − W_base`` (task vectors,
 each donor's layer i against the base's layer i), and each donor's relative change per layer

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from merger_gui.core.donor import DonorInfo, TensorInfo
+from merger_gui.core.dtypes import BY_CODE
 from merger_gui.core.errors import DonorError
 from merger_gui.core.lora_config import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_A, LORA_B, PEFT_PREFIX, LoraConfig, adapter_deltas, check_adapter_fits,
@@ -107,3 +108,36 @@ def donor_adapters(donors: Mapping[str, DonorInfo]) -> dict[str, LoraAdapter]:
             adapter = adapters[model] = loaded[donor.adapter]
             check_adapter_fits(adapter.shapes, donor, f"donor {model}")
     return adapters
+
+
+def merge_adapter(model: Any, name: str, donor: DonorInfo) -> None:
+    """Merge ``donor``'s adapter into ``model`` (loaded by transformers from ``donor``'s folder) in
+    place: each targeted weight becomes what mergekit merges, in its stored dtype, then the model's.
+
+    Raises:
+        DonorError: an adapter that does not fit the donor, or targets a weight the model lacks.
+    """
+    import torch
+
+    from .reader import torch_dtype
+
+    assert donor.adapter is not None
+    adapter = donor_adapters({name: donor})[name]
+    parameters = dict(model.named_parameters())
+    for tensor in adapter.factors:
+        parameter, info = parameters.get(tensor), donor.tensor(tensor)
+        if parameter is None or info is None or info.dtype not in BY_CODE:
+            raise DonorError(f"donor {name}: transformers loads no weight {tensor} for the adapter to change")
+        stored = parameter.detach().to("cpu", torch_dtype(info.dtype), copy=True)  # exact: the model widened it
+        with torch.no_grad():
+            parameter.copy_(adapter.apply(tensor, stored).to(parameter.dtype))
+
+
+def adapter_fingerprint(donor: DonorInfo) -> str:
+    """``+`` and what identifies ``donor``'s adapter (its folder's files, else its Hub reference) for
+    caches keyed by weights; "" without an adapter."""
+    if not donor.adapter:
+        return ""
+    from .fingerprint import folder_fingerprint
+
+    return "+" + (folder_fingerprint(donor.adapter) if Path(donor.adapter).is_dir() else donor.adapter)

@@ -26,6 +26,7 @@ from merger_gui.engine.activation_analysis import (
 )
 from merger_gui.engine.fingerprint import folder_fingerprint
 from merger_gui.engine.layer_similarity import AnalysisCancelled, SimilarityDone, compare_layers
+from merger_gui.engine.lora import adapter_fingerprint
 
 CACHE_FORMAT = "merger-gui-analysis-1"
 
@@ -37,7 +38,7 @@ class AnalysisRequest:
     donors: tuple[tuple[str, DonorInfo], ...]
     base: tuple[str, DonorInfo] | None
     seams: tuple[Seam, ...]
-    folders: Mapping[str, str]  # every donor a seam touches → its folder
+    folders: Mapping[str, DonorInfo]  # every donor a seam touches (with a local folder)
     block: int
     options: ActivationOptions = ActivationOptions()
 
@@ -114,10 +115,9 @@ def run_analysis(request: AnalysisRequest, cancel: threading.Event, cache: Analy
     :class:`AnalysisReady`. Activations are skipped (with a note) when transformers is missing or
     cannot run a donor."""
     cache = cache or AnalysisCache()
-    fingerprints = {name: folder_fingerprint(info.path) for name, info in
-                    (*request.donors, *([request.base] if request.base else [])) if info.path}
-    fingerprints |= {name: folder_fingerprint(folder) for name, folder in request.folders.items()
-                     if name not in fingerprints}
+    fingerprints = {name: folder_fingerprint(info.path) + adapter_fingerprint(info) for name, info in
+                    (*request.donors, *([request.base] if request.base else []), *request.folders.items())
+                    if info.path}
     text = hashlib.sha256((request.options.text or "<sample>").encode()).hexdigest()
     result = AnalysisResult(tuple(name for name, _ in request.donors), request.block)
     yield from _similarity(request, fingerprints, cache, result, cancel)
@@ -163,7 +163,7 @@ def _distances(request: AnalysisRequest, fingerprints: Mapping[str, str], text: 
     for name, info in request.donors:
         found = cache.get(keys[name])
         if found is None:
-            missing.append((name, info.path or name))
+            missing.append((name, info))
         else:
             result.cached += 1
             result.layer_distance[name], result.block_distance[name] = found["layer"], found["block"]

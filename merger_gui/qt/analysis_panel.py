@@ -153,7 +153,7 @@ class AnalysisPanel(QWidget):
         base = (base_name, self.registry.donors[base_name]) if base_name not in ("", NO_BASE) else None
         seams = tuple(self._seams())
         used = {m for s in seams for m in (s.source.model, s.target.model)}
-        folders = {m: info.path for m in used if (info := self.registry.donor(m)) is not None and info.path}
+        folders = {m: info for m in used if (info := self.registry.donor(m)) is not None and info.path}
         layers = min(info.num_layers for _, info in donors)
         return AnalysisRequest(donors, base, seams, folders, max(1, min(self.block_spin.value(), layers - 1)))
 
