@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.dtypes import dtype_label
+from merger_gui.core.lora_config import adapter_facts
 from merger_gui.core.profiles import PROFILE_PREFIX, profile_names
 from merger_gui.core.quick_fixes import Fix
 from merger_gui.core.slice_edits import rename_model
@@ -25,9 +26,11 @@ from .donor_registry import DonorRegistry
 from .findings_view import apply_quick_fix
 from .inspection import DonorInspector, error_label
 from .live_plan import LivePlan
+from .lora_dialog import LoraDonorDialog
 from .settings import Settings
 
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+LORA_COLOR = QColor("#7c3aed")
 ERROR_COLOR, MISNAMED_COLOR = QColor("#dc2626"), QColor("#b45309")
 # DonorInfo field → words; donors that disagree on one cannot be merged together.
 SHAPE_FIELDS = (("hidden_size", "hidden size"), ("num_heads", "attention heads"), ("vocab_size", "vocabulary"))
@@ -45,6 +48,16 @@ def incompatibilities(donors: dict[str, DonorInfo]) -> dict[str, list[str]]:
             if value != common:
                 problems.setdefault(name, []).append(f"{words} {value}, the others {common}")
     return problems
+
+
+def model_part(reference: str) -> str:
+    """The model of a ``MODEL+LORA`` reference (``reference`` itself without a ``+``)."""
+    return reference.partition("+")[0]
+
+
+def short_name(name: str) -> str:
+    """How a donor is labelled: the last part of its model's folder or repo id."""
+    return model_part(name).rstrip("/").split("/")[-1] or name
 
 
 def _dot(color: QColor) -> QIcon:
@@ -70,7 +83,8 @@ class DonorPanel(QWidget):
 
         # A push button leaves room for its menu arrow; a tool button's arrow covers the label.
         self.add_button = QPushButton("Add donor", self)
-        self.add_button.setToolTip("Add a donor model: a local folder, a Hugging Face repo or a built-in shape profile")
+        self.add_button.setToolTip("Add a donor model: a local folder, a Hugging Face repo, a model with a LoRA "
+                                   "adapter or a built-in shape profile")
         self.add_button.setMenu(self._source_menu(None, self))
         self.status = QLabel(self)
         self.status.setObjectName("sectionTitle")
@@ -138,7 +152,7 @@ class DonorPanel(QWidget):
         self.tree.clear()
         for name in names:
             info = self.registry.donor(name)
-            item = QTreeWidgetItem([name.rstrip("/").split("/")[-1], "", ""])
+            item = QTreeWidgetItem([short_name(name), "", ""])
             item.setData(0, NAME_ROLE, name)
             ref = self.registry.refs.get(name)
             tip = [name] + ([f"from {ref}"] if ref and ref != name else [])
@@ -151,6 +165,8 @@ class DonorPanel(QWidget):
                            f"hidden {info.hidden_size} · "
                            f"{info.num_heads} heads · vocab {info.vocab_size}")
                 tip += list(info.warnings)
+                if info.adapter:
+                    tip += self._add_adapter_row(item, info.adapter)
                 if name in problems:
                     item.setIcon(0, self._warning)
                     tip.append("Does not fit the other donors: " + "; ".join(problems[name]))
@@ -194,6 +210,17 @@ class DonorPanel(QWidget):
             text += f" · {misnamed} misnamed stage{'s' * (misnamed > 1)}"
         self.status.setText(text)
 
+    @staticmethod
+    def _add_adapter_row(item: QTreeWidgetItem, adapter: str) -> list[str]:
+        """A line under a MODEL+LORA donor: ``+ LoRA r=16 · adapter``; returns the tooltip's lines."""
+        facts = adapter_facts(adapter)
+        lines = facts.describe()
+        row = QTreeWidgetItem(item, [f"{facts.label} · {short_name(adapter)}"])
+        row.setFirstColumnSpanned(True)
+        row.setForeground(0, LORA_COLOR)
+        row.setToolTip(0, "\n".join(lines))
+        return lines
+
     def _add_misnamed_row(self, name: str, fix: Fix) -> None:
         """A model name that is a misspelt stage name: not a donor to map, a reference to fix."""
         item = QTreeWidgetItem([name, "stage name?", ""])
@@ -226,6 +253,7 @@ class DonorPanel(QWidget):
         menu = QMenu(parent)
         menu.addAction("Local folder…", lambda: self.add_folder_dialog(name))
         menu.addAction("Hugging Face repo…", lambda: self.add_repo_dialog(name))
+        menu.addAction("Model with a LoRA adapter…", lambda: self.add_lora_dialog(name))
         profiles = menu.addMenu("Shape profile")
         for profile in profile_names():
             profiles.addAction(profile, partial(self.add_donor, PROFILE_PREFIX + profile, name))
@@ -278,6 +306,62 @@ class DonorPanel(QWidget):
         if ok and repo.strip():
             self.add_donor(repo.strip(), name)
 
+    def add_with_adapter(self, model: str, adapter: str, name: str | None = None) -> str:
+        """Add (or map ``name`` to) ``model`` with LoRA ``adapter``: the ``MODEL+LORA`` reference,
+        which names the donor in the recipe as mergekit reads it."""
+        return self.add_donor(f"{model}+{adapter}", name)
+
+    def add_lora_dialog(self, name: str | None = None) -> None:
+        model, _, adapter = (name or "").partition("+")
+        dialog = LoraDonorDialog(None, adapter, self.settings.last_folder("donor"), self)
+        dialog.model_edit.setText(model)
+        if dialog.exec():
+            self.add_with_adapter(dialog.model(), dialog.adapter(), name)
+
+    def set_adapter(self, name: str, adapter: str | None) -> str | None:
+        """Attach LoRA ``adapter`` to donor ``name`` (None: detach it), as one undo step: the donor is
+        renamed ``MODEL+ADAPTER`` everywhere in the recipe and inspected again. Returns the new
+        name, or None when it is taken."""
+        info = self.registry.donor(name)
+        carries = info is not None and info.adapter is not None
+
+        def renamed(reference: str) -> str:
+            model = model_part(reference) if carries else reference
+            return f"{model}+{adapter}" if adapter else model
+
+        new_name, new_ref = renamed(name), renamed(self.registry.refs.get(name, name))
+        if new_name == name:
+            return name
+        if new_name in self.registry.refs or new_name in self.document.recipe.stage_names():
+            return None
+        registry, inspector, entry = self.registry, self.inspector, self.registry.entry(name)
+
+        def redo() -> None:
+            registry.remove(name)
+            inspector.inspect(new_name, new_ref)
+
+        def undo() -> None:
+            registry.remove(new_name)
+            registry.restore(name, entry)
+
+        after = rename_model(self.document.recipe, name, new_name)
+        if after == self.document.recipe:  # a donor the recipe does not use yet: no recipe edit
+            redo()
+        else:
+            verb = f"Attach LoRA adapter to {short_name(name)}" if adapter else f"Detach LoRA from {short_name(name)}"
+            self.document.apply(after, verb, Companion(redo=redo, undo=undo))
+        return new_name
+
+    def attach_adapter_dialog(self, name: str) -> None:
+        info = self.registry.donor(name)
+        carries = info is not None and info.adapter is not None
+        ref = self.registry.refs.get(name, name)
+        adapter = info.adapter if info is not None and info.adapter else ""
+        dialog = LoraDonorDialog(model_part(ref) if carries else ref, adapter, self.settings.last_folder("donor"), self)
+        if dialog.exec() and self.set_adapter(name, dialog.adapter()) is None \
+                and isinstance(window := self.window(), QMainWindow):
+            window.statusBar().showMessage("Cannot attach the adapter: another donor already has that name", 5000)
+
     def _context_menu(self, pos: QPoint) -> None:
         item = self.tree.itemAt(pos)
         if item is None:
@@ -290,6 +374,12 @@ class DonorPanel(QWidget):
         mapping.setTitle("Map to")
         menu.addMenu(mapping)
         menu.addAction("Rename…", lambda: self.rename_dialog(name))
+        info = self.registry.donor(name)
+        if info is not None and info.kind != "profile":
+            menu.addAction("Change LoRA adapter…" if info.adapter else "Attach LoRA adapter…",
+                           lambda: self.attach_adapter_dialog(name))
+            if info.adapter:
+                menu.addAction("Detach LoRA adapter", lambda: self.set_adapter(name, None))
         remove = QAction("Remove donor", menu)
         remove.triggered.connect(lambda: self.registry.remove(name))
         menu.addAction(remove)

@@ -19,6 +19,7 @@ from merger_gui.core import slice_edits
 from merger_gui.core.curve_rows import values_at_layer
 from merger_gui.core.donor import DonorInfo
 from merger_gui.core.donor import MAX_LAYERS
+from merger_gui.core.lora_config import adapter_facts
 from merger_gui.core.methods import method_spec
 from merger_gui.core.plan import LayerMap, plan_layers
 from merger_gui.core.recipe import SliceSource, Stage
@@ -361,9 +362,13 @@ class StackView(QGraphicsView):
             self._compact = wide > self._available()[0]
         return self._compact
 
-    @staticmethod
-    def _title(name: str) -> str:
-        return name.rstrip("/").split("/")[-1]
+    def _title(self, name: str) -> str:
+        """The donor's last name part; a MODEL+LORA donor's model part, marked ``+LoRA``."""
+        info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+        lora = info.adapter is not None if info is not None else "+" in name
+        model = name.partition("+")[0] if lora else name
+        short = model.rstrip("/").split("/")[-1] or model
+        return f"{short} +LoRA" if lora else short
 
     def _new_layout(self, *_: object) -> None:
         """Another stage or another recipe: columns in their natural order, widths decided again."""
@@ -624,7 +629,8 @@ class StackView(QGraphicsView):
             return f"{name}\n{error}" if error else f"{name}\n(no donor information yet)"
         ref = self.registry.refs.get(name)
         source = f"\nfrom {ref}" if ref and ref != name else ""
-        return (f"{name}{source}\n{info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}\n"
+        lora = "".join(f"\n{line}" for line in adapter_facts(info.adapter).describe()) if info.adapter else ""
+        return (f"{name}{source}\n{info.architecture}, {info.num_layers} layers, hidden {info.hidden_size}{lora}\n"
                 "Drag over its layers to add a slice")
 
     # ---- selection and hover --------------------------------------------------------------
