@@ -125,3 +125,22 @@ def test_donors_inspected_in_any_order_give_two_different_choices(qtbot, make_do
         registry.set_donor(name, str(folder), inspect_folder(folder))
     assert {widget.first_combo.currentText(), widget.second_combo.currentText()} == {"a", "b"}
     assert widget.analyse_button.isEnabled() and widget.base_combo.currentText() == "(no base)"
+
+
+def test_the_strips_span_the_heatmap_and_one_seam_takes_one_row(panel, qtbot):
+    """Each strip has the heatmap's margins on its linked axis (the lower one room for the colour bar), so
+    its axis shows the heatmap's layers and no more; the seam list is as tall as its seams."""
+    panel.resize(520, 760)
+    panel.show()
+    qtbot.waitExposed(panel)
+    analyse(panel, qtbot)
+
+    def shown(plot, axis: int) -> tuple[float, float]:
+        low, high = plot.getPlotItem().getViewBox().viewRange()[axis]
+        return round(low, 1), round(high, 1)
+
+    qtbot.waitUntil(lambda: shown(panel.second_strip, 0) == shown(panel.heatmap_plot, 0), timeout=3000)
+    assert shown(panel.first_strip, 1) == shown(panel.heatmap_plot, 1)
+    assert panel.second_strip.getPlotItem().getAxis("left").labelText == "distance"
+    if panel.seam_list.count() == 1:  # the seams need transformers
+        assert panel.seam_list.height() <= panel.seam_list.sizeHintForRow(0) + 2 * panel.seam_list.frameWidth() + 2

@@ -383,6 +383,19 @@ def test_long_donor_names_wrap_in_two_lines_with_the_full_name_in_the_tooltip(qt
     assert all("…" not in line for line in title_lines(column.title, metrics, column.width))
 
 
+def test_a_subtitle_that_only_just_fits_keeps_the_layer_count_rather_than_a_cut_family(qtbot, window):
+    from PySide6.QtGui import QFontMetrics
+
+    from merger_gui.qt.slice_items import header_fonts, subtitle_line
+
+    metrics = QFontMetrics(header_fonts()[1])
+    text = "8 layers · llama"
+    exact = metrics.horizontalAdvance(text)  # Qt elides at this width, though the advance says it fits
+    assert subtitle_line(text, metrics, exact + 20) == text
+    assert subtitle_line(text, metrics, exact) == "8 layers"
+    assert subtitle_line(text, metrics, 20).endswith("…")
+
+
 def test_two_donors_of_one_profile_then_rename_one_everywhere(qtbot, window):
     load(window, passthrough(("A", 0, 8)), {"A": LLAMA_13B})
     panel = window.donor_panel

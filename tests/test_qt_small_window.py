@@ -76,6 +76,20 @@ def test_at_1366_by_768_the_recipe_tools_need_no_scrolling(window):
         assert room.width() >= hint.width() and room.height() >= hint.height(), (win.tools.tabText(tab), hint)
 
 
+def test_at_1366_by_768_no_tab_scrolls_once_shown(window, qtbot):
+    """The scroll area sizes a page by its height for the width, which counts its plots' size hints:
+    a plot asking for pyqtgraph's 480 px pushed the Estimate and Analysis tabs out of the window."""
+    win = window(1366, 768)
+    for tab in range(win.tools.count()):
+        win.tools.setCurrentIndex(tab)
+        area = win.tools.currentWidget()
+        if not isinstance(area, QScrollArea):
+            continue
+        qtbot.waitUntil(lambda a=area: a.widget().isVisible(), timeout=2000)
+        assert settle(win, 10)
+        assert area.verticalScrollBar().maximum() == 0, (win.tools.tabText(tab), area.widget().height())
+
+
 def test_the_donor_list_fits_beside_the_stacks_at_1366(window):
     win = window(1366, 768)
     assert win.donor_dock.isVisible() and win.donor_panel.width() >= win.donor_panel.minimumSizeHint().width()
@@ -91,3 +105,12 @@ def test_the_merge_tab_fits_the_dock_at_1024_by_640_without_scrolling_sideways(w
     qtbot.waitUntil(lambda: area.widget().isVisible(), timeout=2000)
     assert area.widget().minimumSizeHint().width() <= area.viewport().width()
     assert not area.horizontalScrollBar().isVisible()
+
+
+def test_the_check_tab_keeps_its_rows_together_in_a_tall_window(window, qtbot):
+    win = window(1366, 768)
+    win.tools.setCurrentIndex(win.tools.indexOf(win.check_panel.parentWidget().parentWidget()))
+    qtbot.waitUntil(lambda: win.check_panel.isVisible(), timeout=2000)
+    assert settle(win, 10)
+    form = win.check_panel.layout().itemAt(0).layout()  # spare height goes below the results, not between rows
+    assert form.geometry().height() <= form.sizeHint().height() + 4

@@ -30,6 +30,7 @@ from .themed_plot import ThemedPlotWidget
 
 NO_BASE = "(no base)"
 COLOR_MAP = "viridis"
+AXIS_SPACE = 48  # px for an axis with its label, the same on the heatmap and on the strip beside it
 
 
 class AnalysisPanel(QWidget):
@@ -69,7 +70,7 @@ class AnalysisPanel(QWidget):
         self.status_label.setWordWrap(True)
 
         self.seam_list = QListWidget()
-        self.seam_list.setMaximumHeight(80)
+        self._fit_seam_list()
         self.seam_list.setToolTip("The current stage's seams: the distance between what one layer outputs and what "
                                   "the next normally receives (brighter: a bigger jump)")
         self.suggestion_box = QVBoxLayout()
@@ -108,6 +109,7 @@ class AnalysisPanel(QWidget):
         self.second_strip.setMaximumHeight(70)
         self.first_strip.setYLink(self.heatmap_plot)
         self.second_strip.setXLink(self.heatmap_plot)
+        self._align_strips()
         self.first_bars = pg.BarGraphItem(x0=[], y=[], width=[], height=0.8, brush="#7aa6d8")
         self.second_bars = pg.BarGraphItem(x=[], y0=[], height=[], width=0.8, brush="#d89a7a")
         self.first_strip.addItem(self.first_bars)
@@ -119,6 +121,31 @@ class AnalysisPanel(QWidget):
         grid.addWidget(self.heatmap_plot, 0, 1)
         grid.addWidget(self.second_strip, 1, 1)
         return grid
+
+    def _align_strips(self) -> None:
+        """Give each strip the heatmap's margins on its linked axis, so bars line up with rows and columns:
+        the same axis sizes, a label like the heatmap's, and room for the colour bar right of the lower strip."""
+        heatmap = self.heatmap_plot.getPlotItem()
+        for axis in ("left", "bottom"):
+            heatmap.getAxis(axis).setStyle(autoExpandTextSpace=False)
+        heatmap.getAxis("left").setWidth(AXIS_SPACE)
+        heatmap.getAxis("bottom").setHeight(AXIS_SPACE)
+        first, second = self.first_strip.getPlotItem(), self.second_strip.getPlotItem()
+        first.getAxis("bottom").setHeight(AXIS_SPACE)
+        second.getAxis("left").setWidth(AXIS_SPACE)
+        for strip, axis in ((first, "bottom"), (second, "left")):
+            strip.getAxis(axis).enableAutoSIPrefix(False)  # "(x0.001)" would not fit the narrow strip
+            strip.setLabel(axis, "distance")
+        spacer = pg.GraphicsWidget()  # stands where the heatmap has its colour bar
+        second.layout.addItem(spacer, 2, 5)
+        second.layout.setColumnFixedWidth(4, 5)
+        self.color_bar.geometryChanged.connect(lambda: spacer.setFixedWidth(self.color_bar.geometry().width()))
+
+    def _fit_seam_list(self) -> None:
+        """The seam list as tall as its seams, one to four rows (it scrolls beyond)."""
+        rows = min(4, max(1, self.seam_list.count()))
+        row_h = self.seam_list.sizeHintForRow(0) if self.seam_list.count() else self.fontMetrics().height() + 4
+        self.seam_list.setFixedHeight(rows * row_h + 2 * self.seam_list.frameWidth() + 2)
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -245,6 +272,7 @@ class AnalysisPanel(QWidget):
             item.setForeground(QColor("black" if color.lightnessF() > 0.5 else "white"))
             item.setToolTip(f"output layer {seam.seam.index} of stage {seam.seam.stage}")
             self.seam_list.addItem(item)
+        self._fit_seam_list()
 
     def _show_suggestions(self) -> None:
         """One button per suggestion for the current stage (recomputed after every edit)."""

@@ -158,6 +158,7 @@ class CheckPanel(QWidget):
         layout.addWidget(self.table)
         layout.addWidget(self.generation_view)
         layout.addWidget(self.sweep_plot, 1)
+        layout.addStretch(0)  # takes the spare height while no sweep is shown, so the rows stay together
 
         self.runner.progress.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)

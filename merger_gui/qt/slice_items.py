@@ -92,6 +92,16 @@ def title_width(title: str, metrics: QFontMetrics) -> float:
     return max(metrics.horizontalAdvance(line) for line in _split_title(title, metrics)) if len(title) > 1 else 0.0
 
 
+def subtitle_line(subtitle: str, metrics: QFontMetrics, width: float) -> str:
+    """``subtitle`` as it fits ``width``: whole, else its first part (the layer count) rather than a cut
+    family ("8 layers · lla…"), elided only if even that does not fit. Qt elides a text whose advance
+    equals the width, so the test is eliding itself, not the advance."""
+    def fitted(text: str) -> str:
+        return metrics.elidedText(text, Qt.TextElideMode.ElideRight, int(width))
+
+    return subtitle if fitted(subtitle) == subtitle else fitted(subtitle.split(" · ")[0])
+
+
 def label_step(cell_h: float) -> int:
     """Label every layer when cells are tall enough for a legible number, else every 2nd, 5th, 10th…"""
     return next((step for step in (1, 2, 5, 10, 20, 50) if step * cell_h >= LABEL_PITCH), 100)
@@ -163,11 +173,7 @@ class DonorColumnItem(QGraphicsObject):
                              Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, line)
         painter.setFont(sub_font)
         painter.setPen(c.muted_text)
-        metrics = QFontMetrics(sub_font)
-        sub = self.subtitle
-        if metrics.horizontalAdvance(sub) > self.width:
-            sub = sub.split(" · ")[0]  # keep the layer count whole rather than cut the family
-        sub = metrics.elidedText(sub, Qt.TextElideMode.ElideRight, int(self.width))
+        sub = subtitle_line(self.subtitle, QFontMetrics(sub_font), self.width)
         painter.drawText(header, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, sub)
 
         body = self.cells_rect()

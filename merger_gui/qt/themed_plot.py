@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent
+from PySide6.QtCore import QEvent, QSize
 from PySide6.QtWidgets import QWidget
 import pyqtgraph as pg  # after PySide6, so pyqtgraph binds to it
 
 from .theme import current_theme
+
+PREFERRED_HEIGHT = 120  # pyqtgraph's own 480 px hint would push a panel's text out of a laptop window
 
 
 class ThemedPlotWidget(pg.PlotWidget):
@@ -24,6 +26,12 @@ class ThemedPlotWidget(pg.PlotWidget):
             axis = item.getAxis(name)
             axis.setPen(pg.mkPen(canvas.muted_text))
             axis.setTextPen(pg.mkPen(canvas.text))
+
+    def sizeHint(self) -> QSize:
+        """As wide as pyqtgraph asks, but only as tall as the minimum: a plot takes the height left over
+        (its policy expands), so it never makes a scrolling panel taller than its window."""
+        hint = super().sizeHint()
+        return QSize(hint.width(), max(self.minimumHeight(), PREFERRED_HEIGHT))
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
