@@ -177,6 +177,8 @@ RECIPES: dict[str, tuple[str | Callable[[Path], str], str]] = {
                     "cannot read '1.5x' as int"),
     "bad_timestamp": ("merge_method: linear\nmodels: [{model: a}]\nwhen: !!timestamp 2024-99-99\n", "timestamp"),
     "not_utf8": ("", "not UTF-8"),  # written as bytes below
+    "nul_byte": ("", "line 2: invalid YAML: unacceptable character #x0000"),  # written as bytes below
+    "bell_character": ("merge_method: linear\n\x07\n", "line 2: invalid YAML: unacceptable character #x0007"),
 }
 
 
@@ -185,6 +187,8 @@ def _write_recipe(name: str, folder: Path, donor: Path) -> Path:
     recipe = folder / "recipe.yaml"
     if name == "not_utf8":
         recipe.write_bytes(b"merge_method: linear\nmodels: [{model: \xff\xfe}]\n")
+    elif name == "nul_byte":
+        recipe.write_bytes(b"merge_method: linear\n\x00\x01\x02binary")
     else:
         recipe.write_text(text(donor) if callable(text) else text)
     return recipe
@@ -561,3 +565,60 @@ def test_local_dir_downloads_linking_into_a_hub_cache_are_followed(pristine, tmp
         (donor / file.name).symlink_to(blob)
     assert inspect_folder(donor).num_layers == 4
     assert donor_file(donor / "tokenizer.json", donor).parent == blobs
+
+
+# --------------------------------------------------------------------------- more CLI attacks
+
+
+@pytest.mark.parametrize("parameters", ["{weight: 1e308}", "{weight: [1, -1e39]}", "{weight: [0, 1e300, 1]}"])
+def test_a_parameter_beyond_float32_is_refused_not_merged_into_nan(parameters, donor, tmp_path):
+    """float32 (the merge's arithmetic) turns 1e308 into inf, and the merged weights into NaN."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"merge_method: ties\nbase_model: '{donor}'\nmodels: [{{model: '{donor}', "
+                      f"parameters: {parameters}}}]\n")
+    assert_clean_refusal(run_cli("merge", recipe, tmp_path / "out", cwd=tmp_path), "beyond float32's ±3.4e38")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "merge"])
+def test_control_characters_in_names_are_shown_escaped_on_one_line(command, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(passthrough_recipe("a\\nb\\x1b[2J\\u202e").replace("'", '"'))  # YAML escapes
+    run = run_cli(command, recipe, tmp_path / "out", cwd=tmp_path) if command == "merge" \
+        else run_cli(command, recipe, cwd=tmp_path)
+    assert_clean_refusal(run, "donor 'a\\nb\\x1b[2J\\u202e'")
+    assert "\x1b" not in run.stdout + run.stderr and "\u202e" not in run.stdout + run.stderr
+    assert len([line for line in (run.stdout + run.stderr).splitlines() if "a\\nb" in line]) == 1
+
+
+@pytest.mark.parametrize("where", ["output", "intermediate"])
+@pytest.mark.parametrize("blocker", ["file", "dead link"])
+def test_a_folder_path_through_a_file_or_a_dead_link_is_refused_before_merging(where, blocker, donor, tmp_path):
+    (tmp_path / "blocker").symlink_to(tmp_path / "nowhere") if blocker == "dead link" \
+        else (tmp_path / "blocker").write_text("mine")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: first\n{passthrough_recipe(donor)}---\nname: final\n"
+                      + passthrough_recipe("first").replace("'first'", "first"))
+    before = snapshot(tmp_path)
+    out, inter = ("blocker/sub/out", "inter") if where == "output" else ("out", "blocker/sub")
+    run = run_cli("merge", recipe, out, "--intermediate-dir", inter, cwd=tmp_path)
+    why = "a link to nothing" if blocker == "dead link" else "not a folder"
+    assert_clean_refusal(run, f"{tmp_path / 'blocker'} is {why}")
+    assert "merging" not in run.stderr and snapshot(tmp_path) == before
+
+
+def test_a_donor_folder_that_is_a_link_loop_is_one_line(tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(passthrough_recipe("a"))
+    for args in (["validate", recipe], ["merge", recipe, "out"]):
+        assert_clean_refusal(run_cli(*args, "--donor", f"a={tmp_path / 'loop1'}", cwd=tmp_path), "donor 'a'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["--context", "--batch"])
+def test_an_absurd_count_is_a_usage_error_not_absurd_figures(option, donor, tmp_path):
+    run = run_cli("estimate", donor, option, "9" * 30, cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1 and "must be at most 2,147,483,648" in run.stderr

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from merger_gui.cli.common import CommandLineParser
+from merger_gui.cli.common import CommandLineParser, printable
 from merger_gui.core.errors import UserError
 
 # Subcommand name -> module in this package exposing ``add_parser(subparsers)``.
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
@@ -74,5 +74,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except OSError as error:
         # Permissions, missing paths, full disks outside the engine's own handling.
-        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(printable(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": ")), file=sys.stderr)
         return 1

@@ -139,11 +139,17 @@ def checked_recipe(recipe: Recipe, recipe_path: str | Path, donor_items: Sequenc
     return donors, findings
 
 
+def printable(text: str) -> str:
+    """``text`` with control and invisible characters escaped (``\\n``, ``\\x1b``, ``\\u200b``): a name
+    from a recipe or a file can neither break a message's one line nor drive the terminal."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def report_errors(findings: Sequence[Finding]) -> int:
     """Print each error among ``findings`` on stderr as ``error: LOCATION: message``; return how many."""
     errors = [f for f in findings if f.is_error]
     for finding in errors:
-        print(f"error: {finding.location}: {finding.message}", file=sys.stderr)
+        print(printable(f"error: {finding.location}: {finding.message}"), file=sys.stderr)
     return len(errors)
 
 

@@ -95,8 +95,8 @@ def gib_size(text: str) -> int:
     return gib_to_bytes(gib)
 
 
-def at_least_one(what: str, unit: str = "") -> Callable[[str], int]:
-    """The type of an option taking a whole number, 1 or more; ``what`` and ``unit`` word its error."""
+def at_least_one(what: str, unit: str = "", most: int = 2**31) -> Callable[[str], int]:
+    """The type of an option taking a whole number from 1 to ``most``; ``what`` and ``unit`` word its error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -104,6 +104,8 @@ def at_least_one(what: str, unit: str = "") -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"{what} must be at least 1{unit}, not {value}")
+        if value > most:  # an absurd count prints absurd figures
+            raise argparse.ArgumentTypeError(f"{what} must be at most {most:,}{unit}{'s' if unit else ''}, not {text}")
         return value
     return parse
 

@@ -15,6 +15,8 @@ from typing import TextIO
 from merger_gui.core.units import format_duration
 from merger_gui.engine.output import HELD_SIGNALS
 
+from .common import printable
+
 
 class StatusLine:
     """One updating line of progress on a terminal; nothing when the stream is not one."""
@@ -29,7 +31,7 @@ class StatusLine:
         if not self.live:
             return
         width = _width()
-        self.stream.write("\r" + text[: width - 1].ljust(width - 1))
+        self.stream.write("\r" + printable(text)[: width - 1].ljust(width - 1))
         self.stream.flush()
         self.shown = True
 
@@ -45,7 +47,7 @@ class StatusLine:
     def line(self, text: str) -> None:
         """Print ``text`` as a line of its own (the status line is cleared first)."""
         self.clear()
-        print(text, file=self.stream)
+        print(printable(text), file=self.stream)
 
     def clear(self) -> None:
         if self.shown:

@@ -11,7 +11,7 @@ from merger_gui.core.errors import RecipeError, UserError
 from merger_gui.core.validation import Finding, validate_recipe
 
 from .common import (
-    add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json,
+    add_donor_argument, add_json_argument, add_recipe_argument, donors_for, load_recipe_file, print_json, printable,
     with_donor_hints,
 )
 from .moe_commands import moe_recipe_file, run_validate
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_finding(finding: Finding) -> str:
     """One line: severity, code, location and message."""
-    return f"{finding.severity:<7}  {finding.code}  {finding.location}: {finding.message}"
+    return printable(f"{finding.severity:<7}  {finding.code}  {finding.location}: {finding.message}")
 
 
 def summary(findings: Sequence[Finding]) -> str:

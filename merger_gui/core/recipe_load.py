@@ -197,8 +197,11 @@ def load_documents(text: str) -> list[tuple[CommentedMap, int | None]]:
         if line is not None:  # an error at the end of the text belongs to its last line
             line = min(line, max(1, len(text.splitlines())))
         raise RecipeError(f"invalid YAML: {problem}{_yaml_hint(exc)}", line) from exc
-    except YAMLError as exc:
-        raise RecipeError(f"invalid YAML: {exc}") from exc
+    except YAMLError as exc:  # a character YAML refuses (a NUL, a control character): a ReaderError
+        position = getattr(exc, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+        reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise RecipeError(f"invalid YAML: {reason}; a recipe is UTF-8 text (is this a binary file?)", line) from exc
     loaded = [(index, doc) for index, doc in enumerate(documents) if doc is not None]
     if not loaded:
         raise RecipeError("the recipe is empty: expected keys like merge_method and slices")

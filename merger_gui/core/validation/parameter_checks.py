@@ -14,6 +14,8 @@ from ..plan import StagePlan
 from ..recipe import FilterRule, Gradient, Parameters, Scalar
 from .context import ParamScope, StageContext, closest, did_you_mean
 
+FLOAT32_MAX = 3.4028234663852886e38  # the merge computes in float32: a larger value becomes inf, then NaN
+
 def check_parameter_values(ctx: StageContext, scope: ParamScope) -> None:
     for name, spec in scope.parameters.items():
         key = f"parameters.{name}"
@@ -65,6 +67,10 @@ def check_range_value(ctx: StageContext, scope: ParamScope, name: str, value: Sc
             ctx.add("error", "value-out-of-range",
                     f"{name} = {v:g} at {point_key} is outside [{low:g}, {high:g}]", scope.slice,
                     scope.source, point_key)
+        elif facts.kind == "float" and abs(v) > FLOAT32_MAX:
+            ctx.add("error", "value-out-of-range",
+                    f"{name} = {v:g} at {point_key} is beyond float32's ±3.4e38, in which the merge computes "
+                    "(it would give inf and NaN weights)", scope.slice, scope.source, point_key)
         elif facts.kind == "int" and not float(v).is_integer():  # mergekit refuses a fractional count
             ctx.add("error", "not-a-whole-number", f"{name} must be a whole number, {point_key} is {v!r}",
                     scope.slice, scope.source, point_key)
