@@ -254,3 +254,15 @@ def test_sweep_of_an_invalid_recipe_or_into_a_donor_fails_before_loading(setup, 
     with pytest.raises(UserError, match="the sweep folder .* overlaps the folder of donor"):
         list(sweep(recipe, donors, Path(a) / "sweep", "t", [0.2, 0.6]))
     assert not (Path(a) / "sweep").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("blocker", ["file", "dead link"])
+def test_a_sweep_folder_through_a_file_or_a_dead_link_is_one_line(setup, monkeypatch, blocker):
+    recipe, donors, tmp_path = setup
+    monkeypatch.setattr(engine_sweep, "score_folder", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    way = tmp_path / "blocker"
+    way.symlink_to(tmp_path / "nowhere") if blocker == "dead link" else way.write_text("mine")
+    why = "a link to nothing" if blocker == "dead link" else "not a folder"
+    with pytest.raises(UserError, match=f"cannot create {way / 'sweep'}: {way} is {why}"):
+        list(sweep(recipe, donors, way / "sweep", "t", [0.2, 0.6]))
+    assert way.is_symlink() or way.read_text() == "mine"

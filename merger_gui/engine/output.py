@@ -75,6 +75,21 @@ def sweep_stale_partials(folders: Iterable[Path]) -> list[Path]:
     return removed
 
 
+def check_folder_path(folder: Path, goal: Path) -> None:
+    """Refuse to make ``goal`` in ``folder`` when a file or a dead link stands where ``folder``
+    or a folder above it must be (created if missing).
+
+    Raises:
+        UserError: naming the file or link in the way.
+    """
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            what = "a link to nothing" if not path.exists() else "not a folder"
+            raise UserError(f"cannot create {goal}: {path} is {what}; choose another folder")
+
+
 def commit_folder(partial: Path, target: Path, overwrite: bool) -> None:
     """Move the complete ``partial`` folder to ``target``; an existing target is replaced only
     with ``overwrite`` and only now, after the new one is complete.

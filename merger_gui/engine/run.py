@@ -47,8 +47,8 @@ from .events import (
 from .draw_order import RANDOMIZED_METHODS, random_draw_order
 from .fingerprint import folder_fingerprint, stage_fingerprint, store_fingerprint, stored_fingerprint
 from .output import (
-    commit_folder, copy_files, held_signals, partial_folder, release_partial, remove_folder, sweep_stale_partials,
-    write_metadata,
+    check_folder_path, commit_folder, copy_files, held_signals, partial_folder, release_partial, remove_folder,
+    sweep_stale_partials, write_metadata,
 )
 from .reader import ByteRange, SourceTensor, TensorReader
 from .write_behind import WriteBehind
@@ -245,24 +245,13 @@ def _check_output_folders(target: Path, options: MergeOptions, donors: Mapping[s
         if overlaps(inter, out):
             raise UserError(f"the intermediate folder {options.intermediate_dir} overlaps the output folder "
                             f"{target}; choose separate folders")
-    _check_folder_path(target.parent, target)
+    check_folder_path(target.parent, target)
     if target.exists() or target.is_symlink():
         if not options.overwrite:
             raise UserError(f"{target} already exists; choose another folder or replace it (--overwrite)")
         refusal = replace_refusal(target, options.recipe_path, _donor_folders(donors))
         if refusal:
             raise UserError(refusal)
-
-
-def _check_folder_path(folder: Path, goal: Path) -> None:
-    """Refuse to make ``goal`` in ``folder`` when a file or a dead link stands where ``folder``
-    or a folder above it must be (created if missing)."""
-    for path in (folder, *folder.parents):
-        if path.is_dir():
-            return
-        if path.exists() or path.is_symlink():
-            what = "a link to nothing" if not path.exists() else "not a folder"
-            raise UserError(f"cannot create {goal}: {path} is {what}; choose another folder")
 
 
 def _check_stage_folders(jobs: Sequence[_Job], donors: Mapping[str, DonorInfo], options: MergeOptions) -> None:
@@ -276,7 +265,7 @@ def _check_stage_folders(jobs: Sequence[_Job], donors: Mapping[str, DonorInfo], 
     for job in jobs:
         if job.final:
             continue
-        _check_folder_path(job.target.parent, job.target)
+        check_folder_path(job.target.parent, job.target)
         folder = job.target.absolute().resolve()
         for model, donor in donor_folders:
             if overlaps(folder, donor):

@@ -40,7 +40,7 @@ from .evaluate import (
     EvaluationCancelled, EvaluationOptions, EvaluationProgress, TextScore, agreement_of, sample_text, score_folder,
 )
 from .events import MergeCancelled, MergeEvent
-from .output import remove_folder
+from .output import check_folder_path, remove_folder
 from .run import MergeOptions, run_merge
 
 __all__ = [
@@ -255,7 +255,9 @@ def _more(reasons: Sequence[str]) -> str:
 
 
 def _check_out_dir(out: Path, donors: Mapping[str, DonorInfo]) -> None:
-    """Refuse a sweep folder that is, holds or lies in a donor's folder (its variants are written there)."""
+    """Refuse a sweep folder that is, holds or lies in a donor's folder (its variants are written there),
+    or that cannot be made (a file or a dead link in its way)."""
+    check_folder_path(out.parent, out)
     resolved = out.resolve()
     for model, donor in sorted(donors.items()):
         if donor.path and overlaps(resolved, Path(donor.path).absolute().resolve()):
