@@ -144,3 +144,24 @@ def test_the_strips_span_the_heatmap_and_one_seam_takes_one_row(panel, qtbot):
     assert panel.second_strip.getPlotItem().getAxis("left").labelText == "distance"
     if panel.seam_list.count() == 1:  # the seams need transformers
         assert panel.seam_list.height() <= panel.seam_list.sizeHintForRow(0) + 2 * panel.seam_list.frameWidth() + 2
+
+
+def test_the_heatmap_reads_top_down_like_the_designer(panel):
+    for plot in (panel.heatmap_plot, panel.first_strip):
+        assert plot.getPlotItem().getViewBox().yInverted()  # layer 0 at the top, as the stacks draw it
+    assert not panel.second_strip.getPlotItem().getViewBox().yInverted()  # its bars grow upwards
+
+
+def test_the_donors_follow_the_stage_order_not_the_inspection_order(qtbot, make_donor):
+    registry = DonorRegistry()
+    widget = AnalysisPanel(RecipeDocument(frankenmerge()), registry)
+    qtbot.addWidget(widget)
+    folders = {name: make_donor(name, SHAPE, seed=seed) for name, seed in (("a", 1), ("b", 2))}
+    for name in ("b", "a"):  # b's inspection finishes first
+        registry.set_donor(name, str(folders[name]), inspect_folder(folders[name]))
+    assert (widget.first_combo.currentText(), widget.second_combo.currentText()) == ("a", "b")
+
+    widget.first_combo.setCurrentIndex(1)
+    widget.first_combo.activated.emit(1)  # the user's choice is kept through later refreshes
+    registry.set_donor("a", str(folders["a"]), inspect_folder(folders["a"]))
+    assert (widget.first_combo.currentText(), widget.second_combo.currentText()) == ("b", "a")

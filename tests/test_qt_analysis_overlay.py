@@ -16,6 +16,7 @@ from merger_gui.core.synthetic import DonorShape
 from merger_gui.qt import analysis_job
 from merger_gui.qt.analysis_items import DistanceStripItem
 from merger_gui.qt.main_window import MainWindow
+from merger_gui.core.slice_edits import resize_slice
 from merger_gui.qt.similarity_gap_item import GAP_X, SimilarityGapItem
 from merger_gui.qt.settings import Settings
 
@@ -120,12 +121,15 @@ def assert_planted_heatmap(view, item: SimilarityGapItem) -> None:
 @pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
 def test_the_similarity_heatmap_sits_in_the_gap_with_the_planted_match_brightest(window, order):
     view = window.stack_view
-    columns_before = {n: c.x() for n, c in view.columns.items()}
     view.set_analysis(planted_result(*order))
     [item] = gap_items(window)
     assert (item.left, item.right) == ("a", "b")  # rows follow the left column whatever the result's order
     assert_planted_heatmap(view, item)
-    assert {n: c.x() for n, c in view.columns.items()} == columns_before  # the designer does not reflow
+    assert item.width >= 4 * len(item.bins)  # a few pixels per right layer, readable as a heatmap
+    columns_before = {n: c.x() for n, c in view.columns.items()}
+    window.document.apply_to_stage(lambda stage: resize_slice(stage, 0, end=3), "shorter")
+    assert view.layer_map.num_layers == 6 and len(gap_items(window)) == 1
+    assert {n: c.x() for n, c in view.columns.items()} == columns_before  # edits do not reflow the designer
 
     view.zoom_by(2.0)  # a new scale: the rows follow the layers
     [item] = gap_items(window)

@@ -118,3 +118,16 @@ def test_the_window_has_a_check_tab(qtbot):
     qtbot.addWidget(window)
     tabs = [window.tools.tabText(i) for i in range(window.tools.count())]
     assert tabs[tabs.index("Merge") + 1] == "Check"
+
+
+def test_the_donors_to_compare_follow_the_recipe_not_the_inspection_order(qtbot, make_donor):
+    document = RecipeDocument(slerp())
+    registry = DonorRegistry()
+    merge_panel = MergePanel(document, LivePlan(document, registry), registry)
+    widget = CheckPanel(document, registry, merge_panel)
+    qtbot.addWidget(merge_panel)
+    qtbot.addWidget(widget)
+    for name, seed in (("b", 2), ("a", 1)):  # b's inspection finishes first
+        folder = make_donor(name, SHAPE, seed=seed)
+        registry.set_donor(name, str(folder), inspect_folder(folder))
+    assert [widget.donor_list.item(i).text() for i in range(widget.donor_list.count())] == ["a", "b"]

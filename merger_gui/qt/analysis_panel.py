@@ -3,6 +3,8 @@ each layer's change of the hidden state, the stage's seams, and suggestions that
 
 from __future__ import annotations
 
+from functools import partial
+
 import threading
 from collections.abc import Iterator
 
@@ -46,6 +48,9 @@ class AnalysisPanel(QWidget):
         self.suggestions: list[CutSuggestion] = []
 
         self.first_combo, self.second_combo, self.base_combo = QComboBox(), QComboBox(), QComboBox()
+        self._picked: dict[QComboBox, str] = {}  # what the user chose; else the stage's order decides
+        for combo in (self.first_combo, self.second_combo):
+            combo.activated.connect(partial(self._pick, combo))
         self.block_spin = QSpinBox()
         self.block_spin.setRange(1, 64)
         self.block_spin.setValue(8)
@@ -108,6 +113,8 @@ class AnalysisPanel(QWidget):
         self.first_strip.setMaximumWidth(90)
         self.second_strip.setMaximumHeight(70)
         self.first_strip.setYLink(self.heatmap_plot)
+        for plot in (self.heatmap_plot, self.first_strip):
+            plot.invertY(True)  # layer 0 at the top, as in the designer's stacks
         self.second_strip.setXLink(self.heatmap_plot)
         self._align_strips()
         self.first_bars = pg.BarGraphItem(x0=[], y=[], width=[], height=0.8, brush="#7aa6d8")
@@ -158,14 +165,18 @@ class AnalysisPanel(QWidget):
     def refresh_donors(self, *_: object) -> None:
         donors = self.stage_donors()
         others = [n for n, info in self.registry.donors.items() if info.path and n not in donors]
-        first = _refill(self.first_combo, donors, self.first_combo.currentText())
-        second = self.second_combo.currentText()
+        first = _refill(self.first_combo, donors, self._picked.get(self.first_combo, ""))
+        second = self._picked.get(self.second_combo, "")
         if second == first or second not in donors:
             second = next((n for n in donors if n != first), "")
         _refill(self.second_combo, donors, second)
         _refill(self.base_combo, [NO_BASE, *others, *donors], self.base_combo.currentText())
         self._show_suggestions()
         self.update_state()
+
+    def _pick(self, combo: QComboBox, _index: int) -> None:
+        self._picked[combo] = combo.currentText()
+        self.refresh_donors()
 
     def update_state(self, *_: object) -> None:
         running = self.runner.is_running

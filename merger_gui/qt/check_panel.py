@@ -185,7 +185,10 @@ class CheckPanel(QWidget):
                    if self.donor_list.item(i).checkState() == Qt.CheckState.Unchecked}
         self.donor_list.clear()
         self._names = {}
-        for name, info in self.registry.donors.items():
+        models = dict.fromkeys(m for stage in self.document.recipe.stages for m in stage.referenced_models)
+        order = {m: i for i, m in enumerate(models)}
+        donors = sorted(self.registry.donors.items(), key=lambda item: order.get(item[0], len(order)))
+        for name, info in donors:  # the recipe's order, not the order inspections finished in
             if info.kind != "folder" or not info.path:
                 continue
             self._names[info.path] = name

@@ -1,14 +1,16 @@
 """The weight similarity of two donors drawn in the gap between their columns in the designer.
 
-Row i sits beside the left donor's layer i; across the gap's width run the right donor's layers
-(several to a pixel column when they outnumber the gap's pixels: the brightest of them is drawn),
-in the Analysis tab's colours, and a tick marks the right donor's layer most similar to layer i.
+Row i sits beside the left donor's layer i; across the heatmap's width run the right donor's layers
+(several to a pixel column when they outnumber its pixels: the brightest of them is drawn), in the
+Analysis tab's colours, and a tick marks the right donor's layer most similar to layer i. While it is
+shown the gap right of the left donor widens to hold it (an explicit action, like a zoom: edits do
+not change it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PySide6.QtCore import QLineF, QRectF
@@ -22,7 +24,31 @@ from .analysis_items import COLOR_MAP, STRIP_GAP, STRIP_W
 from .analysis_job import AnalysisResult
 from .slice_items import DonorColumnItem, StackGeometry
 
-GAP_X = STRIP_GAP + STRIP_W + 2.0  # from the left column's edge: after its distance strip, apart from it
+GAP_X = STRIP_GAP + STRIP_W + 4.0  # from the left column's edge: after its distance strip, apart from it
+PIXELS_PER_LAYER = 4.0  # across the heatmap, for each of the right donor's layers…
+MIN_WIDTH, MAX_WIDTH = 40.0, 160.0  # …within these bounds
+AFTER = 8.0  # between the heatmap and the next column
+
+
+def heatmap_width(right_layers: int) -> float:
+    """How wide the heatmap is drawn for a right donor of ``right_layers`` layers."""
+    return min(MAX_WIDTH, max(MIN_WIDTH, PIXELS_PER_LAYER * right_layers))
+
+
+def widened_gaps(result: AnalysisResult | None, names: Sequence[str],
+                 layers: Mapping[str, int]) -> dict[str, float]:
+    """The column gap after the left one of ``result``'s donors (by ``names``' left-to-right order) that
+    holds their heatmap; empty when it is not shown (see :func:`gap_donors`)."""
+    if result is None or result.similarity is None or len(result.donors) != 2:
+        return {}
+    first, second = result.donors
+    if first not in names or second not in names:
+        return {}
+    rows, cols = len(result.similarity), len(result.similarity[0]) if result.similarity else 0
+    if (layers.get(first), layers.get(second)) != (rows, cols):
+        return {}
+    left, right = (first, second) if names.index(first) < names.index(second) else (second, first)
+    return {left: GAP_X + heatmap_width(layers[right]) + AFTER}
 
 
 def gap_donors(result: AnalysisResult | None, columns: Mapping[str, DonorColumnItem]) -> tuple[str, str] | None:
@@ -122,7 +148,4 @@ def oriented(result: AnalysisResult, left: str) -> np.ndarray:
     return matrix if result.donors[0] == left else matrix.T
 
 
-def gap_width(column_gap: float) -> float:
-    """The heatmap's width in a gap of ``column_gap`` between columns: after the strip, a pixel short of the next."""
-    return column_gap - GAP_X - 1.0
 

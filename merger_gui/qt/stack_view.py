@@ -31,7 +31,7 @@ from .document import RecipeDocument
 from .donor_registry import DonorRegistry
 from .live_plan import LivePlan
 from .output_stack import INDEX_GUTTER, OUTPUT_W, OutputColumnItem, plan_summary
-from .similarity_gap_item import SimilarityGapItem, gap_donors, gap_width, oriented
+from .similarity_gap_item import SimilarityGapItem, gap_donors, heatmap_width, oriented, widened_gaps
 from .slice_items import (
     HEADER_H, DonorColumnItem, RangeTipItem, SliceBarItem, SliceLinkItem, StackGeometry, column_width,
 )
@@ -355,9 +355,9 @@ class StackView(QGraphicsView):
         tallest = max((n for n, known in layers.values() if known), default=DEFAULT_DONOR_LAYERS)
         return self._fit_cell_h(tallest, LEGIBLE_CELL_H)
 
-    def _is_compact(self, names: list[str], lanes: dict[str, int]) -> bool:
+    def _is_compact(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float]) -> bool:
         if self._compact is None:
-            wide = sum(column_width(self._title(n), lanes[n], False) + COLUMN_GAP for n in names)
+            wide = sum(column_width(self._title(n), lanes[n], False) + gaps.get(n, COLUMN_GAP) for n in names)
             wide += OUTPUT_GAP + INDEX_GUTTER + OUTPUT_W + 40 + 2 * MARGIN
             self._compact = wide > self._available()[0]
         return self._compact
@@ -392,7 +392,7 @@ class StackView(QGraphicsView):
         self.setBackgroundBrush(QBrush(theme.background))
         self.tip.colors = theme
         if not names:
-            self._sync_columns({}, theme)
+            self._sync_columns({}, theme, {})
             self._sync_bars([], theme)
             self._set_output(None, theme, 0.0)
             self._show_hint(theme)
@@ -413,9 +413,10 @@ class StackView(QGraphicsView):
             self._summary = f"{self.layer_map.num_layers} layers"
         bars = self._bar_specs(stage, names, layers)
         lanes = {n: max([1, *(spec[-1] + 1 for spec in bars if spec[2] == n)]) for n in names}
-        compact = self._is_compact(names, lanes)
+        gaps = widened_gaps(self.analysis, names, {n: count for n, (count, known) in layers.items() if known})
+        compact = self._is_compact(names, lanes, gaps)
         usage = {u.model: u.counts for u in self.layer_map.donor_usage} if self.layer_map else {}
-        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme)
+        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme, gaps)
         self._sync_bars(bars, theme)
         self._draw_links(theme)
         self._set_output(self.layer_map, theme, x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER)
@@ -444,8 +445,8 @@ class StackView(QGraphicsView):
         self.scene().setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
 
     def _sync_columns(self, columns: dict[str, tuple[tuple[int, bool], int, tuple[int, ...] | None, bool]],
-                      theme: CanvasColors) -> float:
-        """Keep, replace or drop donor columns; returns the x after the last one."""
+                      theme: CanvasColors, gaps: dict[str, float]) -> float:
+        """Keep, replace or drop donor columns (``gaps``: a wider gap after some); returns the x after the last one."""
         for name in [n for n in self.columns if n not in columns]:
             self._drop(self.columns.pop(name))
         x = MARGIN
@@ -460,7 +461,7 @@ class StackView(QGraphicsView):
                 column = self._new_column(name, spec, counts, theme)
             column.set_counts(counts)
             column.setPos(x, 0)
-            x += column.width + COLUMN_GAP
+            x += column.width + gaps.get(name, COLUMN_GAP)
         self.columns = {n: self.columns[n] for n in columns}
         return x
 
@@ -555,7 +556,8 @@ class StackView(QGraphicsView):
         if self.similarity_gap is not None:
             self._drop(self.similarity_gap)
             self.similarity_gap = None
-        self._sync_overlay()
+        self._compact = None  # the heatmap's gap comes or goes: widths are decided again
+        self.rebuild()
 
     def _sync_overlay(self) -> None:
         """Keep the strips beside their columns (made once per result and scale) and the seam colours."""
@@ -591,7 +593,7 @@ class StackView(QGraphicsView):
             return
         if gap is None:
             gap = self.similarity_gap = SimilarityGapItem(*donors, oriented(result, donors[0]), self.geometry_,
-                                                          gap_width(COLUMN_GAP))
+                                                          heatmap_width(self.columns[donors[1]].num_layers))
             self.scene().addItem(gap)
         left = self.columns[donors[0]]
         gap.setPos(left.x() + left.width, 0)
