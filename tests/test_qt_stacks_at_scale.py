@@ -7,16 +7,20 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt, QThreadPool
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtTest import QTest
 
 from merger_gui.core.recipe import Recipe, Slice, SliceSource, Stage
 from merger_gui.core.resolve import resolve_donor
+from merger_gui.qt.document import RecipeDocument
+from merger_gui.qt.donor_registry import DonorRegistry
+from merger_gui.qt.live_plan import LivePlan
 from merger_gui.qt.main_window import MainWindow
 from merger_gui.qt.settings import Settings
-from merger_gui.qt.slice_items import CELL_LABEL_W, LEGIBLE_FONT_PX, label_font
-from merger_gui.qt.stack_view import LEGIBLE_CELL_H, ZOOM_STEP
+from merger_gui.qt.slice_items import CELL_LABEL_W, LEGIBLE_FONT_PX, header_fonts, label_font, title_lines
+from merger_gui.qt.stack_view import LEGIBLE_CELL_H, ZOOM_STEP, StackView
 
-GOLIATH, LLAMA_70B = "profile:goliath-120b", "profile:llama-3-70b"
+GOLIATH, LLAMA_70B, LLAMA_13B = "profile:goliath-120b", "profile:llama-3-70b", "profile:llama-2-13b"
 SIZES = [(1024, 640), (1366, 768)]
 
 
@@ -156,3 +160,30 @@ def test_inspector_edits_and_key_nudges_are_one_undo_step_each(qtbot, window):
         assert (editor.start_spin.value(), editor.end_spin.value()) == layer_range  # the inspector follows
     undo.undo()
     assert ranges(window)[1] == ("A", (25, 51))
+
+
+def test_the_stacks_fit_the_width_without_a_scroll_bar_and_ordinary_titles_keep_one_line(qtbot):
+    """Rose-20B's two 40-layer donors: from the width of a 1280×800 window with the Estimate tab open
+    upwards, the stacks fit (narrow columns where the wide ones would not) and each name is one line."""
+    recipe = passthrough(("Thorns-13B", 0, 16), ("Noromaid-13B", 8, 24), ("Thorns-13B", 17, 32),
+                         ("Noromaid-13B", 25, 40))
+    document, registry = RecipeDocument(recipe), DonorRegistry()
+    live_plan = LivePlan(document, registry)
+    for name in ("Thorns-13B", "Noromaid-13B"):
+        registry.set_donor(name, LLAMA_13B, resolve_donor(LLAMA_13B))
+    live_plan.refresh_now()
+    view = StackView(document, live_plan, registry)
+    qtbot.addWidget(view)
+    view.show()
+    qtbot.waitExposed(view)
+    metrics = QFontMetrics(header_fonts()[0])
+    modes = set()
+    for width in range(460, 640, 12):
+        view.resize(width, 600)
+        qtbot.waitUntil(lambda: view.viewport().width() == width - 2 * view.frameWidth() - view.verticalScrollBar().width())
+        modes.add(view._compact)
+        assert view.sceneRect().width() <= view.viewport().width(), width
+        assert view.horizontalScrollBar().maximum() == 0, width
+        for column in view.columns.values():
+            assert title_lines(column.title, metrics, column.width) == [column.title], (width, column.title)
+    assert modes == {True, False}  # both the narrow and the wide columns were laid out

@@ -33,7 +33,7 @@ DRAG_THRESHOLD = 3.0
 MIN_COLUMN_W = 116.0
 MAX_COLUMN_W = 190.0
 COMPACT_COLUMN_W = 84.0  # when the stacks do not fit the view
-COMPACT_TITLE_W = 112.0  # a compact column widens up to this for a two-line name
+COMPACT_TITLE_W = 112.0  # a compact column widens up to this for a one-line name, or a two-line one
 
 
 def text_on(fill: QColor) -> QColor:
@@ -110,8 +110,11 @@ def label_step(cell_h: float) -> int:
 def column_width(title: str, lanes: int, compact: bool) -> float:
     """Width of a donor column: room for its title, its layer numbers and ``lanes`` lanes of bars."""
     metrics = QFontMetrics(header_fonts()[0])
-    title_w = min(COMPACT_TITLE_W, title_width(title, metrics) + 8) if compact else \
-        min(MAX_COLUMN_W, metrics.horizontalAdvance(title) + 10)
+    one_line = metrics.horizontalAdvance(title) + 10.0
+    if not compact:
+        title_w = min(MAX_COLUMN_W, one_line)
+    else:  # a name of ordinary length keeps one line; a longer one takes two
+        title_w = one_line if one_line <= COMPACT_TITLE_W else min(COMPACT_TITLE_W, title_width(title, metrics) + 8)
     least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
     return max(least, title_w, CELL_LABEL_W + lanes * MIN_LANE_W + 4)
 

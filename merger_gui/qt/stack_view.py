@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -37,8 +38,6 @@ from .slice_items import (
 )
 from .theme import CanvasColors, current_theme
 
-COLUMN_GAP = 22.0
-OUTPUT_GAP = 40.0
 MARGIN = 12.0
 LEGIBLE_CELL_H = 12.0  # the readable scale never goes below this: layer numbers stay at 10 px or more
 MAX_CELL_H = 22.0
@@ -50,6 +49,20 @@ AUTOSCROLL_MS = 30
 NOTE_W = 180.0  # width of the "no output plan" note beside the donors
 
 StageEdit = Callable[[Stage], Stage]
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """Horizontal room between the stacks: after a donor column, before the output's layer numbers,
+    and right of the output column (its seam marks, a summary wider than the column)."""
+
+    column_gap: float
+    output_gap: float
+    right: float
+
+
+WIDE = Spacing(22.0, 40.0, 40.0)
+COMPACT = Spacing(14.0, 26.0, 18.0)  # when the stacks at full width do not fit the view
 
 
 def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
@@ -262,6 +275,7 @@ class StackView(QGraphicsView):
         self._zoom: float | None = None  # pixels per layer chosen by the user; None: the readable fit
         self._order: list[str] = []  # donor columns in the order they were first shown
         self._compact: bool | None = None  # narrow columns; None: decide at the next rebuild
+        self._spacing = WIDE
         self._summary = ""
         self._specs: dict[object, tuple] = {}  # what each kept item was built from
         self._others: list[QGraphicsItem] = []  # the hint or the "no output plan" note
@@ -356,11 +370,16 @@ class StackView(QGraphicsView):
         return self._fit_cell_h(tallest, LEGIBLE_CELL_H)
 
     def _is_compact(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float]) -> bool:
+        """Narrow columns when the stacks at full width would need a horizontal scroll bar."""
         if self._compact is None:
-            wide = sum(column_width(self._title(n), lanes[n], False) + gaps.get(n, COLUMN_GAP) for n in names)
-            wide += OUTPUT_GAP + INDEX_GUTTER + OUTPUT_W + 40 + 2 * MARGIN
-            self._compact = wide > self._available()[0]
+            self._compact = self._stacks_width(names, lanes, gaps, WIDE) > self._available()[0]
         return self._compact
+
+    def _stacks_width(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float], space: Spacing) -> float:
+        """The scene's width with ``space``: what :meth:`rebuild` lays out and :meth:`_update_scene_rect` covers."""
+        compact = space is COMPACT
+        columns = sum(column_width(self._title(n), lanes[n], compact) + gaps.get(n, space.column_gap) for n in names)
+        return 2 * MARGIN + columns - space.column_gap + space.output_gap + INDEX_GUTTER + OUTPUT_W + space.right
 
     def _title(self, name: str) -> str:
         """The donor's last name part; a MODEL+LORA donor's model part, marked ``+LoRA``."""
@@ -415,17 +434,20 @@ class StackView(QGraphicsView):
         lanes = {n: max([1, *(spec[-1] + 1 for spec in bars if spec[2] == n)]) for n in names}
         gaps = widened_gaps(self.analysis, names, {n: count for n, (count, known) in layers.items() if known})
         compact = self._is_compact(names, lanes, gaps)
+        space = self._spacing = COMPACT if compact else WIDE
         usage = {u.model: u.counts for u in self.layer_map.donor_usage} if self.layer_map else {}
-        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme, gaps)
+        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme, gaps,
+                               space.column_gap)
         self._sync_bars(bars, theme)
         self._draw_links(theme)
-        self._set_output(self.layer_map, theme, x - COLUMN_GAP + OUTPUT_GAP + INDEX_GUTTER)
+        after = x - space.column_gap + space.output_gap  # where the output's layer numbers start
+        self._set_output(self.layer_map, theme, after + INDEX_GUTTER)
         self._sync_overlay()
         if self.layer_map is None and self.live_plan.error and stage.slices:
             note = QGraphicsTextItem(f"No output plan yet: {self.live_plan.error}")
             note.setTextWidth(NOTE_W)  # wrapped: a long reason must not widen the whole view
             note.setDefaultTextColor(theme.muted_text)
-            note.setPos(x - COLUMN_GAP + OUTPUT_GAP, self.geometry_.top)
+            note.setPos(after, self.geometry_.top)
             self.scene().addItem(note)
             self._others.append(note)
         self._update_scene_rect()
@@ -445,8 +467,9 @@ class StackView(QGraphicsView):
         self.scene().setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
 
     def _sync_columns(self, columns: dict[str, tuple[tuple[int, bool], int, tuple[int, ...] | None, bool]],
-                      theme: CanvasColors, gaps: dict[str, float]) -> float:
-        """Keep, replace or drop donor columns (``gaps``: a wider gap after some); returns the x after the last one."""
+                      theme: CanvasColors, gaps: dict[str, float], gap: float = WIDE.column_gap) -> float:
+        """Keep, replace or drop donor columns ``gap`` apart (``gaps``: a wider gap after some); returns the x
+        after the last one."""
         for name in [n for n in self.columns if n not in columns]:
             self._drop(self.columns.pop(name))
         x = MARGIN
@@ -461,7 +484,7 @@ class StackView(QGraphicsView):
                 column = self._new_column(name, spec, counts, theme)
             column.set_counts(counts)
             column.setPos(x, 0)
-            x += column.width + gaps.get(name, COLUMN_GAP)
+            x += column.width + gaps.get(name, gap)
         self.columns = {n: self.columns[n] for n in columns}
         return x
 
@@ -603,7 +626,7 @@ class StackView(QGraphicsView):
         g = self.geometry_
         tallest = max([c.num_layers for c in self.columns.values()] + [self.output.num_layers if self.output else 0])
         right = max([c.x() + c.width for c in self.columns.values()] +
-                    [self.output.x() + OUTPUT_W + 40 if self.output else 0] +
+                    [self.output.x() + OUTPUT_W + self._spacing.right if self.output else 0] +
                     [i.x() + NOTE_W for i in self._others])
         rect = QRectF(0, 0, right + MARGIN, g.y(tallest) + 2 * MARGIN)
         if rect != self.sceneRect():
