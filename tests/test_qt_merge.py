@@ -224,3 +224,17 @@ def test_a_relative_output_folder_is_taken_from_the_recipe_folder(panel, tmp_pat
     panel.document.mark_saved(tmp_path / "recipes" / "mine.yaml", "")
     panel.folder_edit.setText("merged/here")
     assert panel.output_folder() == tmp_path / "recipes" / "merged" / "here"
+
+
+def test_after_a_merge_the_result_follows_done_without_an_empty_row(panel, qtbot):
+    panel.resize(600, 500)
+    panel.show()
+    qtbot.waitExposed(panel)
+    with qtbot.waitSignal(panel.runner.finished, timeout=60000):
+        assert panel.start_merge()
+    qtbot.waitUntil(lambda: panel.result_label.isVisible())
+    assert panel.stage_label.text() == "Done" and panel.tensor_label.isHidden() and panel.eta_label.isHidden()
+    done, result = panel.stage_label.geometry(), panel.result_label.geometry()
+    assert result.top() - done.bottom() <= panel.layout().spacing() + 2  # the next row, not one further down
+    panel.reset()
+    assert panel.result_label.isHidden() and panel.stage_label.isHidden()

@@ -34,6 +34,21 @@ OK_STYLE = "color: #2e7d32;"
 NOTE_STYLE = "color: #b45309;"
 
 
+class StatusLabel(QLabel):
+    """A label shown only while it has text, so an empty one leaves no gap in the panel."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.hide()
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setVisible(bool(text))
+
+    def clear(self) -> None:
+        self.setText("")
+
+
 def default_output_name(document: RecipeDocument) -> str:
     """A folder name for the output: the final stage's name, the file name, or ``merged-model``."""
     stage = document.recipe.stages[-1] if document.recipe.stages else None
@@ -96,17 +111,17 @@ class MergePanel(QWidget):
         self.blocker_label.setStyleSheet(ERROR_STYLE)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
-        self.stage_label = QLabel()
-        self.tensor_label = QLabel()
+        self.stage_label = StatusLabel()
+        self.tensor_label = StatusLabel()
         self.tensor_label.setStyleSheet("color: palette(mid);")
-        self.eta_label = QLabel()
+        self.eta_label = StatusLabel()
         self.running_note = QLabel("The running merge uses the recipe as it was when it started; "
                                    "your edits since then apply to the next merge.")
         self.running_note.setWordWrap(True)
         self.running_note.setStyleSheet(NOTE_STYLE)
         self.running_note.hide()
         self._started_recipe: Recipe | None = None  # what the running merge merges
-        self.result_label = QLabel()
+        self.result_label = StatusLabel()
         self.result_label.setWordWrap(True)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
