@@ -165,3 +165,35 @@ def test_the_donors_follow_the_stage_order_not_the_inspection_order(qtbot, make_
     widget.first_combo.activated.emit(1)  # the user's choice is kept through later refreshes
     registry.set_donor("a", str(folders["a"]), inspect_folder(folders["a"]))
     assert (widget.first_combo.currentText(), widget.second_combo.currentText()) == ("b", "a")
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_suggestions_look_like_the_other_buttons_in_either_theme(panel, qtbot, monkeypatch, theme):
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QApplication
+
+    from merger_gui.core.cut_suggestions import CutSuggestion
+    from merger_gui.qt.theme import apply_theme
+
+    apply_theme(QApplication.instance(), theme)  # the fixture restores the theme
+    text = "Drop a's 2-layer block 1–2: the smallest change (0.213)"
+    monkeypatch.setattr(panel, "_suggestions", lambda: [CutSuggestion(text, lambda stage: stage)])
+    panel._show_suggestions()
+    panel.resize(520, 600)
+    panel.show()
+    qtbot.waitExposed(panel)
+    button = panel.suggestion_box.itemAt(0).widget()
+    plain = panel.analyse_button
+    assert button.height() == plain.height()
+    ours, theirs = button.grab().toImage(), plain.grab().toImage()
+
+    def column(image, x: int) -> list[QColor]:
+        return [QColor(image.pixel(x, y)) for y in range(2, image.height() - 2)]
+
+    for a, b in zip(column(ours, ours.width() - 6), column(theirs, theirs.width() - 6)):  # the bevel, not flat
+        assert max(abs(a.red() - b.red()), abs(a.green() - b.green()), abs(a.blue() - b.blue())) <= 6, theme
+    fill = QColor(ours.pixel(ours.width() - 6, ours.height() // 2))
+    inked = [x for x in range(4, ours.width() - 4)
+             if any(abs(QColor(ours.pixel(x, y)).lightness() - fill.lightness()) > 60 for y in range(4, ours.height() - 4))]
+    assert inked[0] < 20 and inked[-1] < ours.width() * 0.8  # the sentence starts at the left
+    assert button.minimumSizeHint().width() < button.fontMetrics().horizontalAdvance(text)  # elided, not wider

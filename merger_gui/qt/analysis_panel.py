@@ -9,11 +9,11 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
-from PySide6.QtCore import Signal
-from PySide6.QtGui import QCloseEvent, QColor
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QPaintEvent, QPalette
 from PySide6.QtWidgets import (
     QComboBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QPushButton, QSpinBox, QStyle, QStyleOptionButton, QStylePainter, QVBoxLayout, QWidget,
 )
 import pyqtgraph as pg  # after PySide6, so pyqtgraph binds to it
 
@@ -33,6 +33,28 @@ from .themed_plot import ThemedPlotWidget
 NO_BASE = "(no base)"
 COLOR_MAP = "viridis"
 AXIS_SPACE = 48  # px for an axis with its label, the same on the heatmap and on the strip beside it
+SUGGESTION_MIN_W = 160  # a long suggestion is elided rather than widening the dock
+
+
+class SuggestionButton(QPushButton):
+    """A suggestion: a button as the style draws one in either theme, its sentence left-aligned and
+    elided to fit (a style sheet for the alignment would make it a flat box)."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        return QSize(min(SUGGESTION_MIN_W, hint.width()), hint.height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QStylePainter(self)
+        option = QStyleOptionButton()
+        self.initStyleOption(option)
+        text, option.text = option.text, ""
+        painter.drawControl(QStyle.ControlElement.CE_PushButton, option)  # bevel and focus frame, no label
+        margin = 2 * self.style().pixelMetric(QStyle.PixelMetric.PM_ButtonMargin, option, self)
+        room = option.rect.adjusted(margin, 0, -margin, 0)
+        shown = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, room.width())
+        painter.drawItemText(room, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), self.palette(),
+                             self.isEnabled(), shown, QPalette.ColorRole.ButtonText)
 
 
 class AnalysisPanel(QWidget):
@@ -292,8 +314,8 @@ class AnalysisPanel(QWidget):
                 widget.deleteLater()
         self.suggestions = self._suggestions()
         for suggestion in self.suggestions:
-            button = QPushButton(suggestion.text)
-            button.setStyleSheet("text-align: left")
+            button = SuggestionButton(suggestion.text)
+            button.setToolTip(f"{suggestion.text}\n\nApplies to the current stage as one undo step.")
             button.clicked.connect(lambda _=False, s=suggestion: self.apply(s))
             self.suggestion_box.addWidget(button)
 
