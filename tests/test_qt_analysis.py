@@ -194,6 +194,7 @@ def test_suggestions_look_like_the_other_buttons_in_either_theme(panel, qtbot, m
         assert max(abs(a.red() - b.red()), abs(a.green() - b.green()), abs(a.blue() - b.blue())) <= 6, theme
     fill = QColor(ours.pixel(ours.width() - 6, ours.height() // 2))
     inked = [x for x in range(4, ours.width() - 4)
-             if any(abs(QColor(ours.pixel(x, y)).lightness() - fill.lightness()) > 60 for y in range(4, ours.height() - 4))]
+             if any(abs(QColor(ours.pixel(x, y)).lightness() - fill.lightness()) > 60
+                    for y in range(4, ours.height() - 4))]
     assert inked[0] < 20 and inked[-1] < ours.width() * 0.8  # the sentence starts at the left
     assert button.minimumSizeHint().width() < button.fontMetrics().horizontalAdvance(text)  # elided, not wider

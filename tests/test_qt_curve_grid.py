@@ -196,6 +196,55 @@ def test_the_selected_rule_is_drawn_on_top_and_overlaps_are_named(editor):
     assert items[2].opts["symbol"] != items[SELF_ATTN].opts["symbol"]
     assert editor.grid.table.currentRow() == 2
     editor.copy_rule(2, 3)  # layernorm now lies under mlp
-    assert "under mlp" in editor.legend.text()
+    assert "under mlp" in " ".join(legend_lines(editor)).replace("\xa0", " ")
     editor.grid.table.setCurrentCell(SELF_ATTN, 0)
     assert editor.rule_list.currentRow() == SELF_ATTN
+
+
+def legend_lines(editor: TCurveEditor) -> list[str]:
+    """The legend's lines as the label wraps them (its text laid out at its width in its font)."""
+    from PySide6.QtGui import QTextDocument
+
+    document = QTextDocument()
+    document.setDefaultFont(editor.legend.font())
+    document.setDocumentMargin(0)
+    document.setHtml(editor.legend.text())
+    document.setTextWidth(editor.legend.contentsRect().width())
+    document.documentLayout().documentSize()  # lays the text out
+    lines, block = [], document.begin()
+    while block.isValid():
+        layout = block.layout()
+        for k in range(layout.lineCount()):
+            line = layout.lineAt(k)
+            lines.append(block.text()[line.textStart():line.textStart() + line.textLength()])
+        block = block.next()
+    return lines
+
+
+@pytest.mark.parametrize("width", [340, 400, 480])
+def test_in_a_laptop_dock_the_grid_shows_every_rule_and_the_legend_breaks_between_entries(editor, qtbot, width):
+    from merger_gui.qt.curve_editor import LEGEND_MARKS
+
+    editor.add_rule("input_layernorm")  # seven rules, as Nyxene's stage 3 has
+    editor.resize(width, 656)  # the t-curves tab of a 1366×768 window
+    qtbot.waitUntil(lambda: editor.height() == 656)
+    table = editor.grid.table
+    assert table.rowCount() == 7
+    assert table.verticalHeader().length() <= table.viewport().height()  # no rule scrolled out of sight
+    assert editor.plot_widget.height() >= 0.4 * (editor.plot_widget.height() + editor.grid.height())
+    lines = legend_lines(editor)
+    assert len(lines) > 1
+    assert all(line.lstrip()[0] in LEGEND_MARKS for line in lines), lines  # each line starts an entry
+
+
+def test_a_moved_split_is_kept_until_the_rules_change(editor, qtbot):
+    editor.resize(400, 656)
+    qtbot.waitUntil(lambda: editor.height() == 656)
+    plot, grid = editor.splitter.sizes()
+    editor.splitter.moveSplitter(plot + 40, 1)  # what dragging the handle does
+    assert editor.splitter.sizes()[1] == grid - 40
+    editor.rule_list.setCurrentRow(2)
+    editor.convert_rule(2)  # an edit with the same rules keeps the user's split
+    assert editor.splitter.sizes()[1] == grid - 40
+    editor.add_rule("input_layernorm")
+    assert editor.splitter.sizes()[1] > grid  # a new rule: the grid fits its rows again

@@ -114,3 +114,29 @@ def test_the_check_tab_keeps_its_rows_together_in_a_tall_window(window, qtbot):
     assert settle(win, 10)
     form = win.check_panel.layout().itemAt(0).layout()  # spare height goes below the results, not between rows
     assert form.geometry().height() <= form.sizeHint().height() + 4
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1366, 768)])
+def test_the_t_curves_plot_and_grid_share_the_dock_without_overlapping(window, qtbot, size):
+    from merger_gui.core.recipe import FilterRule, Parameters
+
+    win = window(*size)
+    rules = tuple(FilterRule(0.5, name) for name in ("lm_head", "embed_tokens", "self_attn", "mlp", "layernorm",
+                                                     "modelnorm")) + (FilterRule(0.5),)
+    slices = (Slice((SliceSource("a", (0, 32)), SliceSource("b", (0, 32)))),)
+    win.registry.clear()
+    win.document.load(Recipe((Stage("slerp", slices=slices, base_model="a", parameters=Parameters({"t": rules})),)))
+    for name in ("a", "b"):
+        win.registry.set_donor(name, "profile:mistral-7b", resolve_donor("profile:mistral-7b"))
+    win.live_plan.refresh_now()
+    editor = win.curve_editor
+    win.tools.setCurrentIndex(win.tools.indexOf(editor))
+    qtbot.waitUntil(editor.isVisible, timeout=2000)
+    assert settle(win, 10)
+    plot, grid = editor.plot_widget.geometry(), editor.grid.geometry()
+    assert plot.bottom() < grid.top() and grid.bottom() <= editor.splitter.height()
+    table = editor.grid.table
+    if size == (1366, 768):  # a laptop: every rule's row in sight, the plot still the larger part
+        assert table.verticalHeader().length() <= table.viewport().height()
+        assert plot.height() >= 0.4 * (plot.height() + grid.height())
+        assert editor.scroll_area.verticalScrollBar().maximum() == 0  # the editor needs no scrolling

@@ -14,14 +14,16 @@ import html
 import math
 from functools import partial
 
-from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QSignalBlocker, Qt
-from PySide6.QtGui import QKeyEvent, QShowEvent
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QSignalBlocker, QSize, Qt
+from PySide6.QtGui import QKeyEvent, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
+    QFrame,
     QGroupBox,
     QInputDialog,
     QLabel,
     QMenu,
+    QScrollArea,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -61,6 +63,9 @@ RULE_SYMBOLS = ("o", "s", "t", "d", "x", "+", "star")  # curves at the same valu
 LEGEND_MARKS = ("●", "■", "▼", "◆", "✕", "✚", "★")  # the symbols, as text
 NON_LAYER_X = -1.0  # where non-layer tensors (embeddings, norm, lm_head) are drawn
 UNPLANNED_SAMPLES = 33
+PLOT_MIN_H = 130  # with the grid's least, the editor fits the dock of a 1024×640 window
+GRID_MIN_H = 80  # two rules and the scroll bar; the split gives the grid all its rows where there is room
+PLOT_SHARE = 0.4  # of the split the plot keeps however many rules the grid has
 
 
 class TCurveEditor(QWidget):
@@ -99,7 +104,7 @@ class TCurveEditor(QWidget):
         self.summary.setObjectName("curveSummary")
 
         self.plot_widget = ThemedPlotWidget()
-        self.plot_widget.setMinimumSize(240, 150)
+        self.plot_widget.setMinimumSize(240, PLOT_MIN_H)
         self.plot = self.plot_widget.getPlotItem()
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot.setMenuEnabled(False)
@@ -148,11 +153,14 @@ class TCurveEditor(QWidget):
         self.shape_menu = self.rules_box.shape_menu
         self.grid = CurveGrid(document)
         self.grid.sigRuleSelected.connect(self.rules_box.set_current_row)
-        hint = QLabel("Drag points (snap 0.05, Shift 0.01, Alt free) · arrow keys move the selected point · "
-                      "double-click the plot to add a point there, a point to remove it · type or paste "
-                      "values in the grid")
+        hint = QLabel("Drag points (Shift 0.01, Alt free) · double-click adds or removes one · "
+                      "type or paste values in the grid")
+        hint.setToolTip("Drag a point: it snaps to 0.05 (Shift: 0.01, Alt: free).\n"
+                        "Arrow keys: Up/Down move the selected point, Left/Right select the next one.\n"
+                        "Double-click the plot to add a point there, a point to remove it.\n"
+                        "Type or paste values in the grid (a spreadsheet row or block).")
         hint.setWordWrap(True)
-        hint.setEnabled(False)  # drawn in the muted text colour
+        hint.setForegroundRole(QPalette.ColorRole.PlaceholderText)  # muted, but enabled for its tooltip
         self.no_curves_label = QLabel()
         self.no_curves_label.setWordWrap(True)
         self.settings = MethodSettings(document)
@@ -166,21 +174,35 @@ class TCurveEditor(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.plot_widget)
         self.splitter.addWidget(self.grid)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
         self.splitter.setChildrenCollapsible(False)
-        self.grid.setMinimumHeight(130)  # four rules and the scroll bar
+        self.splitter.splitterMoved.connect(self._split_moved)
+        self._split_by_user = False  # the user dragged the handle: kept until the grid's rows change
+        self._fitted_rows = -1
+        self.grid.setMinimumHeight(GRID_MIN_H)
         curves.addWidget(self.splitter, 1)
         curves.addWidget(self.legend)
         curves.addWidget(self.summary)
         curves.addWidget(self.rules_box)
         curves.addWidget(hint)
-        layout = QVBoxLayout(self)
+        column = QWidget()
+        layout = QVBoxLayout(column)
         layout.addWidget(self.no_curves_label)
         layout.addWidget(self.curve_area, 1)
         layout.addWidget(self.settings_box)
         layout.addStretch(0)  # takes the room only while the curves are hidden
         self._column = layout
+        # In a dock lower than the plot, the grid, the rules and the legend need (a 1024×640 window)
+        # the column scrolls; the splitter would otherwise lay the grid over the plot.
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidget(column)
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll_area)
 
         # Bound methods, not lambdas: Qt drops the connections when this widget is deleted.
         document.recipe_changed.connect(self.refresh)
@@ -232,11 +254,40 @@ class TCurveEditor(QWidget):
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
         self._ensure_drawn()
+        self._fit_split()  # resized while hidden (another tab)
 
     def _ensure_drawn(self) -> None:
         """Draw the current stage if an edit arrived while hidden."""
         if self._stale:
             self._redraw()
+
+    def minimumSizeHint(self) -> QSize:
+        """As wide as the column needs (it scrolls only up and down), as low as the scroll area allows."""
+        hint = super().minimumSizeHint()
+        column = self.scroll_area.widget().minimumSizeHint().width()
+        return QSize(max(hint.width(), column + self.scroll_area.verticalScrollBar().sizeHint().width()),
+                     hint.height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_split()  # the layout has sized the splitter already
+
+    def _split_moved(self, *_: int) -> None:
+        self._split_by_user = True
+
+    def _fit_split(self) -> None:
+        """The grid as tall as its rows, the plot the rest (never under ``PLOT_SHARE`` of the split),
+        unless the user moved the handle since the grid's rows last changed."""
+        rows = self.grid.table.rowCount()
+        if rows != self._fitted_rows:
+            self._fitted_rows, self._split_by_user = rows, False
+        total = sum(self.splitter.sizes())
+        if self._split_by_user or total <= 0 or not self.curve_area.isVisible():
+            return
+        plot = max(self.plot_widget.minimumHeight(), int(total * PLOT_SHARE))
+        grid = max(self.grid.minimumHeight(), min(self.grid.rows_height(), total - plot))
+        if self.splitter.sizes()[1] != grid:
+            self.splitter.setSizes([total - grid, grid])
 
     def _show_sections(self) -> None:
         """The curves when the method has any, its settings when it has any, else a note why not."""
@@ -304,6 +355,7 @@ class TCurveEditor(QWidget):
             self.summary.setText(f"This recipe sets no {target.name} here, so {uses}. Add a rule to shape it.")
         self._fill_rule_list(rules)
         self._restyle()
+        self._fit_split()
 
     def _pooled(self, pool: list, index: int):
         """Item ``index`` of a pool, made visible; items are made once and reused, since
@@ -411,10 +463,10 @@ class TCurveEditor(QWidget):
             item.setZValue(6 if chosen else 2)
             same = next((rule_label(rules[k]) for k in self.curve_items if k < r and
                          _same_curve(self._curve_values[k], self._curve_values[r])), None)
-            text = html.escape(f"{rule_label(rules[r]).split(' (')[0]}: {_value_summary(rules[r])}" +
-                               (f" (under {same})" if same else ""))
+            text = _unbreakable(f"{rule_label(rules[r]).split(' (')[0]}: {_value_summary(rules[r])}" +
+                                (f" (under {same})" if same else ""))
             mark = LEGEND_MARKS[r % len(LEGEND_MARKS)] if planned else "—"
-            entries.append(f"<span style='color:{colour}'>{mark}</span> " + (f"<b>{text}</b>" if chosen else text))
+            entries.append(f"<span style='color:{colour}'>{mark}</span>&nbsp;" + (f"<b>{text}</b>" if chosen else text))
         self.legend.setText(" &nbsp; ".join(entries))
         self.legend.setVisible(len(entries) > 1)
         self._show_selected_point()
@@ -730,6 +782,11 @@ def _value_summary(rule: FilterRule) -> str:
     if len(values) <= 3:
         return " → ".join(f"{v:g}" for v in values)
     return f"{values[0]:g} … {values[-1]:g} ({len(values)} points)"
+
+
+def _unbreakable(text: str) -> str:
+    """``text`` as HTML a wrapping label does not break inside: the legend wraps between its entries only."""
+    return html.escape(text).replace(" ", "&nbsp;").replace("-", "-\u2060").replace("/", "/\u2060")
 
 
 def _same_curve(a: list[float], b: list[float]) -> bool:

@@ -152,6 +152,18 @@ class CurveGrid(QWidget):
             if 0 <= current < rules_count:
                 self.table.setCurrentCell(current, max(0, self.table.currentColumn()))
 
+    def rows_height(self) -> int:
+        """The height that shows every row: the header, the rows, the horizontal scroll bar when the
+        layers overflow the width, and the message under the table when there is one."""
+        table, header = self.table, self.table.horizontalHeader()
+        frame = 2 * table.frameWidth()
+        height = frame + header.sizeHint().height() + table.verticalHeader().length()
+        if table.verticalHeader().sizeHint().width() + header.length() + frame > table.width():
+            height += table.horizontalScrollBar().sizeHint().height()
+        if not self.message.isHidden():
+            height += self.layout().spacing() + self.message.heightForWidth(max(1, self.width()))
+        return height
+
     def clear_rows(self) -> None:
         self._context = None
         self.rows = ()

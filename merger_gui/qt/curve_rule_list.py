@@ -5,7 +5,7 @@ It shows rules and asks for edits by signals; the editor turns each request into
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPoint, QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QPoint, QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QMenu, QPushButton, QStyle, QToolButton, QVBoxLayout, QWidget,
@@ -13,6 +13,9 @@ from PySide6.QtWidgets import (
 
 from merger_gui.core import parameter_edits as edits
 from merger_gui.core.recipe import FilterRule
+
+
+RULES_MIN_H, RULES_MAX_H = 60, 120  # the list is as tall as its rows between these
 
 
 def rule_label(rule: FilterRule) -> str:
@@ -46,8 +49,9 @@ class RuleList(QWidget):
         self.list.customContextMenuRequested.connect(self._context_menu)
         self.list.itemChanged.connect(self._item_renamed)
         self.list.currentRowChanged.connect(self._row_changed)
-        self.list.setMaximumHeight(120)
-        self.list.setMinimumHeight(60)
+        self.list.setIconSize(QSize(14, 14))  # a warning icon keeps its row as tall as the others
+        self.list.setMinimumHeight(RULES_MIN_H)
+        self.list.setMaximumHeight(RULES_MAX_H)
 
         self.add_button = QPushButton("Add rule…")
         self.add_button.clicked.connect(self.add_requested)
@@ -108,6 +112,8 @@ class RuleList(QWidget):
                 self.list.addItem(item)
             if rules:
                 self.list.setCurrentRow(min(max(row, 0), len(rules) - 1))
+        rows = sum(self.list.sizeHintForRow(r) for r in range(self.list.count()))
+        self.list.setMaximumHeight(max(RULES_MIN_H, min(RULES_MAX_H, rows + 2 * self.list.frameWidth())))
         self._can_add = can_add
         self._update_buttons()
 
