@@ -27,6 +27,7 @@ pytest.importorskip("mergekit")
 pytest.importorskip("transformers")
 
 from merger_gui.core.moe_recipe import dump_moe  # noqa: E402
+from merger_gui.engine.events import GateProgress  # noqa: E402
 from merger_gui.engine.moe import run_moe  # noqa: E402
 from merger_gui.engine.run import MergeCancelled, MergeOptions  # noqa: E402
 from model_folder import folder_config, folder_weights  # noqa: E402
@@ -154,7 +155,8 @@ def _recipe_and_donors(root: Path, name: str):
 def test_cli_merge_builds_the_cheap_embed_moe_exactly_like_mergekit_moe(workspace, tmp_path, capsys):
     out = tmp_path / "ours"
     assert main(["merge", str(workspace / "cheap.yml"), str(out)]) == 0
-    assert "merged 39 tensors" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "merged 39 tensors" in printed.out and "moe: routers computed from 4 prompt batches" in printed.err
     assert_same_model(out, workspace / "mergekit" / "cheap", CONFIG_KEYS)
     gate_up = folder_weights(out)["model.layers.1.mlp.experts.gate_up_proj"]
     assert gate_up.shape == (3, 2 * MISTRAL.intermediate_size, MISTRAL.hidden_size)
@@ -341,6 +343,25 @@ def test_cancel_and_existing_output_leave_nothing_behind(workspace, tmp_path):
         list(run_moe(recipe, donors, tmp_path / "out"))
     with pytest.raises(UserError, match="notes.txt"):
         list(run_moe(recipe, donors, tmp_path / "out", MergeOptions(overwrite=True)))
+
+
+def test_hidden_gates_report_each_prompt_batch_and_stop_between_them(recipes, tmp_path):
+    recipe, donors = _recipe_and_donors(recipes, "hidden")  # expert 1: positive; expert 2: positive, negative
+    events = list(run_moe(recipe, donors, tmp_path / "out"))
+    gates = [(e.done, e.total, e.expert, e.model) for e in events if isinstance(e, GateProgress)]
+    l0, l1 = recipe.base_model, recipe.experts[0].source_model
+    assert gates == [(0, 3, "expert 1", l1), (1, 3, "expert 1", l1), (2, 3, "expert 2", l0), (3, 3, "expert 2", l0)]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:6] == ["StageStarted", *["GateProgress"] * 4, "TensorProgress"]
+
+    cancel, seen = threading.Event(), []
+    with pytest.raises(MergeCancelled):
+        for event in run_moe(recipe, donors, tmp_path / "cancelled", cancel=cancel):
+            if isinstance(event, GateProgress):
+                seen.append(event.done)
+                if event.done == 2:
+                    cancel.set()  # before the last forward pass
+    assert seen == [0, 1, 2] and list(tmp_path.iterdir()) == [tmp_path / "out"]
 
 
 def test_a_merge_recipe_reader_says_what_an_moe_recipe_is(recipes):

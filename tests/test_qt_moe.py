@@ -273,3 +273,144 @@ def test_a_profile_donor_blocks_the_merge(qtbot, moe_file):
     assert not panel.merge_box.merge_button.isEnabled() and not panel.merge_box.start_merge()
     assert "fix the problems listed above" in panel.merge_box.blocker_label.text()  # shapes differ from the base
     assert "no local weights for " + folders["b"] in panel.merge_box.blocker_label.text()
+
+
+def _window(qtbot, tmp_path) -> MainWindow:
+    window = MainWindow(Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)))
+    qtbot.addWidget(window)
+    return window
+
+
+def _type_prompts(box, positive: str, negative: str = "") -> None:
+    box.positive.setPlainText(positive)
+    box.negative.setPlainText(negative)
+    box.negative.editingFinished.emit()
+
+
+def _add_from_menu(cards, name: str) -> None:
+    cards.add_menu.aboutToShow.emit()
+    next(a for a in cards.add_menu.actions() if a.text() == name).trigger()
+
+
+def _new_moe_from_two_donors(qtbot, tmp_path, make_donor) -> tuple[MainWindow, list[str]]:
+    """The designer knows two donors (named a and b, by folder); File › New MoE recipe starts from them."""
+    window = _window(qtbot, tmp_path)
+    refs = [str(make_donor(name, DonorShape(family="mistral"), seed=i)) for i, name in enumerate("ab")]
+    for name, ref in zip("ab", refs):
+        window.registry.set_donor(name, ref, inspect_folder(ref))
+    assert window.files.new_moe.text() == "New &MoE recipe"
+    window.files.new_moe.trigger()
+    return window, refs
+
+
+def test_a_new_moe_from_two_donors_is_authored_with_undo_and_saved_as(qtbot, tmp_path, make_donor, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from merger_gui.core.moe_edits import new_moe
+
+    window, (a, b) = _new_moe_from_two_donors(qtbot, tmp_path, make_donor)
+    panel = window.moe_panel
+    assert window.pages.currentIndex() == 2 and panel.recipe == new_moe([a, b]) and panel.path is None
+    assert "expert 1 has no positive_prompts (gate_mode hidden needs them)" in panel.problems.text()
+    assert panel.settings_bar.base_combo.currentText() == a and not panel.merge_box.merge_button.isEnabled()
+    _type_prompts(panel.experts[0], "story")
+    _type_prompts(panel.experts[1], "code\npython", "poem")
+    assert not panel.problems.isVisibleTo(panel) and panel.undo_stack.count() == 2
+
+    _add_from_menu(panel.expert_cards, b)  # a third expert, from b again
+    assert [e.source_model for e in panel.recipe.experts] == [a, b, b] and len(panel.experts) == 3
+    _type_prompts(panel.experts[2], "math")
+    panel.experts[2].move_left.click()
+    assert [e.positive_prompts for e in panel.recipe.experts] == [("story",), ("math",), ("code", "python")]
+    assert panel.experts[1].positive.prompts() == ("math",) and not panel.experts[0].move_left.isEnabled()
+    panel.experts[0].remove.click()
+    assert [e.positive_prompts for e in panel.recipe.experts] == [("math",), ("code", "python")]
+    assert len(panel.experts) == 2 and panel.experts[0].title() == "Expert 1"
+    window.undo_action.trigger()  # the remove
+    window.undo_action.trigger()  # the move
+    assert [e.positive_prompts for e in panel.recipe.experts] == [("story",), ("code", "python"), ("math",)]
+    assert panel.experts[2].positive.prompts() == ("math",)
+    window.redo_action.trigger()
+
+    box = panel.estimate_box
+    active = box.estimate.active_params
+    panel.settings_bar.per_token_spin.setValue(1)
+    assert box.estimate.active_params < active and "1 of 3 experts per token" in panel.summary.text()
+    gate = panel.settings_bar.gate_combo
+    _type_prompts(panel.experts[0], "")  # the moved math expert loses its prompts
+    assert "expert 1 has no positive_prompts (gate_mode hidden needs them)" in panel.problems.text()
+    gate.setCurrentText("random")
+    gate.activated.emit(gate.currentIndex())
+    assert panel.recipe.gate_mode == "random" and not panel.problems.isVisibleTo(panel)
+    assert "prompts are not read" in panel.settings_bar.gate_help.text()
+    assert box.estimate == estimate_moe(panel.recipe, inspect_folder(a), box.options())
+    window.undo_action.trigger()
+    assert gate.currentText() == "hidden" and panel.problems.isVisibleTo(panel)
+    _type_prompts(panel.experts[0], "math")
+
+    path = tmp_path / "authored"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args: (str(path), ""))
+    window.files.save.trigger()  # a new recipe has no file yet: Save asks where, like Save As
+    saved = tmp_path / "authored.yaml"
+    assert load_moe_text(saved.read_text()) == panel.recipe and panel.path == saved
+    assert not window.isWindowModified() and window.windowTitle().startswith("authored.yaml")
+    window.close()
+    assert window.inspector.wait(5000)
+
+
+def test_an_empty_moe_from_the_start_page_gets_its_base_with_its_first_expert(qtbot, tmp_path, make_donor,
+                                                                             monkeypatch):
+    from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+    window = _window(qtbot, tmp_path)
+    window.welcome.new_moe_button.click()
+    panel = window.moe_panel
+    assert window.pages.currentIndex() == 2 and panel.recipe.experts == () and not panel.recipe.base_model
+    assert "choose a base model" in panel.problems.text() and "No experts yet" in panel.expert_cards.empty_label.text()
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *args: warned.append(args[2]))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args: (str(tmp_path / "empty.yaml"), ""))
+    assert not window.files.save_as.trigger() and "add an expert first" in warned[0]
+    assert not (tmp_path / "empty.yaml").exists()
+
+    folder = str(make_donor("a", DonorShape(family="mistral")))
+    panel.expert_cards.donor_requested.emit(folder)  # "Local folder…" in the add menu
+    assert panel.recipe.base_model == folder and panel.recipe.experts[0].source_model == folder
+    assert panel.undo_stack.count() == 1 and "active per token" in panel.estimate_box.figure("params")
+    panel.shared_cards.donor_requested.emit("profile:no-such-profile")
+    assert "no-such-profile" in warned[1] and panel.recipe.shared_experts == ()
+    _add_from_menu(panel.shared_cards, folder)
+    assert panel.recipe.shared_experts[0].source_model == folder and len(panel.shared_cards.boxes) == 1
+    assert "Qwen MoE" in panel.problems.text()  # mergekit-moe needs the shared expert's prompts
+    window.undo_action.trigger()
+    window.undo_action.trigger()
+    assert panel.recipe.experts == () and not panel.recipe.base_model
+    window.close()
+
+
+def test_a_recipe_built_in_the_app_merges_and_the_gate_bar_reaches_its_end(qtbot, tmp_path, make_donor):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from merger_gui.engine.events import GateProgress
+
+    window, (a, b) = _new_moe_from_two_donors(qtbot, tmp_path, make_donor)
+    panel = window.moe_panel
+    _type_prompts(panel.experts[0], "story")
+    _type_prompts(panel.experts[1], "code\npython", "poem")
+    gate = panel.settings_bar.gate_combo
+    gate.setCurrentText("cheap_embed")
+    gate.activated.emit(gate.currentIndex())
+    merge = panel.merge_box
+    merge.folder_edit.setText(str(tmp_path / "built"))
+    bars = []
+    merge.runner.progress.connect(lambda e: isinstance(e, GateProgress) and bars.append(
+        (merge.progress_bar.value(), merge.progress_bar.maximum(), merge.status_label.text())))
+    with qtbot.waitSignal(merge.runner.finished, timeout=60000):
+        assert merge.start_merge()
+    assert [bar[:2] for bar in bars] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert bars[-1][2] == f"Computing the routers: 3 of 3 prompt batches read (expert 2: {b})"
+    config = json.loads((tmp_path / "built" / "config.json").read_text())
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["num_local_experts"] == 2
+    assert "The MoE is in" in merge.status_label.text()
+    window.terminate()  # unsaved: close without asking
+    assert merge.runner.last_thread.isFinished()

@@ -167,6 +167,7 @@ class ProgressDisplay:
         from merger_gui.engine.run import (
             DownloadProgress, MergeDone, MergeWarning, StageFinished, StageStarted, TensorProgress,
         )
+        from merger_gui.engine.events import GateProgress
 
         status = self.status
         if isinstance(event, MergeWarning):
@@ -178,6 +179,11 @@ class ProgressDisplay:
         elif isinstance(event, TensorProgress):
             status.bar(event.bytes_written, event.total_bytes,
                        f"{event.overall_index}/{event.overall_count} tensors · {self.stage}", event.eta)
+        elif isinstance(event, GateProgress):  # an MoE's routers: the base model reads the experts' prompts
+            if status.live:
+                status.bar(event.done, event.total, f"routers: {event.expert} ({event.model}) · {self.stage}", None)
+            elif event.done == event.total:
+                status.line(f"{self.stage}: routers computed from {event.total} prompt batches")
         elif isinstance(event, DownloadProgress):
             if status.live:
                 status.bar(event.downloaded, event.total, f"downloading {event.model}/{event.file} · {self.stage}",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,15 @@ def _optional_text(value: Any, key: str) -> str | None:
 
 
 def dump_moe(recipe: MoeRecipe) -> str:
-    """mergekit-moe YAML for ``recipe`` (keys in mergekit's order; defaults written out)."""
+    """mergekit-moe YAML for ``recipe`` (keys in mergekit's order; defaults written out).
+
+    Raises:
+        RecipeError: no base model or no expert yet (mergekit-moe reads no such recipe).
+    """
     from .recipe_dump import round_trip_yaml
+
+    if not recipe.base_model or not recipe.experts:
+        raise RecipeError("choose a base model and add an expert first: mergekit-moe reads no recipe without them")
 
     doc: dict[str, Any] = {"base_model": recipe.base_model, "gate_mode": recipe.gate_mode}
     if recipe.dtype:
@@ -253,7 +260,9 @@ def moe_problems(recipe: MoeRecipe, donors: Mapping[str, DonorInfo] | None = Non
 
 
 def _recipe_problems(recipe: MoeRecipe) -> list[str]:
-    problems = []
+    problems = [] if recipe.base_model else ["choose a base model"]
+    if not recipe.experts:  # a recipe being written in the designer
+        return [*problems, "add an expert: mergekit-moe needs at least one"]
     if recipe.experts_per_token < 1:
         problems.append("experts_per_token must be at least 1")
     if len(recipe.experts) < recipe.experts_per_token:
@@ -278,7 +287,7 @@ def _recipe_problems(recipe: MoeRecipe) -> list[str]:
 def _donor_problems(recipe: MoeRecipe, donors: Mapping[str, DonorInfo]) -> list[str]:
     base = donors.get(recipe.base_model)
     if base is None:
-        return [f"base model {recipe.base_model} is not resolved"]
+        return [f"base model {recipe.base_model} is not resolved"] if recipe.base_model else []
     try:
         output_architecture(recipe, base.model_type)
     except RecipeError as error:
@@ -324,22 +333,3 @@ def resolve_moe_donors(recipe: MoeRecipe, overrides: Mapping[str, str], base_dir
         except DonorError as exc:
             errors[name] = str(exc)
     return donors, errors
-
-
-def set_expert_prompts(recipe: MoeRecipe, index: int, positive: tuple[str, ...],
-                       negative: tuple[str, ...]) -> MoeRecipe:
-    """``recipe`` with expert ``index``'s positive and negative prompts replaced (blank ones dropped)."""
-    expert = replace(recipe.experts[index], positive_prompts=tuple(p for p in positive if p.strip()),
-                     negative_prompts=tuple(p for p in negative if p.strip()))
-    return _with_expert(recipe, index, expert)
-
-
-def set_expert_source(recipe: MoeRecipe, index: int, source_model: str) -> MoeRecipe:
-    """``recipe`` with expert ``index`` taken from donor ``source_model``."""
-    return _with_expert(recipe, index, replace(recipe.experts[index], source_model=source_model))
-
-
-def _with_expert(recipe: MoeRecipe, index: int, expert: MoeExpert) -> MoeRecipe:
-    experts = list(recipe.experts)
-    experts[index] = expert
-    return replace(recipe, experts=tuple(experts))

@@ -64,4 +64,15 @@ class MergeDone:
     seconds: float
 
 
-MergeEvent = StageStarted | TensorProgress | DownloadProgress | MergeWarning | StageFinished | MergeDone
+@dataclass(frozen=True)
+class GateProgress:
+    """The routers of an MoE: ``done`` of ``total`` prompt batches read (each expert's positive,
+    then its negative prompts); ``done`` 0 once the base model is loaded, before the first."""
+
+    done: int
+    total: int
+    expert: str  # "expert 2", "shared expert 1": the batch just read (the next one at 0)
+    model: str  # that expert's donor
+
+
+MergeEvent = StageStarted | TensorProgress | DownloadProgress | MergeWarning | StageFinished | MergeDone | GateProgress

@@ -38,7 +38,7 @@ from merger_gui.core.moe_output import moe_output_config, moe_output_dtype, moe_
 from merger_gui.core.moe_recipe import MoeExpert, MoeRecipe, dump_moe, moe_problems
 from merger_gui.core.output_folders import replace_refusal
 
-from .events import MergeCancelled, MergeDone, MergeEvent, StageFinished, StageStarted, TensorProgress
+from .events import GateProgress, MergeCancelled, MergeDone, MergeEvent, StageFinished, StageStarted, TensorProgress
 from .output import (
     TOKENIZER_FILES, commit_folder, copy_files, partial_folder, release_partial, remove_folder, write_file,
 )
@@ -77,7 +77,7 @@ def run_moe(recipe: MoeRecipe, donors: Mapping[str, DonorInfo], out_dir: str | P
     yield StageStarted(0, 1, "moe", len(layout), False)
     reader = TensorReader(donors)
     try:
-        gates = gate_vectors(recipe, base, reader, options.seed, cancel)
+        gates = yield from gate_vectors(recipe, base, reader, options.seed, cancel)
         folder = partial_folder(out)
         written = yield from _write_folder(folder, recipe, base, layout, reader, gates, options, cancel)
     finally:
@@ -193,17 +193,21 @@ class _Sources:
 
 
 def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed: int | None = 0,
-                 cancel: threading.Event | None = None) -> torch.Tensor:
+                 cancel: threading.Event | None = None) -> Generator[GateProgress, None, torch.Tensor]:
     """Router weights of every layer, (layers, experts + shared experts, hidden), before the cast to
-    the output dtype: the routed experts' rows, then the shared expert's gate (Qwen MoE).
+    the output dtype: the routed experts' rows, then the shared expert's gate (Qwen MoE). Yields a
+    :class:`GateProgress` once the prompts can be read and after each prompt batch (none for the
+    random modes); returns the weights.
 
     Raises:
-        MergeCancelled: ``cancel`` was set before the model load or an expert's prompts.
+        MergeCancelled: ``cancel`` was set before the model load or a prompt batch.
     """
     import torch
 
     _stop_if_cancelled(cancel)
-    gated = (*recipe.experts, *recipe.shared_experts)  # Qwen MoE gates its one shared expert
+    # Qwen MoE gates its one shared expert
+    gated = [(f"expert {i + 1}", e) for i, e in enumerate(recipe.experts)] + \
+        [(f"shared expert {i + 1}", e) for i, e in enumerate(recipe.shared_experts)]
     shape = (base.num_layers, len(gated), base.hidden_size)
     if recipe.gate_mode in ("random", "uniform_random"):
         generator = torch.Generator().manual_seed(seed or 0)
@@ -221,14 +225,20 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
         model = _load_base_model(base)
 
         def states(prompts: Sequence[str]) -> torch.Tensor:
-            _stop_if_cancelled(cancel)  # between forward passes, which may take long on a large base
             return _hidden_states(model, _tokenize(tokenizer, prompts), recipe.gate_mode == "hidden_avg")
 
+    total = sum(1 + bool(expert.negative_prompts) for _, expert in gated)
+    done = 0
+    yield GateProgress(done, total, gated[0][0], gated[0][1].source_model)
     vectors = []
-    for expert in gated:
-        vector = states(expert.positive_prompts)
-        if expert.negative_prompts:
-            vector = vector - states(expert.negative_prompts)
+    for label, expert in gated:
+        batches = (expert.positive_prompts, expert.negative_prompts) if expert.negative_prompts else \
+            (expert.positive_prompts,)
+        for negative, prompts in enumerate(batches):
+            _stop_if_cancelled(cancel)  # between forward passes, which may take long on a large base
+            vector = vector - states(prompts) if negative else states(prompts)
+            done += 1
+            yield GateProgress(done, total, label, expert.source_model)
         vectors.append(vector / vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8))
     return torch.stack(vectors).permute(1, 0, 2)
 

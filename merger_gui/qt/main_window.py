@@ -192,6 +192,7 @@ class MainWindow(QMainWindow):
 
         menu = self.menuBar().addMenu("&File")
         menu.addAction(files.new)
+        menu.addAction(files.new_moe)
         examples = menu.addMenu("New from &Example")
         for seed in seed_recipes():
             examples.addAction(seed.title, partial(self.welcome.open_seed, seed))
@@ -255,6 +256,8 @@ class MainWindow(QMainWindow):
         self.inspector.busy_changed.connect(self._update_summary)
         self.files.opened.connect(self._on_opened)
         self.files.moe_opened.connect(self._show_moe)
+        self.files.moe_started.connect(self.show_moe_page)
+        self.registry.changed.connect(self._offer_donors_to_moe)
         self.moe_panel.save_requested.connect(self.files.save_recipe)
         self.moe_panel.undo_stack.cleanChanged.connect(self._update_title)
         self.welcome.back.connect(self.show_designer)
@@ -262,6 +265,7 @@ class MainWindow(QMainWindow):
         self.welcome.open_file.connect(self.files.open_path)
         self.welcome.open_dialog.connect(self.files.open_dialog)
         self.welcome.new_recipe.connect(self.files.new_recipe)
+        self.welcome.new_moe.connect(self.files.new_moe_recipe)
         self.welcome.demo_opened.connect(self._show_merge_tab)
 
     # ---- reactions ------------------------------------------------------------------------
@@ -276,6 +280,10 @@ class MainWindow(QMainWindow):
         donors, errors = resolve_moe_donors(recipe, {}, path.parent)  # the panel names what is missing
         self.moe_panel.load(recipe, donors, path, errors)
         self.show_moe_page()
+
+    def _offer_donors_to_moe(self) -> None:
+        """The designer's donors, by their reference, are bases and experts the MoE page offers too."""
+        self.moe_panel.offer_donors({self.registry.refs.get(n, n): d for n, d in self.registry.donors.items()})
 
     def _start_demo(self) -> None:
         """The demo merge, from the menu: the start page shows its progress."""

@@ -1,9 +1,10 @@
 """Build the MoE from its page: output folder, Merge / Cancel, progress, on a worker thread.
 
 The job drives :func:`merger_gui.engine.moe.run_moe` (imported on the worker: it imports torch)
-through the generic :class:`~.job_runner.JobRunner`. With ``gate_mode: hidden`` the engine
-first runs the base model over each expert's prompts; the bar is busy then, and a cancel stops
-before the next forward pass.
+through the generic :class:`~.job_runner.JobRunner`. With a prompt-reading gate mode the engine
+first computes the routers: the bar is busy while the base model loads, then counts the prompt
+batches read (:class:`GateProgress`), then the tensors written; a cancel stops before the next
+forward pass or tensor.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from merger_gui.core.donor import DonorInfo
 from merger_gui.core.moe_recipe import MoeRecipe, moe_problems
 from merger_gui.core.output_folders import replace_refusal
 from merger_gui.core.units import format_duration, format_size
-from merger_gui.engine.events import MergeCancelled, MergeDone, StageStarted, TensorProgress
+from merger_gui.engine.events import GateProgress, MergeCancelled, MergeDone, StageStarted, TensorProgress
 
 from .job_runner import JobRunner
 from .merge_panel import ERROR_STYLE, OK_STYLE
@@ -184,6 +185,11 @@ class MoeMergeBox(QGroupBox):
             if step:
                 self.progress_bar.setRange(0, 0)  # busy: no step count until the tensors
                 self.status_label.setText(step)
+        elif isinstance(event, GateProgress):
+            self.progress_bar.setRange(0, event.total)
+            self.progress_bar.setValue(event.done)
+            self.status_label.setText(f"Computing the routers: {event.done} of {event.total} prompt batches read "
+                                      f"({event.expert}: {event.model})")
         elif isinstance(event, TensorProgress):
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(1000 * event.overall_index / max(1, event.overall_count)))

@@ -1,55 +1,37 @@
-"""A mergekit-moe recipe in the designer: base, gate mode, experts and their prompts, estimate and merge.
+"""A mergekit-moe recipe in the designer: written from scratch or opened, estimated and merged.
 
 The panel keeps its own :class:`MoeRecipe` and undo stack (the merge recipe's document holds
-stages, not experts); each donor pick or prompt edit is one pure edit and one undo step. Saving
-edits the loaded text in place (:func:`edit_moe_text`), so the file's comments survive.
+stages, not experts); each change (base, gate mode, an expert added, moved, removed, a donor
+pick, a prompt edit) is one pure edit of :mod:`merger_gui.core.moe_edits` and one undo step.
+Saving edits the loaded text in place (:func:`edit_moe_text`), so the file's comments survive.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Signal
-from PySide6.QtGui import QCloseEvent, QFocusEvent, QResizeEvent, QUndoCommand, QUndoStack
-from PySide6.QtWidgets import (
-    QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget,
-)
+from PySide6.QtGui import QCloseEvent, QUndoCommand, QUndoStack
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from merger_gui.core.donor import DonorInfo
-from merger_gui.core.errors import RecipeError
-from merger_gui.core.moe_recipe import (
-    MoeRecipe, moe_problems, output_architecture, set_expert_prompts, set_expert_source,
-)
+from merger_gui.core.errors import DonorError, RecipeError
+from merger_gui.core.moe_recipe import MoeRecipe, moe_problems, output_architecture
 from merger_gui.core.moe_roundtrip import edit_moe_text
+from merger_gui.core.resolve import resolve_donor
 
-from .eliding_combo import ElidingComboBox
 from .merge_panel import NOTE_STYLE
 from .moe_estimate import MoeEstimateBox
+from .moe_experts import ExpertBox, ExpertCards
 from .moe_merge import MoeMergeBox
+from .moe_settings import MoeSettingsBar
 
-EXPERT_MIN_WIDTH = 300  # an expert's card; as many columns as fit, at most MAX_COLUMNS
-MAX_COLUMNS = 4
-PROMPT_HEIGHT = 60  # three lines
-
-
-class PromptEdit(QPlainTextEdit):
-    """Prompts, one a line; ``editingFinished`` when focus leaves (one undo step per edit, not per key)."""
-
-    editingFinished = Signal()
-
-    def focusOutEvent(self, event: QFocusEvent) -> None:
-        super().focusOutEvent(event)
-        self.editingFinished.emit()
-
-    def prompts(self) -> tuple[str, ...]:
-        return tuple(self.toPlainText().splitlines())
-
-    def show_prompts(self, prompts: tuple[str, ...]) -> None:
-        if self.prompts() != prompts:  # no echo while the user types
-            self.setPlainText("\n".join(prompts))
+NO_EXPERTS = "No experts yet: add one from your donors (each expert is a dense model's MLPs)."
+NO_SHARED = ("None: Mixtral output. One shared expert (always active, gated by its prompts) makes a "
+             "Qwen MoE output.")
 
 
 class _MoeCommand(QUndoCommand):
@@ -64,28 +46,6 @@ class _MoeCommand(QUndoCommand):
         self._panel._set_recipe(self._before)
 
 
-class ExpertBox(QGroupBox):
-    """One expert's card: its donor, then its positive and negative prompts."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(f"Expert {index + 1}")
-        self.donor = ElidingComboBox(12)
-        self.donor.setToolTip("The dense donor whose MLPs become this expert in every layer")
-        self.positive = PromptEdit()
-        self.negative = PromptEdit()
-        layout = QVBoxLayout(self)
-        layout.setSpacing(3)
-        layout.addWidget(self.donor)
-        for edit, title, tip in ((self.positive, "Positive prompts", "route tokens like these here"),
-                                 (self.negative, "Negative prompts", "route tokens like these elsewhere")):
-            edit.setPlaceholderText("one a line")
-            edit.setToolTip(f"{title}, one a line: {tip}")
-            edit.setFixedHeight(PROMPT_HEIGHT)
-            layout.addWidget(QLabel(title))
-            layout.addWidget(edit)
-        self.setMinimumWidth(EXPERT_MIN_WIDTH - 40)
-
-
 class MoePanel(QWidget):
     """The MoE recipe's editor; ``recipe_changed`` after every edit, undo and redo."""
 
@@ -96,7 +56,7 @@ class MoePanel(QWidget):
         super().__init__(parent)
         self.undo_stack = QUndoStack(self)
         self._recipe: MoeRecipe | None = None
-        self._donors: Mapping[str, DonorInfo] = {}
+        self._donors: dict[str, DonorInfo] = {}
         self._errors: Mapping[str, str] = {}
         self._text: str | None = None  # the file as loaded or last saved, edited in place on save
         self.path: Path | None = None
@@ -109,20 +69,28 @@ class MoePanel(QWidget):
         self.save_button = QPushButton("Save MoE recipe")
         self.save_button.clicked.connect(self.save_requested)
         self.undo_stack.cleanChanged.connect(self._show_title)
-        self.experts: list[ExpertBox] = []
-        self._experts_grid = QGridLayout()
-        self._columns = 0
+        self.settings_bar = MoeSettingsBar()
+        self.expert_cards = ExpertCards(shared=False)
+        self.shared_cards = ExpertCards(shared=True)
         self.estimate_box = MoeEstimateBox()
         self.merge_box = MoeMergeBox()
+        self.settings_bar.edit_requested.connect(self.apply)
+        for cards in (self.expert_cards, self.shared_cards):
+            cards.edit_requested.connect(self._apply_to_experts)
+            cards.donor_requested.connect(lambda ref, c=cards: self._add_donor(c, ref))
 
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
         top.addWidget(self.save_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addWidget(self.settings_bar)
         layout.addWidget(self.summary)
         layout.addWidget(self.problems)
-        layout.addLayout(self._experts_grid)
+        layout.addWidget(_heading("Experts"))
+        layout.addWidget(self.expert_cards)
+        layout.addWidget(_heading("Shared experts <span style='color: gray'>(Qwen MoE)</span>"))
+        layout.addWidget(self.shared_cards)
         layout.addWidget(self.estimate_box)
         layout.addWidget(self.merge_box)
         layout.addStretch(1)
@@ -132,6 +100,11 @@ class MoePanel(QWidget):
         return self._recipe
 
     @property
+    def experts(self) -> list[ExpertBox]:
+        """The routed experts' cards, in the recipe's order."""
+        return self.expert_cards.boxes
+
+    @property
     def is_modified(self) -> bool:
         """Edits not saved yet."""
         return self._recipe is not None and not self.undo_stack.isClean()
@@ -139,17 +112,21 @@ class MoePanel(QWidget):
     def load(self, recipe: MoeRecipe, donors: Mapping[str, DonorInfo], path: Path | None = None,
              errors: Mapping[str, str] | None = None) -> None:
         """Show ``recipe`` (its donors resolved by name, as far as they are; ``errors`` says why
-        the others are not) and keep ``path``'s text for saving; clears the undo history."""
-        self._donors, self._errors, self.path = donors, errors or {}, path
+        the others are not) and keep ``path``'s text for saving (None: a new recipe, saved as
+        fresh YAML); clears the undo history."""
+        self._donors, self._errors, self.path = dict(donors), errors or {}, path
         self._text = _read_text(path)
         self.undo_stack.clear()
-        for box in self.experts:
-            box.deleteLater()
-        self.experts = [self._expert_box(i) for i in range(len(recipe.experts))]
-        self._columns = 0
-        self._arrange_experts()
         self._set_recipe(recipe)
         self._show_title()
+
+    def offer_donors(self, donors: Mapping[str, DonorInfo]) -> None:
+        """Offer ``donors`` (the designer's) as bases and experts too; the recipe's own stay as resolved."""
+        new = {name: info for name, info in donors.items() if name not in self._donors}
+        if new:
+            self._donors.update(new)
+            if self._recipe is not None:
+                self._set_recipe(self._recipe)
 
     def apply(self, edit: Callable[[MoeRecipe], MoeRecipe], text: str) -> None:
         """Apply a pure edit of the MoE recipe as one undo step (none when it changes nothing)."""
@@ -158,53 +135,51 @@ class MoePanel(QWidget):
         if after != self._recipe:
             self.undo_stack.push(_MoeCommand(self, self._recipe, after, text))
 
+    def commit_prompts(self) -> None:
+        """Prompts typed but not yet committed (the focus still in their box) become their edit."""
+        self.expert_cards.commit_prompts()
+        self.shared_cards.commit_prompts()
+
     def save(self, path: Path) -> None:
-        """Write the recipe as mergekit-moe YAML, the loaded file's comments and order kept, and mark it saved."""
+        """Write the recipe as mergekit-moe YAML, the loaded file's comments and order kept, and mark it saved.
+
+        Raises:
+            RecipeError: no base model or no expert yet.
+            OSError: the file cannot be written.
+        """
         assert self._recipe is not None
+        self.commit_prompts()
         text = edit_moe_text(self._recipe, self._text if path == self.path else None)
         temp = path.with_name(f".{path.name}.partial")
         temp.write_text(text, encoding="utf-8")
         os.replace(temp, path)  # never half a recipe
         self.path, self._text = path, text
         self.undo_stack.setClean()
+        self._set_recipe(self._recipe)  # the merge box proposes a folder beside the file now
         self._show_title()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.merge_box.runner.shutdown()  # cancels a running merge and waits for its thread
         super().closeEvent(event)
 
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        self._arrange_experts()
+    def _apply_to_experts(self, edit: Callable[[MoeRecipe], MoeRecipe], text: str) -> None:
+        """An expert edit; a recipe without a base takes its first expert's donor as the base."""
+        def with_base(recipe: MoeRecipe) -> MoeRecipe:
+            after = edit(recipe)
+            return after if after.base_model or not after.experts else \
+                replace(after, base_model=after.experts[0].source_model)
 
-    def _arrange_experts(self) -> None:
-        """Expert cards side by side, as many columns as the width allows."""
-        columns = max(1, min(MAX_COLUMNS, len(self.experts), self.width() // EXPERT_MIN_WIDTH))
-        if columns == self._columns:
-            return
-        self._columns = columns
-        while self._experts_grid.count():
-            self._experts_grid.takeAt(0)
-        for index, box in enumerate(self.experts):
-            self._experts_grid.addWidget(box, index // columns, index % columns)
-        for column in range(MAX_COLUMNS):
-            self._experts_grid.setColumnStretch(column, 1 if column < columns else 0)
+        self.apply(with_base, text)
 
-    def _expert_box(self, index: int) -> ExpertBox:
-        box = ExpertBox(index)
-        box.donor.activated.connect(partial(self._pick_donor, index))
-        box.positive.editingFinished.connect(partial(self._edit_prompts, index))
-        box.negative.editingFinished.connect(partial(self._edit_prompts, index))
-        return box
-
-    def _pick_donor(self, index: int, _row: int) -> None:
-        name = self.experts[index].donor.currentText()
-        self.apply(lambda r: set_expert_source(r, index, name), f"Expert {index + 1} from {name}")
-
-    def _edit_prompts(self, index: int) -> None:
-        box = self.experts[index]
-        self.apply(lambda r: set_expert_prompts(r, index, box.positive.prompts(), box.negative.prompts()),
-                   f"Prompts of expert {index + 1}")
+    def _add_donor(self, cards: ExpertCards, ref: str) -> None:
+        """Inspect a folder or profile the user chose for a new expert, then add the expert."""
+        if ref not in self._donors:
+            try:
+                self._donors[ref] = resolve_donor(ref)
+            except DonorError as exc:
+                QMessageBox.warning(self, "Cannot add the expert", str(exc))
+                return
+        cards.add(ref)
 
     def _show_title(self, *_: object) -> None:
         name = self.path.name if self.path else "untitled"
@@ -213,23 +188,16 @@ class MoePanel(QWidget):
 
     def _set_recipe(self, recipe: MoeRecipe) -> None:
         self._recipe = recipe
-        dtype = f", dtype {recipe.dtype}" if recipe.dtype else ""
-        shared = f" + {len(recipe.shared_experts)} shared" if recipe.shared_experts else ""
-        self.summary.setText(f"Base <b>{recipe.base_model}</b> · gate_mode <b>{recipe.gate_mode}</b> · "
-                             f"{recipe.experts_per_token} of {len(recipe.experts)} experts per token{shared}{dtype}"
-                             f" · output <b>{self._output_architecture(recipe)}</b>")
+        shared = f" + {len(recipe.shared_experts)} shared, always active" if recipe.shared_experts else ""
+        self.summary.setText(f"{recipe.experts_per_token} of {len(recipe.experts)} experts per token{shared} · "
+                             f"output <b>{self._output_architecture(recipe)}</b>")
         problems = self._problems(recipe)
         self.problems.setText("\n".join(f"• {p}" for p in problems))
         self.problems.setVisible(bool(problems))
-        names = list(dict.fromkeys([*recipe.referenced_models, *self._donors]))
-        for box, expert in zip(self.experts, recipe.experts):
-            box.donor.blockSignals(True)
-            box.donor.clear()
-            box.donor.addItems(names)
-            box.donor.setCurrentText(expert.source_model)
-            box.donor.blockSignals(False)
-            box.positive.show_prompts(expert.positive_prompts)
-            box.negative.show_prompts(expert.negative_prompts)
+        names = list(dict.fromkeys(n for n in [*recipe.referenced_models, *self._donors] if n))
+        self.settings_bar.show_recipe(recipe, names)
+        self.expert_cards.show_experts(recipe.experts, names, NO_EXPERTS)
+        self.shared_cards.show_experts(recipe.shared_experts, names, NO_SHARED)
         self.estimate_box.show_moe(recipe, self._donors.get(recipe.base_model))
         self.merge_box.show_recipe(recipe, self._donors, self.path)
         self.recipe_changed.emit(recipe)
@@ -248,6 +216,12 @@ class MoePanel(QWidget):
         problems = [p for p in moe_problems(recipe, self._donors) if not any(p.endswith(f"{n} is not resolved")
                                                                              for n in failed)]
         return [self._errors[name] for name in failed] + problems
+
+
+def _heading(text: str) -> QLabel:
+    label = QLabel(f"<b>{text}</b>")
+    label.setObjectName("sectionTitle")
+    return label
 
 
 def _read_text(path: Path | None) -> str | None:

@@ -15,7 +15,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
-from merger_gui.core.errors import UserError
+from merger_gui.core.errors import RecipeError, UserError
+from merger_gui.core.moe_edits import new_moe
 from merger_gui.core.moe_recipe import is_moe_text, load_moe_text
 from merger_gui.core.recipe import Recipe, Stage
 from merger_gui.core.recipe_yaml import load_recipe_text, read_recipe_text, save_recipe
@@ -36,6 +37,7 @@ class RecipeFiles(QObject):
 
     opened = Signal(object)  # Path | None
     moe_opened = Signal(object, object)  # MoeRecipe, Path: shown by the MoE panel, not the document
+    moe_started = Signal()  # a new MoE recipe is on the MoE panel
 
     def __init__(self, window: QWidget, document: RecipeDocument, registry: DonorRegistry,
                  inspector: DonorInspector, yaml_editor: YamlEditor, settings: Settings, moe_panel: MoePanel) -> None:
@@ -45,6 +47,8 @@ class RecipeFiles(QObject):
         self.moe_panel = moe_panel
         self.moe_shown = False  # the window shows the MoE page: Save acts on its recipe
         self.new = self._action("&New", QKeySequence.StandardKey.New, self.new_recipe, "Start an empty recipe")
+        self.new_moe = self._action("New &MoE recipe", QKeySequence(), self.new_moe_recipe,
+                                    "Start a mergekit-moe recipe: your donors as its experts")
         self.open = self._action("&Open…", QKeySequence.StandardKey.Open, self.open_dialog, "Open a recipe file")
         self.save = self._action("&Save", QKeySequence.StandardKey.Save, self.save_recipe,
                                  "Save the recipe (comments of an imported file are kept)")
@@ -101,6 +105,16 @@ class RecipeFiles(QObject):
         self.registry.clear()
         self.document.load(Recipe((Stage("passthrough", slices=()),)))
         self.opened.emit(None)
+        return True
+
+    def new_moe_recipe(self) -> bool:
+        """Start a mergekit-moe recipe on the MoE page from the designer's donors (each an expert, the
+        first the base), named by their reference so that the YAML resolves alike anywhere."""
+        if not self.maybe_save_moe():
+            return False
+        donors = {self.registry.refs.get(name, name): info for name, info in self.registry.donors.items()}
+        self.moe_panel.load(new_moe(list(donors)), donors)
+        self.moe_started.emit()
         return True
 
     def open_dialog(self) -> bool:
@@ -196,7 +210,7 @@ class RecipeFiles(QObject):
             return False
         try:
             self.moe_panel.save(path)
-        except OSError as exc:
+        except (OSError, RecipeError) as exc:
             QMessageBox.warning(self.window, "Cannot save recipe", f"{path}: {exc}")
             return False
         self.settings.add_recent_file(path)

@@ -81,6 +81,7 @@ class WelcomePage(QWidget):
         open_file(Path): a recent recipe was clicked.
         open_dialog(): "Open recipe…" was clicked.
         new_recipe(): "New empty recipe" was clicked.
+        new_moe(): "New MoE recipe" was clicked.
         demo_opened(): the demo recipe was opened (after ``open_recipe``): time to offer Merge.
         back(): "Back to the recipe" was clicked (shown once a recipe is open).
 
@@ -93,6 +94,7 @@ class WelcomePage(QWidget):
     open_file = Signal(object)  # Path
     open_dialog = Signal()
     new_recipe = Signal()
+    new_moe = Signal()
     demo_failed = Signal(str)
     demo_opened = Signal()
     back = Signal()
@@ -137,6 +139,9 @@ class WelcomePage(QWidget):
         self.open_button.clicked.connect(self.open_dialog)
         self.new_button = QPushButton("New empty recipe")
         self.new_button.clicked.connect(self.new_recipe)
+        self.new_moe_button = QPushButton("New MoE recipe")
+        self.new_moe_button.setToolTip("A mixture of experts from dense donors, as mergekit-moe builds it")
+        self.new_moe_button.clicked.connect(self.new_moe)
         self.back_button = QPushButton("Back to the recipe")
         self.back_button.setToolTip("Return to the designer with the open recipe as it is")
         self.back_button.clicked.connect(self.back)
@@ -154,6 +159,7 @@ class WelcomePage(QWidget):
         buttons.setSpacing(6)
         buttons.addWidget(self.open_button)
         buttons.addWidget(self.new_button)
+        buttons.addWidget(self.new_moe_button)
         buttons.addWidget(self.back_button)
         buttons.addStretch(1)
         own.addLayout(buttons, 1, 0)
