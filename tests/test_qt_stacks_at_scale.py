@@ -17,7 +17,9 @@ from merger_gui.qt.donor_registry import DonorRegistry
 from merger_gui.qt.live_plan import LivePlan
 from merger_gui.qt.main_window import MainWindow
 from merger_gui.qt.settings import Settings
-from merger_gui.qt.slice_items import CELL_LABEL_W, LEGIBLE_FONT_PX, header_fonts, label_font, title_lines
+from merger_gui.qt.slice_items import (
+    CELL_LABEL_W, LEGIBLE_FONT_PX, header_fonts, label_font, subtitle_line, title_lines,
+)
 from merger_gui.qt.stack_view import LEGIBLE_CELL_H, ZOOM_STEP, StackView
 
 GOLIATH, LLAMA_70B, LLAMA_13B = "profile:goliath-120b", "profile:llama-3-70b", "profile:llama-2-13b"
@@ -186,4 +188,6 @@ def test_the_stacks_fit_the_width_without_a_scroll_bar_and_ordinary_titles_keep_
         assert view.horizontalScrollBar().maximum() == 0, width
         for column in view.columns.values():
             assert title_lines(column.title, metrics, column.width) == [column.title], (width, column.title)
+        shown = {subtitle_line(c.subtitle, QFontMetrics(header_fonts()[1]), c.width) for c in view.columns.values()}
+        assert len(shown) == 1, shown  # the two 40-layer donors' columns read alike
     assert modes == {True, False}  # both the narrow and the wide columns were laid out

@@ -186,7 +186,7 @@ class TCurveEditor(QWidget):
         curves.addWidget(self.summary)
         curves.addWidget(self.rules_box)
         curves.addWidget(hint)
-        column = QWidget()
+        column = self._column_widget = QWidget()
         layout = QVBoxLayout(column)
         layout.addWidget(self.no_curves_label)
         layout.addWidget(self.curve_area, 1)
@@ -264,7 +264,7 @@ class TCurveEditor(QWidget):
     def minimumSizeHint(self) -> QSize:
         """As wide as the column needs (it scrolls only up and down), as low as the scroll area allows."""
         hint = super().minimumSizeHint()
-        column = self.scroll_area.widget().minimumSizeHint().width()
+        column = self._column_widget.minimumSizeHint().width()
         return QSize(max(hint.width(), column + self.scroll_area.verticalScrollBar().sizeHint().width()),
                      hint.height())
 

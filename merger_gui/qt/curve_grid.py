@@ -104,7 +104,7 @@ class CurveGrid(QWidget):
         self.message.setObjectName("curveGridMessage")
         self.message.setStyleSheet("color: #d0473a")
         self.message.setVisible(False)
-        layout = QVBoxLayout(self)
+        layout = self._layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.message)
@@ -161,7 +161,7 @@ class CurveGrid(QWidget):
         if table.verticalHeader().sizeHint().width() + header.length() + frame > table.width():
             height += table.horizontalScrollBar().sizeHint().height()
         if not self.message.isHidden():
-            height += self.layout().spacing() + self.message.heightForWidth(max(1, self.width()))
+            height += self._layout.spacing() + self.message.heightForWidth(max(1, self.width()))
         return height
 
     def clear_rows(self) -> None:

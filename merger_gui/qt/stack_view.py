@@ -333,10 +333,13 @@ class StackView(QGraphicsView):
         ends = [src.end for s in stage.slices or () for src in s.sources if src.model == name]
         return min(max([1, *ends]), MAX_LAYERS), False  # [0, 1000000000] must not draw a billion cells
 
-    def _subtitle(self, name: str, layers: int, known: bool) -> str:
+    def _subtitle(self, name: str, layers: int, known: bool, compact: bool) -> str:
+        """What is under a column's name; narrow columns leave out the family, so every one reads alike."""
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
+        if info is not None and info.kind == "stage":
+            return f"{layers} layers · stage output"
         if info is not None:
-            return f"{layers} layers · {info.family}" if info.kind != "stage" else f"{layers} layers · stage output"
+            return f"{layers} layers" if compact else f"{layers} layers · {info.family}"
         if any(f.code == "unknown-stage" and f.fix is not None and f.fix.args[0] == name
                for f in self.live_plan.findings):
             return "stage name? — see Problems"  # a misspelt stage, not a donor to map
@@ -475,8 +478,9 @@ class StackView(QGraphicsView):
         x = MARGIN
         for name, ((count, known), lanes, counts, compact) in columns.items():
             info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
-            spec = (self._subtitle(name, count, known), count, known, self.live_plan.donor_color(name).rgba(), lanes,
-                    self.geometry_, theme, self._column_tooltip(name, info), compact)
+            spec = (self._subtitle(name, count, known, compact), count, known,
+                    self.live_plan.donor_color(name).rgba(), lanes, self.geometry_, theme,
+                    self._column_tooltip(name, info), compact)
             column = self.columns.get(name)
             if column is None or self._specs.get(column) != spec:
                 if column is not None:
