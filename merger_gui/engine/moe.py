@@ -232,13 +232,13 @@ def gate_vectors(recipe: MoeRecipe, base: DonorInfo, reader: TensorReader, seed:
     yield GateProgress(done, total, gated[0][0], gated[0][1].source_model)
     vectors = []
     for label, expert in gated:
-        batches = (expert.positive_prompts, expert.negative_prompts) if expert.negative_prompts else \
-            (expert.positive_prompts,)
-        for negative, prompts in enumerate(batches):
+        read = []  # the positive prompts' states, then the negative ones'
+        for prompts in (expert.positive_prompts, expert.negative_prompts)[:1 + bool(expert.negative_prompts)]:
             _stop_if_cancelled(cancel)  # between forward passes, which may take long on a large base
-            vector = vector - states(prompts) if negative else states(prompts)
+            read.append(states(prompts))
             done += 1
             yield GateProgress(done, total, label, expert.source_model)
+        vector = read[0] - read[1] if len(read) > 1 else read[0]
         vectors.append(vector / vector.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8))
     return torch.stack(vectors).permute(1, 0, 2)
 

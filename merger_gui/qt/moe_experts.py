@@ -92,7 +92,7 @@ class ExpertCards(QWidget):
     edit_requested = Signal(object, str)  # a pure edit of the MoeRecipe, its undo text
     donor_requested = Signal(str)  # a folder or profile:NAME to resolve and add as an expert
 
-    def __init__(self, shared: bool, parent: QWidget | None = None) -> None:
+    def __init__(self, shared: bool, title: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.shared = shared
         self.noun = "shared expert" if shared else "expert"
@@ -110,13 +110,16 @@ class ExpertCards(QWidget):
         self.empty_label.setWordWrap(True)
         self._grid = QGridLayout()
         self._grid.setContentsMargins(0, 0, 0, 0)
-        heading = QHBoxLayout()
-        heading.addWidget(self.empty_label, 1)
-        heading.addWidget(self.add_button)
+        heading = QLabel(f"<b>{title}</b>")
+        heading.setObjectName("sectionTitle")
+        top = QHBoxLayout()
+        top.addWidget(heading, 1)
+        top.addWidget(self.add_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.empty_label)
         layout.addLayout(self._grid)
-        layout.addLayout(heading)
 
     def show_experts(self, experts: tuple[MoeExpert, ...], names: Sequence[str], empty_text: str) -> None:
         """Show ``experts`` (a card each), their donor combos offering ``names``; ``empty_text`` when none."""
@@ -139,7 +142,8 @@ class ExpertCards(QWidget):
                 box.negative.show_prompts(expert.negative_prompts)
             box.move_left.setEnabled(index > 0)
             box.move_right.setEnabled(index < len(experts) - 1)
-        self.empty_label.setText("" if experts else empty_text)
+        self.empty_label.setText(empty_text)
+        self.empty_label.setVisible(not experts)
 
     def commit_prompts(self) -> None:
         """Turn prompts typed but not yet committed (focus still in the box) into their edit."""

@@ -70,8 +70,8 @@ class MoePanel(QWidget):
         self.save_button.clicked.connect(self.save_requested)
         self.undo_stack.cleanChanged.connect(self._show_title)
         self.settings_bar = MoeSettingsBar()
-        self.expert_cards = ExpertCards(shared=False)
-        self.shared_cards = ExpertCards(shared=True)
+        self.expert_cards = ExpertCards(False, "Experts")
+        self.shared_cards = ExpertCards(True, "Shared experts <span style='color: gray'>(Qwen MoE)</span>")
         self.estimate_box = MoeEstimateBox()
         self.merge_box = MoeMergeBox()
         self.settings_bar.edit_requested.connect(self.apply)
@@ -87,9 +87,7 @@ class MoePanel(QWidget):
         layout.addWidget(self.settings_bar)
         layout.addWidget(self.summary)
         layout.addWidget(self.problems)
-        layout.addWidget(_heading("Experts"))
         layout.addWidget(self.expert_cards)
-        layout.addWidget(_heading("Shared experts <span style='color: gray'>(Qwen MoE)</span>"))
         layout.addWidget(self.shared_cards)
         layout.addWidget(self.estimate_box)
         layout.addWidget(self.merge_box)
@@ -216,12 +214,6 @@ class MoePanel(QWidget):
         problems = [p for p in moe_problems(recipe, self._donors) if not any(p.endswith(f"{n} is not resolved")
                                                                              for n in failed)]
         return [self._errors[name] for name in failed] + problems
-
-
-def _heading(text: str) -> QLabel:
-    label = QLabel(f"<b>{text}</b>")
-    label.setObjectName("sectionTitle")
-    return label
 
 
 def _read_text(path: Path | None) -> str | None:

@@ -67,7 +67,7 @@ class MoeSettingsBar(QWidget):
                            Qt.AlignmentFlag.AlignLeft)
             grid.addWidget(field, 1, 2 * index + 1)
         grid.addWidget(self.gate_help, 2, 1, 1, 7)
-        grid.setColumnStretch(7, 1)
+        grid.setColumnStretch(8, 1)  # the fields keep their size; the base combo as wide as their row
 
         self.base_combo.activated.connect(self._base_picked)
         self.gate_combo.activated.connect(self._gate_picked)
