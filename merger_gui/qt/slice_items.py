@@ -8,6 +8,7 @@ the drag. The view turns a finished drag into one document edit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPen
@@ -34,6 +35,8 @@ MIN_COLUMN_W = 116.0
 MAX_COLUMN_W = 190.0
 COMPACT_COLUMN_W = 84.0  # when the stacks do not fit the view
 COMPACT_TITLE_W = 112.0  # a compact column widens up to this for a one-line name, or a two-line one
+
+Density = Literal["wide", "compact", "narrow"]  # how tightly the donor columns are laid out
 
 
 def text_on(fill: QColor) -> QColor:
@@ -107,15 +110,22 @@ def label_step(cell_h: float) -> int:
     return next((step for step in (1, 2, 5, 10, 20, 50) if step * cell_h >= LABEL_PITCH), 100)
 
 
-def column_width(title: str, lanes: int, compact: bool) -> float:
-    """Width of a donor column: room for its title, its layer numbers and ``lanes`` lanes of bars."""
+def column_width(title: str, lanes: int, density: Density) -> float:
+    """Width of a donor column: room for its title, its layer numbers and ``lanes`` lanes of bars.
+
+    ``"wide"`` columns fit the name on one line; ``"compact"`` ones are narrow but keep a name of
+    ordinary length on one line; ``"narrow"`` ones break every long name in two.
+    """
     metrics = QFontMetrics(header_fonts()[0])
     one_line = metrics.horizontalAdvance(title) + 10.0
-    if not compact:
+    two_lines = min(COMPACT_TITLE_W, title_width(title, metrics) + 8)
+    if density == "wide":
         title_w = min(MAX_COLUMN_W, one_line)
-    else:  # a name of ordinary length keeps one line; a longer one takes two
-        title_w = one_line if one_line <= COMPACT_TITLE_W else min(COMPACT_TITLE_W, title_width(title, metrics) + 8)
-    least = COMPACT_COLUMN_W if compact else MIN_COLUMN_W
+    elif density == "compact":
+        title_w = one_line if one_line <= COMPACT_TITLE_W else two_lines
+    else:
+        title_w = two_lines
+    least = MIN_COLUMN_W if density == "wide" else COMPACT_COLUMN_W
     return max(least, title_w, CELL_LABEL_W + lanes * MIN_LANE_W + 4)
 
 
@@ -132,12 +142,12 @@ class DonorColumnItem(QGraphicsObject):
 
     def __init__(self, name: str, title: str, subtitle: str, num_layers: int, known: bool,
                  counts: tuple[int, ...] | None, color: QColor, lanes: int,
-                 geometry: StackGeometry, colors: CanvasColors, tooltip: str, compact: bool = False) -> None:
+                 geometry: StackGeometry, colors: CanvasColors, tooltip: str, density: Density = "wide") -> None:
         super().__init__()
         self.name, self.title, self.subtitle = name, title, subtitle
         self.num_layers, self.known, self.counts = num_layers, known, counts
         self.color, self.lanes, self.geometry, self.colors = color, lanes, geometry, colors
-        self.width = column_width(title, lanes, compact)
+        self.width = column_width(title, lanes, density)
         self.lane_w = min(LANE_W, (self.width - CELL_LABEL_W - 4) / lanes)
         self._drag_start: int | None = None
         self._drag_range: tuple[int, int] | None = None

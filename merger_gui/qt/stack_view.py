@@ -34,7 +34,7 @@ from .live_plan import LivePlan
 from .output_stack import INDEX_GUTTER, OUTPUT_W, OutputColumnItem, plan_summary
 from .similarity_gap_item import SimilarityGapItem, gap_donors, heatmap_width, oriented, widened_gaps
 from .slice_items import (
-    HEADER_H, DonorColumnItem, RangeTipItem, SliceBarItem, SliceLinkItem, StackGeometry, column_width,
+    HEADER_H, Density, DonorColumnItem, RangeTipItem, SliceBarItem, SliceLinkItem, StackGeometry, column_width,
 )
 from .theme import CanvasColors, current_theme
 
@@ -63,6 +63,8 @@ class Spacing:
 
 WIDE = Spacing(22.0, 40.0, 40.0)
 COMPACT = Spacing(14.0, 26.0, 18.0)  # when the stacks at full width do not fit the view
+DENSITIES: tuple[Density, ...] = ("wide", "compact", "narrow")  # tried in this order
+SPACING: dict[Density, Spacing] = {"wide": WIDE, "compact": COMPACT, "narrow": COMPACT}
 
 
 def _assign_lanes(ranges: list[tuple[int, int]]) -> list[int]:
@@ -274,7 +276,7 @@ class StackView(QGraphicsView):
         self.scene().addItem(self.tip)
         self._zoom: float | None = None  # pixels per layer chosen by the user; None: the readable fit
         self._order: list[str] = []  # donor columns in the order they were first shown
-        self._compact: bool | None = None  # narrow columns; None: decide at the next rebuild
+        self._density: Density | None = None  # how narrow the columns are; None: decide at the next rebuild
         self._spacing = WIDE
         self._summary = ""
         self._specs: dict[object, tuple] = {}  # what each kept item was built from
@@ -333,13 +335,13 @@ class StackView(QGraphicsView):
         ends = [src.end for s in stage.slices or () for src in s.sources if src.model == name]
         return min(max([1, *ends]), MAX_LAYERS), False  # [0, 1000000000] must not draw a billion cells
 
-    def _subtitle(self, name: str, layers: int, known: bool, compact: bool) -> str:
+    def _subtitle(self, name: str, layers: int, known: bool, density: Density) -> str:
         """What is under a column's name; narrow columns leave out the family, so every one reads alike."""
         info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
         if info is not None and info.kind == "stage":
             return f"{layers} layers · stage output"
         if info is not None:
-            return f"{layers} layers" if compact else f"{layers} layers · {info.family}"
+            return f"{layers} layers · {info.family}" if density == "wide" else f"{layers} layers"
         if any(f.code == "unknown-stage" and f.fix is not None and f.fix.args[0] == name
                for f in self.live_plan.findings):
             return "stage name? — see Problems"  # a misspelt stage, not a donor to map
@@ -372,16 +374,18 @@ class StackView(QGraphicsView):
         tallest = max((n for n, known in layers.values() if known), default=DEFAULT_DONOR_LAYERS)
         return self._fit_cell_h(tallest, LEGIBLE_CELL_H)
 
-    def _is_compact(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float]) -> bool:
-        """Narrow columns when the stacks at full width would need a horizontal scroll bar."""
-        if self._compact is None:
-            self._compact = self._stacks_width(names, lanes, gaps, WIDE) > self._available()[0]
-        return self._compact
+    def _fitting_density(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float]) -> Density:
+        """The widest columns with which the stacks need no horizontal scroll bar (else the narrowest)."""
+        room = self._available()[0]
+        for density in DENSITIES[:-1]:
+            if self._stacks_width(names, lanes, gaps, density) <= room:
+                return density
+        return DENSITIES[-1]
 
-    def _stacks_width(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float], space: Spacing) -> float:
-        """The scene's width with ``space``: what :meth:`rebuild` lays out and :meth:`_update_scene_rect` covers."""
-        compact = space is COMPACT
-        columns = sum(column_width(self._title(n), lanes[n], compact) + gaps.get(n, space.column_gap) for n in names)
+    def _stacks_width(self, names: list[str], lanes: dict[str, int], gaps: dict[str, float], density: Density) -> float:
+        """The scene's width at ``density``: what :meth:`rebuild` lays out and :meth:`_update_scene_rect` covers."""
+        space = SPACING[density]
+        columns = sum(column_width(self._title(n), lanes[n], density) + gaps.get(n, space.column_gap) for n in names)
         return 2 * MARGIN + columns - space.column_gap + space.output_gap + INDEX_GUTTER + OUTPUT_W + space.right
 
     def _title(self, name: str) -> str:
@@ -394,11 +398,11 @@ class StackView(QGraphicsView):
 
     def _new_layout(self, *_: object) -> None:
         """Another stage or another recipe: columns in their natural order, widths decided again."""
-        self._order, self._compact = [], None
+        self._order, self._density = [], None
         self.rebuild()
 
     def _donors_changed(self, *_: object) -> None:
-        self._compact = None
+        self._density = None
         self.rebuild()
 
     def rebuild(self, *_: object) -> None:
@@ -436,10 +440,12 @@ class StackView(QGraphicsView):
         bars = self._bar_specs(stage, names, layers)
         lanes = {n: max([1, *(spec[-1] + 1 for spec in bars if spec[2] == n)]) for n in names}
         gaps = widened_gaps(self.analysis, names, {n: count for n, (count, known) in layers.items() if known})
-        compact = self._is_compact(names, lanes, gaps)
-        space = self._spacing = COMPACT if compact else WIDE
+        if self._density is None:  # decided again only on a resize, new donors or another stage
+            self._density = self._fitting_density(names, lanes, gaps)
+        density = self._density
+        space = self._spacing = SPACING[density]
         usage = {u.model: u.counts for u in self.layer_map.donor_usage} if self.layer_map else {}
-        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), compact) for n in names}, theme, gaps,
+        x = self._sync_columns({n: (layers[n], lanes[n], usage.get(n), density) for n in names}, theme, gaps,
                                space.column_gap)
         self._sync_bars(bars, theme)
         self._draw_links(theme)
@@ -469,18 +475,18 @@ class StackView(QGraphicsView):
         self._others.append(hint)
         self.scene().setSceneRect(hint.boundingRect().adjusted(-20, -40, 20, 40))
 
-    def _sync_columns(self, columns: dict[str, tuple[tuple[int, bool], int, tuple[int, ...] | None, bool]],
+    def _sync_columns(self, columns: dict[str, tuple[tuple[int, bool], int, tuple[int, ...] | None, Density]],
                       theme: CanvasColors, gaps: dict[str, float], gap: float = WIDE.column_gap) -> float:
         """Keep, replace or drop donor columns ``gap`` apart (``gaps``: a wider gap after some); returns the x
         after the last one."""
         for name in [n for n in self.columns if n not in columns]:
             self._drop(self.columns.pop(name))
         x = MARGIN
-        for name, ((count, known), lanes, counts, compact) in columns.items():
+        for name, ((count, known), lanes, counts, density) in columns.items():
             info = self.live_plan.known_donors.get(name) or self.registry.donor(name)
-            spec = (self._subtitle(name, count, known, compact), count, known,
+            spec = (self._subtitle(name, count, known, density), count, known,
                     self.live_plan.donor_color(name).rgba(), lanes, self.geometry_, theme,
-                    self._column_tooltip(name, info), compact)
+                    self._column_tooltip(name, info), density)
             column = self.columns.get(name)
             if column is None or self._specs.get(column) != spec:
                 if column is not None:
@@ -494,9 +500,9 @@ class StackView(QGraphicsView):
 
     def _new_column(self, name: str, spec: tuple, counts: tuple[int, ...] | None,
                     theme: CanvasColors) -> DonorColumnItem:
-        subtitle, count, known, _, lanes, geometry, _, tooltip, compact = spec
+        subtitle, count, known, _, lanes, geometry, _, tooltip, density = spec
         column = DonorColumnItem(name, self._title(name), subtitle, count, known, counts,
-                                 self.live_plan.donor_color(name), lanes, geometry, theme, tooltip, compact)
+                                 self.live_plan.donor_color(name), lanes, geometry, theme, tooltip, density)
         self.scene().addItem(column)
         self._specs[column] = spec
         self.columns[name] = column
@@ -583,7 +589,7 @@ class StackView(QGraphicsView):
         if self.similarity_gap is not None:
             self._drop(self.similarity_gap)
             self.similarity_gap = None
-        self._compact = None  # the heatmap's gap comes or goes: widths are decided again
+        self._density = None  # the heatmap's gap comes or goes: widths are decided again
         self.rebuild()
 
     def _sync_overlay(self) -> None:
@@ -929,7 +935,7 @@ class StackView(QGraphicsView):
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         if event.oldSize() != event.size():
-            self._compact = None
+            self._density = None
             self.rebuild()
 
     def wheelEvent(self, event: QWheelEvent) -> None:
