@@ -2,7 +2,8 @@
 
 Run from the repository root: ``.venv/bin/python docs/make_screenshots.py``. Every shot uses
 a throwaway settings file, built-in shape profiles (nothing is downloaded) and, for the merge,
-small demo donors written to a temporary folder.
+small demo donors written to a temporary folder; home is a scratch folder too, so output
+folders read ``~/models/…`` rather than this machine's paths.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from merger_gui.demo import create_demo_donors
 from merger_gui.engine.events import TensorProgress
 from merger_gui.qt.app import TOOL_TABS, app_icon, save_screenshot
 from merger_gui.qt.main_window import MainWindow
+from merger_gui.qt.merge_panel import default_output_name
 from merger_gui.qt.settings import Settings
 from merger_gui.qt.settle import settle
 from merger_gui.qt.theme import apply_theme
@@ -52,6 +54,7 @@ base_model: Xwin-120B
 dtype: float16
 """
 MERGE_SHOT_AT = (0.3, 0.8)  # grab the merge when its progress is within this fraction
+MODELS = "~/models"  # where the shots' output folders are (home being the scratch folder's)
 MOE_RECIPE = """\
 # Three Mistral-7B fine-tunes as one 3x7B Mixtral (mergekit-moe)
 base_model: mistralai/Mistral-7B-Instruct-v0.2
@@ -84,6 +87,7 @@ def designer_shot(scratch: Path, recipe: Path, donors: dict[str, str], tab: str,
         raise SystemExit(f"cannot open {recipe}")
     if stage is not None:
         window.document.set_current_stage(stage)
+    window.merge_panel.folder_edit.setText(f"{MODELS}/{default_output_name(window.document)}")
     window.tools.setCurrentIndex(TOOL_TABS.index(tab))
     save_screenshot(window, OUT / png, size)
 
@@ -114,6 +118,7 @@ def moe_shot(scratch: Path, png: str, size: tuple[int, int] = LAPTOP) -> None:
     window = new_window(scratch)
     window.moe_panel.estimate_box.weights_combo.setCurrentText("Q4_K_M")
     window.moe_panel.load(recipe, donors, path, errors)
+    window.moe_panel.merge_box.folder_edit.setText(f"{MODELS}/moe-3x7b")
     window.show_moe_page()
     save_screenshot(window, OUT / png, size)
 
@@ -128,7 +133,8 @@ def merge_shot(scratch: Path, png: str) -> None:
     window.show()
     settle(window)
     panel = window.merge_panel
-    panel.folder_edit.setText(str(scratch / "demo-merge"))
+    typed = f"{MODELS}/demo-merge"
+    panel.folder_edit.setText(typed)
     grabbed: list[Path] = []
 
     def grab(event: object) -> None:  # runs after the panel has shown this event
@@ -142,6 +148,7 @@ def merge_shot(scratch: Path, png: str) -> None:
     panel.runner.progress.connect(grab)
     if not panel.start_merge():
         raise SystemExit("the demo merge did not start: " + "; ".join(panel.blockers()))
+    panel.folder_edit.setText(typed)  # as typed: the panel shows the expanded path, the scratch home's
     deadline = time.monotonic() + 120
     while (panel.runner.is_running or not grabbed) and time.monotonic() < deadline:
         QApplication.processEvents()
@@ -187,7 +194,7 @@ def check_shot(scratch: Path, png: str) -> None:
     from merger_gui.engine.run import run_merge
 
     recipe, refs = create_demo_donors(scratch / "check-donors")
-    merged = scratch / "check-merged"
+    merged = Path(MODELS).expanduser() / "check-merged"  # in the scratch home
     for _ in run_merge(recipe, {name: inspect_folder(ref) for name, ref in refs.items()}, merged):
         pass
     window = new_window(scratch)
@@ -201,6 +208,7 @@ def check_shot(scratch: Path, png: str) -> None:
     panel.max_tokens_spin.setValue(256)
     if not panel.start_check():
         raise SystemExit("the check did not start")
+    panel.model_combo.setEditText(f"{MODELS}/{merged.name}")  # as a user would type it
     deadline = time.monotonic() + 180
     while panel.runner.is_running and time.monotonic() < deadline:
         QApplication.processEvents()
@@ -217,6 +225,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="merger-gui-shots-") as tmp:
         scratch = Path(tmp)
+        home = scratch / "home"
+        (home / MODELS.removeprefix("~/")).mkdir(parents=True)
+        os.environ["HOME"] = str(home)  # no path of this machine in a shot
         designer_shot(scratch, RECIPES / "rose-20b.yaml", ROSE_DONORS, "estimate", "rose-20b.png",
                       weights=ROSE_WEIGHTS)
         designer_shot(scratch, fixed_nyxene(scratch), NYXENE_DONORS, "t-curves", "nyxene-curves.png", stage=2)

@@ -62,7 +62,7 @@ class Spacing:
 
 
 WIDE = Spacing(22.0, 40.0, 40.0)
-COMPACT = Spacing(14.0, 26.0, 18.0)  # when the stacks at full width do not fit the view
+COMPACT = Spacing(14.0, 20.0, 14.0)  # when the stacks at full width do not fit the view
 DENSITIES: tuple[Density, ...] = ("wide", "compact", "narrow")  # tried in this order
 SPACING: dict[Density, Spacing] = {"wide": WIDE, "compact": COMPACT, "narrow": COMPACT}
 
