@@ -235,3 +235,23 @@ def test_models_form_with_only_the_base_is_valid(donors):
     text = _recipe_text("merge_method: task_arithmetic\nbase_model: '{A}'\nmodels:\n - model: '{A}'", donors)
     findings = validate_recipe(load_recipe_text(text), {str(donors["A"]): inspect_folder(donors["A"])})
     assert not [f for f in findings if f.is_error]
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e6])
+def test_a_merge_that_overflows_its_dtype_is_flagged(donors, tmp_path, weight):
+    """A weight mergekit accepts but float16 cannot hold: the merge finishes and says the model is broken."""
+    from merger_gui.engine.run import MergeWarning
+
+    recipe = load_recipe_text(_recipe_text(
+        f"merge_method: linear\ndtype: float16\nparameters: {{normalize: false}}\nmodels:\n"
+        f" - {{model: '{{A}}', parameters: {{weight: {weight}}}}}\n - {{model: '{{B}}', parameters: {{weight: 1}}}}",
+        donors))
+    infos = {name: inspect_folder(name) for name in recipe.stages[0].referenced_models}
+    warnings = [e.message for e in run_merge(recipe, infos, tmp_path / "out") if isinstance(e, MergeWarning)]
+    flagged = [w for w in warnings if "hold inf or NaN" in w]
+    if weight == 1.0:
+        assert flagged == []
+    else:
+        [line] = flagged
+        assert " merged tensors hold inf or NaN (" in line and "model.layers.0." in line, line
+        assert (tmp_path / "out" / "config.json").exists()  # written, as mergekit writes it, and flagged

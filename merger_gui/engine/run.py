@@ -391,6 +391,7 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
     partial: Path | None = None
     writer: ShardedWriter | None = None
     weights_done = False
+    broken: list[str] = []  # merged tensors holding inf or NaN
     try:
         with held_signals():  # so that a signal cannot fall between the folder's creation and this name
             partial = partial_folder(job.target)
@@ -401,7 +402,8 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
                     raise MergeCancelled("cancelled: nothing was written")
                 base = (slices[tensor.slice_index].base_model if tensor.slice_index < len(slices) else None) \
                     or stage.base_model
-                _produce(tensor, sources, copy, stage, base, reader, output, vocabulary, device, generator)
+                if not _produce(tensor, sources, copy, stage, base, reader, output, vocabulary, device, generator):
+                    broken.append(tensor.name)
                 progress.tensors += 1
                 progress.bytes += job.layouts[i].nbytes
                 elapsed = time.monotonic() - progress.started
@@ -410,6 +412,8 @@ def _run_stage(job: _Job, located: list[tuple[SourceTensor, ...]], reader: Tenso
                                      progress.total_tensors, progress.bytes, progress.total_bytes, eta)
         writer.close()
         weights_done = True
+        if broken:
+            yield MergeWarning(_non_finite_warning(job.plan.label, broken))
         config_donor = donors[job.plan.config_donor]
         write_metadata(partial, job.plan, stage, config_donor, options.copy_tokenizer and vocabulary is None)
         if vocabulary is not None:
@@ -525,8 +529,9 @@ def _merge_bytes(tensor: PlannedTensor, sources: Sequence[SourceTensor]) -> int:
 
 def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteRange | None, stage: Stage,
              base: str | None, reader: TensorReader, output: WriteBehind, vocabulary: VocabularyPlan | None,
-             device: str, generator: torch.Generator | None) -> None:
-    """Merge (or copy) one output tensor and append it to the output.
+             device: str, generator: torch.Generator | None) -> bool:
+    """Merge (or copy) one output tensor and append it to the output; False when the merge gave
+    inf or NaN (a copied or passed-through tensor is the donor's and is not checked).
 
     The stage holds at most the bytes of its largest merge (:func:`_merge_bytes`) at once: the
     previous result is still being written only while this merge fits beside it.
@@ -536,7 +541,7 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteR
             output.copy(tensor.name, copy.handle, copy.offset)
         except EOFError:
             raise DonorError(f"{sources[0].label}: {sources[0].file} ends early (truncated file)") from None
-        return
+        return True
     import torch
 
     from .methods import merge_tensors
@@ -548,7 +553,8 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteR
     if vocabulary is not None and tensor.is_vocab:
         inputs = vocabulary.align_all([s.model for s in sources], inputs)
     inputs = [t.to(device=device) for t in inputs]
-    if _passes_through(tensor, sources, stage, vocabulary):
+    merged = not _passes_through(tensor, sources, stage, vocabulary)
+    if not merged:
         result = inputs[0]
     else:
         result = merge_tensors(
@@ -560,6 +566,14 @@ def _produce(tensor: PlannedTensor, sources: Sequence[SourceTensor], copy: ByteR
         raise DonorError(f"tensor {tensor.name!r}: the merge gave shape {list(out.shape)}, "
                          f"the plan expects {list(tensor.shape)}")
     output.write(tensor.name, out.reshape(-1).view(torch.uint8).numpy().data)
+    return not merged or bool(torch.isfinite(out).all())
+
+
+def _non_finite_warning(label: str, names: Sequence[str]) -> str:
+    """What a user is told when merged tensors overflowed their type or became NaN."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{label}: {len(names)} merged tensor{'s' * (len(names) != 1)} hold inf or NaN ({shown}): the "
+            "weights or parameters push values beyond the output dtype; the model will not work as merged")
 
 
 def _working_code(stage: Stage, sources: Sequence[SourceTensor]) -> str:
